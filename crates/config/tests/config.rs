@@ -1,0 +1,152 @@
+//! Configuration loading as an operator meets it: files, overrides, errors.
+
+use std::path::Path;
+
+use mailroom_config::{Config, LogFormat};
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, mailroom_config::ConfigErrors> {
+    Config::from_sources(
+        Some((Path::new("test.toml"), text)),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn no_file_gives_the_defaults() {
+    let c = Config::from_sources(None, Vec::new()).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9425");
+    assert!(c.store_url().starts_with("sqlite://"));
+    assert!(c.store_url().ends_with("mailroom.db"));
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_key() {
+    let text = r#"
+[server]
+hostname = "bad host!"
+shutdown_grace_secs = "ten"
+data_dirr = "/tmp"
+
+[store]
+url = "mysql://nope"
+max_connections = 0
+
+[tls]
+cert = "/nonexistent/cert.pem"
+
+[limits]
+max_connections = 5
+max_connections_per_ip = 6
+
+[admin]
+listen = "not an address"
+
+[telemetry]
+log_format = "xml"
+
+[smtpp]
+port = 25
+"#;
+    let errs = load(text, &[("MAILROOM_LIMITS__MAX_CONNECTIONS", "many")]).unwrap_err();
+    let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    for expected in [
+        "server.hostname",
+        "server.shutdown_grace_secs",
+        "server.data_dirr",
+        "store.url",
+        "store.max_connections",
+        "tls.cert",
+        "tls.key",
+        "limits.max_connections",
+        "admin.listen",
+        "telemetry.log_format",
+        "smtpp",
+    ] {
+        assert!(keys.contains(&expected), "no error for {expected}: {errs}");
+    }
+    let env_err = errs
+        .0
+        .iter()
+        .find(|e| e.key == "limits.max_connections")
+        .unwrap();
+    assert_eq!(
+        env_err.source.as_deref(),
+        Some("MAILROOM_LIMITS__MAX_CONNECTIONS")
+    );
+    let shown = errs.to_string();
+    assert!(shown.contains("unknown key"), "{shown}");
+    assert!(shown.starts_with(&format!("{} configuration errors", errs.0.len())));
+}
+
+#[test]
+fn a_syntax_error_names_the_file() {
+    let errs = load("[server\nhostname = 1", &[]).unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert_eq!(errs.0[0].key, "test.toml");
+    assert!(errs.0[0].message.contains("not valid TOML"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let c = load(
+        "[telemetry]\nlog_format = \"human\"\n[store]\nmax_connections = 3\n",
+        &[
+            ("MAILROOM_TELEMETRY__LOG_FORMAT", "json"),
+            ("MAILROOM_STORE__URL", "postgres://postgres@127.0.0.1/test"),
+            ("MAILROOM_STORE__MAX_CONNECTIONS", "7"),
+            ("MAILROOM_ADMIN__LISTEN", "0.0.0.0:9000"),
+            // Not configuration: CLI variables have no double underscore.
+            ("MAILROOM_ADMIN_TOKEN", "secret"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    assert_eq!(c.store_url(), "postgres://postgres@127.0.0.1/test");
+    assert_eq!(c.store.max_connections, 7);
+    assert_eq!(c.admin.listen.port(), 9000);
+}
+
+#[test]
+fn an_unknown_environment_key_is_an_error() {
+    let errs = load("", &[("MAILROOM_STORE__URI", "x")]).unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert_eq!(errs.0[0].key, "store.uri");
+    assert_eq!(errs.0[0].source.as_deref(), Some("MAILROOM_STORE__URI"));
+}
+
+/// The example file at the root must load cleanly and mention every key, so
+/// that operators can trust it as the reference.
+#[test]
+fn the_example_file_documents_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mailroom.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    Config::from_sources(Some((&path, &text)), Vec::new()).unwrap();
+    let mut section = String::new();
+    let mut documented = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let body = line.trim_start_matches('#').trim();
+        if let Some((key, _)) = body.split_once(" = ") {
+            if !key.contains(' ') {
+                documented.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    for key in Config::all_keys() {
+        assert!(
+            documented.contains(&key),
+            "{key} is missing from mailroom.example.toml"
+        );
+    }
+    for key in &documented {
+        assert!(
+            Config::all_keys().contains(key),
+            "mailroom.example.toml documents {key}, which does not exist"
+        );
+    }
+}

@@ -1,0 +1,603 @@
+//! Domains, accounts and aliases: who receives mail here.
+//!
+//! Addresses and domains are stored in the canonical form of
+//! `mailroom-address` (A-labels, lower case), so lookups are plain equality.
+//! Creating an account creates its standard mailboxes in the same
+//! transaction: an account never exists without its INBOX.
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use mailroom_address::{Address, Domain};
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError, now, on_backend, write_tx};
+
+/// The mailboxes every account gets, with their RFC 6154 SPECIAL-USE attribute.
+pub const SPECIAL_MAILBOXES: &[(&str, Option<&str>)] = &[
+    ("INBOX", None),
+    ("Sent", Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Junk", Some("\\Junk")),
+    ("Trash", Some("\\Trash")),
+    ("Archive", Some("\\Archive")),
+];
+
+/// Shortest password an account may have.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted (hashing cost must stay bounded).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A domain this server receives mail for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEntry {
+    /// Row id.
+    pub id: i64,
+    /// Canonical (A-label) name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A mail account (a login and its mailboxes). The password hash never
+/// leaves the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Row id.
+    pub id: i64,
+    /// Canonical `local@domain`.
+    pub address: String,
+    /// Storage allowed, in bytes; 0 is unlimited.
+    pub quota_bytes: u64,
+    /// Storage used by the account's messages, in bytes.
+    pub used_bytes: u64,
+    /// A disabled account cannot log in and receives no mail.
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Where an alias applies: one address, or every unknown address of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AliasSource {
+    /// `local@domain`.
+    Address(Address),
+    /// `@domain`: the catch-all for addresses with no account or alias.
+    CatchAll(Domain),
+}
+
+impl AliasSource {
+    /// Parses `local@domain` or `@domain`.
+    pub fn parse(input: &str) -> Result<AliasSource> {
+        let invalid =
+            |e: mailroom_address::AddressError| StoreError::InvalidArgument(e.to_string());
+        match input.strip_prefix('@') {
+            Some(domain) => Ok(AliasSource::CatchAll(
+                Domain::parse(domain).map_err(invalid)?,
+            )),
+            None => Ok(AliasSource::Address(
+                Address::parse(input).map_err(invalid)?,
+            )),
+        }
+    }
+
+    /// The domain the alias belongs to.
+    pub fn domain(&self) -> &Domain {
+        match self {
+            AliasSource::Address(a) => a.domain(),
+            AliasSource::CatchAll(d) => d,
+        }
+    }
+
+    /// The stored form.
+    pub fn key(&self) -> String {
+        match self {
+            AliasSource::Address(a) => a.to_string(),
+            AliasSource::CatchAll(d) => format!("@{d}"),
+        }
+    }
+}
+
+/// An alias: mail for `source` goes to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// Row id.
+    pub id: i64,
+    /// `local@domain` or `@domain`.
+    pub source: String,
+    /// Any address, local or remote.
+    pub target: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A mailbox (folder) of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Row id.
+    pub id: i64,
+    /// Owning account.
+    pub account_id: i64,
+    /// Full name, `/`-delimited.
+    pub name: String,
+    /// RFC 6154 attribute (`\Sent`, …).
+    pub special_use: Option<String>,
+    /// Whether it is subscribed.
+    pub subscribed: bool,
+    /// IMAP UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// IMAP UIDNEXT.
+    pub uidnext: u32,
+    /// CONDSTORE HIGHESTMODSEQ.
+    pub highestmodseq: u64,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, address, quota_bytes, used_bytes, disabled, created_at";
+
+macro_rules! account_from_row {
+    ($row:expr) => {{
+        let row = &$row;
+        Account {
+            id: row.try_get("id")?,
+            address: row.try_get("address")?,
+            quota_bytes: row.try_get::<i64, _>("quota_bytes")?.max(0) as u64,
+            used_bytes: row.try_get::<i64, _>("used_bytes")?.max(0) as u64,
+            disabled: row.try_get("disabled")?,
+            created_at: row.try_get("created_at")?,
+        }
+    }};
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(StoreError::InvalidArgument(format!(
+            "the password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(StoreError::InvalidArgument(format!(
+            "the password must not be longer than {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    if password.contains(['\0', '\r', '\n']) {
+        return Err(StoreError::InvalidArgument(
+            "the password must not contain NUL, CR or LF (SASL cannot carry them)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hashes with argon2id (default parameters) off the async threads.
+async fn hash_password(password: &str) -> Result<String> {
+    check_password(password)?;
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| StoreError::Internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| StoreError::Internal(e.to_string()))?
+}
+
+fn quota_i64(quota_bytes: u64) -> Result<i64> {
+    i64::try_from(quota_bytes)
+        .map_err(|_| StoreError::InvalidArgument("the quota is too large".into()))
+}
+
+fn not_served(domain: &Domain) -> StoreError {
+    StoreError::NotFound(format!("domain {domain} is not served here; add it first"))
+}
+
+fn no_account(address: &Address) -> StoreError {
+    StoreError::NotFound(format!("no account {address}"))
+}
+
+impl Store {
+    /// Adds a domain to those served here.
+    pub async fn add_domain(&self, domain: &Domain) -> Result<DomainEntry> {
+        let created_at = now();
+        let id: i64 = on_backend!(self, |pool| {
+            sqlx::query("INSERT INTO domains (name, created_at) VALUES ($1, $2) RETURNING id")
+                .bind(domain.as_str())
+                .bind(created_at)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| match StoreError::from(e) {
+                    StoreError::AlreadyExists(_) => {
+                        StoreError::AlreadyExists(format!("domain {domain} exists already"))
+                    }
+                    other => other,
+                })?
+                .try_get("id")?
+        });
+        Ok(DomainEntry {
+            id,
+            name: domain.to_string(),
+            created_at,
+        })
+    }
+
+    /// Every served domain, by name.
+    pub async fn list_domains(&self) -> Result<Vec<DomainEntry>> {
+        Ok(on_backend!(self, |pool| {
+            let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(DomainEntry {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    created_at: row.try_get("created_at")?,
+                });
+            }
+            out
+        }))
+    }
+
+    /// Whether mail for `domain` is received here.
+    pub async fn serves_domain(&self, domain: &Domain) -> Result<bool> {
+        Ok(on_backend!(self, |pool| {
+            sqlx::query("SELECT 1 FROM domains WHERE name = $1")
+                .bind(domain.as_str())
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        }))
+    }
+
+    /// Removes a domain that has no accounts and no aliases left.
+    pub async fn delete_domain(&self, domain: &Domain) -> Result<()> {
+        write_tx!(self, |tx| {
+            let row = sqlx::query("SELECT id FROM domains WHERE name = $1")
+                .bind(domain.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("domain {domain} is not served here"))
+                })?;
+            let id: i64 = row.try_get("id")?;
+            let accounts: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM accounts WHERE domain_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            let aliases: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM aliases WHERE domain_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if accounts > 0 || aliases > 0 {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "domain {domain} still has {accounts} account(s) and {aliases} alias(es); delete them first"
+                )));
+            }
+            sqlx::query("DELETE FROM domains WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Creates an account with its standard mailboxes, in one transaction.
+    pub async fn create_account(
+        &self,
+        address: &Address,
+        password: &str,
+        quota_bytes: u64,
+    ) -> Result<Account> {
+        let hash = hash_password(password).await?;
+        let quota = quota_i64(quota_bytes)?;
+        let created_at = now();
+        let account = write_tx!(self, |tx| {
+            let domain_id: i64 = sqlx::query("SELECT id FROM domains WHERE name = $1")
+                .bind(address.domain().as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| not_served(address.domain()))?
+                .try_get("id")?;
+            let row = sqlx::query(
+                "INSERT INTO accounts (domain_id, address, password_hash, quota_bytes, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 RETURNING id, address, quota_bytes, used_bytes, disabled, created_at",
+            )
+            .bind(domain_id)
+            .bind(address.to_string())
+            .bind(&hash)
+            .bind(quota)
+            .bind(created_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::AlreadyExists(_) => {
+                    StoreError::AlreadyExists(format!("account {address} exists already"))
+                }
+                other => other,
+            })?;
+            let account = account_from_row!(row);
+            for (name, special_use) in SPECIAL_MAILBOXES {
+                sqlx::query(
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(account.id)
+                .bind(*name)
+                .bind(*special_use)
+                .bind(new_uidvalidity())
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            account
+        });
+        Ok(account)
+    }
+
+    /// The account with this address, if any.
+    pub async fn get_account(&self, address: &Address) -> Result<Option<Account>> {
+        Ok(on_backend!(self, |pool| {
+            match sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE address = $1"
+            )))
+            .bind(address.to_string())
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(row) => Some(account_from_row!(row)),
+                None => None,
+            }
+        }))
+    }
+
+    /// Accounts, all or one domain's, by address.
+    pub async fn list_accounts(&self, domain: Option<&Domain>) -> Result<Vec<Account>> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts
+             WHERE $1 = '' OR domain_id = (SELECT id FROM domains WHERE name = $1)
+             ORDER BY address"
+        );
+        Ok(on_backend!(self, |pool| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(domain.map(|d| d.as_str()).unwrap_or(""))
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(account_from_row!(row));
+            }
+            out
+        }))
+    }
+
+    /// Replaces an account's password.
+    pub async fn set_password(&self, address: &Address, password: &str) -> Result<Account> {
+        let hash = hash_password(password).await?;
+        self.update_account(address, "password_hash", UpdateValue::Text(hash))
+            .await
+    }
+
+    /// Sets an account's quota in bytes (0: unlimited).
+    pub async fn set_quota(&self, address: &Address, quota_bytes: u64) -> Result<Account> {
+        let quota = quota_i64(quota_bytes)?;
+        self.update_account(address, "quota_bytes", UpdateValue::Int(quota))
+            .await
+    }
+
+    /// Disables (or re-enables) an account.
+    pub async fn set_disabled(&self, address: &Address, disabled: bool) -> Result<Account> {
+        self.update_account(address, "disabled", UpdateValue::Bool(disabled))
+            .await
+    }
+
+    async fn update_account(
+        &self,
+        address: &Address,
+        column: &'static str,
+        value: UpdateValue,
+    ) -> Result<Account> {
+        let sql = format!(
+            "UPDATE accounts SET {column} = $1 WHERE address = $2 RETURNING {ACCOUNT_COLUMNS}"
+        );
+        let row = on_backend!(self, |pool| {
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let query = match &value {
+                UpdateValue::Text(s) => query.bind(s.as_str()),
+                UpdateValue::Int(i) => query.bind(*i),
+                UpdateValue::Bool(b) => query.bind(*b),
+            };
+            match query.bind(address.to_string()).fetch_optional(pool).await? {
+                Some(row) => Some(account_from_row!(row)),
+                None => None,
+            }
+        });
+        row.ok_or_else(|| no_account(address))
+    }
+
+    /// Deletes an account with its mailboxes and messages.
+    pub async fn delete_account(&self, address: &Address) -> Result<()> {
+        let deleted = on_backend!(self, |pool| {
+            sqlx::query("DELETE FROM accounts WHERE address = $1")
+                .bind(address.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if deleted == 0 {
+            return Err(no_account(address));
+        }
+        Ok(())
+    }
+
+    /// Checks a login. `None` for an unknown address, a wrong password or a
+    /// disabled account alike, so that callers cannot leak which it was.
+    pub async fn verify_password(
+        &self,
+        address: &Address,
+        password: &str,
+    ) -> Result<Option<Account>> {
+        let found = on_backend!(self, |pool| {
+            match sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE address = $1"
+            )))
+            .bind(address.to_string())
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(row) => Some((
+                    account_from_row!(row),
+                    row.try_get::<String, _>("password_hash")?,
+                )),
+                None => None,
+            }
+        });
+        let Some((account, hash)) = found else {
+            return Ok(None);
+        };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok((ok && !account.disabled).then_some(account))
+    }
+
+    /// Adds an alias. The source's domain must be served here.
+    pub async fn add_alias(&self, source: &AliasSource, target: &Address) -> Result<Alias> {
+        let created_at = now();
+        let key = source.key();
+        if let AliasSource::Address(a) = source {
+            if a == target {
+                return Err(StoreError::InvalidArgument(format!(
+                    "alias {a} would point to itself"
+                )));
+            }
+        }
+        let id: i64 = write_tx!(self, |tx| {
+            let domain_id: i64 = sqlx::query("SELECT id FROM domains WHERE name = $1")
+                .bind(source.domain().as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| not_served(source.domain()))?
+                .try_get("id")?;
+            sqlx::query(
+                "INSERT INTO aliases (domain_id, source, target, created_at) VALUES ($1, $2, $3, $4)
+                 RETURNING id",
+            )
+            .bind(domain_id)
+            .bind(&key)
+            .bind(target.to_string())
+            .bind(created_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::AlreadyExists(_) => {
+                    StoreError::AlreadyExists(format!("alias {key} → {target} exists already"))
+                }
+                other => other,
+            })?
+            .try_get("id")?
+        });
+        Ok(Alias {
+            id,
+            source: key,
+            target: target.to_string(),
+            created_at,
+        })
+    }
+
+    /// Aliases, all or one domain's, by source then target.
+    pub async fn list_aliases(&self, domain: Option<&Domain>) -> Result<Vec<Alias>> {
+        Ok(on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, source, target, created_at FROM aliases
+                 WHERE $1 = '' OR domain_id = (SELECT id FROM domains WHERE name = $1)
+                 ORDER BY source, target",
+            )
+            .bind(domain.map(|d| d.as_str()).unwrap_or(""))
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(Alias {
+                    id: row.try_get("id")?,
+                    source: row.try_get("source")?,
+                    target: row.try_get("target")?,
+                    created_at: row.try_get("created_at")?,
+                });
+            }
+            out
+        }))
+    }
+
+    /// Removes one alias.
+    pub async fn delete_alias(&self, source: &AliasSource, target: &Address) -> Result<()> {
+        let deleted = on_backend!(self, |pool| {
+            sqlx::query("DELETE FROM aliases WHERE source = $1 AND target = $2")
+                .bind(source.key())
+                .bind(target.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no alias {} → {target}",
+                source.key()
+            )));
+        }
+        Ok(())
+    }
+
+    /// An account's mailboxes, by name.
+    pub async fn list_mailboxes(&self, account_id: i64) -> Result<Vec<Mailbox>> {
+        Ok(on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, account_id, name, special_use, subscribed, uidvalidity, uidnext, highestmodseq
+                 FROM mailboxes WHERE account_id = $1 ORDER BY name",
+            )
+            .bind(account_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(Mailbox {
+                    id: row.try_get("id")?,
+                    account_id: row.try_get("account_id")?,
+                    name: row.try_get("name")?,
+                    special_use: row.try_get("special_use")?,
+                    subscribed: row.try_get("subscribed")?,
+                    uidvalidity: row.try_get::<i64, _>("uidvalidity")? as u32,
+                    uidnext: row.try_get::<i64, _>("uidnext")? as u32,
+                    highestmodseq: row.try_get::<i64, _>("highestmodseq")? as u64,
+                });
+            }
+            out
+        }))
+    }
+}
+
+/// A value for [`Store::update_account`].
+enum UpdateValue {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// A fresh UIDVALIDITY: random, non-zero, 31 bits (so it also fits clients
+/// that keep it in a signed 32-bit integer). A mailbox deleted and created
+/// again gets a new one, as RFC 9051 §2.3.1.1 requires.
+fn new_uidvalidity() -> i64 {
+    i64::from(rand::random_range(1..=i32::MAX as u32))
+}

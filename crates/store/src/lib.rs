@@ -1,0 +1,221 @@
+//! The data layer of Mailroom: one interface, two backends.
+//!
+//! * **PostgreSQL** is the store when services run as separate processes or
+//!   scale out; every replica shares it.
+//! * **SQLite** (one file in the data directory) is the embedded default, so
+//!   a fresh machine runs the whole stack with no server to install.
+//!
+//! Both run the same migrations (one SQL text with the few dialect words
+//! substituted) and pass the same test suite. Queries are written once and
+//! compiled against each backend by [`on_backend!`] and [`write_tx!`]; SQL that
+//! must differ (leases, notifications) is written per backend where it lives.
+//!
+//! Invariants:
+//! * every write that spans several rows happens in one transaction, so a
+//!   failure leaves nothing half-written;
+//! * on SQLite, write transactions start with `BEGIN IMMEDIATE`, so two
+//!   writers queue on the lock instead of failing on a lock upgrade;
+//! * SQLite runs in WAL mode with `synchronous = FULL`: a commit that
+//!   returned is on disk, which the SMTP "250 after commit" rule relies on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+mod blobs;
+mod directory;
+mod migrate;
+pub mod testing;
+
+pub use blobs::BlobHash;
+pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
+
+/// What went wrong, in terms a caller can act on. Each variant carries a
+/// message fit to show the person who made the request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is well-formed but the current state forbids it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database cannot be reached or is overloaded: try again later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a corrupted database. Logged, not shown in detail.
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+/// Results of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::AlreadyExists(db.message().to_string())
+            }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::FailedPrecondition(db.message().to_string())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The connection pool of the backend in use.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A PostgreSQL server.
+    Postgres(PgPool),
+    /// An SQLite file.
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool. The body is
+/// compiled once per backend, so one text of SQL serves both.
+#[macro_export]
+macro_rules! on_backend {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store.backend() {
+            $crate::Backend::Postgres($pool) => $body,
+            $crate::Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx` and commits it if
+/// the body did not return early; an early return (`?`) rolls back.
+#[macro_export]
+macro_rules! write_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        match $store.backend() {
+            $crate::Backend::Postgres(pool) => {
+                #[allow(unused_mut)]
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::Backend::Sqlite(pool) => {
+                #[allow(unused_mut)]
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// How to reach the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The store: a handle that is cheap to clone and share between tasks.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`) and brings the schema
+    /// up to date. An SQLite file is created when missing.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect(url)
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+                })?;
+            Backend::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::InvalidArgument(format!("bad SQLite URL {url:?}: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(options.acquire_timeout);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open SQLite database: {e}"))
+                })?;
+            Backend::Sqlite(pool)
+        } else {
+            return Err(StoreError::InvalidArgument(format!(
+                "unsupported store URL {url:?}: use postgres:// or sqlite:"
+            )));
+        };
+        let store = Store { backend };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// The backend's pool, for code that needs dialect-specific SQL.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// `"postgres"` or `"sqlite"`, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes every connection (waits for those in use to come back).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(p) => p.close().await,
+            Backend::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, the unit of every time column.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

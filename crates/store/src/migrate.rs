@@ -1,0 +1,52 @@
+//! Versioned schema migrations, run at every start (a no-op when current).
+//!
+//! The SQL is embedded in the binary, so a deployed process needs no files
+//! beside it. PostgreSQL takes an advisory lock while migrating, so replicas
+//! starting together do not race.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+use crate::{Backend, Result, Store, StoreError};
+
+/// `(version, description, sql)` in order. Never edit one that has shipped:
+/// add a new one (sqlx refuses a changed checksum).
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+/// The dialect words substituted into the shared SQL.
+fn dialect(sql: &str, backend: &Backend) -> String {
+    let (id, bytes) = match backend {
+        Backend::Postgres(_) => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+        Backend::Sqlite(_) => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+    };
+    sql.replace("@ID@", id).replace("@BYTES@", bytes)
+}
+
+fn migrator(backend: &Backend) -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    AssertSqlSafe(dialect(sql, backend)).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+pub(crate) async fn run(store: &Store) -> Result<()> {
+    let migrator = migrator(store.backend());
+    let result = match store.backend() {
+        Backend::Postgres(pool) => migrator.run(pool).await,
+        Backend::Sqlite(pool) => migrator.run(pool).await,
+    };
+    result.map_err(|e| StoreError::Internal(format!("schema migration failed: {e}")))
+}

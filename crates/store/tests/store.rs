@@ -1,0 +1,405 @@
+//! The store suite: every case runs on SQLite and on PostgreSQL.
+
+use mailroom_address::{Address, Domain};
+use mailroom_store::testing::TestDb;
+use mailroom_store::{AliasSource, BlobHash, Store, StoreError, StoreOptions};
+
+/// Declares `mod name { sqlite(), postgres() }` for one suite function.
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (store, _db) = mailroom_store::testing::TestDb::sqlite().await;
+                super::$name(&store).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some((store, _db)) = mailroom_store::testing::TestDb::postgres().await else { return };
+                super::$name(&store).await;
+            }
+        }
+    )+};
+}
+
+on_both!(
+    domains,
+    accounts,
+    account_failures_leave_nothing_behind,
+    passwords,
+    aliases,
+    blobs,
+    concurrent_writers,
+);
+
+fn d(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+fn a(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+const PW: &str = "correct horse battery";
+
+async fn domains(store: &Store) {
+    assert!(store.list_domains().await.unwrap().is_empty());
+    store.add_domain(&d("example.test")).await.unwrap();
+    store.add_domain(&d("bücher.example")).await.unwrap();
+    let err = store
+        .add_domain(&d("XN--BCHER-KVA.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    assert!(err.to_string().contains("xn--bcher-kva.example"), "{err}");
+    let names: Vec<_> = store
+        .list_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["example.test", "xn--bcher-kva.example"]);
+    assert!(store.serves_domain(&d("Example.Test")).await.unwrap());
+    assert!(!store.serves_domain(&d("other.test")).await.unwrap());
+
+    store
+        .create_account(&a("alice@example.test"), PW, 0)
+        .await
+        .unwrap();
+    let err = store.delete_domain(&d("example.test")).await.unwrap_err();
+    assert!(matches!(err, StoreError::FailedPrecondition(_)), "{err}");
+    store
+        .delete_account(&a("alice@example.test"))
+        .await
+        .unwrap();
+    store.delete_domain(&d("example.test")).await.unwrap();
+    let err = store.delete_domain(&d("example.test")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn accounts(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    store.add_domain(&d("other.test")).await.unwrap();
+    let alice = store
+        .create_account(&a("Alice@Example.Test"), PW, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(alice.address, "alice@example.test");
+    assert_eq!(alice.quota_bytes, 1 << 20);
+    assert!(!alice.disabled);
+    store
+        .create_account(&a("bob@other.test"), PW, 0)
+        .await
+        .unwrap();
+
+    let boxes = store.list_mailboxes(alice.id).await.unwrap();
+    let mut names: Vec<_> = boxes
+        .iter()
+        .map(|m| (m.name.as_str(), m.special_use.as_deref()))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("Archive", Some("\\Archive")),
+            ("Drafts", Some("\\Drafts")),
+            ("INBOX", None),
+            ("Junk", Some("\\Junk")),
+            ("Sent", Some("\\Sent")),
+            ("Trash", Some("\\Trash")),
+        ]
+    );
+    assert!(
+        boxes
+            .iter()
+            .all(|m| m.uidvalidity > 0 && m.uidnext == 1 && m.subscribed)
+    );
+
+    let all: Vec<_> = store
+        .list_accounts(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
+    assert_eq!(all, ["alice@example.test", "bob@other.test"]);
+    let other: Vec<_> = store
+        .list_accounts(Some(&d("other.test")))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
+    assert_eq!(other, ["bob@other.test"]);
+
+    let updated = store
+        .set_quota(&a("alice@example.test"), 5000)
+        .await
+        .unwrap();
+    assert_eq!(updated.quota_bytes, 5000);
+    let updated = store
+        .set_disabled(&a("alice@example.test"), true)
+        .await
+        .unwrap();
+    assert!(updated.disabled);
+    let got = store
+        .get_account(&a("ALICE@example.test"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, updated);
+
+    let err = store
+        .set_quota(&a("nobody@example.test"), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .set_quota(&a("alice@example.test"), u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+
+    store
+        .delete_account(&a("alice@example.test"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_account(&a("alice@example.test"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.list_mailboxes(alice.id).await.unwrap().is_empty(),
+        "mailboxes go with the account"
+    );
+    let err = store
+        .delete_account(&a("alice@example.test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn account_failures_leave_nothing_behind(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    let err = store
+        .create_account(&a("carol@unknown.test"), PW, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .create_account(&a("carol@example.test"), "short", 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    let err = store
+        .create_account(&a("carol@example.test"), "with\0nul byte", 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    assert!(store.list_accounts(None).await.unwrap().is_empty());
+
+    let carol = store
+        .create_account(&a("carol@example.test"), PW, 0)
+        .await
+        .unwrap();
+    let err = store
+        .create_account(&a("CAROL@example.test"), PW, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    assert_eq!(store.list_accounts(None).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list_mailboxes(carol.id).await.unwrap().len(),
+        6,
+        "no extra mailboxes"
+    );
+}
+
+async fn passwords(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    store
+        .create_account(&a("dave@example.test"), PW, 0)
+        .await
+        .unwrap();
+    let ok = store
+        .verify_password(&a("Dave@example.test"), PW)
+        .await
+        .unwrap();
+    assert_eq!(ok.unwrap().address, "dave@example.test");
+    assert!(
+        store
+            .verify_password(&a("dave@example.test"), "wrong password")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .verify_password(&a("nobody@example.test"), PW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store
+        .set_password(&a("dave@example.test"), "a new passphrase")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .verify_password(&a("dave@example.test"), PW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .verify_password(&a("dave@example.test"), "a new passphrase")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    store
+        .set_disabled(&a("dave@example.test"), true)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .verify_password(&a("dave@example.test"), "a new passphrase")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn aliases(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    let src = AliasSource::parse("Postmaster@example.test").unwrap();
+    let alias = store
+        .add_alias(&src, &a("alice@example.test"))
+        .await
+        .unwrap();
+    assert_eq!(alias.source, "postmaster@example.test");
+    store.add_alias(&src, &a("bob@remote.test")).await.unwrap();
+    let err = store
+        .add_alias(&src, &a("ALICE@example.test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    let catch_all = AliasSource::parse("@example.test").unwrap();
+    store
+        .add_alias(&catch_all, &a("alice@example.test"))
+        .await
+        .unwrap();
+    let err = store
+        .add_alias(
+            &AliasSource::parse("x@unknown.test").unwrap(),
+            &a("alice@example.test"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .add_alias(&src, &a("postmaster@example.test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    assert!(matches!(
+        AliasSource::parse("@"),
+        Err(StoreError::InvalidArgument(_))
+    ));
+
+    let listed: Vec<_> = store
+        .list_aliases(Some(&d("example.test")))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.source, a.target))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "@example.test".to_string(),
+                "alice@example.test".to_string()
+            ),
+            (
+                "postmaster@example.test".into(),
+                "alice@example.test".into()
+            ),
+            ("postmaster@example.test".into(), "bob@remote.test".into()),
+        ]
+    );
+    store
+        .delete_alias(&src, &a("bob@remote.test"))
+        .await
+        .unwrap();
+    let err = store
+        .delete_alias(&src, &a("bob@remote.test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.list_aliases(None).await.unwrap().len(), 2);
+}
+
+async fn blobs(store: &Store) {
+    let body = b"Subject: hi\r\n\r\nhello\r\n".repeat(100);
+    let h1 = store.put_blob(&body).await.unwrap();
+    let h2 = store.put_blob(&body).await.unwrap();
+    assert_eq!(h1, h2);
+    assert_eq!(h1, BlobHash::of(&body));
+    assert_eq!(store.get_blob(&h1).await.unwrap().unwrap(), body);
+    assert!(
+        store
+            .get_blob(&BlobHash::of(b"absent"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Many writers at once must all succeed: no "database is locked" on SQLite.
+async fn concurrent_writers(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let addr = a(&format!("user{i}@example.test"));
+            store.create_account(&addr, PW, 0).await.unwrap();
+            store.set_quota(&addr, i).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.list_accounts(None).await.unwrap().len(), 16);
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_reopen_cleanly() {
+    let (store, db) = TestDb::sqlite().await;
+    store.add_domain(&d("example.test")).await.unwrap();
+    store.close().await;
+    let again = Store::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.list_domains().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable() {
+    let err = Store::connect(
+        "postgres://postgres@127.0.0.1:1/none",
+        &StoreOptions {
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+}
