@@ -1,1 +1,315 @@
-//! placeholder
+//! The Admin gRPC service: domains, accounts and aliases.
+//!
+//! Every call must carry `authorization: Bearer <token>`; the token is
+//! compared in constant time and a missing or wrong one is `UNAUTHENTICATED`
+//! before any store access. There is no way to run the service open.
+//!
+//! Inputs are parsed into canonical addresses and domains here, so the store
+//! only ever sees valid, normalised values; store errors become the gRPC
+//! codes the contract (`proto/mailroom/admin/v1/admin.proto`) promises, and
+//! internal causes are logged, not sent to the client.
+
+use std::sync::Arc;
+
+use mailroom_address::{Address, Domain};
+use mailroom_rpc::admin as pb;
+use mailroom_rpc::admin::admin_server::{Admin, AdminServer};
+use mailroom_store::{AliasSource, Store, StoreError};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+/// The bearer token admin clients must present.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+/// Shortest token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl AdminToken {
+    /// Wraps a token (surrounding whitespace, e.g. a file's newline, is ignored).
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the admin token must have at least {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the admin token must be printable ASCII without spaces".into());
+        }
+        Ok(AdminToken(token.into()))
+    }
+
+    /// Checks an `authorization` header value, in constant time for equal lengths.
+    fn accepts(&self, header: &str) -> bool {
+        let Some(given) = header.strip_prefix("Bearer ") else {
+            return false;
+        };
+        let (a, b) = (given.as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The service, ready to add to a gRPC server: token check in front of the
+/// implementation.
+pub type AdminGrpc = InterceptedService<AdminServer<AdminService>, TokenCheck>;
+
+/// Builds the service over `store`, guarded by `token`.
+pub fn service(store: Store, token: AdminToken) -> AdminGrpc {
+    AdminServer::with_interceptor(AdminService { store }, TokenCheck(token))
+}
+
+/// The gRPC name, for health reporting.
+pub const SERVICE_NAME: &str = <AdminServer<AdminService> as tonic::server::NamedService>::NAME;
+
+/// Refuses requests without the right bearer token.
+#[derive(Clone, Debug)]
+pub struct TokenCheck(AdminToken);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let ok = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| self.0.accepts(v));
+        if ok {
+            Ok(request)
+        } else {
+            tracing::warn!(peer = ?request.remote_addr(), "admin call with a missing or wrong token");
+            Err(Status::unauthenticated(
+                "a valid admin bearer token is required",
+            ))
+        }
+    }
+}
+
+/// The implementation over the store.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+}
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::AlreadyExists(m) => Status::already_exists(m),
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::InvalidArgument(m) => Status::invalid_argument(m),
+        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::Unavailable(m) => {
+            tracing::error!(cause = %m, "admin: store unavailable");
+            Status::unavailable("the store is unavailable; try again later")
+        }
+        StoreError::Internal(m) => {
+            tracing::error!(cause = %m, "admin: internal store error");
+            Status::internal("internal error (see the server log)")
+        }
+    }
+}
+
+fn domain(s: &str) -> Result<Domain, Status> {
+    Domain::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn address(s: &str) -> Result<Address, Status> {
+    Address::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn optional_domain(s: &str) -> Result<Option<Domain>, Status> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        domain(s).map(Some)
+    }
+}
+
+fn account(a: mailroom_store::Account) -> pb::Account {
+    pb::Account {
+        address: a.address,
+        quota_bytes: a.quota_bytes,
+        used_bytes: a.used_bytes,
+        disabled: a.disabled,
+        created_at: a.created_at,
+    }
+}
+
+fn domain_pb(d: mailroom_store::DomainEntry) -> pb::Domain {
+    let unicode_name = Domain::parse(&d.name)
+        .map(|p| p.to_unicode())
+        .unwrap_or_else(|_| d.name.clone());
+    pb::Domain {
+        name: d.name,
+        unicode_name,
+        created_at: d.created_at,
+    }
+}
+
+fn alias_pb(a: mailroom_store::Alias) -> pb::Alias {
+    pb::Alias {
+        source: a.source,
+        target: a.target,
+        created_at: a.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn add_domain(
+        &self,
+        r: Request<pb::AddDomainRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let d = domain(&r.get_ref().name)?;
+        let entry = self.store.add_domain(&d).await.map_err(status)?;
+        tracing::info!(domain = %d, "domain added");
+        Ok(Response::new(domain_pb(entry)))
+    }
+
+    async fn list_domains(
+        &self,
+        _: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
+        let domains = self.store.list_domains().await.map_err(status)?;
+        Ok(Response::new(pb::ListDomainsResponse {
+            domains: domains.into_iter().map(domain_pb).collect(),
+        }))
+    }
+
+    async fn delete_domain(
+        &self,
+        r: Request<pb::DeleteDomainRequest>,
+    ) -> Result<Response<pb::DeleteDomainResponse>, Status> {
+        let d = domain(&r.get_ref().name)?;
+        self.store.delete_domain(&d).await.map_err(status)?;
+        tracing::info!(domain = %d, "domain deleted");
+        Ok(Response::new(pb::DeleteDomainResponse {}))
+    }
+
+    async fn create_account(
+        &self,
+        r: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = r.into_inner();
+        let a = address(&r.address)?;
+        let created = self
+            .store
+            .create_account(&a, &r.password, r.quota_bytes)
+            .await
+            .map_err(status)?;
+        tracing::info!(account = %a, "account created");
+        Ok(Response::new(account(created)))
+    }
+
+    async fn set_password(
+        &self,
+        r: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = r.into_inner();
+        let a = address(&r.address)?;
+        let updated = self
+            .store
+            .set_password(&a, &r.password)
+            .await
+            .map_err(status)?;
+        tracing::info!(account = %a, "password changed");
+        Ok(Response::new(account(updated)))
+    }
+
+    async fn set_quota(
+        &self,
+        r: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = r.into_inner();
+        let a = address(&r.address)?;
+        let updated = self
+            .store
+            .set_quota(&a, r.quota_bytes)
+            .await
+            .map_err(status)?;
+        tracing::info!(account = %a, quota = r.quota_bytes, "quota set");
+        Ok(Response::new(account(updated)))
+    }
+
+    async fn set_account_disabled(
+        &self,
+        r: Request<pb::SetAccountDisabledRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = r.into_inner();
+        let a = address(&r.address)?;
+        let updated = self
+            .store
+            .set_disabled(&a, r.disabled)
+            .await
+            .map_err(status)?;
+        tracing::info!(account = %a, disabled = r.disabled, "account state changed");
+        Ok(Response::new(account(updated)))
+    }
+
+    async fn list_accounts(
+        &self,
+        r: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let d = optional_domain(&r.get_ref().domain)?;
+        let accounts = self.store.list_accounts(d.as_ref()).await.map_err(status)?;
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.into_iter().map(account).collect(),
+        }))
+    }
+
+    async fn delete_account(
+        &self,
+        r: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let a = address(&r.get_ref().address)?;
+        self.store.delete_account(&a).await.map_err(status)?;
+        tracing::info!(account = %a, "account deleted");
+        Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+
+    async fn add_alias(
+        &self,
+        r: Request<pb::AddAliasRequest>,
+    ) -> Result<Response<pb::Alias>, Status> {
+        let r = r.into_inner();
+        let source = AliasSource::parse(&r.source).map_err(status)?;
+        let target = address(&r.target)?;
+        let alias = self
+            .store
+            .add_alias(&source, &target)
+            .await
+            .map_err(status)?;
+        tracing::info!(source = %alias.source, target = %alias.target, "alias added");
+        Ok(Response::new(alias_pb(alias)))
+    }
+
+    async fn list_aliases(
+        &self,
+        r: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        let d = optional_domain(&r.get_ref().domain)?;
+        let aliases = self.store.list_aliases(d.as_ref()).await.map_err(status)?;
+        Ok(Response::new(pb::ListAliasesResponse {
+            aliases: aliases.into_iter().map(alias_pb).collect(),
+        }))
+    }
+
+    async fn delete_alias(
+        &self,
+        r: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let r = r.into_inner();
+        let source = AliasSource::parse(&r.source).map_err(status)?;
+        let target = address(&r.target)?;
+        self.store
+            .delete_alias(&source, &target)
+            .await
+            .map_err(status)?;
+        tracing::info!(source = %source.key(), %target, "alias deleted");
+        Ok(Response::new(pb::DeleteAliasResponse {}))
+    }
+}

@@ -1,0 +1,347 @@
+//! The admin commands (`domain`, `user`, `alias`): a gRPC client of Admin.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mailroom_config::Config;
+use mailroom_rpc::admin as pb;
+use mailroom_rpc::admin::admin_client::AdminClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::{AdminTarget, AliasCommand, Command, DomainCommand, PasswordInput, UserCommand};
+
+/// Adds the bearer token and the trace context to every call.
+#[derive(Clone)]
+struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        mailroom_telemetry::inject(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+type Client = AdminClient<InterceptedService<Channel, Auth>>;
+
+fn target_of(cmd: &Command) -> &AdminTarget {
+    match cmd {
+        Command::Domain(
+            DomainCommand::Add { target, .. }
+            | DomainCommand::List { target }
+            | DomainCommand::Delete { target, .. },
+        ) => target,
+        Command::User(
+            UserCommand::Add { target, .. }
+            | UserCommand::List { target, .. }
+            | UserCommand::Passwd { target, .. }
+            | UserCommand::Quota { target, .. }
+            | UserCommand::Disable { target, .. }
+            | UserCommand::Enable { target, .. }
+            | UserCommand::Delete { target, .. },
+        ) => target,
+        Command::Alias(
+            AliasCommand::Add { target_admin, .. } | AliasCommand::Delete { target_admin, .. },
+        ) => target_admin,
+        Command::Alias(AliasCommand::List { target, .. }) => target,
+        Command::Serve { .. } | Command::Config(_) => unreachable!("not an admin command"),
+    }
+}
+
+async fn connect(target: &AdminTarget, config: &Config) -> anyhow::Result<Client> {
+    let url = match &target.admin_url {
+        Some(u) => u.clone(),
+        None => {
+            let mut addr = config.admin.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let token = match std::env::var("MAILROOM_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let file: PathBuf = target
+                .token_file
+                .clone()
+                .unwrap_or_else(|| config.admin_token_file());
+            std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!(
+                        "cannot read the admin token from {} (set --token-file, MAILROOM_ADMIN_TOKEN, or --data-dir)",
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    let header = MetadataValue::try_from(format!("Bearer {token}"))
+        .context("the admin token is not printable ASCII")?;
+    let channel = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("bad admin URL {url:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| {
+            format!("cannot reach the admin service at {url} (is `mailroom serve` running?)")
+        })?;
+    Ok(AdminClient::with_interceptor(channel, Auth(header)))
+}
+
+/// Turns a gRPC error into a message for the terminal.
+fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+/// Parses a quota: bytes, or a number with K/M/G/T (binary units, optional `B`/`iB`).
+pub fn parse_quota(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("none") {
+        return Ok(0);
+    }
+    let upper = t.to_ascii_uppercase();
+    let stripped = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (number, shift) = match stripped.chars().last() {
+        Some('K') => (&stripped[..stripped.len() - 1], 10),
+        Some('M') => (&stripped[..stripped.len() - 1], 20),
+        Some('G') => (&stripped[..stripped.len() - 1], 30),
+        Some('T') => (&stripped[..stripped.len() - 1], 40),
+        _ => (stripped, 0),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .with_context(|| format!("{text:?} is not a quota (examples: 0, 500M, 2G, 1.5T)"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    anyhow::ensure!(bytes < 9.2e18, "{text:?} is too large");
+    Ok(bytes.round() as u64)
+}
+
+/// Shows a size in binary units.
+pub fn show_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn show_account(a: &pb::Account) -> String {
+    let quota = if a.quota_bytes == 0 {
+        "unlimited".to_string()
+    } else {
+        show_size(a.quota_bytes)
+    };
+    format!(
+        "{:<40} {:>12} {:>12} {}",
+        a.address,
+        quota,
+        show_size(a.used_bytes),
+        if a.disabled { "disabled" } else { "active" }
+    )
+}
+
+/// Runs one admin command.
+pub async fn run(
+    cmd: &Command,
+    config: &Config,
+    passwords: &mut PasswordInput<'_>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    // Ask for the password before connecting, so a prompt is never left
+    // waiting on a connection error.
+    let password = match cmd {
+        Command::User(UserCommand::Add { address, .. } | UserCommand::Passwd { address, .. }) => {
+            Some(passwords.read(address)?)
+        }
+        _ => None,
+    };
+    let password = password.unwrap_or_default();
+    let mut client = connect(target_of(cmd), config).await?;
+    match cmd {
+        Command::Domain(DomainCommand::Add { name, .. }) => {
+            let d = client
+                .add_domain(pb::AddDomainRequest { name: name.clone() })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "domain {} added", d.name)?;
+        }
+        Command::Domain(DomainCommand::List { .. }) => {
+            let list = client
+                .list_domains(pb::ListDomainsRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for d in list.domains {
+                if d.unicode_name != d.name {
+                    writeln!(out, "{} ({})", d.name, d.unicode_name)?;
+                } else {
+                    writeln!(out, "{}", d.name)?;
+                }
+            }
+        }
+        Command::Domain(DomainCommand::Delete { name, .. }) => {
+            client
+                .delete_domain(pb::DeleteDomainRequest { name: name.clone() })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "domain {name} deleted")?;
+        }
+        Command::User(UserCommand::Add { address, quota, .. }) => {
+            let quota_bytes = parse_quota(quota)?;
+            let a = client
+                .create_account(pb::CreateAccountRequest {
+                    address: address.clone(),
+                    password,
+                    quota_bytes,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "account {} created", a.address)?;
+        }
+        Command::User(UserCommand::List { domain, .. }) => {
+            let list = client
+                .list_accounts(pb::ListAccountsRequest {
+                    domain: domain.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(
+                out,
+                "{:<40} {:>12} {:>12} STATE",
+                "ADDRESS", "QUOTA", "USED"
+            )?;
+            for a in &list.accounts {
+                writeln!(out, "{}", show_account(a))?;
+            }
+        }
+        Command::User(UserCommand::Passwd { address, .. }) => {
+            client
+                .set_password(pb::SetPasswordRequest {
+                    address: address.clone(),
+                    password,
+                })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "password of {address} changed")?;
+        }
+        Command::User(UserCommand::Quota { address, quota, .. }) => {
+            let quota_bytes = parse_quota(quota)?;
+            let a = client
+                .set_quota(pb::SetQuotaRequest {
+                    address: address.clone(),
+                    quota_bytes,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "{}", show_account(&a))?;
+        }
+        Command::User(
+            UserCommand::Disable { address, .. } | UserCommand::Enable { address, .. },
+        ) => {
+            let disabled = matches!(cmd, Command::User(UserCommand::Disable { .. }));
+            let a = client
+                .set_account_disabled(pb::SetAccountDisabledRequest {
+                    address: address.clone(),
+                    disabled,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "{}", show_account(&a))?;
+        }
+        Command::User(UserCommand::Delete { address, .. }) => {
+            client
+                .delete_account(pb::DeleteAccountRequest {
+                    address: address.clone(),
+                })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "account {address} deleted")?;
+        }
+        Command::Alias(AliasCommand::Add { source, target, .. }) => {
+            let a = client
+                .add_alias(pb::AddAliasRequest {
+                    source: source.clone(),
+                    target: target.clone(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "alias {} -> {} added", a.source, a.target)?;
+        }
+        Command::Alias(AliasCommand::List { domain, .. }) => {
+            let list = client
+                .list_aliases(pb::ListAliasesRequest {
+                    domain: domain.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for a in list.aliases {
+                writeln!(out, "{} -> {}", a.source, a.target)?;
+            }
+        }
+        Command::Alias(AliasCommand::Delete { source, target, .. }) => {
+            client
+                .delete_alias(pb::DeleteAliasRequest {
+                    source: source.clone(),
+                    target: target.clone(),
+                })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "alias {source} -> {target} deleted")?;
+        }
+        Command::Serve { .. } | Command::Config(_) => unreachable!("not an admin command"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_parse_in_binary_units() {
+        assert_eq!(parse_quota("0").unwrap(), 0);
+        assert_eq!(parse_quota("unlimited").unwrap(), 0);
+        assert_eq!(parse_quota("1024").unwrap(), 1024);
+        assert_eq!(parse_quota("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_quota("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_quota("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_quota("10KB").unwrap(), 10 << 10);
+        for bad in ["", "-1", "lots", "1X", "NaN", "1e30"] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+        assert_eq!(show_size(1536), "1.5 KiB");
+        assert_eq!(show_size(12), "12 B");
+    }
+}

@@ -1,0 +1,221 @@
+//! `mailroom serve`: start services in this process.
+//!
+//! Order matters and is the same for every service: the configuration was
+//! validated before we get here; then the data directory, certificate, token
+//! and store are made ready; only then are ports bound, so a bad setting
+//! never leaves a half-started server behind.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mailroom_admin::AdminToken;
+use mailroom_config::Config;
+use mailroom_net::tls;
+use mailroom_net::{Listener, Shutdown, TlsMode};
+use mailroom_store::{Store, StoreOptions};
+use tonic::service::RoutesBuilder;
+
+/// The services that `mailroom serve <service>` can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    /// The Admin gRPC service (domains, accounts, aliases).
+    Admin,
+}
+
+/// One listening socket, as reported at start.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Service name.
+    pub service: &'static str,
+    /// Bound address (the real port when 0 was configured).
+    pub addr: SocketAddr,
+    /// `plaintext`, `STARTTLS`, `implicit TLS`, plus the protocol for gRPC.
+    pub mode: String,
+}
+
+/// A running set of services.
+#[derive(Debug)]
+pub struct Stack {
+    listeners: Vec<ListenerInfo>,
+    store: Store,
+    store_description: String,
+    token_file: PathBuf,
+    shutdown: Shutdown,
+}
+
+impl Stack {
+    /// Every listener, in start order.
+    pub fn listeners(&self) -> &[ListenerInfo] {
+        &self.listeners
+    }
+
+    /// The address a service listens on.
+    pub fn addr(&self, service: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.service == service)
+            .map(|l| l.addr)
+    }
+
+    /// The file holding the admin token.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// The shutdown handle (trigger it to stop the stack).
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// What `mailroom serve` prints at start: one line per listener.
+    pub fn banner(&self) -> String {
+        let mut s = format!(
+            "Mailroom {} — store: {}\n",
+            env!("CARGO_PKG_VERSION"),
+            self.store_description
+        );
+        for l in &self.listeners {
+            let _ = writeln!(s, "  {:<12} {:<22} {}", l.service, l.addr, l.mode);
+        }
+        let _ = writeln!(s, "Admin token: {}", self.token_file.display());
+        s
+    }
+
+    /// Stops accepting, lets sessions finish for up to `grace`, closes the
+    /// store. Returns whether everything ended in time.
+    pub async fn stop(self, grace: Duration) -> bool {
+        let clean = self.shutdown.drain(grace).await;
+        if !clean {
+            tracing::warn!(
+                "some sessions were still open after {}s; closing anyway",
+                grace.as_secs()
+            );
+        }
+        self.store.close().await;
+        clean
+    }
+}
+
+/// Shows a store URL without its password.
+fn describe_store(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        return format!("sqlite ({rest})");
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "postgres ({}{}{})",
+                &url[..scheme_end + 3],
+                user,
+                &url[at..]
+            )
+        }
+        _ => format!("postgres ({url})"),
+    }
+}
+
+/// Reads the admin token, creating it when it is missing and `may_create`.
+fn admin_token(path: &Path, may_create: bool) -> anyhow::Result<AdminToken> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => AdminToken::new(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            tls::write_private(path, format!("{token}\n").as_bytes())?;
+            tracing::info!(file = %path.display(), "generated the admin token");
+            AdminToken::new(&token).map_err(|e| anyhow::anyhow!(e))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the admin token {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Starts `only` that service, or every service, and returns once all
+/// listeners are bound.
+pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<Stack> {
+    tls::install_default_provider();
+    let runs = |s: ServiceName| only.is_none_or(|o| o == s);
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+
+    // Every TLS listener presents this pair; checking it now means a bad
+    // certificate stops the start instead of failing the first handshake.
+    let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => tls::ensure_self_signed(&data_dir.join("tls"), &config.server.hostname)?,
+    };
+    tls::server_config(&cert, &key)?;
+
+    let token_file = config.admin_token_file();
+    let token = admin_token(&token_file, config.admin.token_file.is_none())?;
+
+    let url = config.store_url();
+    let store = Store::connect(
+        &url,
+        &StoreOptions {
+            max_connections: config.store.max_connections,
+            acquire_timeout: Duration::from_secs(config.store.connect_timeout_secs),
+        },
+    )
+    .await
+    .with_context(|| format!("store {}", describe_store(&url)))?;
+
+    let shutdown = Shutdown::new();
+    let mut listeners = Vec::new();
+    if runs(ServiceName::Admin) {
+        let listener = Listener::bind("admin", config.admin.listen, TlsMode::Plain).await?;
+        listeners.push(ListenerInfo {
+            service: "admin",
+            addr: listener.local_addr(),
+            mode: "plaintext gRPC (bearer token)".into(),
+        });
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(mailroom_admin::service(store.clone(), token));
+        let (tcp, stop) = (listener.into_tcp(), shutdown.clone());
+        shutdown.spawn(async move {
+            if let Err(e) =
+                mailroom_rpc::serve(routes, &[mailroom_admin::SERVICE_NAME], tcp, stop.token())
+                    .await
+            {
+                tracing::error!(error = %e, "the admin gRPC server failed; shutting down");
+                stop.trigger();
+            }
+        });
+    }
+    tracing::info!(store = %describe_store(&url), listeners = listeners.len(), "mailroom started");
+    Ok(Stack {
+        listeners,
+        store,
+        store_description: describe_store(&url),
+        token_file,
+        shutdown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_store;
+
+    #[test]
+    fn store_passwords_are_not_shown() {
+        assert_eq!(
+            describe_store("postgres://mail:s3cret@db:5432/mail"),
+            "postgres (postgres://mail@db:5432/mail)"
+        );
+        assert_eq!(describe_store("sqlite://data/m.db"), "sqlite (data/m.db)");
+    }
+}
