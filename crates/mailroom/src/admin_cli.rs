@@ -33,30 +33,6 @@ impl tonic::service::Interceptor for Auth {
 
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
-fn target_of(cmd: &Command) -> &AdminTarget {
-    match cmd {
-        Command::Domain(
-            DomainCommand::Add { target, .. }
-            | DomainCommand::List { target }
-            | DomainCommand::Delete { target, .. },
-        ) => target,
-        Command::User(
-            UserCommand::Add { target, .. }
-            | UserCommand::List { target, .. }
-            | UserCommand::Passwd { target, .. }
-            | UserCommand::Quota { target, .. }
-            | UserCommand::Disable { target, .. }
-            | UserCommand::Enable { target, .. }
-            | UserCommand::Delete { target, .. },
-        ) => target,
-        Command::Alias(
-            AliasCommand::Add { target_admin, .. } | AliasCommand::Delete { target_admin, .. },
-        ) => target_admin,
-        Command::Alias(AliasCommand::List { target, .. }) => target,
-        Command::Serve { .. } | Command::Config(_) => unreachable!("not an admin command"),
-    }
-}
-
 async fn connect(target: &AdminTarget, config: &Config) -> anyhow::Result<Client> {
     let url = match &target.admin_url {
         Some(u) => u.clone(),
@@ -168,6 +144,7 @@ fn show_account(a: &pb::Account) -> String {
 /// Runs one admin command.
 pub async fn run(
     cmd: &Command,
+    target: &AdminTarget,
     config: &Config,
     passwords: &mut PasswordInput<'_>,
     out: &mut dyn Write,
@@ -181,7 +158,7 @@ pub async fn run(
         _ => None,
     };
     let password = password.unwrap_or_default();
-    let mut client = connect(target_of(cmd), config).await?;
+    let mut client = connect(target, config).await?;
     match cmd {
         Command::Domain(DomainCommand::Add { name, .. }) => {
             let d = client
@@ -191,7 +168,7 @@ pub async fn run(
                 .into_inner();
             writeln!(out, "domain {} added", d.name)?;
         }
-        Command::Domain(DomainCommand::List { .. }) => {
+        Command::Domain(DomainCommand::List) => {
             let list = client
                 .list_domains(pb::ListDomainsRequest {})
                 .await

@@ -21,6 +21,9 @@ pub struct Cli {
     /// Data directory (overrides server.data_dir): embedded store, certificate, admin token.
     #[arg(long, global = true, env = "MAILROOM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How admin commands reach the Admin service.
+    #[command(flatten)]
+    pub admin: AdminTarget,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,20 +79,13 @@ pub enum DomainCommand {
     Add {
         /// e.g. example.com (Unicode names are accepted).
         name: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// List served domains.
-    List {
-        #[command(flatten)]
-        target: AdminTarget,
-    },
+    List,
     /// Stop serving a domain (it must have no accounts or aliases left).
     Delete {
         /// The domain.
         name: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
 }
 
@@ -103,23 +99,17 @@ pub enum UserCommand {
         /// Storage quota: bytes, or with K/M/G/T (binary units); 0 or "unlimited" for none.
         #[arg(long, default_value = "0")]
         quota: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// List accounts.
     List {
         /// Only this domain's accounts.
         #[arg(long)]
         domain: Option<String>,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Set a new password (asked for, or read from stdin).
     Passwd {
         /// The account.
         address: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Set the storage quota.
     Quota {
@@ -127,29 +117,21 @@ pub enum UserCommand {
         address: String,
         /// Bytes, or with K/M/G/T; 0 or "unlimited" for none.
         quota: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Disable an account: it can no longer log in.
     Disable {
         /// The account.
         address: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Enable a disabled account.
     Enable {
         /// The account.
         address: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Delete an account with all its mail.
     Delete {
         /// The account.
         address: String,
-        #[command(flatten)]
-        target: AdminTarget,
     },
 }
 
@@ -162,16 +144,12 @@ pub enum AliasCommand {
         source: String,
         /// Any address, local or remote.
         target: String,
-        #[command(flatten)]
-        target_admin: AdminTarget,
     },
     /// List aliases.
     List {
         /// Only this domain's aliases.
         #[arg(long)]
         domain: Option<String>,
-        #[command(flatten)]
-        target: AdminTarget,
     },
     /// Remove an alias.
     Delete {
@@ -179,8 +157,6 @@ pub enum AliasCommand {
         source: String,
         /// The target to remove.
         target: String,
-        #[command(flatten)]
-        target_admin: AdminTarget,
     },
 }
 
@@ -293,7 +269,7 @@ pub async fn run_with(
         }
         Command::Domain(_) | Command::User(_) | Command::Alias(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;
-            admin_cli::run(&cli.command, &config, passwords, out).await?;
+            admin_cli::run(&cli.command, &cli.admin, &config, passwords, out).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

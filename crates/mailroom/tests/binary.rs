@@ -1,0 +1,179 @@
+//! The `mailroom` binary as a user runs it: real processes, real signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailroom");
+
+fn mailroom(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("MAILROOM_CONFIG")
+        .env_remove("MAILROOM_ADMIN_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn config_check_reports_every_error_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nhostname = \"mail.example.test\"\n").unwrap();
+    let out = mailroom(&["config", "check", good.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}: OK\n", good.display()));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nshutdown_grace_secs = -1\n[store]\nurl = \"mysql://x\"\n[admin]\nlisten = \"nowhere\"\nextra = 1\n",
+    )
+    .unwrap();
+    let out = mailroom(&["config", "check", bad.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("4 configuration errors"), "{err}");
+    for key in [
+        "server.shutdown_grace_secs",
+        "store.url",
+        "admin.listen",
+        "admin.extra",
+    ] {
+        assert!(err.contains(key), "{key} not reported: {err}");
+    }
+}
+
+#[test]
+fn config_errors_are_reported_before_any_port_is_bound() {
+    // We hold the admin port: if serve tried to bind before validating, it
+    // would report "cannot listen" instead of the configuration errors.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("mailroom.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[limits]\nmax_connections = 0\n[telemetry]\nlog_format = \"xml\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = mailroom(&["--config", config.to_str().unwrap(), "serve"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("limits.max_connections") && err.contains("telemetry.log_format"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot listen"),
+        "a port was bound before validation: {err}"
+    );
+    assert!(
+        !data.exists(),
+        "serve created its data directory despite a bad configuration"
+    );
+}
+
+#[test]
+fn serve_on_a_fresh_directory_then_add_a_user_then_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mailroom-data");
+    let data_arg = data.to_str().unwrap();
+    let mut server = Command::new(BIN)
+        .args(["--data-dir", data_arg, "serve"])
+        .env("MAILROOM_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("MAILROOM_TELEMETRY__LOG_FILTER", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("Admin token:") {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve exited early: {banner}"
+        );
+        banner.push_str(&line);
+    }
+    let admin = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin line in {banner}"))
+        .to_string();
+    let url = format!("http://{admin}");
+    let admin_args = |extra: &[&str]| {
+        let mut v = vec!["--data-dir", data_arg, "--admin-url", url.as_str()];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str], stdin: &str| {
+        let args = admin_args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        mailroom(&refs, stdin)
+    };
+    let out = run(&["domain", "add", "example.test"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(
+        &["user", "add", "alice@example.test"],
+        "correct horse battery\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "account alice@example.test created\n");
+    let out = run(&["user", "list"], "");
+    assert!(text(&out.stdout).contains("alice@example.test"));
+    // A wrong token is refused with a clear message and a failure status.
+    let args = admin_args(&["user", "list"]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("MAILROOM_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exited with {status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("shutting down"), "{rest}");
+}
