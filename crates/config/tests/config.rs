@@ -150,3 +150,39 @@ fn the_example_file_documents_every_key() {
         );
     }
 }
+
+/// Every `MAILROOM_<SECTION>__<KEY>` that the deployment files set must be a
+/// real setting: a typo there would otherwise only show at start in a cluster.
+#[test]
+fn deployment_files_only_set_known_keys() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = vec![
+        root.join("docker-compose.yml"),
+        root.join("deploy/Dockerfile"),
+    ];
+    for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let known = Config::all_keys();
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices("MAILROOM_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let Some((section, key)) = name["MAILROOM_".len()..].split_once("__") else {
+                continue;
+            };
+            let dotted = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
+            assert!(
+                known.contains(&dotted),
+                "{}: {name} is not a setting",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 5, "the deployment files set no settings?");
+}
