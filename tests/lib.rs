@@ -38,6 +38,7 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.server.data_dir = data_dir.to_path_buf();
     config.store.url = Some(store_url.to_string());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.mda.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 
@@ -112,4 +113,21 @@ pub async fn cli(args: &[&str], stdin: &str) -> Result<String, String> {
         Ok(_) => Ok(String::from_utf8(out).unwrap()),
         Err(e) => Err(format!("{e:#}")),
     }
+}
+
+/// A Delivery client for the stack's MDA.
+pub async fn delivery_client(
+    running: &Running,
+) -> mailroom_rpc::delivery::delivery_client::DeliveryClient<Channel> {
+    let url = format!("http://{}", running.stack.addr("mda").unwrap());
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    mailroom_rpc::delivery::delivery_client::DeliveryClient::new(channel)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A second handle on the stack's database, to look at what the services stored.
+pub async fn open_store(running: &Running) -> mailroom_store::Store {
+    mailroom_store::Store::connect(&running.db.url, &mailroom_store::StoreOptions::default())
+        .await
+        .unwrap()
 }

@@ -68,6 +68,15 @@ section! {
     }
 }
 
+section! {
+    /// The MDA: gRPC `Delivery`, which the MTA calls to put mail into mailboxes.
+    pub struct MdaConfig = "mda" {
+        /// Address of the Delivery gRPC listener. It has no authentication of its own:
+        /// keep it on loopback or a private network that only the MTA can reach.
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9426)),
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +115,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[admin]`
     pub admin: AdminConfig,
+    /// `[mda]`
+    pub mda: MdaConfig,
     /// `[telemetry]`
     pub telemetry: TelemetryConfig,
 }
@@ -118,6 +129,7 @@ impl Config {
         TlsConfig::NAME,
         LimitsConfig::NAME,
         AdminConfig::NAME,
+        MdaConfig::NAME,
         TelemetryConfig::NAME,
     ];
 
@@ -132,6 +144,7 @@ impl Config {
         keys::<TlsConfig>(&mut out);
         keys::<LimitsConfig>(&mut out);
         keys::<AdminConfig>(&mut out);
+        keys::<MdaConfig>(&mut out);
         keys::<TelemetryConfig>(&mut out);
         out
     }
@@ -146,6 +159,7 @@ impl Config {
             tls: take(raw, errors),
             limits: take(raw, errors),
             admin: take(raw, errors),
+            mda: take(raw, errors),
             telemetry: take(raw, errors),
         }
     }
@@ -248,6 +262,12 @@ impl Config {
         check_file("tls.cert", &self.tls.cert, errors);
         check_file("tls.key", &self.tls.key, errors);
         check_file("admin.token_file", &self.admin.token_file, errors);
-        check_distinct(&[("admin.listen", self.admin.listen)], errors);
+        check_distinct(
+            &[
+                ("admin.listen", self.admin.listen),
+                ("mda.listen", self.mda.listen),
+            ],
+            errors,
+        );
     }
 }

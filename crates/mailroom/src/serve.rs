@@ -23,6 +23,8 @@ use tonic::service::RoutesBuilder;
 pub enum ServiceName {
     /// The Admin gRPC service (domains, accounts, aliases).
     Admin,
+    /// The MDA: gRPC Delivery into mailboxes.
+    Mda,
 }
 
 /// One listening socket, as reported at start.
@@ -58,6 +60,12 @@ impl Stack {
             .iter()
             .find(|l| l.service == service)
             .map(|l| l.addr)
+    }
+
+    /// The store every service of this process shares (on SQLite its
+    /// new-mail events only reach subscribers of this handle).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The file holding the admin token.
@@ -143,6 +151,24 @@ fn admin_token(path: &Path, may_create: bool) -> anyhow::Result<AdminToken> {
     }
 }
 
+/// Runs a gRPC server as a tracked task; its failure stops the whole process
+/// (a service that silently stopped serving is worse than a restart).
+fn spawn_grpc(
+    shutdown: &Shutdown,
+    name: &'static str,
+    routes: RoutesBuilder,
+    grpc_name: &'static str,
+    listener: Listener,
+) {
+    let (tcp, stop) = (listener.into_tcp(), shutdown.clone());
+    shutdown.spawn(async move {
+        if let Err(e) = mailroom_rpc::serve(routes, &[grpc_name], tcp, stop.token()).await {
+            tracing::error!(service = name, error = %e, "gRPC server failed; shutting down");
+            stop.trigger();
+        }
+    });
+}
+
 /// Starts `only` that service, or every service, and returns once all
 /// listeners are bound.
 pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<Stack> {
@@ -195,6 +221,26 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 stop.trigger();
             }
         });
+    }
+    if runs(ServiceName::Mda) {
+        let listener = Listener::bind("mda", config.mda.listen, TlsMode::Plain).await?;
+        listeners.push(ListenerInfo {
+            service: "mda",
+            addr: listener.local_addr(),
+            mode: "plaintext gRPC (Delivery)".into(),
+        });
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(mailroom_mda::service(
+            store.clone(),
+            config.server.hostname.clone(),
+        ));
+        spawn_grpc(
+            &shutdown,
+            "mda",
+            routes,
+            mailroom_mda::SERVICE_NAME,
+            listener,
+        );
     }
     tracing::info!(store = %describe_store(&url), listeners = listeners.len(), "mailroom started");
     Ok(Stack {

@@ -100,6 +100,7 @@ fn serve_on_a_fresh_directory_then_add_a_user_then_stop_on_sigterm() {
     let mut server = Command::new(BIN)
         .args(["--data-dir", data_arg, "serve"])
         .env("MAILROOM_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("MAILROOM_MDA__LISTEN", "127.0.0.1:0")
         .env("MAILROOM_TELEMETRY__LOG_FILTER", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

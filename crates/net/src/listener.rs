@@ -73,21 +73,6 @@ impl Listener {
         })
     }
 
-    /// Wraps an already bound socket.
-    pub fn from_tcp(
-        service: &'static str,
-        tcp: TcpListener,
-        mode: TlsMode,
-    ) -> io::Result<Listener> {
-        let addr = tcp.local_addr()?;
-        Ok(Listener {
-            service,
-            mode,
-            addr,
-            tcp,
-        })
-    }
-
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

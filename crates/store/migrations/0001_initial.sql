@@ -14,6 +14,7 @@ CREATE TABLE accounts (
     domain_id      BIGINT NOT NULL REFERENCES domains(id) ON DELETE RESTRICT,
     address        TEXT NOT NULL UNIQUE,       -- canonical local@domain
     password_hash  TEXT NOT NULL,              -- argon2id PHC string
+    scram_sha256   TEXT,                       -- SCRAM-SHA-256 stored/server keys (RFC 5802), for SASL
     quota_bytes    BIGINT NOT NULL DEFAULT 0,  -- 0: unlimited
     used_bytes     BIGINT NOT NULL DEFAULT 0,
     disabled       BOOLEAN NOT NULL DEFAULT FALSE,
@@ -72,6 +73,8 @@ CREATE TABLE messages (
     internal_date  BIGINT NOT NULL,
     size           BIGINT NOT NULL,
     blob_hash      TEXT NOT NULL REFERENCES blobs(hash),
+    prefix         @BYTES@ NOT NULL,             -- per-recipient header lines before the shared blob
+                                               -- (Return-Path, Delivered-To, Authentication-Results)
     parse_cache    TEXT,                       -- envelope/bodystructure cached at delivery
     delivery_key   TEXT,                       -- queue entry + recipient: idempotent delivery
     UNIQUE (mailbox_id, uid)

@@ -19,7 +19,10 @@
 //!   returned is on disk, which the SMTP "250 after commit" rule relies on.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -27,11 +30,13 @@ use sqlx::sqlite::{
 };
 
 mod blobs;
+mod delivery;
 mod directory;
 mod migrate;
 pub mod testing;
 
 pub use blobs::BlobHash;
+pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
@@ -125,6 +130,10 @@ macro_rules! write_tx {
     };
 }
 
+/// Events a slow subscriber may fall behind by before it is told it lagged
+/// (an IMAP session then re-reads its mailbox state).
+const EVENT_BUFFER: usize = 1024;
+
 /// How to reach the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -147,6 +156,16 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    shared: Arc<Shared>,
+}
+
+/// State shared by every clone of a [`Store`].
+#[derive(Debug)]
+struct Shared {
+    /// New-mail events (fed by commits on SQLite, by LISTEN on PostgreSQL).
+    events: broadcast::Sender<delivery::MailboxEvent>,
+    /// Whether the PostgreSQL LISTEN task runs.
+    listener_started: tokio::sync::Mutex<bool>,
 }
 
 impl Store {
@@ -185,7 +204,13 @@ impl Store {
                 "unsupported store URL {url:?}: use postgres:// or sqlite:"
             )));
         };
-        let store = Store { backend };
+        let store = Store {
+            backend,
+            shared: Arc::new(Shared {
+                events: broadcast::channel(EVENT_BUFFER).0,
+                listener_started: tokio::sync::Mutex::new(false),
+            }),
+        };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -193,6 +218,14 @@ impl Store {
     /// The backend's pool, for code that needs dialect-specific SQL.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    pub(crate) fn events(&self) -> &broadcast::Sender<delivery::MailboxEvent> {
+        &self.shared.events
+    }
+
+    pub(crate) fn listener_started(&self) -> &tokio::sync::Mutex<bool> {
+        &self.shared.listener_started
     }
 
     /// `"postgres"` or `"sqlite"`, for logs.

@@ -1,0 +1,486 @@
+//! Recipient resolution and message storage: the store half of the MDA.
+//!
+//! Invariants:
+//! * UIDs and MODSEQs are allocated by incrementing the mailbox row inside the
+//!   transaction that inserts the message. The row lock serialises concurrent
+//!   deliveries into one mailbox, and a rolled-back delivery rolls its UID back
+//!   too, so UIDs are strictly increasing with no gaps and no reuse.
+//! * Lock order is account row, then mailbox row, everywhere; with one order
+//!   two deliveries can never deadlock.
+//! * A delivery is idempotent per (mailbox, delivery key): a retried delivery
+//!   after a crash finds its message and stores nothing.
+//! * The quota is checked and charged in one conditional `UPDATE`, so two
+//!   concurrent deliveries cannot both squeeze under the limit.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use mailroom_address::Address;
+use sqlx::Row;
+use tokio::sync::broadcast;
+
+use crate::{Backend, BlobHash, Result, Store, StoreError, on_backend, write_tx};
+
+/// How far alias chains are followed before giving up (a loop, in practice).
+pub const MAX_ALIAS_DEPTH: usize = 16;
+/// How many addresses one recipient may expand to.
+pub const MAX_EXPANSION: usize = 1000;
+
+/// An account that receives a copy, and the folder a `+tag` asked for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalTarget {
+    /// The account's row id.
+    pub account_id: i64,
+    /// The account's canonical address (for `Delivered-To`).
+    pub address: String,
+    /// The `tag` of `user+tag@domain`, when that is how it was reached.
+    pub folder: Option<String>,
+}
+
+/// Where a recipient's mail goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Local accounts to store a copy for.
+    pub local: Vec<LocalTarget>,
+    /// Addresses outside our domains that aliases forward to (the MTA relays them).
+    pub remote: Vec<String>,
+}
+
+/// Why a recipient cannot receive mail; each is permanent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unroutable {
+    /// The domain is not one of ours.
+    #[error("5.1.2 we do not receive mail for {0}")]
+    NotLocal(String),
+    /// No account, alias or catch-all matches.
+    #[error("5.1.1 no such user here: {0}")]
+    UnknownUser(String),
+    /// Aliases loop (or nest absurdly deep) without reaching a mailbox.
+    #[error("5.4.6 alias loop for {0}")]
+    AliasLoop(String),
+    /// The only account it reaches is disabled.
+    #[error("5.2.1 the mailbox of {0} is disabled")]
+    Disabled(String),
+}
+
+/// Which mailbox of the account receives the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folder {
+    /// INBOX.
+    Inbox,
+    /// A mailbox by name when it exists (plus-addressing), else INBOX.
+    Named(String),
+    /// The account's `\Junk` mailbox (DMARC quarantine), else INBOX.
+    Junk,
+}
+
+/// A message to store for one account.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The shared content (already stored with [`Store::put_blob`]).
+    pub blob: BlobHash,
+    /// Its size in bytes.
+    pub blob_size: u64,
+    /// Header lines for this recipient, prepended to the blob when read.
+    pub prefix: Vec<u8>,
+    /// What IMAP needs from the parse, cached at delivery.
+    pub parse_cache: Option<String>,
+    /// Identifies this delivery (queue entry and recipient) for idempotency.
+    pub delivery_key: String,
+    /// IMAP INTERNALDATE, Unix seconds.
+    pub internal_date: i64,
+}
+
+/// What happened to one copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    New(MailboxEvent),
+    /// Stored by an earlier attempt with the same delivery key.
+    AlreadyThere {
+        /// Where it is.
+        mailbox_id: i64,
+        /// Its UID.
+        uid: u32,
+    },
+    /// Storing it would exceed the account's quota (a temporary failure).
+    OverQuota {
+        /// Bytes in use.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+}
+
+/// A change other sessions may want to hear about (IMAP IDLE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEvent {
+    /// The account.
+    pub account_id: i64,
+    /// The mailbox.
+    pub mailbox_id: i64,
+    /// The new message's UID.
+    pub uid: u32,
+    /// The mailbox's new HIGHESTMODSEQ.
+    pub modseq: u64,
+}
+
+impl MailboxEvent {
+    fn to_payload(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.account_id, self.mailbox_id, self.uid, self.modseq
+        )
+    }
+
+    fn from_payload(p: &str) -> Option<MailboxEvent> {
+        let mut it = p.split(':');
+        Some(MailboxEvent {
+            account_id: it.next()?.parse().ok()?,
+            mailbox_id: it.next()?.parse().ok()?,
+            uid: it.next()?.parse().ok()?,
+            modseq: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// The PostgreSQL channel of new-mail notifications.
+const NOTIFY_CHANNEL: &str = "mailroom_mailbox";
+
+impl Store {
+    /// Resolves a recipient to the accounts that receive it and the remote
+    /// addresses it forwards to: exact account, aliases (followed
+    /// transitively, loops detected), plus-addressing, then the domain's
+    /// catch-all.
+    pub async fn resolve_recipient(
+        &self,
+        address: &Address,
+    ) -> Result<Result<Resolved, Unroutable>> {
+        if !self.serves_domain(address.domain()).await? {
+            return Ok(Err(Unroutable::NotLocal(address.domain().to_string())));
+        }
+        let mut resolved = Resolved::default();
+        let mut local = BTreeSet::new();
+        let mut disabled = None;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut queue: VecDeque<(Address, usize)> = VecDeque::from([(address.clone(), 0)]);
+        let mut looped = false;
+        while let Some((addr, depth)) = queue.pop_front() {
+            if !seen.insert(addr.to_string()) {
+                looped = true;
+                continue;
+            }
+            if depth > MAX_ALIAS_DEPTH || seen.len() > MAX_EXPANSION {
+                return Ok(Err(Unroutable::AliasLoop(address.to_string())));
+            }
+            if !self.serves_domain(addr.domain()).await? {
+                resolved.remote.push(addr.to_string());
+                continue;
+            }
+            let (account, targets) = self.lookup_exact(&addr.to_string()).await?;
+            let mut found = account.is_some() || !targets.is_empty();
+            if let Some((id, is_disabled)) = account {
+                if is_disabled {
+                    disabled = Some(addr.to_string());
+                } else {
+                    local.insert(LocalTarget {
+                        account_id: id,
+                        address: addr.to_string(),
+                        folder: None,
+                    });
+                }
+            }
+            for t in &targets {
+                queue.push_back((t.clone(), depth + 1));
+            }
+            if !found {
+                // Plus-addressing: user+tag@domain reaches user@domain, into folder "tag".
+                if let (base, Some(tag)) = addr.split_plus() {
+                    let base_addr = format!("{base}@{}", addr.domain());
+                    let (account, targets) = self.lookup_exact(&base_addr).await?;
+                    found = account.is_some() || !targets.is_empty();
+                    if let Some((id, is_disabled)) = account {
+                        if is_disabled {
+                            disabled = Some(base_addr.clone());
+                        } else {
+                            local.insert(LocalTarget {
+                                account_id: id,
+                                address: base_addr.clone(),
+                                folder: (!tag.is_empty()).then(|| tag.to_string()),
+                            });
+                        }
+                    }
+                    for t in targets {
+                        queue.push_back((t, depth + 1));
+                    }
+                }
+            }
+            if !found {
+                let (_, targets) = self.lookup_exact(&format!("@{}", addr.domain())).await?;
+                for t in targets {
+                    queue.push_back((t, depth + 1));
+                }
+            }
+        }
+        resolved.local = local.into_iter().collect();
+        if resolved.local.is_empty() && resolved.remote.is_empty() {
+            return Ok(Err(if let Some(d) = disabled {
+                Unroutable::Disabled(d)
+            } else if looped {
+                Unroutable::AliasLoop(address.to_string())
+            } else {
+                Unroutable::UnknownUser(address.to_string())
+            }));
+        }
+        Ok(Ok(resolved))
+    }
+
+    /// The account with exactly this address (id, disabled) and the alias
+    /// targets whose source is exactly this string.
+    async fn lookup_exact(&self, key: &str) -> Result<(Option<(i64, bool)>, Vec<Address>)> {
+        on_backend!(self, |pool| {
+            let account = match sqlx::query("SELECT id, disabled FROM accounts WHERE address = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some((
+                    row.try_get::<i64, _>("id")?,
+                    row.try_get::<bool, _>("disabled")?,
+                )),
+                None => None,
+            };
+            let rows = sqlx::query("SELECT target FROM aliases WHERE source = $1 ORDER BY target")
+                .bind(key)
+                .fetch_all(pool)
+                .await?;
+            let mut targets = Vec::with_capacity(rows.len());
+            for row in rows {
+                let t: String = row.try_get("target")?;
+                // Targets were validated when added; skip one that no longer parses.
+                if let Ok(a) = Address::parse(&t) {
+                    targets.push(a);
+                }
+            }
+            Ok((account, targets))
+        })
+    }
+
+    /// Stores one copy of a message for `target`, in one transaction:
+    /// idempotency check, quota charge, UID/MODSEQ allocation, insert.
+    pub async fn store_message(
+        &self,
+        target: &LocalTarget,
+        folder: &Folder,
+        msg: &NewMessage,
+    ) -> Result<Stored> {
+        let size = msg.blob_size + msg.prefix.len() as u64;
+        let size_i64 = i64::try_from(size)
+            .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
+        let is_pg = matches!(self.backend(), Backend::Postgres(_));
+        let outcome = write_tx!(self, |tx| {
+            let (lookup_sql, key): (&'static str, &str) = match folder {
+                Folder::Inbox => (
+                    "SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2",
+                    "INBOX",
+                ),
+                // Local parts are lower-cased, so a `+Tag` arrives as "tag": match names without case.
+                Folder::Named(name) => (
+                    "SELECT id FROM mailboxes WHERE account_id = $1 AND lower(name) = lower($2) ORDER BY name LIMIT 1",
+                    name,
+                ),
+                Folder::Junk => (
+                    "SELECT id FROM mailboxes WHERE account_id = $1 AND special_use = $2",
+                    "\\Junk",
+                ),
+            };
+            let mut mailbox_id: Option<i64> = match sqlx::query(lookup_sql)
+                .bind(target.account_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(row) => Some(row.try_get("id")?),
+                None => None,
+            };
+            if mailbox_id.is_none() {
+                mailbox_id = match sqlx::query(
+                    "SELECT id FROM mailboxes WHERE account_id = $1 AND name = 'INBOX'",
+                )
+                .bind(target.account_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                {
+                    Some(row) => Some(row.try_get("id")?),
+                    None => None,
+                };
+            }
+            let mailbox_id = mailbox_id.ok_or_else(|| {
+                StoreError::NotFound(format!("account {} has no INBOX", target.address))
+            })?;
+
+            let earlier =
+                sqlx::query("SELECT uid FROM messages WHERE mailbox_id = $1 AND delivery_key = $2")
+                    .bind(mailbox_id)
+                    .bind(&msg.delivery_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(row) = earlier {
+                Stored::AlreadyThere {
+                    mailbox_id,
+                    uid: row.try_get::<i64, _>("uid")? as u32,
+                }
+            } else {
+                let charged = sqlx::query(
+                    "UPDATE accounts SET used_bytes = used_bytes + $2
+                     WHERE id = $1 AND (quota_bytes = 0 OR used_bytes + $2 <= quota_bytes)
+                     RETURNING used_bytes",
+                )
+                .bind(target.account_id)
+                .bind(size_i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if charged.is_none() {
+                    let row =
+                        sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
+                            .bind(target.account_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    Stored::OverQuota {
+                        quota: row.try_get::<i64, _>("quota_bytes")? as u64,
+                        used: row.try_get::<i64, _>("used_bytes")? as u64,
+                    }
+                } else {
+                    let row = sqlx::query(
+                        "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+                         WHERE id = $1 RETURNING uidnext, highestmodseq",
+                    )
+                    .bind(mailbox_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let uid = row.try_get::<i64, _>("uidnext")? - 1;
+                    let modseq: i64 = row.try_get("highestmodseq")?;
+                    sqlx::query(
+                        "INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
+                                               parse_cache, delivery_key)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(mailbox_id)
+                    .bind(uid)
+                    .bind(modseq)
+                    .bind(msg.internal_date)
+                    .bind(size_i64)
+                    .bind(&msg.blob.0)
+                    .bind(&msg.prefix)
+                    .bind(msg.parse_cache.as_deref())
+                    .bind(&msg.delivery_key)
+                    .execute(&mut *tx)
+                    .await?;
+                    let event = MailboxEvent {
+                        account_id: target.account_id,
+                        mailbox_id,
+                        uid: uid as u32,
+                        modseq: modseq as u64,
+                    };
+                    if is_pg {
+                        // Delivered to listeners when (and only if) the transaction commits.
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(NOTIFY_CHANNEL)
+                            .bind(event.to_payload())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Stored::New(event)
+                }
+            }
+        });
+        if let (Stored::New(event), Backend::Sqlite(_)) = (&outcome, self.backend()) {
+            // In-process notification for the embedded store; nobody listening is fine.
+            let _ = self.events().send(event.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// New-mail events: every message stored from now on, in this process or
+    /// (on PostgreSQL) in any process sharing the database.
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<MailboxEvent>> {
+        let receiver = self.events().subscribe();
+        if let Backend::Postgres(pool) = self.backend() {
+            self.start_pg_listener(pool).await?;
+        }
+        Ok(receiver)
+    }
+
+    /// Starts (once per store) the task that turns PostgreSQL notifications
+    /// into events. It reconnects by itself when the connection drops.
+    async fn start_pg_listener(&self, pool: &sqlx::PgPool) -> Result<()> {
+        let mut started = self.listener_started().lock().await;
+        if *started {
+            return Ok(());
+        }
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let events = self.events().clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if let Some(e) = MailboxEvent::from_payload(n.payload()) {
+                            let _ = events.send(e);
+                        }
+                    }
+                    // The store is closing: give the connection back so close() can finish.
+                    Err(sqlx::Error::PoolClosed) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "new-mail listener lost its connection; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        *started = true;
+        Ok(())
+    }
+
+    /// The messages of a mailbox as (uid, modseq, size), in UID order.
+    pub async fn list_messages(&self, mailbox_id: i64) -> Result<Vec<(u32, u64, u64)>> {
+        on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT uid, modseq, size FROM messages WHERE mailbox_id = $1 ORDER BY uid",
+            )
+            .bind(mailbox_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push((
+                    row.try_get::<i64, _>("uid")? as u32,
+                    row.try_get::<i64, _>("modseq")? as u64,
+                    row.try_get::<i64, _>("size")? as u64,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The full text of a stored message: its prefix, then the shared blob.
+    pub async fn read_message(&self, mailbox_id: i64, uid: u32) -> Result<Option<Vec<u8>>> {
+        on_backend!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT m.prefix, b.data FROM messages m JOIN blobs b ON b.hash = m.blob_hash
+                 WHERE m.mailbox_id = $1 AND m.uid = $2",
+            )
+            .bind(mailbox_id)
+            .bind(i64::from(uid))
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(row) => {
+                    let mut text: Vec<u8> = row.try_get("prefix")?;
+                    text.extend_from_slice(&row.try_get::<Vec<u8>, _>("data")?);
+                    Ok(Some(text))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+}
