@@ -39,6 +39,13 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.store.url = Some(store_url.to_string());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.mda.listen = "127.0.0.1:0".parse().unwrap();
+    config.mta.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.mta.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.submission.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.submission.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    config.server.hostname = "mx.example.test".into();
+    // Tests count failures, they need not wait for them.
+    config.smtp.auth_failure_delay_ms = 10;
     config
 }
 

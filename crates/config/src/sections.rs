@@ -77,6 +77,60 @@ section! {
     }
 }
 
+section! {
+    /// Limits and policy shared by every SMTP listener (submission and port 25).
+    /// The defaults are close to Postfix's.
+    pub struct SmtpConfig = "smtp" {
+        /// Largest message accepted, in bytes (advertised with SIZE; 552 5.3.4 beyond it).
+        pub max_message_size: u64 = 25 << 20,
+        /// Recipients per message; more get 452 4.5.3.
+        pub max_recipients: usize = 1000,
+        /// Longest command line in bytes, CRLF included.
+        pub max_line_length: usize = 2048,
+        /// Errors (5xx answers to bad commands) before the session is closed.
+        pub max_errors: usize = 20,
+        /// Seconds to wait for a command before closing with 421 4.4.2.
+        pub command_timeout_secs: u64 = 300,
+        /// Seconds a whole DATA or BDAT transfer may take.
+        pub data_timeout_secs: u64 = 600,
+        /// Slowest acceptable DATA transfer in bytes per second (checked after 30 s).
+        pub min_data_rate: u64 = 1024,
+        /// Allow AUTH before STARTTLS when the client connects from loopback.
+        pub allow_plaintext_auth_on_loopback: bool = true,
+        /// Milliseconds to wait after a failed AUTH (multiplied by the failures so far in the session).
+        pub auth_failure_delay_ms: u64 = 1000,
+        /// Failed AUTHs in one session before it is closed.
+        pub max_auth_failures: usize = 3,
+        /// Failed AUTHs from one IP within 15 minutes before AUTH is refused with 454 4.7.0.
+        pub max_auth_failures_per_ip: usize = 10,
+    }
+}
+
+section! {
+    /// The MSA: message submission by authenticated users (RFC 6409, RFC 8314).
+    pub struct SubmissionConfig = "submission" {
+        /// Addresses for submission with STARTTLS (production: port 587, and 2525).
+        pub listen: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+        /// Addresses for submission over implicit TLS (production: port 465).
+        pub listen_tls: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 4465))],
+        /// The MTA's Queue gRPC endpoint, when the MSA runs apart from the MTA
+        /// (`mailroom serve msa`); `mailroom serve` connects the two itself.
+        pub queue_endpoint: String = "http://127.0.0.1:9427".to_string(),
+    }
+}
+
+section! {
+    /// The MTA: inbound SMTP for our domains, and the queue.
+    pub struct MtaConfig = "mta" {
+        /// Addresses for server-to-server SMTP with STARTTLS (production: port 25).
+        pub listen: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 2500))],
+        /// Address of the Queue gRPC listener (the MSA enqueues through it).
+        pub grpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9427)),
+        /// Seconds a message may stay in the queue before it bounces.
+        pub max_queue_age_secs: u64 = 5 * 24 * 3600,
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +169,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[admin]`
     pub admin: AdminConfig,
+    /// `[smtp]`
+    pub smtp: SmtpConfig,
+    /// `[submission]`
+    pub submission: SubmissionConfig,
+    /// `[mta]`
+    pub mta: MtaConfig,
     /// `[mda]`
     pub mda: MdaConfig,
     /// `[telemetry]`
@@ -129,6 +189,9 @@ impl Config {
         TlsConfig::NAME,
         LimitsConfig::NAME,
         AdminConfig::NAME,
+        SmtpConfig::NAME,
+        SubmissionConfig::NAME,
+        MtaConfig::NAME,
         MdaConfig::NAME,
         TelemetryConfig::NAME,
     ];
@@ -144,6 +207,9 @@ impl Config {
         keys::<TlsConfig>(&mut out);
         keys::<LimitsConfig>(&mut out);
         keys::<AdminConfig>(&mut out);
+        keys::<SmtpConfig>(&mut out);
+        keys::<SubmissionConfig>(&mut out);
+        keys::<MtaConfig>(&mut out);
         keys::<MdaConfig>(&mut out);
         keys::<TelemetryConfig>(&mut out);
         out
@@ -159,6 +225,9 @@ impl Config {
             tls: take(raw, errors),
             limits: take(raw, errors),
             admin: take(raw, errors),
+            smtp: take(raw, errors),
+            submission: take(raw, errors),
+            mta: take(raw, errors),
             mda: take(raw, errors),
             telemetry: take(raw, errors),
         }

@@ -14,8 +14,10 @@ use anyhow::Context as _;
 use mailroom_admin::AdminToken;
 use mailroom_config::Config;
 use mailroom_net::tls;
-use mailroom_net::{Listener, Shutdown, TlsMode};
+use mailroom_net::{ConnectionLimiter, Listener, ServeContext, Shutdown, TlsMode};
+use mailroom_smtp_server::{AuthThrottle, Mode, SmtpServer, SmtpSettings};
 use mailroom_store::{Store, StoreOptions};
+use std::sync::Arc;
 use tonic::service::RoutesBuilder;
 
 /// The services that `mailroom serve <service>` can run alone.
@@ -25,6 +27,10 @@ pub enum ServiceName {
     Admin,
     /// The MDA: gRPC Delivery into mailboxes.
     Mda,
+    /// The MTA: inbound SMTP for our domains (port 25) and the Queue.
+    Mta,
+    /// The MSA: message submission (587/2525 STARTTLS, 465 implicit TLS).
+    Msa,
 }
 
 /// One listening socket, as reported at start.
@@ -169,6 +175,49 @@ fn spawn_grpc(
     });
 }
 
+/// Runs an SMTP accept loop as a tracked task.
+fn spawn_smtp(shutdown: &Shutdown, listener: Listener, server: Arc<SmtpServer>, ctx: ServeContext) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let service = listener.service();
+        if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
+            tracing::error!(service, error = %e, "SMTP listener failed; shutting down");
+            stop.trigger();
+        }
+    });
+}
+
+/// A lazily connected channel to the Queue service (it may start after us,
+/// or restart: tonic reconnects by itself).
+fn queue_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .with_context(|| format!("bad queue endpoint {endpoint:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .connect_lazy(),
+    )
+}
+
+fn smtp_settings(config: &Config) -> SmtpSettings {
+    let s = &config.smtp;
+    SmtpSettings {
+        hostname: config.server.hostname.clone(),
+        max_message_size: usize::try_from(s.max_message_size).unwrap_or(usize::MAX),
+        max_recipients: s.max_recipients,
+        max_line_length: s.max_line_length,
+        max_errors: s.max_errors,
+        command_timeout: Duration::from_secs(s.command_timeout_secs),
+        data_timeout: Duration::from_secs(s.data_timeout_secs),
+        min_data_rate: s.min_data_rate,
+        allow_plaintext_auth_on_loopback: s.allow_plaintext_auth_on_loopback,
+        auth_failure_delay: Duration::from_millis(s.auth_failure_delay_ms),
+        max_auth_failures: s.max_auth_failures,
+        max_auth_failures_per_ip: s.max_auth_failures_per_ip,
+        auth_failure_window: Duration::from_secs(900),
+    }
+}
+
 /// Starts `only` that service, or every service, and returns once all
 /// listeners are bound.
 pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<Stack> {
@@ -184,7 +233,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => tls::ensure_self_signed(&data_dir.join("tls"), &config.server.hostname)?,
     };
-    tls::server_config(&cert, &key)?;
+    let acceptor = tls::acceptor(&cert, &key)?;
 
     let token_file = config.admin_token_file();
     let token = admin_token(&token_file, config.admin.token_file.is_none())?;
@@ -241,6 +290,83 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             mailroom_mda::SERVICE_NAME,
             listener,
         );
+    }
+    let smtp_context = ServeContext {
+        limiter: ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
+        tls: Some(acceptor),
+        handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
+        shutdown: shutdown.clone(),
+    };
+    let throttle = Arc::new(AuthThrottle::default());
+    let mut queue_endpoint = config.submission.queue_endpoint.clone();
+    if runs(ServiceName::Mta) {
+        let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
+        queue_endpoint = format!("http://{}", listener.local_addr());
+        listeners.push(ListenerInfo {
+            service: "queue",
+            addr: listener.local_addr(),
+            mode: "plaintext gRPC (Queue)".into(),
+        });
+        let mut routes = RoutesBuilder::default();
+        let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
+        routes.add_service(mailroom_mta::service(store.clone(), max_age));
+        spawn_grpc(
+            &shutdown,
+            "queue",
+            routes,
+            mailroom_mta::SERVICE_NAME,
+            listener,
+        );
+        let server = Arc::new(SmtpServer::new(
+            Mode::Inbound,
+            smtp_settings(&config),
+            store.clone(),
+            queue_channel(&queue_endpoint)?,
+            throttle.clone(),
+        ));
+        for addr in &config.mta.listen {
+            let listener = Listener::bind("smtp", *addr, TlsMode::StartTls).await?;
+            listeners.push(ListenerInfo {
+                service: "smtp",
+                addr: listener.local_addr(),
+                mode: "SMTP, STARTTLS".into(),
+            });
+            spawn_smtp(&shutdown, listener, server.clone(), smtp_context.clone());
+        }
+    }
+    if runs(ServiceName::Msa) {
+        let server = Arc::new(SmtpServer::new(
+            Mode::Submission,
+            smtp_settings(&config),
+            store.clone(),
+            queue_channel(&queue_endpoint)?,
+            throttle.clone(),
+        ));
+        let all = config
+            .submission
+            .listen
+            .iter()
+            .map(|a| ("submission", *a, TlsMode::StartTls, "submission, STARTTLS"))
+            .chain(config.submission.listen_tls.iter().map(|a| {
+                (
+                    "submissions",
+                    *a,
+                    TlsMode::Implicit,
+                    "submission, implicit TLS",
+                )
+            }));
+        for (service, addr, mode, text) in all {
+            let listener = Listener::bind(service, addr, mode).await?;
+            listeners.push(ListenerInfo {
+                service,
+                addr: listener.local_addr(),
+                mode: text.into(),
+            });
+            spawn_smtp(&shutdown, listener, server.clone(), smtp_context.clone());
+        }
     }
     tracing::info!(store = %describe_store(&url), listeners = listeners.len(), "mailroom started");
     Ok(Stack {

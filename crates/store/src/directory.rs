@@ -9,6 +9,7 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use mailroom_address::{Address, Domain};
+use mailroom_sasl::ScramCredentials;
 use sqlx::Row;
 
 use crate::{Result, Store, StoreError, now, on_backend, write_tx};
@@ -167,15 +168,27 @@ fn check_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-/// Hashes with argon2id (default parameters) off the async threads.
-async fn hash_password(password: &str) -> Result<String> {
+/// The stored forms of a password: an argon2id hash (for PLAIN, LOGIN,
+/// IMAP LOGIN, POP3 PASS) and SCRAM-SHA-256 keys (for SCRAM, which needs
+/// them and cannot work from an argon2 hash).
+struct PasswordForms {
+    argon2: String,
+    scram: String,
+}
+
+/// Derives both forms off the async threads.
+async fn hash_password(password: &str) -> Result<PasswordForms> {
     check_password(password)?;
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || {
-        Argon2::default()
+        let argon2 = Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
-            .map_err(|e| StoreError::Internal(format!("password hashing failed: {e}")))
+            .map_err(|e| StoreError::Internal(format!("password hashing failed: {e}")))?;
+        let scram = ScramCredentials::derive(&password)
+            .map_err(|e| StoreError::InvalidArgument(format!("the password cannot be used: {e}")))?
+            .to_string();
+        Ok(PasswordForms { argon2, scram })
     })
     .await
     .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -302,13 +315,14 @@ impl Store {
                 .ok_or_else(|| not_served(address.domain()))?
                 .try_get("id")?;
             let row = sqlx::query(
-                "INSERT INTO accounts (domain_id, address, password_hash, quota_bytes, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO accounts (domain_id, address, password_hash, scram_sha256, quota_bytes, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  RETURNING id, address, quota_bytes, used_bytes, disabled, created_at",
             )
             .bind(domain_id)
             .bind(address.to_string())
-            .bind(&hash)
+            .bind(&hash.argon2)
+            .bind(&hash.scram)
             .bind(quota)
             .bind(created_at)
             .fetch_one(&mut *tx)
@@ -377,8 +391,41 @@ impl Store {
     /// Replaces an account's password.
     pub async fn set_password(&self, address: &Address, password: &str) -> Result<Account> {
         let hash = hash_password(password).await?;
-        self.update_account(address, "password_hash", UpdateValue::Text(hash))
-            .await
+        // Both forms in one statement: they must never disagree.
+        let sql = format!(
+            "UPDATE accounts SET password_hash = $1, scram_sha256 = $2 WHERE address = $3 RETURNING {ACCOUNT_COLUMNS}"
+        );
+        let row = on_backend!(self, |pool| {
+            match sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&hash.argon2)
+                .bind(&hash.scram)
+                .bind(address.to_string())
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(account_from_row!(row)),
+                None => None,
+            }
+        });
+        row.ok_or_else(|| no_account(address))
+    }
+
+    /// The SCRAM-SHA-256 keys of an enabled account, for SASL SCRAM. `None`
+    /// for unknown and disabled accounts alike.
+    pub async fn scram_credentials(&self, address: &Address) -> Result<Option<ScramCredentials>> {
+        let text: Option<String> = on_backend!(self, |pool| {
+            match sqlx::query(
+                "SELECT scram_sha256 FROM accounts WHERE address = $1 AND NOT disabled",
+            )
+            .bind(address.to_string())
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(row) => row.try_get("scram_sha256")?,
+                None => None,
+            }
+        });
+        Ok(text.and_then(|t| t.parse().ok()))
     }
 
     /// Sets an account's quota in bytes (0: unlimited).
@@ -406,7 +453,6 @@ impl Store {
         let row = on_backend!(self, |pool| {
             let query = sqlx::query(sqlx::AssertSqlSafe(sql));
             let query = match &value {
-                UpdateValue::Text(s) => query.bind(s.as_str()),
                 UpdateValue::Int(i) => query.bind(*i),
                 UpdateValue::Bool(b) => query.bind(*b),
             };
@@ -471,6 +517,32 @@ impl Store {
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok((ok && !account.disabled).then_some(account))
+    }
+
+    /// Whether the account `account` (canonical address) may use `candidate`
+    /// as its sender: its own address, a `+tag` form of it, or the source of
+    /// an alias that points to it.
+    pub async fn may_send_as(&self, account: &str, candidate: &Address) -> Result<bool> {
+        let exact = candidate.to_string();
+        if exact == account {
+            return Ok(true);
+        }
+        let base = match candidate.split_plus() {
+            (base, Some(_)) => format!("{base}@{}", candidate.domain()),
+            _ => exact.clone(),
+        };
+        if base == account {
+            return Ok(true);
+        }
+        Ok(on_backend!(self, |pool| {
+            sqlx::query("SELECT 1 FROM aliases WHERE source IN ($1, $2) AND target = $3")
+                .bind(&exact)
+                .bind(&base)
+                .bind(account)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        }))
     }
 
     /// Adds an alias. The source's domain must be served here.
@@ -590,7 +662,6 @@ impl Store {
 
 /// A value for [`Store::update_account`].
 enum UpdateValue {
-    Text(String),
     Int(i64),
     Bool(bool),
 }

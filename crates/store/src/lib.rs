@@ -33,11 +33,13 @@ mod blobs;
 mod delivery;
 mod directory;
 mod migrate;
+mod queue;
 pub mod testing;
 
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
+pub use queue::{DEFAULT_MAX_QUEUE_SECS, QueueEnvelope, QueueRecipient};
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
 /// message fit to show the person who made the request.

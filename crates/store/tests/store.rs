@@ -403,3 +403,66 @@ async fn an_unreachable_postgres_is_unavailable() {
     .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 }
+
+mod scram {
+    use super::*;
+
+    async fn scram_keys_follow_the_password(store: &Store) {
+        store.add_domain(&d("example.test")).await.unwrap();
+        store
+            .create_account(&a("erin@example.test"), PW, 0)
+            .await
+            .unwrap();
+        let first = store
+            .scram_credentials(&a("Erin@example.test"))
+            .await
+            .unwrap()
+            .unwrap();
+        let expected =
+            mailroom_sasl::ScramCredentials::derive_with(PW, &first.salt, first.iterations)
+                .unwrap();
+        assert_eq!(first.stored_key, expected.stored_key);
+        store
+            .set_password(&a("erin@example.test"), "another passphrase")
+            .await
+            .unwrap();
+        let second = store
+            .scram_credentials(&a("erin@example.test"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(first.stored_key, second.stored_key);
+        store
+            .set_disabled(&a("erin@example.test"), true)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .scram_credentials(&a("erin@example.test"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .scram_credentials(&a("nobody@example.test"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let (store, _db) = TestDb::sqlite().await;
+        scram_keys_follow_the_password(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some((store, _db)) = TestDb::postgres().await else {
+            return;
+        };
+        scram_keys_follow_the_password(&store).await;
+    }
+}

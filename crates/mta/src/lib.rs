@@ -1,0 +1,147 @@
+//! The MTA's queue service: gRPC `Queue.Enqueue`.
+//!
+//! Every accepted message enters here, from the submission server and from
+//! inbound SMTP alike. The call returns only after the store committed the
+//! message, its envelope and one state row per recipient in one transaction:
+//! that is what lets an SMTP session answer 250 (the durability contract in
+//! docs/ARCHITECTURE.md). Any failure is reported as an error, so the session
+//! answers 451 and the client keeps the message.
+
+use mailroom_rpc::queue as pb;
+use mailroom_rpc::queue::queue_server::{Queue, QueueServer};
+use mailroom_smtp_proto::Path;
+use mailroom_store::{QueueEnvelope, QueueRecipient, Store, StoreError};
+use tonic::{Request, Response, Status};
+
+/// The gRPC name, for health reporting.
+pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::NamedService>::NAME;
+
+/// The largest message Enqueue accepts (the SMTP size limit is lower).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Builds the service; `max_age_secs` is how long a message may stay queued.
+pub fn service(store: Store, max_age_secs: i64) -> QueueServer<QueueService> {
+    QueueServer::new(QueueService {
+        store,
+        max_age_secs,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The Queue implementation over the store.
+#[derive(Debug, Clone)]
+pub struct QueueService {
+    store: Store,
+    max_age_secs: i64,
+}
+
+fn single_line(field: &str, value: &str) -> Result<(), Status> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be one line"
+        )));
+    }
+    Ok(())
+}
+
+fn notify_text(notify: &[i32]) -> Option<String> {
+    let words: Vec<&str> = notify
+        .iter()
+        .filter_map(|n| match pb::DsnNotify::try_from(*n).ok()? {
+            pb::DsnNotify::Never => Some("NEVER"),
+            pb::DsnNotify::Success => Some("SUCCESS"),
+            pb::DsnNotify::Failure => Some("FAILURE"),
+            pb::DsnNotify::Delay => Some("DELAY"),
+            pb::DsnNotify::Unspecified => None,
+        })
+        .collect();
+    (!words.is_empty()).then(|| words.join(","))
+}
+
+/// Checks a request and turns it into the store's envelope.
+fn envelope(request: &pb::EnqueueRequest) -> Result<QueueEnvelope, Status> {
+    let env = request
+        .envelope
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("missing envelope"))?;
+    if env.recipients.is_empty() {
+        return Err(Status::invalid_argument("no recipients"));
+    }
+    if request.message.is_empty() {
+        return Err(Status::invalid_argument("empty message"));
+    }
+    if !env.sender.is_empty() {
+        Path::from_mailbox(&env.sender)
+            .map_err(|e| Status::invalid_argument(format!("sender: {e}")))?;
+    }
+    single_line("env_id", &env.env_id)?;
+    single_line("authenticated_as", &request.authenticated_as)?;
+    single_line("client_ip", &request.client_ip)?;
+    let mut recipients = Vec::with_capacity(env.recipients.len());
+    for r in &env.recipients {
+        Path::from_mailbox(&r.address)
+            .map_err(|e| Status::invalid_argument(format!("recipient {:?}: {e}", r.address)))?;
+        single_line("orcpt", &r.orcpt)?;
+        recipients.push(QueueRecipient {
+            address: r.address.clone(),
+            orcpt: (!r.orcpt.is_empty()).then(|| r.orcpt.clone()),
+            notify: notify_text(&r.notify),
+        });
+    }
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(QueueEnvelope {
+        sender: env.sender.clone(),
+        recipients,
+        env_id: non_empty(&env.env_id),
+        ret: match pb::DsnReturn::try_from(env.ret).unwrap_or(pb::DsnReturn::Unspecified) {
+            pb::DsnReturn::Full => Some("FULL".into()),
+            pb::DsnReturn::Headers => Some("HDRS".into()),
+            pb::DsnReturn::Unspecified => None,
+        },
+        body_type: match pb::BodyType::try_from(env.body).unwrap_or(pb::BodyType::Unspecified) {
+            pb::BodyType::BodyType7bit => Some("7BIT".into()),
+            pb::BodyType::BodyType8bitmime => Some("8BITMIME".into()),
+            pb::BodyType::Binarymime => Some("BINARYMIME".into()),
+            pb::BodyType::Unspecified => None,
+        },
+        smtputf8: env.smtputf8,
+        requiretls: env.requiretls,
+        authenticated_as: non_empty(&request.authenticated_as),
+        client_ip: non_empty(&request.client_ip),
+        trace_context: mailroom_telemetry::current_traceparent(),
+    })
+}
+
+#[tonic::async_trait]
+impl Queue for QueueService {
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let request = request.into_inner();
+        let envelope = envelope(&request)?;
+        match self
+            .store
+            .enqueue(&envelope, &request.message, self.max_age_secs)
+            .await
+        {
+            Ok(queue_id) => {
+                tracing::info!(
+                    queue_id,
+                    sender = %envelope.sender,
+                    recipients = envelope.recipients.len(),
+                    size = request.message.len(),
+                    "queued"
+                );
+                Ok(Response::new(pb::EnqueueResponse { queue_id }))
+            }
+            Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "enqueue failed");
+                Err(Status::unavailable(
+                    "the queue is unavailable; try again later",
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! SMTP server sessions for two services that share one engine:
+//!
+//! * **Submission** (MSA, RFC 6409; ports 587 and 2525 with STARTTLS, 465
+//!   with implicit TLS per RFC 8314): AUTH is required before MAIL, the
+//!   sender (envelope and `From:`) must belong to the authenticated account,
+//!   any recipient may be addressed, and the MSA adds `Message-ID`/`Date` when
+//!   missing.
+//! * **Inbound** (MTA, port 25): no AUTH; recipients are accepted only for
+//!   our own domains and existing users, so the server is never an open relay.
+//!
+//! Syntax comes from `mailroom-smtp-proto` (no parsing here); this crate is
+//! the I/O and the policy. One session is one task; see [`session`] for the
+//! state machine and its invariants.
+//!
+//! The durability contract: `250` after DATA/BDAT is written only after
+//! `Queue.Enqueue` returned, i.e. after the database commit. Any failure to
+//! enqueue is a `451 4.3.0`, and the client keeps the message.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailroom_net::{CancellationToken, Connection, MailStream, Refusal, Session};
+use mailroom_rpc::queue::queue_client::QueueClient;
+use mailroom_sasl::SaslConfig;
+use mailroom_smtp_proto::Reply;
+use mailroom_store::Store;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+mod auth;
+mod message;
+pub mod session;
+
+pub use message::{received_header, rfc5322_date};
+
+/// Which service a listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Message submission by authenticated users (MSA).
+    Submission,
+    /// Mail from other servers for our domains (MTA port 25).
+    Inbound,
+}
+
+/// Limits and policy of a session; defaults are close to Postfix's.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Our host name, in the greeting, EHLO reply and `Received:` headers.
+    pub hostname: String,
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: usize,
+    /// Recipients per message; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included.
+    pub max_line_length: usize,
+    /// Errors (5xx replies to bad commands) before the session is closed.
+    pub max_errors: usize,
+    /// How long the server waits for a command.
+    pub command_timeout: Duration,
+    /// How long a whole DATA or BDAT transfer may take.
+    pub data_timeout: Duration,
+    /// Slowest acceptable transfer, bytes per second, checked after the first 30 s.
+    pub min_data_rate: u64,
+    /// Allow AUTH without TLS from loopback addresses (local scripts, tests).
+    pub allow_plaintext_auth_on_loopback: bool,
+    /// Wait after each failed AUTH (grows with each failure in a session).
+    pub auth_failure_delay: Duration,
+    /// Failed AUTHs in one session before it is closed.
+    pub max_auth_failures: usize,
+    /// Failed AUTHs from one IP within `auth_failure_window` before AUTH is refused outright.
+    pub max_auth_failures_per_ip: usize,
+    /// The window of the per-IP AUTH failure count.
+    pub auth_failure_window: Duration,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            hostname: "localhost".into(),
+            max_message_size: 25 << 20,
+            max_recipients: 1000,
+            max_line_length: 2048,
+            max_errors: 20,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            min_data_rate: 1024,
+            allow_plaintext_auth_on_loopback: true,
+            auth_failure_delay: Duration::from_secs(1),
+            max_auth_failures: 3,
+            max_auth_failures_per_ip: 10,
+            auth_failure_window: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Failed AUTH attempts per client IP, shared by every session of a process,
+/// so that a password guesser gains nothing by reconnecting.
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<IpAddr, (usize, Instant)>>,
+}
+
+impl AuthThrottle {
+    /// Whether `ip` has used up its failures in the current window.
+    pub fn is_blocked(&self, ip: IpAddr, max: usize, window: Duration) -> bool {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((_, since)) if since.elapsed() > window => {
+                map.remove(&ip);
+                false
+            }
+            Some((n, _)) => *n >= max,
+            None => false,
+        }
+    }
+
+    /// Counts one failure for `ip`.
+    pub fn record_failure(&self, ip: IpAddr, window: Duration) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            // Bounded memory under a distributed attack: forget expired entries.
+            map.retain(|_, (_, since)| since.elapsed() <= window);
+        }
+        let entry = map.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// Everything sessions share: settings, store, queue client, throttles.
+#[derive(Debug)]
+pub struct SmtpServer {
+    pub(crate) mode: Mode,
+    pub(crate) settings: SmtpSettings,
+    pub(crate) store: Store,
+    pub(crate) queue: QueueClient<Channel>,
+    pub(crate) sasl: SaslConfig,
+    pub(crate) throttle: Arc<AuthThrottle>,
+}
+
+impl SmtpServer {
+    /// A server for `mode`; `queue` is a channel to the MTA's Queue service.
+    pub fn new(
+        mode: Mode,
+        settings: SmtpSettings,
+        store: Store,
+        queue: Channel,
+        throttle: Arc<AuthThrottle>,
+    ) -> Self {
+        SmtpServer {
+            mode,
+            settings,
+            store,
+            queue: QueueClient::new(queue).max_encoding_message_size(mailroom_smtp_proto_max()),
+            sasl: SaslConfig::default(),
+            throttle,
+        }
+    }
+}
+
+fn mailroom_smtp_proto_max() -> usize {
+    256 << 20
+}
+
+impl Session for SmtpServer {
+    async fn serve(&self, conn: Connection, shutdown: CancellationToken) {
+        session::run(self, conn, shutdown).await;
+    }
+
+    async fn refuse(&self, mut stream: MailStream, why: Refusal) {
+        let text = match why {
+            Refusal::TooManyConnections => "too many connections, try again later",
+            Refusal::TooManyFromAddress => {
+                "too many connections from your address, try again later"
+            }
+        };
+        let reply = Reply::new(421, "4.7.0", format!("{} {text}", self.settings.hostname));
+        let _ = stream.write_all(&reply.to_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+}
