@@ -415,7 +415,7 @@ async fn copies_carry_their_headers_and_quarantine_goes_to_junk(r: &Running) {
     let text = String::from_utf8(store.read_message(junk, 1).await.unwrap().unwrap()).unwrap();
     assert!(
         text.starts_with(
-            "Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.test\r\nAuthentication-Results: localhost;\r\n\tspf=pass"
+            "Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.test\r\nAuthentication-Results: mx.example.test;\r\n\tspf=pass"
         ),
         "{text}"
     );
