@@ -52,16 +52,30 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
 /// Starts every service on `backend`; `None` only when PostgreSQL tests were
 /// opted out of with `MAILROOM_TEST_SKIP_POSTGRES=1`.
 pub async fn start(backend: Backend) -> Option<Running> {
+    start_with(backend, None, |_| {}).await
+}
+
+/// Like [`start`], with a chosen service (all when `None`) and configuration changes.
+pub async fn start_with(
+    backend: Backend,
+    only: Option<mailroom::ServiceName>,
+    change: impl FnOnce(&mut Config),
+) -> Option<Running> {
     let (store, db) = match backend {
         Backend::Sqlite => TestDb::sqlite().await,
         Backend::Postgres => TestDb::postgres().await?,
     };
     store.close().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let stack = mailroom::start(test_config(data_dir.path(), &db.url), None)
+    let mut config = test_config(data_dir.path(), &db.url);
+    change(&mut config);
+    let stack = mailroom::start(config, only)
         .await
         .expect("the stack starts");
-    let admin_url = format!("http://{}", stack.addr("admin").unwrap());
+    let admin_url = stack
+        .addr("admin")
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
     let token = std::fs::read_to_string(stack.token_file())
         .unwrap()
         .trim()
@@ -137,4 +151,182 @@ pub async fn open_store(running: &Running) -> mailroom_store::Store {
     mailroom_store::Store::connect(&running.db.url, &mailroom_store::StoreOptions::default())
         .await
         .unwrap()
+}
+
+/// A deliberately small SMTP client for tests: it sends exactly the bytes
+/// it is given, so tests can pipeline, smuggle and misbehave.
+pub struct SmtpClient<S> {
+    io: tokio::io::BufReader<S>,
+}
+
+/// A TLS stream to the stack.
+pub type TlsClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl SmtpClient<tokio::net::TcpStream> {
+    /// Connects and reads the greeting.
+    pub async fn connect(addr: std::net::SocketAddr) -> (Self, (u16, String)) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = SmtpClient {
+            io: tokio::io::BufReader::new(tcp),
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    /// Runs STARTTLS and the handshake (trusting the stack's certificate).
+    pub async fn starttls(
+        mut self,
+        running: &Running,
+    ) -> Result<SmtpClient<TlsClientStream>, String> {
+        let (code, text) = self.cmd("STARTTLS").await;
+        if code != 220 {
+            return Err(format!("STARTTLS refused: {code} {text}"));
+        }
+        let tcp = self.io.into_inner();
+        tls_connect(running, tcp).await.map(|s| SmtpClient {
+            io: tokio::io::BufReader::new(s),
+        })
+    }
+}
+
+/// Connects with implicit TLS and reads the greeting.
+pub async fn connect_tls(
+    running: &Running,
+    addr: std::net::SocketAddr,
+) -> (SmtpClient<TlsClientStream>, (u16, String)) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tls_connect(running, tcp).await.unwrap();
+    let mut c = SmtpClient {
+        io: tokio::io::BufReader::new(tls),
+    };
+    let greeting = c.reply().await;
+    (c, greeting)
+}
+
+/// A TLS client handshake that trusts the stack's generated certificate.
+pub async fn tls_connect(
+    running: &Running,
+    tcp: tokio::net::TcpStream,
+) -> Result<TlsClientStream, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(running.data_dir.path().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(mailroom_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> SmtpClient<S> {
+    /// Sends raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.io.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and its lines joined by `\n`.
+    /// `(0, "")` when the server closed the connection.
+    pub async fn reply(&mut self) -> (u16, String) {
+        use tokio::io::AsyncBufReadExt;
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.io.read_line(&mut line),
+            )
+            .await
+            .expect("no reply within 10 s")
+            .unwrap_or(0);
+            if n == 0 {
+                return (0, text.join("\n"));
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            assert!(line.len() >= 3, "short reply line {line:?}");
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            text.push(line.get(4..).unwrap_or("").to_string());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// AUTH PLAIN with an initial response.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> (u16, String) {
+        let raw = format!("\0{user}\0{password}");
+        self.cmd(&format!("AUTH PLAIN {}", base64_encode(raw.as_bytes())))
+            .await
+    }
+}
+
+/// Standard base64 (tests only; the server uses the base64 crate).
+pub fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Creates `example.test` with the given accounts (password `PASSWORD`).
+pub async fn with_accounts(running: &Running, accounts: &[&str]) -> mailroom_store::Store {
+    let store = open_store(running).await;
+    store
+        .add_domain(&mailroom_address::Domain::parse("example.test").unwrap())
+        .await
+        .unwrap();
+    for a in accounts {
+        store
+            .create_account(&mailroom_address::Address::parse(a).unwrap(), PASSWORD, 0)
+            .await
+            .unwrap();
+    }
+    store
+}
+
+/// The password of accounts made by [`with_accounts`].
+pub const PASSWORD: &str = "correct horse battery";
+
+impl<S: tokio::io::AsyncRead> SmtpClient<S> {
+    /// Wraps a connected stream (e.g. after a hand-made TLS handshake).
+    pub fn from_stream(stream: S) -> Self {
+        SmtpClient {
+            io: tokio::io::BufReader::new(stream),
+        }
+    }
+
+    /// The underlying stream; anything the client had buffered is dropped.
+    pub fn into_inner(self) -> S {
+        self.io.into_inner()
+    }
 }

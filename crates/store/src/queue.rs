@@ -119,6 +119,16 @@ impl Store {
         Ok(id)
     }
 
+    /// How many messages are queued (any state).
+    pub async fn queue_size(&self) -> Result<i64> {
+        crate::on_backend!(self, |pool| {
+            Ok(sqlx::query("SELECT COUNT(*) AS n FROM queue_messages")
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?)
+        })
+    }
+
     /// A queued message's envelope and content, if it is still queued.
     pub async fn queued_message(&self, id: i64) -> Result<Option<(QueueEnvelope, Vec<u8>)>> {
         crate::on_backend!(self, |pool| {
