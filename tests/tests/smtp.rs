@@ -459,3 +459,29 @@ async fn acknowledged_mail_is_committed_on_postgres() {
     );
     stop(r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_long_lines_and_connection_floods_get_rfc_replies() {
+    let r = start_with(Backend::Sqlite, None, |c| {
+        c.smtp.command_timeout_secs = 1;
+        c.limits.max_connections_per_ip = 2;
+    })
+    .await
+    .unwrap();
+    let _store = with_accounts(&r, &["bob@example.test"]).await;
+    // A line over the limit is refused without killing the session.
+    let (mut a, _) = SmtpClient::connect(smtp(&r)).await;
+    let (code, text) = a.cmd(&format!("NOOP {}", "x".repeat(5000))).await;
+    assert_eq!((code, &text[..5]), (500, "5.5.6"), "{text}");
+    assert_eq!(a.cmd("NOOP").await.0, 250);
+    // A third connection from the same address is turned away with 421.
+    let (_b, greeting) = SmtpClient::connect(smtp(&r)).await;
+    assert_eq!(greeting.0, 220);
+    let (_c, refused) = SmtpClient::connect(smtp(&r)).await;
+    assert_eq!(refused.0, 421, "{refused:?}");
+    assert!(refused.1.starts_with("4.7.0"), "{refused:?}");
+    // A client that says nothing is disconnected with 421 4.4.2.
+    let (code, text) = a.reply().await;
+    assert_eq!((code, &text[..5]), (421, "4.4.2"), "{text}");
+    stop(r).await;
+}
