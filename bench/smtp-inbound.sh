@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmark: inbound SMTP acceptance rate, Mailroom (on PostgreSQL) next to
+# Postfix, in the same run, with Postfix's own load generator:
+#   smtp-source -s SESSIONS -m MESSAGES -l SIZE
+# Both answer 250 only after the message is durable (Mailroom: PostgreSQL
+# commit with synchronous_commit on; Postfix: fsync of the queue file).
+#
+# Needs: PostgreSQL on 127.0.0.1:5432 (postgres, trust), postfix (for
+# smtp-source and as the peer), python3. Runs as root on a test machine: it
+# reconfigures the local Postfix for the run and restores its files after.
+# Usage: bench/smtp-inbound.sh   (env: SESSIONS=20 MESSAGES=2000 SIZE=4096)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SESSIONS=${SESSIONS:-20}
+MESSAGES=${MESSAGES:-2000}
+SIZE=${SIZE:-4096}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+echo "== building mailroom (release)" >&2
+cargo build --release --locked -p mailroom >&2
+BIN=$CARGO_TARGET_DIR/release/mailroom
+
+work=$(mktemp -d)
+db=mailroom_bench_$$
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  if [ -f "$work/main.cf" ]; then
+    postfix stop >/dev/null 2>&1 || true
+    cp "$work/main.cf" /etc/postfix/main.cf
+    cp "$work/master.cf" /etc/postfix/master.cf
+  fi
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+rate() { # messages, start, end
+  python3 -c "import sys; m,s,e=map(float,sys.argv[1:]); print(f'{m/(e-s):.0f}')" "$@"
+}
+
+run_source() { # port → prints msg/s
+  local start end
+  start=$(date +%s.%N)
+  smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f sender@remote.test -t bob@example.test "127.0.0.1:$1"
+  end=$(date +%s.%N)
+  rate "$MESSAGES" "$start" "$end"
+}
+
+echo "== Mailroom" >&2
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
+SMTP_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+MAILROOM_STORE__URL="postgres://postgres@127.0.0.1:5432/$db" \
+MAILROOM_STORE__MAX_CONNECTIONS=$((SESSIONS + 5)) \
+MAILROOM_MTA__LISTEN="[\"127.0.0.1:$SMTP_PORT\"]" \
+MAILROOM_MTA__GRPC_LISTEN=127.0.0.1:0 \
+MAILROOM_ADMIN__LISTEN="127.0.0.1:$ADMIN_PORT" \
+MAILROOM_MDA__LISTEN=127.0.0.1:0 \
+MAILROOM_SUBMISSION__LISTEN='[]' \
+MAILROOM_SUBMISSION__LISTEN_TLS='[]' \
+MAILROOM_LIMITS__MAX_CONNECTIONS_PER_IP=$((SESSIONS * 2)) \
+MAILROOM_TELEMETRY__LOG_FILTER=warn \
+  "$BIN" --data-dir "$work/data" serve >"$work/serve.out" 2>"$work/serve.err" &
+pid=$!
+for _ in $(seq 100); do grep -q "Admin token" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+admin=(--data-dir "$work/data" --admin-url "http://127.0.0.1:$ADMIN_PORT")
+"$BIN" "${admin[@]}" domain add example.test >&2
+echo "bench password 123" | "$BIN" "${admin[@]}" user add bob@example.test >&2
+run_source "$SMTP_PORT" >/dev/null   # warm-up (connections, caches)
+MAILROOM_RATE=$(run_source "$SMTP_PORT")
+QUEUED=$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc "SELECT COUNT(*) FROM queue_messages")
+kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+
+echo "== Postfix" >&2
+cp /etc/postfix/main.cf "$work/main.cf"
+cp /etc/postfix/master.cf "$work/master.cf"
+PF_PORT=$(free_port)
+postconf -e "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
+  "mydestination = example.test, localhost" "mynetworks = 127.0.0.0/8" \
+  "local_recipient_maps =" "local_transport = discard" "default_transport = discard" \
+  "smtpd_client_connection_count_limit = 0" "smtpd_client_connection_rate_limit = 0" \
+  "maillog_file = /var/log/postfix.log"
+postconf -MX smtp/inet
+postconf -M "$PF_PORT/inet=$PF_PORT inet n - n - - smtpd"
+postfix start >&2
+for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $PF_PORT), 1)" 2>/dev/null && break; sleep 0.1; done
+run_source "$PF_PORT" >/dev/null
+POSTFIX_RATE=$(run_source "$PF_PORT")
+
+cat <<REPORT
+smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE, loopback, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)
+mailroom (PostgreSQL, 250 after commit): $MAILROOM_RATE msg/s   (queued rows after both passes: $QUEUED)
+postfix  (queue file fsync):             $POSTFIX_RATE msg/s
+ratio mailroom/postfix: $(python3 -c "print(f'{$MAILROOM_RATE/$POSTFIX_RATE:.2f}')")
+REPORT
