@@ -38,7 +38,15 @@ async fn python_smtplib_submits_over_starttls_and_implicit_tls() {
     let out = tokio::task::spawn_blocking(move || {
         run(
             "python3 smtp_clients.py",
-            Command::new("python3").args([script, "127.0.0.1", &p1, &p2, "alice@example.test", PASSWORD, "bob@example.test"]),
+            Command::new("python3").args([
+                script,
+                "127.0.0.1",
+                &p1,
+                &p2,
+                "alice@example.test",
+                PASSWORD,
+                "bob@example.test",
+            ]),
         )
     })
     .await
@@ -51,22 +59,56 @@ async fn python_smtplib_submits_over_starttls_and_implicit_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_submits_with_pipelining_starttls_and_implicit_tls() {
     let (r, store) = stack().await;
-    let (p1, p2, p25) = (port(&r, "submission"), port(&r, "submissions"), port(&r, "smtp"));
+    let (p1, p2, p25) = (
+        port(&r, "submission"),
+        port(&r, "submissions"),
+        port(&r, "smtp"),
+    );
     tokio::task::spawn_blocking(move || {
-        let common = ["--from", "alice@example.test", "--to", "bob@example.test", "--auth-user", "alice@example.test"];
+        let common = [
+            "--from",
+            "alice@example.test",
+            "--to",
+            "bob@example.test",
+            "--auth-user",
+            "alice@example.test",
+        ];
         run(
             "swaks --tls --pipeline",
             Command::new("swaks")
-                .args(["--server", &format!("127.0.0.1:{p1}"), "--tls", "--pipeline", "--auth", "PLAIN"])
+                .args([
+                    "--server",
+                    &format!("127.0.0.1:{p1}"),
+                    "--tls",
+                    "--pipeline",
+                    "--auth",
+                    "PLAIN",
+                ])
                 .args(common)
-                .args(["--auth-password", PASSWORD, "--header", "Subject: swaks starttls"]),
+                .args([
+                    "--auth-password",
+                    PASSWORD,
+                    "--header",
+                    "Subject: swaks starttls",
+                ]),
         );
         run(
             "swaks --tlsc",
             Command::new("swaks")
-                .args(["--server", &format!("127.0.0.1:{p2}"), "--tlsc", "--auth", "LOGIN"])
+                .args([
+                    "--server",
+                    &format!("127.0.0.1:{p2}"),
+                    "--tlsc",
+                    "--auth",
+                    "LOGIN",
+                ])
                 .args(common)
-                .args(["--auth-password", PASSWORD, "--header", "Subject: swaks implicit"]),
+                .args([
+                    "--auth-password",
+                    PASSWORD,
+                    "--header",
+                    "Subject: swaks implicit",
+                ]),
         );
         // Inbound: a remote sender to a local user on the port-25 listener, pipelined.
         run(
@@ -83,7 +125,14 @@ async fn swaks_submits_with_pipelining_starttls_and_implicit_tls() {
         );
         // Relaying through port 25 is refused, so swaks fails.
         let out = Command::new("swaks")
-            .args(["--server", &format!("127.0.0.1:{p25}"), "--from", "a@remote.test", "--to", "b@elsewhere.test"])
+            .args([
+                "--server",
+                &format!("127.0.0.1:{p25}"),
+                "--from",
+                "a@remote.test",
+                "--to",
+                "b@elsewhere.test",
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success(), "swaks relayed through port 25");
@@ -100,10 +149,17 @@ async fn curl_submits_over_smtp_and_smtps() {
     let (r, store) = stack().await;
     let dir = tempfile::tempdir().unwrap();
     let mail = dir.path().join("mail.txt");
-    std::fs::write(&mail, "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: curl\r\n\r\nhello\r\n").unwrap();
+    std::fs::write(
+        &mail,
+        "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: curl\r\n\r\nhello\r\n",
+    )
+    .unwrap();
     let (p1, p2) = (port(&r, "submission"), port(&r, "submissions"));
     tokio::task::spawn_blocking(move || {
-        for url in [format!("smtp://127.0.0.1:{p1}"), format!("smtps://127.0.0.1:{p2}")] {
+        for url in [
+            format!("smtp://127.0.0.1:{p1}"),
+            format!("smtps://127.0.0.1:{p2}"),
+        ] {
             run(
                 &format!("curl {url}"),
                 Command::new("curl").args([

@@ -128,6 +128,9 @@ section! {
         pub grpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9427)),
         /// Seconds a message may stay in the queue before it bounces.
         pub max_queue_age_secs: u64 = 5 * 24 * 3600,
+        /// The MDA's Delivery gRPC endpoint, when the MTA runs apart from the MDA
+        /// (`mailroom serve mta`); `mailroom serve` connects the two itself.
+        pub delivery_endpoint: String = "http://127.0.0.1:9426".to_string(),
     }
 }
 

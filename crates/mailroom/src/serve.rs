@@ -187,12 +187,15 @@ fn spawn_smtp(shutdown: &Shutdown, listener: Listener, server: Arc<SmtpServer>, 
     });
 }
 
-/// A lazily connected channel to the Queue service (it may start after us,
+/// How often queue workers look for due work when nothing woke them.
+const QUEUE_POLL: Duration = Duration::from_secs(1);
+
+/// A lazily connected channel to another service (it may start after us,
 /// or restart: tonic reconnects by itself).
-fn queue_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+fn grpc_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
     Ok(
         tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .with_context(|| format!("bad queue endpoint {endpoint:?}"))?
+            .with_context(|| format!("bad gRPC endpoint {endpoint:?}"))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .connect_lazy(),
@@ -271,8 +274,10 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             }
         });
     }
+    let mut delivery_endpoint = config.mta.delivery_endpoint.clone();
     if runs(ServiceName::Mda) {
         let listener = Listener::bind("mda", config.mda.listen, TlsMode::Plain).await?;
+        delivery_endpoint = format!("http://{}", listener.local_addr());
         listeners.push(ListenerInfo {
             service: "mda",
             addr: listener.local_addr(),
@@ -312,7 +317,8 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         });
         let mut routes = RoutesBuilder::default();
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
-        routes.add_service(mailroom_mta::service(store.clone(), max_age));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        routes.add_service(mailroom_mta::service(store.clone(), max_age, wake.clone()));
         spawn_grpc(
             &shutdown,
             "queue",
@@ -320,11 +326,18 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             mailroom_mta::SERVICE_NAME,
             listener,
         );
+        let worker = mailroom_mta::LocalDelivery::new(
+            store.clone(),
+            grpc_channel(&delivery_endpoint)?,
+            QUEUE_POLL,
+            wake,
+        );
+        shutdown.spawn(worker.run(shutdown.token()));
         let server = Arc::new(SmtpServer::new(
             Mode::Inbound,
             smtp_settings(&config),
             store.clone(),
-            queue_channel(&queue_endpoint)?,
+            grpc_channel(&queue_endpoint)?,
             throttle.clone(),
         ));
         for addr in &config.mta.listen {
@@ -342,7 +355,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             Mode::Submission,
             smtp_settings(&config),
             store.clone(),
-            queue_channel(&queue_endpoint)?,
+            grpc_channel(&queue_endpoint)?,
             throttle.clone(),
         ));
         let all = config

@@ -7,11 +7,18 @@
 //! docs/ARCHITECTURE.md). Any failure is reported as an error, so the session
 //! answers 451 and the client keeps the message.
 
+use std::sync::Arc;
+
 use mailroom_rpc::queue as pb;
 use mailroom_rpc::queue::queue_server::{Queue, QueueServer};
 use mailroom_smtp_proto::Path;
 use mailroom_store::{QueueEnvelope, QueueRecipient, Store, StoreError};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
+
+mod worker;
+
+pub use worker::{LEASE_SECS, LocalDelivery, retry_delay};
 
 /// The gRPC name, for health reporting.
 pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::NamedService>::NAME;
@@ -19,11 +26,13 @@ pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::Name
 /// The largest message Enqueue accepts (the SMTP size limit is lower).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Builds the service; `max_age_secs` is how long a message may stay queued.
-pub fn service(store: Store, max_age_secs: i64) -> QueueServer<QueueService> {
+/// Builds the service; `max_age_secs` is how long a message may stay queued;
+/// `wake` is notified after each enqueue (the workers of this process).
+pub fn service(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> QueueServer<QueueService> {
     QueueServer::new(QueueService {
         store,
         max_age_secs,
+        wake,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -33,6 +42,7 @@ pub fn service(store: Store, max_age_secs: i64) -> QueueServer<QueueService> {
 pub struct QueueService {
     store: Store,
     max_age_secs: i64,
+    wake: Arc<Notify>,
 }
 
 fn single_line(field: &str, value: &str) -> Result<(), Status> {
@@ -133,6 +143,7 @@ impl Queue for QueueService {
                     size = request.message.len(),
                     "queued"
                 );
+                self.wake.notify_waiters();
                 Ok(Response::new(pb::EnqueueResponse { queue_id }))
             }
             Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),

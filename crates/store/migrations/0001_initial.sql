@@ -113,6 +113,7 @@ CREATE TABLE queue_recipients (
     id                @ID@,
     queue_message_id  BIGINT NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
     address           TEXT NOT NULL,
+    domain            TEXT NOT NULL,           -- the address's domain, lower case, for routing
     orcpt             TEXT,                    -- DSN ORCPT
     notify            TEXT,                    -- DSN NOTIFY
     state             TEXT NOT NULL DEFAULT 'pending'

@@ -39,7 +39,9 @@ pub mod testing;
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
-pub use queue::{DEFAULT_MAX_QUEUE_SECS, QueueEnvelope, QueueRecipient};
+pub use queue::{
+    AttemptResult, DEFAULT_MAX_QUEUE_SECS, LeasedRecipient, QueueEnvelope, QueueRecipient,
+};
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
 /// message fit to show the person who made the request.

@@ -5,9 +5,51 @@
 //! and returns only after the commit. An SMTP session answers 250 only after
 //! it returned, so a message that was acknowledged is always in the queue.
 
+use mailroom_address::Domain;
 use sqlx::Row;
 
-use crate::{BlobHash, Result, Store, StoreError, now, write_tx};
+use crate::{BlobHash, Result, Store, StoreError, now, on_backend, write_tx};
+
+/// The domain a recipient is routed by: canonical A-label form when it
+/// parses, else the text after the last `@`, lower-cased.
+fn routing_domain(address: &str) -> String {
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    Domain::parse(domain)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| domain.to_lowercase())
+}
+
+/// A recipient a worker has leased for one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedRecipient {
+    /// The recipient row.
+    pub id: i64,
+    /// The queued message it belongs to.
+    pub queue_id: i64,
+    /// The address.
+    pub address: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Where a recipient stands after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Delivered; final.
+    Delivered,
+    /// Try again at `next_attempt_at` (Unix seconds).
+    Deferred {
+        /// When.
+        next_attempt_at: i64,
+        /// The last response, for the queue listing and the DSN.
+        response: String,
+    },
+    /// Failed for good; final.
+    Failed {
+        /// The response that made it fail.
+        response: String,
+    },
+}
 
 /// One recipient of a queued message, with its DSN parameters (RFC 3461).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,12 +144,13 @@ impl Store {
             .try_get("id")?;
             for r in &envelope.recipients {
                 sqlx::query(
-                    "INSERT INTO queue_recipients (queue_message_id, address, orcpt, notify, next_attempt_at,
-                                                   updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $5)",
+                    "INSERT INTO queue_recipients (queue_message_id, address, domain, orcpt, notify,
+                                                   next_attempt_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
                 )
                 .bind(id)
                 .bind(&r.address)
+                .bind(routing_domain(&r.address))
                 .bind(r.orcpt.as_deref())
                 .bind(r.notify.as_deref())
                 .bind(created)
@@ -117,6 +160,153 @@ impl Store {
             id
         });
         Ok(id)
+    }
+
+    /// Leases up to `limit` due recipients of *local* domains to `worker` for
+    /// `lease_secs`. A recipient whose lease expired (its worker died) is due
+    /// again: delivery is at-least-once. On PostgreSQL concurrent workers skip
+    /// each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the write lock
+    /// serialises them.
+    pub async fn lease_local_recipients(
+        &self,
+        worker: &str,
+        lease_secs: i64,
+        limit: i64,
+    ) -> Result<Vec<LeasedRecipient>> {
+        let now = now();
+        let lock = match self.backend() {
+            crate::Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            crate::Backend::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
+             WHERE id IN (
+                 SELECT id FROM queue_recipients
+                 WHERE state IN ('pending', 'deferred') AND next_attempt_at <= $3
+                   AND (lease_until IS NULL OR lease_until < $3)
+                   AND domain IN (SELECT name FROM domains)
+                 ORDER BY next_attempt_at, id LIMIT $4 {lock})
+             RETURNING id, queue_message_id, address, attempts"
+        );
+        let leased = write_tx!(self, |tx| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(worker)
+                .bind(now + lease_secs)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(LeasedRecipient {
+                    id: row.try_get("id")?,
+                    queue_id: row.try_get("queue_message_id")?,
+                    address: row.try_get("address")?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                });
+            }
+            out
+        });
+        Ok(leased)
+    }
+
+    /// Records the outcome of an attempt and releases the lease, but only if
+    /// `worker` still holds it (a worker that lost its lease must not
+    /// overwrite the newer holder's result).
+    pub async fn finish_attempt(
+        &self,
+        worker: &str,
+        recipient_id: i64,
+        result: &AttemptResult,
+    ) -> Result<bool> {
+        let now = now();
+        let (state, next, response) = match result {
+            AttemptResult::Delivered => ("delivered", now, None),
+            AttemptResult::Deferred {
+                next_attempt_at,
+                response,
+            } => ("deferred", *next_attempt_at, Some(response.as_str())),
+            AttemptResult::Failed { response } => ("failed", now, Some(response.as_str())),
+        };
+        let updated = on_backend!(self, |pool| {
+            sqlx::query(
+                "UPDATE queue_recipients
+                 SET state = $1, next_attempt_at = $2, last_response = $3, attempts = attempts + 1,
+                     lease_owner = NULL, lease_until = NULL, updated_at = $4
+                 WHERE id = $5 AND lease_owner = $6",
+            )
+            .bind(state)
+            .bind(next)
+            .bind(response)
+            .bind(now)
+            .bind(recipient_id)
+            .bind(worker)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(updated == 1)
+    }
+
+    /// Adds recipients to a queued message (e.g. remote targets an alias
+    /// forwards to), pending from now.
+    pub async fn add_queue_recipients(&self, queue_id: i64, addresses: &[String]) -> Result<()> {
+        let now = now();
+        write_tx!(self, |tx| {
+            for address in addresses {
+                sqlx::query(
+                    "INSERT INTO queue_recipients (queue_message_id, address, domain, next_attempt_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(queue_id)
+                .bind(address)
+                .bind(routing_domain(address))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Recipient states of a queued message: (address, state, attempts, last response).
+    pub async fn queue_recipient_states(
+        &self,
+        queue_id: i64,
+    ) -> Result<Vec<(String, String, u32, Option<String>)>> {
+        on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT address, state, attempts, last_response FROM queue_recipients
+                 WHERE queue_message_id = $1 ORDER BY id",
+            )
+            .bind(queue_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push((
+                    r.try_get("address")?,
+                    r.try_get("state")?,
+                    r.try_get::<i64, _>("attempts")? as u32,
+                    r.try_get("last_response")?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// When a queued message expires (Unix seconds), if it is still queued.
+    pub async fn queue_expiry(&self, queue_id: i64) -> Result<Option<i64>> {
+        on_backend!(self, |pool| {
+            match sqlx::query("SELECT expires_at FROM queue_messages WHERE id = $1")
+                .bind(queue_id)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Ok(Some(row.try_get("expires_at")?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// How many messages are queued (any state).

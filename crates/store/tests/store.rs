@@ -466,3 +466,136 @@ mod scram {
         scram_keys_follow_the_password(&store).await;
     }
 }
+
+mod queue_leases {
+    use super::*;
+    use mailroom_store::{AttemptResult, QueueEnvelope, QueueRecipient};
+
+    async fn leases_are_exclusive_and_expire(store: &Store) {
+        store.add_domain(&d("example.test")).await.unwrap();
+        let envelope = QueueEnvelope {
+            sender: "x@remote.test".into(),
+            recipients: (0..10)
+                .map(|i| QueueRecipient {
+                    address: format!("u{i}@example.test"),
+                    ..Default::default()
+                })
+                .chain([QueueRecipient {
+                    address: "far@remote.test".into(),
+                    ..Default::default()
+                }])
+                .collect(),
+            ..Default::default()
+        };
+        let id = store
+            .enqueue(&envelope, b"Subject: x\r\n\r\nx\r\n", 3600)
+            .await
+            .unwrap();
+        // Two workers at once get disjoint sets, and never the remote recipient.
+        let (a, b) = tokio::join!(
+            store.lease_local_recipients("worker-a", 300, 6),
+            store.lease_local_recipients("worker-b", 300, 6)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.len() + b.len(), 10, "{a:?} {b:?}");
+        assert!(
+            a.iter().all(|x| b.iter().all(|y| x.id != y.id)),
+            "a recipient was leased twice"
+        );
+        assert!(
+            a.iter()
+                .chain(&b)
+                .all(|r| r.queue_id == id && r.address.ends_with("@example.test"))
+        );
+        assert!(
+            store
+                .lease_local_recipients("worker-c", 300, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Only the holder records a result.
+        assert!(
+            !store
+                .finish_attempt("worker-b", a[0].id, &AttemptResult::Delivered)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .finish_attempt("worker-a", a[0].id, &AttemptResult::Delivered)
+                .await
+                .unwrap()
+        );
+        let states = store.queue_recipient_states(id).await.unwrap();
+        assert_eq!(states.iter().filter(|s| s.1 == "delivered").count(), 1);
+        assert_eq!(states.iter().filter(|s| s.1 == "pending").count(), 10);
+    }
+
+    async fn an_expired_lease_is_taken_over(store: &Store) {
+        store.add_domain(&d("example.test")).await.unwrap();
+        let envelope = QueueEnvelope {
+            sender: String::new(),
+            recipients: vec![QueueRecipient {
+                address: "u@example.test".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        store.enqueue(&envelope, b"x", 3600).await.unwrap();
+        // The first worker's lease is already over when it is granted (it "died").
+        let dying = store
+            .lease_local_recipients("dying", -10, 10)
+            .await
+            .unwrap();
+        assert_eq!(dying.len(), 1);
+        let heir = store.lease_local_recipients("heir", 300, 10).await.unwrap();
+        assert_eq!(heir.len(), 1, "the expired lease was not taken over");
+        assert_eq!(heir[0].id, dying[0].id);
+        assert!(
+            !store
+                .finish_attempt("dying", dying[0].id, &AttemptResult::Delivered)
+                .await
+                .unwrap()
+        );
+        let deferred = AttemptResult::Deferred {
+            next_attempt_at: mailroom_store::now() + 600,
+            response: "4.2.2 full".into(),
+        };
+        assert!(
+            store
+                .finish_attempt("heir", heir[0].id, &deferred)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .lease_local_recipients("later", 300, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let (store, _db) = TestDb::sqlite().await;
+        leases_are_exclusive_and_expire(&store).await;
+        let (store, _db) = TestDb::sqlite().await;
+        an_expired_lease_is_taken_over(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some((store, _db)) = TestDb::postgres().await else {
+            return;
+        };
+        leases_are_exclusive_and_expire(&store).await;
+        let Some((store, _db)) = TestDb::postgres().await else {
+            return;
+        };
+        an_expired_lease_is_taken_over(&store).await;
+    }
+}

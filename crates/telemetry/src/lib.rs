@@ -154,6 +154,12 @@ pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
+/// Makes `span` a child of the trace a stored `traceparent` names, so work
+/// done later (a queue worker's delivery attempt) joins the message's trace.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    let _ = span.set_parent(context_from_traceparent(traceparent));
+}
+
 /// The span of one incoming gRPC request, a child of the caller's span when
 /// the request carries a trace context. Give it to tonic's `Server::trace_fn`.
 pub fn grpc_server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {

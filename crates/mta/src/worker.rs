@@ -1,0 +1,217 @@
+//! The local-delivery worker: drains queued recipients of our own domains
+//! into the mailboxes through the MDA's gRPC `Delivery`.
+//!
+//! Invariants:
+//! * a recipient is leased before it is attempted and its result is written
+//!   only while the lease is still ours; a worker that dies loses its lease
+//!   and the recipient is attempted again (at-least-once; the MDA's
+//!   idempotency turns a repeat into "already delivered");
+//! * temporary failures are retried with exponential backoff until the
+//!   message expires; permanent failures are final.
+//!
+//! Outbound relay (MX lookup, remote SMTP) and delivery status notifications
+//! are not part of this worker yet: remote recipients stay queued.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailroom_rpc::delivery::delivery_client::DeliveryClient;
+use mailroom_rpc::delivery::{DeliverRequest, Outcome};
+use mailroom_store::{AttemptResult, LeasedRecipient, Store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+/// How long a worker may hold a recipient before others may take it over.
+pub const LEASE_SECS: i64 = 300;
+/// Recipients leased per round.
+const BATCH: i64 = 100;
+/// The first retry waits this long; each further one twice as long …
+pub const FIRST_RETRY_SECS: i64 = 300;
+/// … up to this.
+pub const MAX_RETRY_SECS: i64 = 4 * 3600;
+
+/// When to try again after `attempts` failed attempts.
+pub fn retry_delay(attempts: u32) -> i64 {
+    FIRST_RETRY_SECS
+        .saturating_mul(1i64 << attempts.min(16))
+        .min(MAX_RETRY_SECS)
+}
+
+/// A worker that hands queued local mail to the MDA.
+#[derive(Debug, Clone)]
+pub struct LocalDelivery {
+    store: Store,
+    delivery: DeliveryClient<Channel>,
+    id: String,
+    poll: Duration,
+    wake: Arc<Notify>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl LocalDelivery {
+    /// A worker over `store` delivering through `delivery`; it polls every
+    /// `poll` and also wakes when `wake` is notified (a new message in this process).
+    pub fn new(store: Store, delivery: Channel, poll: Duration, wake: Arc<Notify>) -> Self {
+        LocalDelivery {
+            store,
+            delivery: DeliveryClient::new(delivery).max_encoding_message_size(256 << 20),
+            id: format!("{}-{:08x}", std::process::id(), rand_id()),
+            poll,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; an attempt in progress finishes first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let leased = match self
+                .store
+                .lease_local_recipients(&self.id, LEASE_SECS, BATCH)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the queue; retrying");
+                    Vec::new()
+                }
+            };
+            if leased.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                }
+                continue;
+            }
+            let mut by_message: BTreeMap<i64, Vec<LeasedRecipient>> = BTreeMap::new();
+            for r in leased {
+                by_message.entry(r.queue_id).or_default().push(r);
+            }
+            for (queue_id, recipients) in by_message {
+                self.attempt(queue_id, recipients).await;
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// One delivery attempt for the leased recipients of one message.
+    async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>) {
+        let (envelope, message) = match self.store.queued_message(queue_id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(queue_id, error = %e, "cannot load a queued message");
+                return;
+            }
+        };
+        let expires_at = self
+            .store
+            .queue_expiry(queue_id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(i64::MAX);
+        let span = tracing::info_span!(
+            "mta.local_delivery",
+            queue_id,
+            recipients = recipients.len()
+        );
+        if let Some(tp) = &envelope.trace_context {
+            mailroom_telemetry::continue_trace(&span, tp);
+        }
+        async {
+            let mut request = tonic::Request::new(DeliverRequest {
+                queue_id,
+                sender: envelope.sender.clone(),
+                recipients: recipients.iter().map(|r| r.address.clone()).collect(),
+                message,
+                authentication_results: String::new(),
+                quarantine: false,
+            });
+            mailroom_telemetry::inject(request.metadata_mut());
+            let now = unix_now();
+            let defer = |r: &LeasedRecipient, response: String| {
+                if now >= expires_at {
+                    AttemptResult::Failed { response: format!("4.4.7 message expired in the queue; last error: {response}") }
+                } else {
+                    AttemptResult::Deferred { next_attempt_at: now + retry_delay(r.attempts), response }
+                }
+            };
+            let results: Vec<AttemptResult> = match self.delivery.clone().deliver(request).await {
+                Ok(response) => {
+                    let outcomes = response.into_inner().outcomes;
+                    let mut results = Vec::with_capacity(recipients.len());
+                    for (r, o) in recipients.iter().zip(outcomes.iter().map(Some).chain(std::iter::repeat(None))) {
+                        results.push(match o {
+                            Some(o) if o.outcome == Outcome::Delivered as i32 => {
+                                if !o.remote_targets.is_empty() {
+                                    if let Err(e) = self.store.add_queue_recipients(queue_id, &o.remote_targets).await {
+                                        tracing::error!(error = %e, "cannot queue forwarded recipients");
+                                    }
+                                }
+                                AttemptResult::Delivered
+                            }
+                            Some(o) if o.outcome == Outcome::PermanentFailure as i32 => {
+                                AttemptResult::Failed { response: o.reason.clone() }
+                            }
+                            Some(o) => defer(r, o.reason.clone()),
+                            None => defer(r, "4.3.0 no outcome from the MDA".into()),
+                        });
+                    }
+                    results
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "the MDA is unavailable");
+                    recipients
+                        .iter()
+                        .map(|r| defer(r, format!("4.3.0 delivery service unavailable: {}", status.message())))
+                        .collect()
+                }
+            };
+            for (r, result) in recipients.iter().zip(results) {
+                tracing::info!(recipient = %r.address, ?result, "delivery attempt");
+                match self.store.finish_attempt(&self.id, r.id, &result).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(recipient = %r.address, "lease lost before the result was recorded"),
+                    Err(e) => tracing::error!(error = %e, "cannot record a delivery result; it will be retried"),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn rand_id() -> u32 {
+    // Distinguishes workers of one process; no security role.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_up_to_the_cap() {
+        assert_eq!(retry_delay(0), 300);
+        assert_eq!(retry_delay(1), 600);
+        assert_eq!(retry_delay(3), 2400);
+        assert_eq!(retry_delay(10), MAX_RETRY_SECS);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_SECS);
+    }
+}

@@ -1,0 +1,148 @@
+//! From SMTP to the mailbox: the queue's local-delivery worker hands queued
+//! mail to the MDA, on both stores.
+
+use std::time::{Duration, Instant};
+
+use mailroom_address::Address;
+use mailroom_store::Store;
+use mailroom_tests::{PASSWORD, Running, SmtpClient, with_accounts};
+
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let running = mailroom_tests::start(mailroom_tests::Backend::Sqlite).await.unwrap();
+                super::$name(&running).await;
+                running.stack.stop(std::time::Duration::from_secs(5)).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(running) = mailroom_tests::start(mailroom_tests::Backend::Postgres).await else { return };
+                super::$name(&running).await;
+                running.stack.stop(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    )+};
+}
+
+on_both!(
+    submitted_mail_reaches_the_mailbox,
+    a_full_mailbox_defers_and_keeps_the_message
+);
+
+async fn inbox(store: &Store, account: &str) -> i64 {
+    let acc = store
+        .get_account(&Address::parse(account).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .list_mailboxes(acc.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .unwrap()
+        .id
+}
+
+/// Waits until `check` holds (the worker runs in the background).
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(r: &Running, from: &str, to: &[&str], body: &str) -> i64 {
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("submission").unwrap()).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.auth_plain(from, PASSWORD).await.0, 235);
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).await.0, 250);
+    for rcpt in to {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.0, 250);
+    }
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(
+        format!(
+            "From: {from}\r\nTo: {}\r\nSubject: test\r\n\r\n{body}\r\n.\r\n",
+            to.join(", ")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 250, "{text}");
+    text.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+async fn submitted_mail_reaches_the_mailbox(r: &Running) {
+    let store = with_accounts(r, &["alice@example.test", "bob@example.test"]).await;
+    let id = submit(
+        r,
+        "alice@example.test",
+        &["bob@example.test", "carol@remote.test"],
+        "Hi Bob!",
+    )
+    .await;
+    let bob = inbox(&store, "bob@example.test").await;
+    eventually("delivery to bob", async || {
+        store.list_messages(bob).await.unwrap().len() == 1
+    })
+    .await;
+    let text = String::from_utf8(store.read_message(bob, 1).await.unwrap().unwrap()).unwrap();
+    assert!(
+        text.starts_with("Return-Path: <alice@example.test>\r\nDelivered-To: bob@example.test\r\nReceived: from client.test"),
+        "{text}"
+    );
+    assert!(text.contains("\r\n\r\nHi Bob!\r\n"), "{text}");
+    eventually("bob's state to be final", async || {
+        store.queue_recipient_states(id).await.unwrap()[0].1 == "delivered"
+    })
+    .await;
+    let states = store.queue_recipient_states(id).await.unwrap();
+    assert_eq!(states[0].0, "bob@example.test");
+    // The remote recipient waits for the relay; the local worker never takes it.
+    assert_eq!(
+        (states[1].0.as_str(), states[1].1.as_str(), states[1].2),
+        ("carol@remote.test", "pending", 0)
+    );
+}
+
+async fn a_full_mailbox_defers_and_keeps_the_message(r: &Running) {
+    let store = with_accounts(r, &["alice@example.test", "bob@example.test"]).await;
+    store
+        .set_quota(&Address::parse("bob@example.test").unwrap(), 100)
+        .await
+        .unwrap();
+    let id = submit(
+        r,
+        "alice@example.test",
+        &["bob@example.test"],
+        &"x".repeat(500),
+    )
+    .await;
+    eventually("a deferral", async || {
+        store.queue_recipient_states(id).await.unwrap()[0].1 == "deferred"
+    })
+    .await;
+    let states = store.queue_recipient_states(id).await.unwrap();
+    assert_eq!(states[0].2, 1, "one attempt");
+    assert!(
+        states[0].3.as_deref().unwrap_or("").starts_with("4.2.2"),
+        "{states:?}"
+    );
+    assert!(
+        store.queued_message(id).await.unwrap().is_some(),
+        "the message stays queued"
+    );
+    assert!(
+        store
+            .list_messages(inbox(&store, "bob@example.test").await)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
