@@ -282,6 +282,30 @@ async fn size_and_recipient_limits_are_enforced() {
     }
     let (code, text) = c.cmd("RCPT TO:<d@example.test>").await;
     assert_eq!((code, &text[..5]), (452, "4.5.3"), "{text}");
+    // A mailbox already at its quota is a temporary refusal at RCPT time (452 4.2.2).
+    let mut mda = mailroom_tests::delivery_client(&r).await;
+    mda.deliver(mailroom_rpc::delivery::DeliverRequest {
+        queue_id: 1,
+        sender: "x@remote.test".into(),
+        recipients: vec!["d@example.test".into()],
+        message: b"Subject: fill\r\n\r\nsome content\r\n".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    store
+        .set_quota(
+            &mailroom_address::Address::parse("d@example.test").unwrap(),
+            1,
+        )
+        .await
+        .unwrap();
+    let (mut full, _) = SmtpClient::connect(smtp(&r)).await;
+    full.cmd("EHLO remote.test").await;
+    full.cmd("MAIL FROM:<x@remote.test>").await;
+    let (code, text) = full.cmd("RCPT TO:<d@example.test>").await;
+    assert_eq!((code, &text[..5]), (452, "4.2.2"), "{text}");
+    drop(full);
     assert_eq!(c.cmd("DATA").await.0, 354);
     // 1 MB against a 10 kB limit: refused after the end, and the session goes on.
     c.send(b"Subject: big\r\n\r\n").await;

@@ -738,7 +738,22 @@ async fn rcpt(
             return r(550, "5.1.1", "no such user here");
         };
         match server.store.resolve_recipient(&address).await {
-            Ok(Ok(_)) => address.to_string(),
+            Ok(Ok(resolved)) => {
+                // RFC 5321 §4.5.3.1.10 / RFC 3463 X.2.2: say "full" now rather than bounce later,
+                // when the only mailbox this reaches is full.
+                if resolved.remote.is_empty() && resolved.local.len() == 1 {
+                    match server
+                        .store
+                        .is_over_quota(resolved.local[0].account_id)
+                        .await
+                    {
+                        Ok(true) => return r(452, "4.2.2", "mailbox full, try again later"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "quota check failed; accepting"),
+                    }
+                }
+                address.to_string()
+            }
             Ok(Err(why)) => {
                 return match why {
                     Unroutable::UnknownUser(_) | Unroutable::NotLocal(_) => {
