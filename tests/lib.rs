@@ -44,6 +44,9 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.submission.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.submission.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
     config.server.hostname = "mx.example.test".into();
+    // Never ask the machine's resolver about test domains: remote recipients
+    // of tests that do not run a DNS server of their own are deferred quickly.
+    config.mta.dns_servers = vec!["127.0.0.1:1".parse().unwrap()];
     // Tests count failures, they need not wait for them.
     config.smtp.auth_failure_delay_ms = 10;
     config
@@ -328,5 +331,392 @@ impl<S: tokio::io::AsyncRead> SmtpClient<S> {
     /// The underlying stream; anything the client had buffered is dropped.
     pub fn into_inner(self) -> S {
         self.io.into_inner()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Outbound relay helpers: a DNS server and scriptable SMTP peers on loopback.
+// ---------------------------------------------------------------------------
+
+/// One record for [`TestDns`].
+#[derive(Debug, Clone)]
+pub enum DnsRecord {
+    /// `MX preference exchange` (exchange `"."` is a null MX).
+    Mx(u16, String),
+    /// `A address`.
+    A(std::net::Ipv4Addr),
+}
+
+/// An authoritative DNS server on 127.0.0.1 (UDP and TCP, one port) for one
+/// test zone, built with hickory-server. Dropping it stops it.
+pub struct TestDns {
+    /// Where it listens (put it in `mta.dns_servers`).
+    pub addr: std::net::SocketAddr,
+    _server: hickory_server::Server<hickory_server::zone_handler::Catalog>,
+}
+
+impl TestDns {
+    /// Serves `zone` (e.g. `"relay-a.test"`) with `records` as
+    /// `(name relative to the zone or "@", record)`. Names not listed get
+    /// NXDOMAIN, since the server is authoritative for the whole zone.
+    pub async fn start(zone: &str, records: &[(&str, DnsRecord)]) -> TestDns {
+        use hickory_proto::rr::rdata::{A, MX, SOA};
+        use hickory_proto::rr::{LowerName, Name, RData, Record};
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+        let origin = Name::from_ascii(format!("{zone}.")).unwrap();
+        let mut handler: InMemoryZoneHandler =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            Name::from_ascii(format!("ns.{zone}.")).unwrap(),
+            Name::from_ascii(format!("hostmaster.{zone}.")).unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        assert!(handler.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1));
+        for (name, record) in records {
+            let owner = if *name == "@" {
+                origin.clone()
+            } else {
+                Name::from_ascii(format!("{name}.{zone}.")).unwrap()
+            };
+            let data = match record {
+                DnsRecord::Mx(preference, exchange) => {
+                    let exchange = if exchange == "." {
+                        Name::root()
+                    } else {
+                        Name::from_ascii(format!("{}.", exchange.trim_end_matches('.'))).unwrap()
+                    };
+                    RData::MX(MX::new(*preference, exchange))
+                }
+                DnsRecord::A(ip) => RData::A(A(*ip)),
+            };
+            assert!(handler.upsert_mut(Record::from_rdata(owner, 60, data), 1));
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(handler)]);
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let mut server = hickory_server::Server::new(catalog);
+        server.register_socket(udp);
+        server.register_listener(tcp, std::time::Duration::from_secs(5), 4096);
+        TestDns {
+            addr,
+            _server: server,
+        }
+    }
+}
+
+/// What a [`SmtpSink`] answers at the end of a message's data.
+#[derive(Debug, Clone)]
+pub enum SinkReply {
+    /// This reply line, e.g. `"250 2.0.0 ok"`.
+    Say(String),
+    /// Say nothing and keep the connection open (a hung peer).
+    Hang,
+    /// Close the connection without a word.
+    Drop,
+}
+
+/// One transaction a [`SmtpSink`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkMessage {
+    /// The MAIL command line as sent (parameters included).
+    pub mail: String,
+    /// The reverse path without brackets (`""` for `<>`).
+    pub from: String,
+    /// The RCPT command lines the sink accepted.
+    pub rcpts: Vec<String>,
+    /// The accepted recipients, without brackets.
+    pub to: Vec<String>,
+    /// The data as received, dot-stuffing undone, without the final `.`.
+    pub data: Vec<u8>,
+    /// What the sink answered at the end of the data.
+    pub answered: String,
+    /// Whether the transaction ran over TLS (after STARTTLS).
+    pub tls: bool,
+}
+
+/// How a [`SmtpSink`] behaves.
+pub struct SinkScript {
+    /// EHLO extensions announced after the greeting line.
+    pub extensions: Vec<String>,
+    /// The reply to `RCPT TO:<address>`, given the address.
+    pub rcpt: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// The reply at the end of data number `n` (0-based, over all sessions).
+    pub data_end: Box<dyn Fn(usize) -> SinkReply + Send + Sync>,
+    /// When set, STARTTLS is offered and accepted with this (see [`sink_tls`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Refuse EHLO with 502, like an SMTP server without extensions, so the
+    /// client must fall back to HELO (RFC 5321 §4.1.4).
+    pub refuse_ehlo: bool,
+}
+
+impl Default for SinkScript {
+    fn default() -> Self {
+        SinkScript {
+            extensions: [
+                "PIPELINING",
+                "SIZE 10000000",
+                "8BITMIME",
+                "DSN",
+                "SMTPUTF8",
+                "ENHANCEDSTATUSCODES",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            rcpt: Box::new(|_| "250 2.1.5 ok".into()),
+            data_end: Box::new(|_| SinkReply::Say("250 2.0.0 queued".into())),
+            tls: None,
+            refuse_ehlo: false,
+        }
+    }
+}
+
+/// A scriptable SMTP server in the test, standing in for a remote MX.
+pub struct SmtpSink {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<SinkMessage>>>,
+    sessions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpSink {
+    /// Listens on `ip:port` (port 0 for any).
+    pub async fn bind(ip: &str, port: u16, script: SinkScript) -> SmtpSink {
+        let listener =
+            tokio::net::TcpListener::bind((ip.parse::<std::net::IpAddr>().unwrap(), port))
+                .await
+                .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let script = std::sync::Arc::new(script);
+        let data_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, s) = (received.clone(), sessions.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (r, script, data_count) = (r.clone(), script.clone(), data_count.clone());
+                tokio::spawn(async move {
+                    let _ = sink_session(stream, &script, &r, &data_count).await;
+                });
+            }
+        });
+        SmtpSink {
+            addr,
+            received,
+            sessions,
+            task,
+        }
+    }
+
+    /// The transactions received so far.
+    pub fn received(&self) -> Vec<SinkMessage> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// How many connections were accepted.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn path_of(line: &str) -> String {
+    let start = line.find('<').map(|i| i + 1).unwrap_or(0);
+    let end = line[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(line.len());
+    line[start..end].to_string()
+}
+
+/// Where a sink session ended.
+enum SinkEnd<S> {
+    /// The session is over.
+    Closed,
+    /// The client asked for STARTTLS and was told 220: hand the stream over.
+    StartTls(S),
+}
+
+async fn sink_session(
+    stream: tokio::net::TcpStream,
+    script: &SinkScript,
+    received: &std::sync::Mutex<Vec<SinkMessage>>,
+    data_count: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = stream;
+    stream.write_all(b"220 sink.test ESMTP\r\n").await?;
+    if let SinkEnd::StartTls(tcp) =
+        sink_commands(stream, script, received, data_count, false).await?
+    {
+        let acceptor = script
+            .tls
+            .clone()
+            .expect("STARTTLS is only answered when configured");
+        let tls = acceptor.accept(tcp).await?;
+        sink_commands(tls, script, received, data_count, true).await?;
+    }
+    Ok(())
+}
+
+async fn sink_commands<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    script: &SinkScript,
+    received: &std::sync::Mutex<Vec<SinkMessage>>,
+    data_count: &std::sync::atomic::AtomicUsize,
+    encrypted: bool,
+) -> std::io::Result<SinkEnd<S>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut io = tokio::io::BufReader::new(stream);
+    let mut current: Option<SinkMessage> = None;
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(SinkEnd::Closed);
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") && script.refuse_ehlo {
+            "502 5.5.2 EHLO not implemented\r\n".to_string()
+        } else if upper.starts_with("EHLO") {
+            let mut lines = vec!["sink.test".to_string()];
+            lines.extend(script.extensions.iter().cloned());
+            if script.tls.is_some() && !encrypted {
+                lines.push("STARTTLS".into());
+            }
+            let n = lines.len();
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("250{}{l}\r\n", if i + 1 == n { ' ' } else { '-' }))
+                .collect::<String>()
+        } else if upper == "STARTTLS" && script.tls.is_some() && !encrypted {
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            return Ok(SinkEnd::StartTls(io.into_inner()));
+        } else if upper.starts_with("HELO")
+            || upper.starts_with("RSET")
+            || upper.starts_with("NOOP")
+        {
+            "250 ok\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            current = Some(SinkMessage {
+                mail: line.clone(),
+                from: path_of(&line),
+                rcpts: Vec::new(),
+                to: Vec::new(),
+                data: Vec::new(),
+                answered: String::new(),
+                tls: encrypted,
+            });
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let address = path_of(&line);
+            let answer = (script.rcpt)(&address);
+            if answer.starts_with('2')
+                && let Some(m) = current.as_mut()
+            {
+                m.rcpts.push(line.clone());
+                m.to.push(address);
+            }
+            format!("{answer}\r\n")
+        } else if upper == "DATA" {
+            match current.as_ref() {
+                Some(m) if !m.to.is_empty() => {
+                    io.get_mut().write_all(b"354 go ahead\r\n").await?;
+                    let mut data = Vec::new();
+                    loop {
+                        let mut l = Vec::new();
+                        if io.read_until(b'\n', &mut l).await? == 0 {
+                            return Ok(SinkEnd::Closed);
+                        }
+                        if l == b".\r\n" {
+                            break;
+                        }
+                        if l.starts_with(b"..") {
+                            l.remove(0);
+                        }
+                        data.extend_from_slice(&l);
+                    }
+                    let n = data_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut m = current.take().unwrap();
+                    m.data = data;
+                    match (script.data_end)(n) {
+                        SinkReply::Say(s) => {
+                            m.answered = s.clone();
+                            received.lock().unwrap().push(m);
+                            format!("{s}\r\n")
+                        }
+                        SinkReply::Hang => {
+                            m.answered = "(hung)".into();
+                            received.lock().unwrap().push(m);
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            return Ok(SinkEnd::Closed);
+                        }
+                        SinkReply::Drop => {
+                            m.answered = "(dropped)".into();
+                            received.lock().unwrap().push(m);
+                            return Ok(SinkEnd::Closed);
+                        }
+                    }
+                }
+                _ => "554 5.5.1 no valid recipients\r\n".into(),
+            }
+        } else if upper == "QUIT" {
+            io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(SinkEnd::Closed);
+        } else {
+            "502 5.5.2 not implemented\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `hostname`, for
+/// a sink that offers STARTTLS; keep the directory alive as long as the sink.
+pub fn sink_tls(hostname: &str) -> (tokio_rustls::TlsAcceptor, tempfile::TempDir) {
+    mailroom_net::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = mailroom_net::tls::ensure_self_signed(dir.path(), hostname).unwrap();
+    (mailroom_net::tls::acceptor(&cert, &key).unwrap(), dir)
+}
+
+/// Binds a sink on 127.0.0.2 at a free port, so the test can put more sinks
+/// on other loopback addresses at the same port (`mta.outbound_port` is one
+/// number for every MX).
+pub async fn first_sink(script: SinkScript) -> SmtpSink {
+    SmtpSink::bind("127.0.0.2", 0, script).await
+}
+
+/// Waits until `check` holds, polling (background workers do the work).
+pub async fn wait_for<F: AsyncFnMut() -> bool>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: F,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -104,10 +104,12 @@ async fn submitted_mail_reaches_the_mailbox(r: &Running) {
     .await;
     let states = store.queue_recipient_states(id).await.unwrap();
     assert_eq!(states[0].0, "bob@example.test");
-    // The remote recipient waits for the relay; the local worker never takes it.
-    assert_eq!(
-        (states[1].0.as_str(), states[1].1.as_str(), states[1].2),
-        ("carol@remote.test", "pending", 0)
+    // The remote recipient is the relay's: with no DNS server answering in
+    // this test it is never delivered, and a DNS outage defers rather than fails.
+    assert_eq!(states[1].0, "carol@remote.test");
+    assert!(
+        states[1].1 == "pending" || states[1].1 == "deferred",
+        "{states:?}"
     );
 }
 

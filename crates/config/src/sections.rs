@@ -131,6 +131,22 @@ section! {
         /// The MDA's Delivery gRPC endpoint, when the MTA runs apart from the MDA
         /// (`mailroom serve mta`); `mailroom serve` connects the two itself.
         pub delivery_endpoint: String = "http://127.0.0.1:9426".to_string(),
+        /// DNS servers for MX and address lookups of outbound mail (`ip:port`). Empty: the
+        /// system resolver (`/etc/resolv.conf`).
+        pub dns_servers: Vec<SocketAddr> = Vec::new(),
+        /// TCP port of remote MX hosts. Always 25 in production; tests point it elsewhere.
+        pub outbound_port: u16 = 25,
+        /// Seconds to wait for a TCP connection to a remote MX.
+        pub connect_timeout_secs: u64 = 30,
+        /// Seconds to wait for the greeting and for each reply to a command of an outbound
+        /// session (RFC 5321 §4.5.3.2 suggests 5 minutes).
+        pub command_timeout_secs: u64 = 300,
+        /// Seconds to wait for the reply after the end of the message data
+        /// (RFC 5321 §4.5.3.2.6: 10 minutes).
+        pub data_timeout_secs: u64 = 600,
+        /// Seconds before the first retry of a deferred recipient; each further retry waits
+        /// twice as long, up to 4 hours.
+        pub first_retry_secs: u64 = 300,
     }
 }
 
@@ -316,6 +332,19 @@ impl Config {
                     self.limits.max_connections_per_ip, self.limits.max_connections
                 ),
             );
+        }
+        if self.mta.outbound_port == 0 {
+            err("mta.outbound_port", "must not be 0".into());
+        }
+        for (key, value) in [
+            ("mta.connect_timeout_secs", self.mta.connect_timeout_secs),
+            ("mta.command_timeout_secs", self.mta.command_timeout_secs),
+            ("mta.data_timeout_secs", self.mta.data_timeout_secs),
+            ("mta.first_retry_secs", self.mta.first_retry_secs),
+        ] {
+            if value == 0 {
+                err(key, "must be at least 1".into());
+            }
         }
         if let Some(ep) = &self.telemetry.otlp_endpoint {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {

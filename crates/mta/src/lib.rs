@@ -1,4 +1,6 @@
-//! The MTA's queue service: gRPC `Queue.Enqueue`.
+//! The MTA's queue service (gRPC `Queue.Enqueue`) and the workers that drain
+//! the queue: [`LocalDelivery`] for our own domains (through the MDA) and
+//! [`Relay`] for remote domains (MX lookup, outbound SMTP, DSNs).
 //!
 //! Every accepted message enters here, from the submission server and from
 //! inbound SMTP alike. The call returns only after the store committed the
@@ -16,9 +18,15 @@ use mailroom_store::{QueueEnvelope, QueueRecipient, Store, StoreError};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
+pub mod client;
+pub mod dsn;
+mod relay;
+pub mod route;
 mod worker;
 
-pub use worker::{LEASE_SECS, LocalDelivery, retry_delay};
+pub use client::Timeouts;
+pub use relay::{Relay, RelaySettings, backoff};
+pub use worker::{LEASE_SECS, LocalDelivery, MAX_RETRY_SECS, retry_delay};
 
 /// The gRPC name, for health reporting.
 pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::NamedService>::NAME;

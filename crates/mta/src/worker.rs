@@ -9,8 +9,8 @@
 //! * temporary failures are retried with exponential backoff until the
 //!   message expires; permanent failures are final.
 //!
-//! Outbound relay (MX lookup, remote SMTP) and delivery status notifications
-//! are not part of this worker yet: remote recipients stay queued.
+//! Recipients of other domains are the relay's (`relay.rs`: MX lookup,
+//! outbound SMTP, delivery status notifications); this worker never takes them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

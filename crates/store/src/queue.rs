@@ -210,6 +210,95 @@ impl Store {
         Ok(leased)
     }
 
+    /// Leases up to `limit` due recipients of *remote* domains (every domain
+    /// that is not one of ours) to `worker` for `lease_secs`, for the relay.
+    ///
+    /// Same lease rules as [`Store::lease_local_recipients`]. Rows come
+    /// ordered by message, then domain, so one worker receives the
+    /// recipients of one message at one destination together and can send
+    /// them in one SMTP transaction (RFC 5321 §3.3: one transaction for all
+    /// recipients at the same destination).
+    pub async fn lease_remote_recipients(
+        &self,
+        worker: &str,
+        lease_secs: i64,
+        limit: i64,
+    ) -> Result<Vec<LeasedRecipient>> {
+        let now = now();
+        let lock = match self.backend() {
+            crate::Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            crate::Backend::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
+             WHERE id IN (
+                 SELECT id FROM queue_recipients
+                 WHERE state IN ('pending', 'deferred') AND next_attempt_at <= $3
+                   AND (lease_until IS NULL OR lease_until < $3)
+                   AND domain NOT IN (SELECT name FROM domains)
+                 ORDER BY queue_message_id, domain, id LIMIT $4 {lock})
+             RETURNING id, queue_message_id, address, attempts"
+        );
+        let mut leased = write_tx!(self, |tx| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(worker)
+                .bind(now + lease_secs)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(LeasedRecipient {
+                    id: row.try_get("id")?,
+                    queue_id: row.try_get("queue_message_id")?,
+                    address: row.try_get("address")?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                });
+            }
+            out
+        });
+        // RETURNING does not promise the subquery's order.
+        leased.sort_by(|a, b| {
+            (a.queue_id, routing_domain(&a.address), a.id).cmp(&(
+                b.queue_id,
+                routing_domain(&b.address),
+                b.id,
+            ))
+        });
+        Ok(leased)
+    }
+
+    /// The DSN parameters (RFC 3461 `ORCPT`, `NOTIFY`) of each recipient of a
+    /// queued message, by recipient row id, so the relay can pass them on
+    /// and the DSN writer can honour them.
+    pub async fn queue_recipient_params(
+        &self,
+        queue_id: i64,
+    ) -> Result<Vec<(i64, QueueRecipient)>> {
+        on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, address, orcpt, notify FROM queue_recipients
+                 WHERE queue_message_id = $1 ORDER BY id",
+            )
+            .bind(queue_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push((
+                    r.try_get("id")?,
+                    QueueRecipient {
+                        address: r.try_get("address")?,
+                        orcpt: r.try_get("orcpt")?,
+                        notify: r.try_get("notify")?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     /// Records the outcome of an attempt and releases the lease, but only if
     /// `worker` still holds it (a worker that lost its lease must not
     /// overwrite the newer holder's result).

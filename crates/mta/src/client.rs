@@ -1,0 +1,1023 @@
+//! The outbound SMTP client: one session to one address of a remote MX,
+//! carrying one message to the recipients that share that destination.
+//!
+//! Invariants:
+//! * every step is bounded in time: connect, greeting, each reply, and the
+//!   reply after the end of the data (RFC 5321 §4.5.3.2) — a silent peer
+//!   never holds a worker forever;
+//! * every recipient ends with exactly one outcome: 2xx after the data is
+//!   delivered, 4xx deferred, 5xx failed (RFC 5321 §4.2.1); a 421, a dropped
+//!   connection or a timeout defers everything not yet acknowledged, so at
+//!   worst a message is sent twice (at-least-once), never lost;
+//! * the message is dot-stuffed (RFC 5321 §4.5.2) and always ends with CRLF
+//!   before `.CRLF`, so its content can never end the data early;
+//! * limits the server announced are honoured before sending: `SIZE`
+//!   (RFC 1870), `SMTPUTF8` (RFC 6531), and a `BINARYMIME` body is never sent
+//!   to a server that cannot take it;
+//! * STARTTLS is opportunistic (RFC 7435, RFC 3207): it is used whenever the
+//!   server offers it. The certificate is checked against the system's trust
+//!   anchors (`/etc/ssl/certs/ca-certificates.crt` when present) *after* the
+//!   handshake and the result is only recorded: MX host names are not
+//!   authenticated by DNS without DNSSEC/DANE or MTA-STS, so refusing an
+//!   unverifiable certificate would only push the mail to cleartext. A
+//!   failed handshake falls back to a cleartext session on a new connection
+//!   unless the message demands TLS (RFC 8689 REQUIRETLS), which also
+//!   demands a verified certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailroom_smtp_proto::{
+    Body, Capabilities, Command, ForwardPath, HeloName, Host, MAX_REPLY_LINE, MailParameters,
+    Notify, OriginalRecipient, Path, RcptParameters, Reply, ReplyParse, Ret, ReversePath,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Time limits of an outbound session.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The greeting and every reply to a command (RFC 5321 §4.5.3.2: 5 minutes).
+    pub command: Duration,
+    /// The reply after `.` ends the data (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_end: Duration,
+}
+
+/// What every outbound session shares: our name, time limits, TLS setup.
+#[derive(Clone)]
+pub struct ClientSettings {
+    /// The name we give in EHLO/HELO (`server.hostname`).
+    pub hostname: String,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("hostname", &self.hostname)
+            .field("timeouts", &self.timeouts)
+            .field("trust_anchors", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+/// The system trust anchors, if the usual bundle exists and has any.
+fn system_roots() -> Option<rustls::RootCertStore> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+        let _ = roots.add(cert);
+    }
+    (!roots.is_empty()).then_some(roots)
+}
+
+impl ClientSettings {
+    /// Settings for sessions that announce `hostname`.
+    pub fn new(hostname: String, timeouts: Timeouts) -> ClientSettings {
+        let provider = mailroom_net::tls::provider();
+        let verifier = system_roots().and_then(|roots| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .ok()
+        });
+        let accept = Arc::new(RecordOnly {
+            provider: provider.clone(),
+        });
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.dangerous()
+                    .with_custom_certificate_verifier(accept)
+                    .with_no_client_auth()
+            })
+            // The aws-lc-rs provider supports the default versions, so this
+            // is always `Some`; without it sessions would run in cleartext.
+            .ok()
+            .map(Arc::new);
+        ClientSettings {
+            hostname,
+            timeouts,
+            tls,
+            verifier,
+        }
+    }
+}
+
+/// The handshake verifier of opportunistic TLS: it checks that the server
+/// holds the key of the certificate it sent (the handshake signatures), and
+/// accepts the certificate itself; whether it chains to a trust anchor is
+/// checked after the handshake and recorded (see the module doc).
+#[derive(Debug)]
+struct RecordOnly {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for RecordOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One recipient as the client sends it, with its DSN parameters (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecipient {
+    /// The address.
+    pub address: String,
+    /// `addr-type;address` (decoded), from the queue.
+    pub orcpt: Option<String>,
+    /// `NEVER` or a comma list of `SUCCESS,FAILURE,DELAY`, from the queue.
+    pub notify: Option<String>,
+}
+
+/// One message to send in one transaction.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The reverse path; empty for `<>`.
+    pub sender: &'a str,
+    /// The recipients at this destination.
+    pub recipients: &'a [OutRecipient],
+    /// RFC 3461 `ENVID`.
+    pub env_id: Option<&'a str>,
+    /// RFC 3461 `RET` (`FULL` or `HDRS`).
+    pub ret: Option<&'a str>,
+    /// `BODY` (`7BIT`, `8BITMIME`, `BINARYMIME`).
+    pub body_type: Option<&'a str>,
+    /// Whether the message needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS.
+    pub requiretls: bool,
+    /// The message, CRLF line endings, not dot-stuffed.
+    pub message: &'a [u8],
+}
+
+/// The result for one recipient. The text starts with an RFC 3463 status
+/// and names the host and what it said, for the queue and the DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server took responsibility (2xx after the data).
+    Delivered(String),
+    /// Try again later (4xx, 421, dropped connection, timeout).
+    Deferred(String),
+    /// Will never succeed as is (5xx).
+    Failed(String),
+}
+
+impl Outcome {
+    /// The text of the outcome.
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Delivered(s) | Outcome::Deferred(s) | Outcome::Failed(s) => s,
+        }
+    }
+}
+
+/// How the session was protected, recorded for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// Cleartext (not offered, or the handshake failed).
+    None,
+    /// Encrypted, certificate not verifiable against the trust anchors.
+    Unverified,
+    /// Encrypted, certificate chains to a trust anchor and names the host.
+    Verified,
+}
+
+/// Why a session produced no per-recipient answer: the next MX address
+/// should be tried. `permanent` when the server refused us outright (a 5xx
+/// greeting, EHLO and HELO refused, our message too large for it…).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    /// Status and explanation.
+    pub reason: String,
+    /// Whether retrying the same server later would not help.
+    pub permanent: bool,
+}
+
+/// What one session achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionResult {
+    /// One outcome per recipient, in the order given.
+    pub outcomes: Vec<Outcome>,
+    /// The protection the transaction ran under.
+    pub tls: TlsState,
+}
+
+/// Appends `message` to `out` dot-stuffed for DATA (RFC 5321 §4.5.2),
+/// followed by the terminator `.CRLF`. A line starting with `.` gets a
+/// second one; a lone LF becomes CRLF so no line ending is ambiguous for the
+/// receiver (SMTP smuggling); a missing final CRLF is added.
+pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
+    out.reserve(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        if prev == b'\r' && b != b'\n' {
+            // A lone CR: end the line properly.
+            out.push(b'\n');
+            if b == b'.' {
+                out.push(b'.');
+            }
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if prev == b'\r' {
+        out.push(b'\n');
+    } else if !message.is_empty() && prev != b'\n' {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// The peer went away or broke the protocol: defer what is open.
+#[derive(Debug)]
+struct Broken(String);
+
+/// A connection with its read buffer.
+struct Conn<S> {
+    stream: S,
+    buf: Vec<u8>,
+    peer: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn send(&mut self, bytes: &[u8], limit: Duration) -> Result<(), Broken> {
+        match tokio::time::timeout(limit, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Broken(format!("4.4.2 {}: connection lost: {e}", self.peer))),
+            Err(_) => Err(Broken(format!(
+                "4.4.2 {}: timeout while sending",
+                self.peer
+            ))),
+        }
+    }
+
+    async fn reply(&mut self, limit: Duration, waiting_for: &str) -> Result<Reply, Broken> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match Reply::parse(&self.buf, MAX_REPLY_LINE) {
+                ReplyParse::Complete(reply, used) => {
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                ReplyParse::Invalid => {
+                    return Err(Broken(format!(
+                        "4.5.0 {}: invalid reply {waiting_for}",
+                        self.peer
+                    )));
+                }
+                ReplyParse::Incomplete => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) => {
+                    return Err(Broken(format!(
+                        "4.4.2 {}: connection closed {waiting_for}",
+                        self.peer
+                    )));
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    return Err(Broken(format!(
+                        "4.4.2 {}: connection lost {waiting_for}: {e}",
+                        self.peer
+                    )));
+                }
+                Err(_) => {
+                    return Err(Broken(format!(
+                        "4.4.2 {}: timeout {waiting_for} after {}s",
+                        self.peer,
+                        limit.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, command: &Command, limit: Duration) -> Result<Reply, Broken> {
+        let mut out = Vec::new();
+        command.write_to(&mut out);
+        self.send(&out, limit).await?;
+        self.reply(limit, &format!("after {}", command.verb()))
+            .await
+    }
+
+    /// Sends QUIT politely; the answer does not matter (RFC 5321 §4.1.1.10).
+    async fn quit(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit.min(Duration::from_secs(5)), async {
+            let _ = self.command(&Command::Quit, limit).await;
+        })
+        .await;
+    }
+}
+
+/// `host [ip]:port said: 550 5.1.1 text`, the status first.
+fn said(peer: &str, reply: &Reply) -> String {
+    let status = reply
+        .status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("{}.0.0", reply.code / 100));
+    let mut wire = reply.to_string();
+    // Multi-line replies become one line.
+    wire = wire.replace("\r\n", " ");
+    format!("{status} {peer} said: {wire}")
+}
+
+fn helo_name(hostname: &str) -> HeloName {
+    HeloName {
+        as_sent: hostname.to_string(),
+        host: Host::parse(hostname).unwrap_or_else(|_| Host::Name(hostname.to_string())),
+    }
+}
+
+/// Where a session stands after greeting and EHLO.
+enum Greeted {
+    /// Ready for a transaction with these capabilities (`None` after HELO).
+    Ready(Option<Capabilities>),
+    /// The server refused us.
+    Refused(HostError),
+}
+
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    settings: &ClientSettings,
+    read_greeting: bool,
+) -> Result<Greeted, Broken> {
+    let limit = settings.timeouts.command;
+    if read_greeting {
+        let greeting = conn.reply(limit, "waiting for the greeting").await?;
+        if greeting.code != 220 {
+            // RFC 5321 §3.1: 554 means no service here; 421 try later.
+            return Ok(Greeted::Refused(HostError {
+                reason: said(&conn.peer, &greeting),
+                permanent: greeting.is_permanent(),
+            }));
+        }
+    }
+    let name = helo_name(&settings.hostname);
+    let ehlo = conn.command(&Command::Ehlo(name.clone()), limit).await?;
+    if let Some(caps) = Capabilities::from_reply(&ehlo) {
+        return Ok(Greeted::Ready(Some(caps)));
+    }
+    if ehlo.code == 421 || ehlo.is_transient() {
+        return Ok(Greeted::Refused(HostError {
+            reason: said(&conn.peer, &ehlo),
+            permanent: false,
+        }));
+    }
+    // RFC 5321 §4.1.4: a server that does not know EHLO answers 5xx; fall
+    // back to HELO.
+    let helo = conn.command(&Command::Helo(name), limit).await?;
+    if helo.code == 250 {
+        Ok(Greeted::Ready(None))
+    } else {
+        Ok(Greeted::Refused(HostError {
+            reason: said(&conn.peer, &helo),
+            permanent: helo.is_permanent(),
+        }))
+    }
+}
+
+fn parse_notify(text: &str) -> Option<Notify> {
+    if text.eq_ignore_ascii_case("NEVER") {
+        return Some(Notify::NEVER);
+    }
+    let mut n = Notify::default();
+    for word in text.split(',') {
+        match word.trim().to_ascii_uppercase().as_str() {
+            "SUCCESS" => n.success = true,
+            "FAILURE" => n.failure = true,
+            "DELAY" => n.delay = true,
+            _ => {}
+        }
+    }
+    (!n.is_never()).then_some(n)
+}
+
+/// What the server's capabilities allow for this message, or why it must
+/// not be sent there.
+fn check_limits(
+    peer: &str,
+    caps: Option<&Capabilities>,
+    env: &Envelope<'_>,
+) -> Result<(), HostError> {
+    let has = |k: &str| caps.is_some_and(|c| c.has(k));
+    if let Some(limit) = caps.and_then(Capabilities::size_limit)
+        && env.message.len() as u64 > limit
+    {
+        return Err(HostError {
+            reason: format!(
+                "5.3.4 {peer} accepts at most {limit} bytes; the message has {} (RFC 1870)",
+                env.message.len()
+            ),
+            permanent: true,
+        });
+    }
+    if env.smtputf8 && !has("SMTPUTF8") {
+        return Err(HostError {
+            reason: format!(
+                "5.6.7 {peer} does not support SMTPUTF8, which this message needs \
+                 (internationalised addresses or headers, RFC 6531)"
+            ),
+            permanent: true,
+        });
+    }
+    if env
+        .body_type
+        .is_some_and(|b| b.eq_ignore_ascii_case("BINARYMIME"))
+        && !(has("BINARYMIME") && has("CHUNKING"))
+    {
+        return Err(HostError {
+            reason: format!("5.6.3 {peer} cannot receive a binary MIME message (RFC 3030)"),
+            permanent: true,
+        });
+    }
+    Ok(())
+}
+
+/// Runs MAIL, RCPT, DATA over a ready session. Outcomes are filled in as
+/// the server answers; what remains `None` when the session breaks is
+/// deferred by the caller.
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    settings: &ClientSettings,
+    caps: Option<&Capabilities>,
+    env: &Envelope<'_>,
+    outcomes: &mut [Option<Outcome>],
+) -> Result<Option<HostError>, Broken> {
+    let limit = settings.timeouts.command;
+    let has = |k: &str| caps.is_some_and(|c| c.has(k));
+    let dsn = has("DSN");
+    let from = if env.sender.is_empty() {
+        ReversePath::Null
+    } else {
+        match Path::from_mailbox(env.sender) {
+            Ok(p) => ReversePath::Path(p),
+            Err(e) => {
+                return Ok(Some(HostError {
+                    reason: format!("5.1.7 invalid sender {:?}: {e}", env.sender),
+                    permanent: true,
+                }));
+            }
+        }
+    };
+    let mut params = MailParameters::default();
+    if has("SIZE") {
+        params.size = Some(env.message.len() as u64);
+    }
+    if has("8BITMIME") {
+        // RFC 6152: only announced to servers that take 8-bit data; others
+        // get the message as it is, as Postfix does.
+        params.body = match env.body_type.map(str::to_ascii_uppercase).as_deref() {
+            Some("8BITMIME") => Some(Body::EightBitMime),
+            Some("7BIT") => Some(Body::SevenBit),
+            Some("BINARYMIME") => Some(Body::BinaryMime),
+            _ => None,
+        };
+    }
+    params.smtputf8 = env.smtputf8;
+    if env.requiretls {
+        params.requiretls = true;
+    }
+    if dsn {
+        params.ret = match env.ret.map(str::to_ascii_uppercase).as_deref() {
+            Some("FULL") => Some(Ret::Full),
+            Some("HDRS") => Some(Ret::Headers),
+            _ => None,
+        };
+        params.envid = env.env_id.map(str::to_string);
+    }
+    let mail = Command::Mail { from, params };
+    let mut rcpts = Vec::with_capacity(env.recipients.len());
+    for (i, r) in env.recipients.iter().enumerate() {
+        match Path::from_mailbox(&r.address) {
+            Ok(p) => {
+                let mut params = RcptParameters::default();
+                if dsn {
+                    params.notify = r.notify.as_deref().and_then(parse_notify).or_else(|| {
+                        r.notify
+                            .as_deref()
+                            .filter(|n| n.eq_ignore_ascii_case("NEVER"))
+                            .map(|_| Notify::NEVER)
+                    });
+                    params.orcpt = r.orcpt.as_deref().and_then(|o| {
+                        let (addr_type, address) = o.split_once(';')?;
+                        Some(OriginalRecipient {
+                            addr_type: addr_type.to_string(),
+                            address: address.to_string(),
+                        })
+                    });
+                }
+                rcpts.push((
+                    i,
+                    Command::Rcpt {
+                        to: ForwardPath::Path(p),
+                        params,
+                    },
+                ));
+            }
+            Err(e) => {
+                outcomes[i] = Some(Outcome::Failed(format!(
+                    "5.1.3 invalid recipient address {:?}: {e}",
+                    r.address
+                )));
+            }
+        }
+    }
+    if rcpts.is_empty() {
+        return Ok(None);
+    }
+
+    // MAIL and every RCPT, in one write when the server pipelines (RFC 2920 §3.1).
+    let mail_reply;
+    let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+    if has("PIPELINING") {
+        let mut out = Vec::new();
+        mail.write_to(&mut out);
+        for (_, c) in &rcpts {
+            c.write_to(&mut out);
+        }
+        conn.send(&out, limit).await?;
+        mail_reply = conn.reply(limit, "after MAIL").await?;
+        for _ in &rcpts {
+            let reply = conn.reply(limit, "after RCPT").await;
+            match reply {
+                Ok(r) => rcpt_replies.push(r),
+                Err(e) => {
+                    apply_rcpt_replies(conn, &rcpts, &rcpt_replies, &mail_reply, outcomes);
+                    return Err(e);
+                }
+            }
+        }
+    } else {
+        mail_reply = conn.command(&mail, limit).await?;
+        if is_success(&mail_reply) {
+            for (_, c) in &rcpts {
+                let r = conn.command(c, limit).await;
+                match r {
+                    Ok(r) => {
+                        let stop = r.code == 421;
+                        rcpt_replies.push(r);
+                        if stop {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        apply_rcpt_replies(conn, &rcpts, &rcpt_replies, &mail_reply, outcomes);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+    if !is_success(&mail_reply) {
+        // The sender was refused. A 5xx is the server's final word for this
+        // message; a 4xx (421 included) is worth another host or later.
+        let reason = said(&conn.peer, &mail_reply);
+        if mail_reply.is_permanent() {
+            for (i, _) in &rcpts {
+                outcomes[*i] = Some(Outcome::Failed(reason.clone()));
+            }
+            conn.quit(limit).await;
+            return Ok(None);
+        }
+        conn.quit(limit).await;
+        return Ok(Some(HostError {
+            reason,
+            permanent: false,
+        }));
+    }
+    let accepted = apply_rcpt_replies(conn, &rcpts, &rcpt_replies, &mail_reply, outcomes);
+    if rcpt_replies.iter().any(|r| r.code == 421) {
+        // The server is closing: nothing more can happen in this session.
+        return Err(Broken(format!(
+            "4.4.2 {}: the server closed the transaction (421)",
+            conn.peer
+        )));
+    }
+    if accepted.is_empty() {
+        conn.quit(limit).await;
+        return Ok(None);
+    }
+
+    let data = conn.command(&Command::Data, limit).await?;
+    if data.code != 354 {
+        let reason = said(&conn.peer, &data);
+        if data.code == 421 {
+            return Err(Broken(reason));
+        }
+        for i in &accepted {
+            outcomes[*i] = Some(if data.is_permanent() {
+                Outcome::Failed(reason.clone())
+            } else {
+                Outcome::Deferred(reason.clone())
+            });
+        }
+        conn.quit(limit).await;
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    dot_stuff(env.message, &mut body);
+    conn.send(&body, settings.timeouts.data_end).await?;
+    let end = conn
+        .reply(settings.timeouts.data_end, "after the end of the data")
+        .await?;
+    let reason = said(&conn.peer, &end);
+    for i in &accepted {
+        outcomes[*i] = Some(if is_success(&end) {
+            Outcome::Delivered(reason.clone())
+        } else if end.is_permanent() {
+            Outcome::Failed(reason.clone())
+        } else {
+            Outcome::Deferred(reason.clone())
+        });
+    }
+    conn.quit(limit).await;
+    Ok(None)
+}
+
+/// RFC 5321 §4.2.1: only 2yz completes a command; a 3yz where none is
+/// expected is treated like a transient failure.
+fn is_success(reply: &Reply) -> bool {
+    (200..300).contains(&reply.code)
+}
+
+/// Records RCPT replies: 5xx fails the recipient at once, 4xx defers it;
+/// returns the indices of accepted recipients (their outcome waits for the
+/// data). Recipients without a reply (yet) are left open.
+fn apply_rcpt_replies<S>(
+    conn: &Conn<S>,
+    rcpts: &[(usize, Command)],
+    replies: &[Reply],
+    mail: &Reply,
+    outcomes: &mut [Option<Outcome>],
+) -> Vec<usize> {
+    let mut accepted = Vec::new();
+    if !is_success(mail) {
+        return accepted;
+    }
+    for ((i, _), reply) in rcpts.iter().zip(replies) {
+        if reply.code == 421 {
+            // Deferred by the caller with everything else still open.
+            continue;
+        }
+        if is_success(reply) {
+            accepted.push(*i);
+        } else if reply.is_permanent() {
+            outcomes[*i] = Some(Outcome::Failed(said(&conn.peer, reply)));
+        } else {
+            outcomes[*i] = Some(Outcome::Deferred(said(&conn.peer, reply)));
+        }
+    }
+    accepted
+}
+
+/// Delivers `env` through one session to `addr` (an address of MX host
+/// `mx_name`). `Err` when the server gave no per-recipient answer, so the
+/// caller should try the next address.
+pub async fn deliver(
+    settings: &ClientSettings,
+    addr: SocketAddr,
+    mx_name: &str,
+    env: &Envelope<'_>,
+) -> Result<SessionResult, HostError> {
+    match session(settings, addr, mx_name, env, true).await {
+        Err(SessionStop::TlsFailed(why)) if !env.requiretls => {
+            tracing::info!(%addr, mx = mx_name, error = %why, "STARTTLS failed; retrying in cleartext (RFC 7435)");
+            match session(settings, addr, mx_name, env, false).await {
+                Ok(r) => Ok(r),
+                Err(SessionStop::Host(e)) => Err(e),
+                Err(SessionStop::TlsFailed(why)) => Err(HostError {
+                    reason: why,
+                    permanent: false,
+                }),
+            }
+        }
+        Err(SessionStop::TlsFailed(why)) => Err(HostError {
+            reason: why,
+            permanent: false,
+        }),
+        Err(SessionStop::Host(e)) => Err(e),
+        Ok(r) => Ok(r),
+    }
+}
+
+enum SessionStop {
+    Host(HostError),
+    TlsFailed(String),
+}
+
+fn broken_before_transaction(b: Broken) -> SessionStop {
+    SessionStop::Host(HostError {
+        reason: b.0,
+        permanent: false,
+    })
+}
+
+async fn session(
+    settings: &ClientSettings,
+    addr: SocketAddr,
+    mx_name: &str,
+    env: &Envelope<'_>,
+    try_tls: bool,
+) -> Result<SessionResult, SessionStop> {
+    let peer = format!("{mx_name}[{}]", addr.ip());
+    let tcp = match tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(SessionStop::Host(HostError {
+                reason: format!("4.4.1 cannot connect to {peer}:{}: {e}", addr.port()),
+                permanent: false,
+            }));
+        }
+        Err(_) => {
+            return Err(SessionStop::Host(HostError {
+                reason: format!("4.4.1 timeout connecting to {peer}:{}", addr.port()),
+                permanent: false,
+            }));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn {
+        stream: tcp,
+        buf: Vec::new(),
+        peer: peer.clone(),
+    };
+    let caps = match greet(&mut conn, settings, true)
+        .await
+        .map_err(broken_before_transaction)?
+    {
+        Greeted::Ready(c) => c,
+        Greeted::Refused(e) => {
+            conn.quit(settings.timeouts.command).await;
+            return Err(SessionStop::Host(e));
+        }
+    };
+    let offers_tls = caps.as_ref().is_some_and(|c| c.has("STARTTLS"));
+    if let Some(tls_config) = settings.tls.clone().filter(|_| try_tls && offers_tls) {
+        let reply = conn
+            .command(&Command::StartTls, settings.timeouts.command)
+            .await
+            .map_err(broken_before_transaction)?;
+        if reply.code != 220 {
+            conn.quit(settings.timeouts.command).await;
+            return Err(SessionStop::TlsFailed(said(&peer, &reply)));
+        }
+        // RFC 3207 §4.2: nothing may follow STARTTLS before the handshake;
+        // a server that pipelined bytes here is trying to inject them.
+        if !conn.buf.is_empty() {
+            return Err(SessionStop::TlsFailed(format!(
+                "4.7.0 {peer}: data after the STARTTLS reply"
+            )));
+        }
+        let name = ServerName::try_from(mx_name.to_string())
+            .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(tls_config);
+        let tls = match tokio::time::timeout(
+            settings.timeouts.command,
+            connector.connect(name.clone(), conn.stream),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(SessionStop::TlsFailed(format!(
+                    "4.7.0 {peer}: TLS handshake failed: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(SessionStop::TlsFailed(format!(
+                    "4.7.0 {peer}: TLS handshake timed out"
+                )));
+            }
+        };
+        let state = verify_peer(settings, &tls, &name);
+        if env.requiretls && state != TlsState::Verified {
+            return Err(SessionStop::Host(HostError {
+                reason: format!(
+                    "5.7.10 {peer}: certificate not verified, and the message requires TLS (RFC 8689)"
+                ),
+                permanent: false,
+            }));
+        }
+        let mut conn = Conn {
+            stream: tls,
+            buf: Vec::new(),
+            peer: peer.clone(),
+        };
+        // RFC 3207 §4.2: forget what was learnt before TLS and ask again.
+        let caps = match greet(&mut conn, settings, false)
+            .await
+            .map_err(broken_before_transaction)?
+        {
+            Greeted::Ready(c) => c,
+            Greeted::Refused(e) => {
+                conn.quit(settings.timeouts.command).await;
+                return Err(SessionStop::Host(e));
+            }
+        };
+        if env.requiretls && !caps.as_ref().is_some_and(|c| c.has("REQUIRETLS")) {
+            conn.quit(settings.timeouts.command).await;
+            return Err(SessionStop::Host(HostError {
+                reason: format!("5.7.30 {peer} does not support REQUIRETLS (RFC 8689)"),
+                permanent: true,
+            }));
+        }
+        run(&mut conn, settings, caps.as_ref(), env, state).await
+    } else {
+        if env.requiretls {
+            conn.quit(settings.timeouts.command).await;
+            return Err(SessionStop::Host(HostError {
+                reason: format!(
+                    "5.7.10 {peer} does not offer STARTTLS, and the message requires TLS (RFC 8689)"
+                ),
+                permanent: false,
+            }));
+        }
+        run(&mut conn, settings, caps.as_ref(), env, TlsState::None).await
+    }
+}
+
+/// Checks the peer's certificate chain against the trust anchors, after
+/// the handshake (see the module doc), for the record.
+fn verify_peer(
+    settings: &ClientSettings,
+    tls: &tokio_rustls::client::TlsStream<TcpStream>,
+    name: &ServerName<'static>,
+) -> TlsState {
+    let Some(verifier) = &settings.verifier else {
+        return TlsState::Unverified;
+    };
+    let (_, session) = tls.get_ref();
+    match session.peer_certificates() {
+        Some([end_entity, intermediates @ ..]) => {
+            match verifier.verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now())
+            {
+                Ok(_) => TlsState::Verified,
+                Err(_) => TlsState::Unverified,
+            }
+        }
+        _ => TlsState::Unverified,
+    }
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    settings: &ClientSettings,
+    caps: Option<&Capabilities>,
+    env: &Envelope<'_>,
+    tls: TlsState,
+) -> Result<SessionResult, SessionStop> {
+    if let Err(e) = check_limits(&conn.peer, caps, env) {
+        conn.quit(settings.timeouts.command).await;
+        return Err(SessionStop::Host(e));
+    }
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; env.recipients.len()];
+    let broken = match transaction(conn, settings, caps, env, &mut outcomes).await {
+        Ok(Some(host_error)) => return Err(SessionStop::Host(host_error)),
+        Ok(None) => None,
+        Err(b) => Some(b.0),
+    };
+    let open = broken.unwrap_or_else(|| format!("4.4.2 {}: no answer", conn.peer));
+    Ok(SessionResult {
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Deferred(open.clone())))
+            .collect(),
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuffed(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        dot_stuff(input, &mut out);
+        out
+    }
+
+    #[test]
+    fn leading_dots_are_doubled() {
+        assert_eq!(
+            stuffed(b".hidden\r\nok\r\n..two\r\n.\r\n"),
+            b"..hidden\r\nok\r\n...two\r\n..\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn dots_inside_lines_are_left_alone() {
+        assert_eq!(stuffed(b"a.b\r\nc .\r\n"), b"a.b\r\nc .\r\n.\r\n");
+    }
+
+    #[test]
+    fn the_message_always_ends_with_crlf() {
+        assert_eq!(stuffed(b"no newline"), b"no newline\r\n.\r\n");
+        assert_eq!(stuffed(b"line\r\n"), b"line\r\n.\r\n");
+        assert_eq!(stuffed(b"cr\r"), b"cr\r\n.\r\n");
+    }
+
+    #[test]
+    fn bare_line_endings_cannot_smuggle_an_end_of_data() {
+        // A bare LF followed by a dot would look like an end to lax servers.
+        assert_eq!(
+            stuffed(b"a\n.\nMAIL FROM:<x>\n"),
+            b"a\r\n..\r\nMAIL FROM:<x>\r\n.\r\n"
+        );
+        assert_eq!(stuffed(b"a\r.\rb"), b"a\r\n..\r\nb\r\n.\r\n");
+    }
+
+    #[test]
+    fn notify_words_are_read_back() {
+        assert_eq!(parse_notify("NEVER"), Some(Notify::NEVER));
+        let n = parse_notify("SUCCESS,FAILURE").unwrap();
+        assert!(n.success && n.failure && !n.delay);
+    }
+
+    #[test]
+    fn size_and_smtputf8_are_checked_before_sending() {
+        let reply = Reply::multiline(250, "", ["mx", "SIZE 10", "PIPELINING"]);
+        let caps = Capabilities::from_reply(&reply).unwrap();
+        let env = Envelope {
+            sender: "a@b.example",
+            recipients: &[],
+            env_id: None,
+            ret: None,
+            body_type: None,
+            smtputf8: false,
+            requiretls: false,
+            message: b"0123456789ABCDEF",
+        };
+        let e = check_limits("mx[1.2.3.4]", Some(&caps), &env).unwrap_err();
+        assert!(e.permanent && e.reason.starts_with("5.3.4"), "{e:?}");
+        let small = Envelope {
+            message: b"tiny",
+            smtputf8: true,
+            ..env
+        };
+        let e = check_limits("mx[1.2.3.4]", Some(&caps), &small).unwrap_err();
+        assert!(e.permanent && e.reason.starts_with("5.6.7"), "{e:?}");
+    }
+}

@@ -1,0 +1,333 @@
+//! Delivery status notifications (RFC 3464) for recipients that failed for
+//! good or expired in the queue.
+//!
+//! Invariants:
+//! * nothing is ever sent to the null sender `<>`: a failing DSN (or any
+//!   message from `<>`) is dropped, which is what stops bounce loops
+//!   (RFC 5321 §4.5.5, RFC 3461 §6.2);
+//! * a DSN itself is sent from `<>` (RFC 3461 §6.2), so it can never bounce;
+//! * `NOTIFY` decides (RFC 3461 §4.1): no `NOTIFY` means `FAILURE`, `NEVER`
+//!   means none, a list without `FAILURE` means none for a failure;
+//! * `RET=HDRS` returns only the header section; `RET=FULL` or no `RET`
+//!   returns the whole message (RFC 3461 §4.3 leaves the default to us; the
+//!   full message is what Postfix returns too);
+//! * one DSN covers every recipient of one message that failed in one
+//!   attempt (RFC 3464 §2: one report, one per-recipient group each).
+
+use mailroom_store::QueueEnvelope;
+
+/// One recipient the report is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    /// The address delivery was attempted to.
+    pub address: String,
+    /// `ORCPT` as queued (`addr-type;address`), if any.
+    pub orcpt: Option<String>,
+    /// `NOTIFY` as queued, if any.
+    pub notify: Option<String>,
+    /// The final response, starting with an RFC 3463 status
+    /// (`5.1.1 mx.example[192.0.2.1] said: 550 5.1.1 no such user`).
+    pub response: String,
+}
+
+/// Whether this recipient's `NOTIFY` asks for a report of a failure.
+pub fn wants_failure_report(notify: Option<&str>) -> bool {
+    match notify {
+        None => true,
+        Some(n) => n
+            .split(',')
+            .any(|w| w.trim().eq_ignore_ascii_case("FAILURE")),
+    }
+}
+
+/// The RFC 3463 status at the start of `response`, or a generic permanent
+/// one. A 4.x.x stays as it is: an expired message is reported with the
+/// persistent transient status that made it give up (RFC 3463 §3.5: "4.4.7
+/// Delivery time expired" is only meaningful as a persistent transient
+/// error), as Postfix does.
+fn status_of(response: &str) -> String {
+    response
+        .split_whitespace()
+        .next()
+        .and_then(mailroom_smtp_proto::EnhancedStatus::parse)
+        .filter(|s| s.class == 5 || s.class == 4)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "5.0.0".to_string())
+}
+
+/// `smtp; <reply>` when a remote server said it, else our own words.
+fn diagnostic_of(response: &str) -> String {
+    match response.split_once(" said: ") {
+        Some((_, reply)) => format!("smtp; {}", one_line(reply)),
+        None => format!("X-Mailroom; {}", one_line(response)),
+    }
+}
+
+/// Header-safe text: no CR, LF or other controls.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The header section of a message (up to the first empty line).
+fn header_section(message: &[u8]) -> &[u8] {
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &message[..i + 2],
+        None => message,
+    }
+}
+
+/// Whether a DSN is due for `envelope` and these `failed` recipients.
+pub fn recipients_to_report<'a>(
+    envelope: &QueueEnvelope,
+    failed: &'a [FailedRecipient],
+) -> Vec<&'a FailedRecipient> {
+    if envelope.sender.is_empty() {
+        return Vec::new();
+    }
+    failed
+        .iter()
+        .filter(|r| wants_failure_report(r.notify.as_deref()))
+        .collect()
+}
+
+/// Renders the RFC 3464 report for `failed` (already filtered by
+/// [`recipients_to_report`]). `reporting_mta` is our host name, `now` the
+/// Unix time for `Date:`, `token` makes the boundary and Message-ID unique.
+pub fn render(
+    reporting_mta: &str,
+    envelope: &QueueEnvelope,
+    message: &[u8],
+    failed: &[&FailedRecipient],
+    now: i64,
+    token: u64,
+) -> Vec<u8> {
+    let boundary = format!("=_mailroom-dsn-{token:016x}");
+    let headers_only = envelope
+        .ret
+        .as_deref()
+        .is_some_and(|r| r.eq_ignore_ascii_case("HDRS"));
+    let date = mail_builder::headers::date::Date::new(now).to_rfc822();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
+         To: <{}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <dsn.{token:016x}@{reporting_mta}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated delivery status notification.\r\n\
+         \r\n",
+        one_line(&envelope.sender)
+    ));
+    // 1. The human-readable part (RFC 3464 §2, RFC 6522 §3).
+    out.push_str(&format!(
+        "--{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         This is the mail system at {reporting_mta}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         It has been returned below.\r\n\
+         \r\n"
+    ));
+    for r in failed {
+        out.push_str(&format!(
+            "<{}>: {}\r\n",
+            one_line(&r.address),
+            one_line(&r.response)
+        ));
+    }
+    out.push_str("\r\n");
+    // 2. The machine-readable part (RFC 3464 §2.2, §2.3).
+    out.push_str(&format!(
+        "--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {reporting_mta}\r\n"
+    ));
+    if let Some(id) = &envelope.env_id {
+        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(id)));
+    }
+    for r in failed {
+        out.push_str("\r\n");
+        out.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            one_line(&r.address)
+        ));
+        if let Some((addr_type, address)) = r.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+            out.push_str(&format!(
+                "Original-Recipient: {}; {}\r\n",
+                one_line(addr_type),
+                one_line(address)
+            ));
+        }
+        out.push_str("Action: failed\r\n");
+        out.push_str(&format!("Status: {}\r\n", status_of(&r.response)));
+        // RFC 3464 §2.3.5: the remote MTA, when one answered.
+        if r.response.contains(" said: ")
+            && let Some(host) = r
+                .response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|h| h.split('[').next())
+        {
+            out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(host)));
+        }
+        out.push_str(&format!(
+            "Diagnostic-Code: {}\r\n",
+            diagnostic_of(&r.response)
+        ));
+    }
+    out.push_str("\r\n");
+    // 3. The returned message or its header section (RFC 3462 / RFC 6522).
+    let mut bytes = out.into_bytes();
+    if headers_only {
+        bytes.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
+        );
+        bytes.extend_from_slice(header_section(message));
+    } else {
+        bytes.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
+        );
+        bytes.extend_from_slice(message);
+    }
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    bytes
+}
+
+/// The envelope of a DSN for `envelope`'s sender: from `<>`, NOTIFY=NEVER
+/// so no server ever reports on the report.
+pub fn envelope_for(envelope: &QueueEnvelope, report: &[u8]) -> QueueEnvelope {
+    QueueEnvelope {
+        sender: String::new(),
+        recipients: vec![mailroom_store::QueueRecipient {
+            address: envelope.sender.clone(),
+            orcpt: None,
+            notify: Some("NEVER".into()),
+        }],
+        env_id: None,
+        ret: None,
+        body_type: report
+            .iter()
+            .any(|b| *b >= 0x80)
+            .then(|| "8BITMIME".to_string()),
+        smtputf8: envelope.smtputf8,
+        requiretls: false,
+        authenticated_as: None,
+        client_ip: None,
+        trace_context: envelope.trace_context.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(ret: Option<&str>) -> QueueEnvelope {
+        QueueEnvelope {
+            sender: "alice@example.test".into(),
+            env_id: Some("ENV-42".into()),
+            ret: ret.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn failed(notify: Option<&str>) -> FailedRecipient {
+        FailedRecipient {
+            address: "bob@remote.test".into(),
+            orcpt: Some("rfc822;Bob@Remote.test".into()),
+            notify: notify.map(str::to_string),
+            response: "5.1.1 mx.remote.test[127.0.0.2] said: 550 5.1.1 no such user".into(),
+        }
+    }
+
+    const MESSAGE: &[u8] = b"From: alice@example.test\r\nSubject: hi\r\n\r\nsecret body\r\n";
+
+    #[test]
+    fn the_report_has_the_three_parts_and_the_per_recipient_fields() {
+        let f = failed(None);
+        let dsn = render(
+            "mx.example.test",
+            &env(None),
+            MESSAGE,
+            &[&f],
+            1_700_000_000,
+            7,
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains("To: <alice@example.test>\r\n"));
+        assert!(text.contains(
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.test\r\n"
+        ));
+        assert!(text.contains("Original-Envelope-Id: ENV-42\r\n"));
+        assert!(text.contains("Final-Recipient: rfc822; bob@remote.test\r\n"));
+        assert!(text.contains("Original-Recipient: rfc822; Bob@Remote.test\r\n"));
+        assert!(text.contains("Action: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(text.contains("Remote-MTA: dns; mx.remote.test\r\n"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+        assert!(text.contains("Content-Type: message/rfc822\r\n\r\nFrom: alice@example.test"));
+        assert!(text.contains("secret body"));
+        assert!(text.ends_with("--=_mailroom-dsn-0000000000000007--\r\n"));
+        // Every line ends with CRLF.
+        assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn ret_hdrs_returns_only_the_header_section() {
+        let f = failed(None);
+        let text =
+            String::from_utf8(render("mx", &env(Some("HDRS")), MESSAGE, &[&f], 0, 1)).unwrap();
+        assert!(text.contains(
+            "Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@example.test\r\nSubject: hi\r\n"
+        ));
+        assert!(!text.contains("secret body"));
+    }
+
+    #[test]
+    fn expiry_reports_the_persistent_transient_status_and_our_own_diagnostic() {
+        let mut f = failed(None);
+        f.response = "4.4.7 message expired in the queue; last error: 4.4.1 cannot connect".into();
+        let text = String::from_utf8(render("mx", &env(None), MESSAGE, &[&f], 0, 1)).unwrap();
+        assert!(text.contains("Status: 4.4.7\r\n"), "{text}");
+        assert!(text.contains("Diagnostic-Code: X-Mailroom; 4.4.7 message expired"));
+        assert!(!text.contains("Remote-MTA"));
+    }
+
+    #[test]
+    fn notify_and_the_null_sender_decide_whether_to_report() {
+        let all = [
+            failed(None),
+            failed(Some("NEVER")),
+            failed(Some("SUCCESS,DELAY")),
+            failed(Some("FAILURE")),
+        ];
+        let picked = recipients_to_report(&env(None), &all);
+        assert_eq!(picked.len(), 2);
+        let mut bounce = env(None);
+        bounce.sender.clear();
+        assert!(
+            recipients_to_report(&bounce, &all).is_empty(),
+            "never to <>"
+        );
+    }
+
+    #[test]
+    fn a_report_is_sent_from_the_null_sender_and_asks_for_no_report() {
+        let e = envelope_for(&env(None), b"ascii");
+        assert_eq!(e.sender, "");
+        assert_eq!(e.recipients[0].address, "alice@example.test");
+        assert_eq!(e.recipients[0].notify.as_deref(), Some("NEVER"));
+    }
+}

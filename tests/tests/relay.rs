@@ -1,0 +1,629 @@
+//! Outbound relay end to end: the real stack relays queued mail for remote
+//! domains, routed by a DNS server on loopback (hickory-server) to scripted
+//! SMTP peers on 127.0.0.x, all on one port per test
+//! (`mta.outbound_port`).
+
+use std::time::Duration;
+
+use mailroom_store::{QueueEnvelope, QueueRecipient, Store};
+use mailroom_tests::{
+    Backend, DnsRecord, Running, SinkReply, SinkScript, SmtpSink, TestDns, first_sink, open_store,
+    start_with, wait_for,
+};
+
+const MESSAGE: &[u8] = b"From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: relay\r\n\r\nHello.\r\n.leading dot survives\r\n..two dots too\r\n";
+
+/// Starts the stack pointed at `dns`, with remote MX hosts on `port`.
+async fn stack(dns: &TestDns, port: u16, data_timeout_secs: u64) -> Running {
+    stack_on(Backend::Sqlite, dns, port, data_timeout_secs)
+        .await
+        .unwrap()
+}
+
+/// Like [`stack`] on `backend`; `None` when PostgreSQL tests are opted out of.
+async fn stack_on(
+    backend: Backend,
+    dns: &TestDns,
+    port: u16,
+    data_timeout_secs: u64,
+) -> Option<Running> {
+    let dns_addr = dns.addr;
+    start_with(backend, None, move |config| {
+        config.mta.dns_servers = vec![dns_addr];
+        config.mta.outbound_port = port;
+        config.mta.first_retry_secs = 1;
+        config.mta.connect_timeout_secs = 5;
+        config.mta.command_timeout_secs = 5;
+        config.mta.data_timeout_secs = data_timeout_secs;
+    })
+    .await
+}
+
+fn a(ip: &str) -> DnsRecord {
+    DnsRecord::A(ip.parse().unwrap())
+}
+
+fn mx(preference: u16, host: &str) -> DnsRecord {
+    DnsRecord::Mx(preference, host.to_string())
+}
+
+fn recipient(address: &str) -> QueueRecipient {
+    QueueRecipient {
+        address: address.into(),
+        orcpt: None,
+        notify: None,
+    }
+}
+
+async fn enqueue(store: &Store, sender: &str, recipients: Vec<QueueRecipient>) -> i64 {
+    let envelope = QueueEnvelope {
+        sender: sender.into(),
+        recipients,
+        env_id: Some("ENV-1".into()),
+        ..Default::default()
+    };
+    store.enqueue(&envelope, MESSAGE, 3600).await.unwrap()
+}
+
+/// `(state, attempts, last response)` of each recipient of `queue_id`.
+async fn states(store: &Store, queue_id: i64) -> Vec<(String, u32, Option<String>)> {
+    store
+        .queue_recipient_states(queue_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, s, a, r)| (s, a, r))
+        .collect()
+}
+
+async fn all_in(store: &Store, queue_id: i64, state: &str) -> bool {
+    states(store, queue_id)
+        .await
+        .iter()
+        .all(|(s, _, _)| s == state)
+}
+
+/// The queued DSNs (sender `<>`) to `to`, as text.
+async fn queued_reports(store: &Store, to: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in 1..=store.queue_size().await.unwrap() + 5 {
+        if let Some((env, message)) = store.queued_message(id).await.unwrap()
+            && env.sender.is_empty()
+            && env.recipients.iter().any(|r| r.address == to)
+        {
+            out.push(String::from_utf8_lossy(&message).into_owned());
+        }
+    }
+    out
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_preference_is_followed_and_a_refusing_mx_falls_back_to_the_next() {
+    mx_preference(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_preference_is_followed_and_a_refusing_mx_falls_back_to_the_next_postgres() {
+    mx_preference(Backend::Postgres).await;
+}
+
+async fn mx_preference(backend: Backend) {
+    let second = first_sink(SinkScript::default()).await;
+    let port = second.addr.port();
+    let third = SmtpSink::bind("127.0.0.3", port, SinkScript::default()).await;
+    let dns = TestDns::start(
+        "pref.test",
+        &[
+            ("@", mx(30, "mx3.pref.test")),
+            ("@", mx(10, "mx1.pref.test")),
+            ("@", mx(20, "mx2.pref.test")),
+            // Nothing listens on 127.0.0.9: the connection is refused.
+            ("mx1", a("127.0.0.9")),
+            ("mx2", a("127.0.0.2")),
+            ("mx3", a("127.0.0.3")),
+        ],
+    )
+    .await;
+    let Some(running) = stack_on(backend, &dns, port, 5).await else {
+        return;
+    };
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![
+            QueueRecipient {
+                address: "bob@pref.test".into(),
+                orcpt: Some("rfc822;Bob@Pref.test".into()),
+                notify: Some("FAILURE,DELAY".into()),
+            },
+            recipient("carol@pref.test"),
+        ],
+    )
+    .await;
+    wait_for("delivery", WAIT, async || {
+        all_in(&store, id, "delivered").await
+    })
+    .await;
+
+    let got = second.received();
+    assert_eq!(got.len(), 1, "one transaction for both recipients: {got:?}");
+    let m = &got[0];
+    assert_eq!(m.from, "alice@sender.test");
+    assert_eq!(m.to, ["bob@pref.test", "carol@pref.test"]);
+    assert_eq!(m.data, MESSAGE, "dot-stuffing is undone by the receiver");
+    // DSN parameters travel on to a server that offers DSN (RFC 3461).
+    assert!(m.mail.contains("ENVID=ENV-1"), "{}", m.mail);
+    assert!(m.mail.contains("SIZE="), "{}", m.mail);
+    assert!(
+        m.rcpts[0].contains("NOTIFY=FAILURE,DELAY"),
+        "{}",
+        m.rcpts[0]
+    );
+    assert!(
+        m.rcpts[0].contains("ORCPT=rfc822;Bob@Pref.test"),
+        "{}",
+        m.rcpts[0]
+    );
+    assert_eq!(third.sessions(), 0, "the least preferred MX is not needed");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_without_mx_is_delivered_to_its_address() {
+    let sink = first_sink(SinkScript::default()).await;
+    let dns = TestDns::start("implicit.test", &[("host", a("127.0.0.2"))]).await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("dave@host.implicit.test")],
+    )
+    .await;
+    wait_for("delivery", WAIT, async || {
+        all_in(&store, id, "delivered").await
+    })
+    .await;
+    assert_eq!(sink.received()[0].to, ["dave@host.implicit.test"]);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_mx_fails_at_once_and_the_sender_gets_a_report() {
+    let sink = first_sink(SinkScript::default()).await;
+    let dns = TestDns::start(
+        "nullmx.test",
+        &[("nomail", mx(0, ".")), ("nomail", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("erin@nomail.nullmx.test")],
+    )
+    .await;
+    wait_for("the failure", WAIT, async || {
+        all_in(&store, id, "failed").await
+    })
+    .await;
+    let (_, attempts, response) = &states(&store, id).await[0];
+    assert_eq!(*attempts, 1, "never retried");
+    assert!(
+        response.as_deref().unwrap().starts_with("5.1.10"),
+        "{response:?}"
+    );
+    assert_eq!(
+        sink.sessions(),
+        0,
+        "no connection to the A record of a null-MX domain"
+    );
+
+    let mut reports = Vec::new();
+    wait_for("the DSN", WAIT, async || {
+        reports = queued_reports(&store, "alice@sender.test").await;
+        !reports.is_empty()
+    })
+    .await;
+    assert_eq!(reports.len(), 1);
+    let dsn = &reports[0];
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; erin@nomail.nullmx.test\r\n"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Action: failed\r\nStatus: 5.1.10\r\n"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Original-Envelope-Id: ENV-1\r\n"), "{dsn}");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_retried_and_the_message_delivered_once() {
+    retry_after_4xx(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_retried_and_the_message_delivered_once_postgres() {
+    retry_after_4xx(Backend::Postgres).await;
+}
+
+async fn retry_after_4xx(backend: Backend) {
+    let sink = first_sink(SinkScript {
+        data_end: Box::new(|n| {
+            if n == 0 {
+                SinkReply::Say("451 4.3.0 try again later".into())
+            } else {
+                SinkReply::Say("250 2.0.0 queued".into())
+            }
+        }),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "retry.test",
+        &[("@", mx(10, "mx.retry.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let Some(running) = stack_on(backend, &dns, sink.addr.port(), 5).await else {
+        return;
+    };
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("frank@retry.test")],
+    )
+    .await;
+    wait_for("the deferral", WAIT, async || {
+        all_in(&store, id, "deferred").await
+    })
+    .await;
+    let (_, _, response) = &states(&store, id).await[0];
+    assert!(
+        response
+            .as_deref()
+            .unwrap()
+            .contains("451 4.3.0 try again later"),
+        "{response:?}"
+    );
+    wait_for("the retry", WAIT, async || {
+        all_in(&store, id, "delivered").await
+    })
+    .await;
+    let (_, attempts, _) = &states(&store, id).await[0];
+    assert_eq!(*attempts, 2);
+    let answers: Vec<String> = sink.received().into_iter().map(|m| m.answered).collect();
+    assert_eq!(answers, ["451 4.3.0 try again later", "250 2.0.0 queued"]);
+    // Nothing more arrives later.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sink.received().len(), 2);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null() {
+    let sink = first_sink(SinkScript {
+        rcpt: Box::new(|address| {
+            if address.starts_with("nobody@") {
+                "550 5.1.1 no such user here".into()
+            } else {
+                "250 2.1.5 ok".into()
+            }
+        }),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "bounce.test",
+        &[
+            ("dest", mx(10, "mx.bounce.test")),
+            ("sender", mx(10, "mx.bounce.test")),
+            ("mx", a("127.0.0.2")),
+        ],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.bounce.test",
+        vec![
+            recipient("nobody@dest.bounce.test"),
+            recipient("gina@dest.bounce.test"),
+        ],
+    )
+    .await;
+    wait_for("both outcomes", WAIT, async || {
+        let s = states(&store, id).await;
+        s[0].0 == "failed" && s[1].0 == "delivered"
+    })
+    .await;
+    // The report is relayed to the sender's MX, from <>.
+    let mut reports = Vec::new();
+    wait_for("the DSN at the sender's MX", WAIT, async || {
+        reports = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.from.is_empty())
+            .collect();
+        !reports.is_empty()
+    })
+    .await;
+    assert_eq!(reports.len(), 1);
+    let dsn = &reports[0];
+    assert_eq!(dsn.to, ["alice@sender.bounce.test"]);
+    assert!(dsn.mail.starts_with("MAIL FROM:<>"), "{}", dsn.mail);
+    assert!(dsn.rcpts[0].contains("NOTIFY=NEVER"), "{}", dsn.rcpts[0]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@dest.bounce.test\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1\r\n"), "{text}");
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; gina@"),
+        "the delivered one is not reported"
+    );
+    assert!(
+        text.contains("Content-Type: message/rfc822"),
+        "the message is returned: {text}"
+    );
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_hangs_after_the_data_is_deferred_after_the_timeout() {
+    let sink = first_sink(SinkScript {
+        data_end: Box::new(|_| SinkReply::Hang),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "hang.test",
+        &[("@", mx(10, "mx.hang.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 2).await;
+    let store = open_store(&running).await;
+    let started = std::time::Instant::now();
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("hank@hang.test")],
+    )
+    .await;
+    wait_for("the deferral", WAIT, async || {
+        all_in(&store, id, "deferred").await
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the timeout"
+    );
+    let (_, attempts, response) = &states(&store, id).await[0];
+    assert_eq!(*attempts, 1);
+    let response = response.as_deref().unwrap();
+    assert!(
+        response.starts_with("4.4.2") && response.contains("timeout"),
+        "{response}"
+    );
+    assert_eq!(sink.received().len(), 1, "the data did arrive");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_used_when_offered_even_with_an_unverifiable_certificate() {
+    let (acceptor, _cert_dir) = mailroom_tests::sink_tls("mx.tls.test");
+    let sink = first_sink(SinkScript {
+        tls: Some(acceptor),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "tls.test",
+        &[("@", mx(10, "mx.tls.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(&store, "alice@sender.test", vec![recipient("ivy@tls.test")]).await;
+    wait_for("delivery", WAIT, async || {
+        all_in(&store, id, "delivered").await
+    })
+    .await;
+    let got = sink.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "opportunistic STARTTLS (RFC 7435) was not used");
+    assert_eq!(got[0].data, MESSAGE);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_after_the_data_defers() {
+    let sink = first_sink(SinkScript {
+        data_end: Box::new(|_| SinkReply::Drop),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "drop.test",
+        &[("@", mx(10, "mx.drop.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("jack@drop.test")],
+    )
+    .await;
+    wait_for("the deferral", WAIT, async || {
+        states(&store, id).await[0].0 == "deferred"
+    })
+    .await;
+    let (_, _, response) = &states(&store, id).await[0];
+    let response = response.as_deref().unwrap();
+    assert!(
+        response.starts_with("4.4.2") && response.contains("closed"),
+        "{response}"
+    );
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_servers_size_fails_without_sending_it() {
+    let sink = first_sink(SinkScript {
+        extensions: vec!["PIPELINING".into(), "SIZE 20".into()],
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "size.test",
+        &[("@", mx(10, "mx.size.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("kim@size.test")],
+    )
+    .await;
+    wait_for("the failure", WAIT, async || {
+        all_in(&store, id, "failed").await
+    })
+    .await;
+    let (_, _, response) = &states(&store, id).await[0];
+    assert!(
+        response.as_deref().unwrap().starts_with("5.3.4"),
+        "{response:?}"
+    );
+    assert!(sink.received().is_empty(), "nothing was sent");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_that_does_not_exist_fails_with_5_1_2() {
+    let sink = first_sink(SinkScript::default()).await;
+    let dns = TestDns::start(
+        "nx.test",
+        &[("@", mx(10, "mx.nx.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("lee@missing.nx.test")],
+    )
+    .await;
+    wait_for("the failure", WAIT, async || {
+        all_in(&store, id, "failed").await
+    })
+    .await;
+    let (_, attempts, response) = &states(&store, id).await[0];
+    assert_eq!(*attempts, 1);
+    assert!(
+        response.as_deref().unwrap().starts_with("5.1.2"),
+        "{response:?}"
+    );
+    assert_eq!(sink.sessions(), 0);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_ehlo_gets_helo_and_no_extensions() {
+    let sink = first_sink(SinkScript {
+        refuse_ehlo: true,
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "helo.test",
+        &[("@", mx(10, "mx.helo.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![QueueRecipient {
+            address: "max@helo.test".into(),
+            orcpt: None,
+            notify: Some("NEVER".into()),
+        }],
+    )
+    .await;
+    wait_for("delivery", WAIT, async || {
+        all_in(&store, id, "delivered").await
+    })
+    .await;
+    let got = sink.received();
+    assert_eq!(
+        got[0].mail, "MAIL FROM:<alice@sender.test>",
+        "no ESMTP parameters after HELO"
+    );
+    assert_eq!(got[0].rcpts, ["RCPT TO:<max@helo.test>"]);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_expires_while_deferred_fails_with_4_4_7_and_a_report() {
+    let sink = first_sink(SinkScript {
+        rcpt: Box::new(|_| "450 4.2.1 mailbox busy".into()),
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "expire.test",
+        &[("@", mx(10, "mx.expire.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let envelope = QueueEnvelope {
+        sender: "alice@sender.test".into(),
+        recipients: vec![recipient("nat@expire.test")],
+        ..Default::default()
+    };
+    // A maximum age of 0: the first temporary failure is already too late.
+    let id = store.enqueue(&envelope, MESSAGE, 0).await.unwrap();
+    wait_for("the expiry", WAIT, async || {
+        all_in(&store, id, "failed").await
+    })
+    .await;
+    let (_, _, response) = &states(&store, id).await[0];
+    let response = response.as_deref().unwrap();
+    assert!(
+        response.starts_with("4.4.7 message expired")
+            && response.contains("450 4.2.1 mailbox busy"),
+        "{response}"
+    );
+    let mut reports = Vec::new();
+    wait_for("the DSN", WAIT, async || {
+        reports = queued_reports(&store, "alice@sender.test").await;
+        !reports.is_empty()
+    })
+    .await;
+    assert!(
+        reports[0].contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+        "{}",
+        reports[0]
+    );
+    running.stack.stop(Duration::from_secs(5)).await;
+}
