@@ -720,3 +720,25 @@ pub async fn wait_for<F: AsyncFnMut() -> bool>(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Declares, for each named `async fn name(&Running)`, a module with two
+/// tests running it against a fresh stack: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let running = $crate::start($crate::Backend::Sqlite).await.unwrap();
+                super::$name(&running).await;
+                running.stack.stop(std::time::Duration::from_secs(5)).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(running) = $crate::start($crate::Backend::Postgres).await else { return };
+                super::$name(&running).await;
+                running.stack.stop(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    )+};
+}

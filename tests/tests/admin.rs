@@ -5,26 +5,7 @@ use mailroom_rpc::admin as pb;
 use mailroom_tests::{Backend, Running, admin_client, cli, start};
 use tonic::Code;
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let running = mailroom_tests::start(mailroom_tests::Backend::Sqlite).await.unwrap();
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(running) = mailroom_tests::start(mailroom_tests::Backend::Postgres).await else { return };
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-        }
-    )+};
-}
-
-on_both!(
+mailroom_tests::on_both!(
     cli_manages_domains_users_and_aliases,
     errors_have_the_promised_grpc_codes
 );

@@ -8,26 +8,7 @@ use mailroom_rpc::delivery::{DeliverRequest, Outcome};
 use mailroom_store::{AliasSource, Store};
 use mailroom_tests::{Running, delivery_client, open_store};
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let running = mailroom_tests::start(mailroom_tests::Backend::Sqlite).await.unwrap();
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(running) = mailroom_tests::start(mailroom_tests::Backend::Postgres).await else { return };
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-        }
-    )+};
-}
-
-on_both!(
+mailroom_tests::on_both!(
     concurrent_deliveries_get_gapless_uids,
     a_repeated_delivery_stores_once,
     recipients_resolve_through_aliases_plus_tags_and_catch_all,

@@ -7,26 +7,7 @@ use mailroom_address::Address;
 use mailroom_store::Store;
 use mailroom_tests::{PASSWORD, Running, SmtpClient, with_accounts};
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let running = mailroom_tests::start(mailroom_tests::Backend::Sqlite).await.unwrap();
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(running) = mailroom_tests::start(mailroom_tests::Backend::Postgres).await else { return };
-                super::$name(&running).await;
-                running.stack.stop(std::time::Duration::from_secs(5)).await;
-            }
-        }
-    )+};
-}
-
-on_both!(
+mailroom_tests::on_both!(
     submitted_mail_reaches_the_mailbox,
     a_full_mailbox_defers_and_keeps_the_message
 );
