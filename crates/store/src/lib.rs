@@ -39,9 +39,7 @@ pub mod testing;
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
-pub use queue::{
-    AttemptResult, DEFAULT_MAX_QUEUE_SECS, LeasedRecipient, QueueEnvelope, QueueRecipient,
-};
+pub use queue::*;
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
 /// message fit to show the person who made the request.
