@@ -1,4 +1,4 @@
-//! The Admin gRPC service: domains, accounts and aliases.
+//! The Admin gRPC service: domains, accounts, aliases and the queue.
 //!
 //! Every call must carry `authorization: Bearer <token>`; the token is
 //! compared in constant time and a missing or wrong one is `UNAUTHENTICATED`
@@ -158,8 +158,95 @@ fn alias_pb(a: mailroom_store::Alias) -> pb::Alias {
     }
 }
 
+fn queue_entry_pb(e: mailroom_store::QueueEntry) -> pb::QueueEntry {
+    pb::QueueEntry {
+        id: e.id,
+        sender: e.sender,
+        size: e.size,
+        created_at: e.created_at,
+        expires_at: e.expires_at,
+        recipients: e
+            .recipients
+            .into_iter()
+            .map(|r| pb::QueueRecipient {
+                address: r.address,
+                state: r.state,
+                attempts: r.attempts,
+                next_attempt_at: r.next_attempt_at,
+                last_response: r.last_response.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn list_queue(
+        &self,
+        r: Request<pb::ListQueueRequest>,
+    ) -> Result<Response<pb::ListQueueResponse>, Status> {
+        let r = r.into_inner();
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = mailroom_store::QueueFilter {
+            state: non_empty(r.state),
+            domain: optional_domain(&r.domain)?.map(|d| d.to_string()),
+            sender: non_empty(r.sender),
+            limit: i64::from(r.limit.min(10_000)),
+        };
+        let entries = self.store.list_queue(&filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListQueueResponse {
+            entries: entries.into_iter().map(queue_entry_pb).collect(),
+        }))
+    }
+
+    async fn show_queue_entry(
+        &self,
+        r: Request<pb::ShowQueueEntryRequest>,
+    ) -> Result<Response<pb::QueueEntry>, Status> {
+        let id = r.get_ref().id;
+        match self.store.queue_entry(id).await.map_err(status)? {
+            Some(e) => Ok(Response::new(queue_entry_pb(e))),
+            None => Err(Status::not_found(format!("no queue entry {id}"))),
+        }
+    }
+
+    async fn retry_queue_entry(
+        &self,
+        r: Request<pb::RetryQueueEntryRequest>,
+    ) -> Result<Response<pb::RetryQueueEntryResponse>, Status> {
+        let id = r.get_ref().id;
+        let n = self.store.retry_queue_entry(id).await.map_err(status)?;
+        tracing::info!(queue_id = id, recipients = n, "queue entry made due now");
+        Ok(Response::new(pb::RetryQueueEntryResponse {
+            recipients: u32::try_from(n).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn drop_queue_entry(
+        &self,
+        r: Request<pb::DropQueueEntryRequest>,
+    ) -> Result<Response<pb::DropQueueEntryResponse>, Status> {
+        let id = r.get_ref().id;
+        self.store.drop_queue_entry(id).await.map_err(status)?;
+        tracing::info!(queue_id = id, "queue entry dropped");
+        Ok(Response::new(pb::DropQueueEntryResponse {}))
+    }
+
+    async fn queue_summary(
+        &self,
+        _: Request<pb::QueueSummaryRequest>,
+    ) -> Result<Response<pb::QueueSummaryResponse>, Status> {
+        let s = self.store.queue_summary().await.map_err(status)?;
+        Ok(Response::new(pb::QueueSummaryResponse {
+            entries: s.entries,
+            pending: s.pending,
+            deferred: s.deferred,
+            delivered: s.delivered,
+            failed: s.failed,
+            oldest_created_at: s.oldest_created_at.unwrap_or(0),
+        }))
+    }
+
     async fn add_domain(
         &self,
         r: Request<pb::AddDomainRequest>,

@@ -12,7 +12,9 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cli::{AdminTarget, AliasCommand, Command, DomainCommand, PasswordInput, UserCommand};
+use crate::cli::{
+    AdminTarget, AliasCommand, Command, DomainCommand, PasswordInput, QueueCommand, UserCommand,
+};
 
 /// Adds the bearer token and the trace context to every call.
 #[derive(Clone)]
@@ -297,9 +299,127 @@ pub async fn run(
                 .map_err(failed)?;
             writeln!(out, "alias {source} -> {target} deleted")?;
         }
+        Command::Queue(QueueCommand::List {
+            state,
+            domain,
+            sender,
+            limit,
+        }) => {
+            let list = client
+                .list_queue(pb::ListQueueRequest {
+                    state: state.clone().unwrap_or_default(),
+                    domain: domain.clone().unwrap_or_default(),
+                    sender: sender.clone().unwrap_or_default(),
+                    limit: *limit,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(
+                out,
+                "{:>8} {:>10} {:<32} RECIPIENTS",
+                "ID", "SIZE", "SENDER"
+            )?;
+            for e in &list.entries {
+                let recipients: Vec<String> = e
+                    .recipients
+                    .iter()
+                    .map(|r| format!("{} ({})", r.address, r.state))
+                    .collect();
+                let sender = if e.sender.is_empty() {
+                    "<>"
+                } else {
+                    e.sender.as_str()
+                };
+                writeln!(
+                    out,
+                    "{:>8} {:>10} {:<32} {}",
+                    e.id,
+                    show_size(e.size),
+                    sender,
+                    recipients.join(", ")
+                )?;
+            }
+        }
+        Command::Queue(QueueCommand::Show { id }) => {
+            let e = client
+                .show_queue_entry(pb::ShowQueueEntryRequest { id: *id })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            let sender = if e.sender.is_empty() {
+                "<>"
+            } else {
+                e.sender.as_str()
+            };
+            writeln!(out, "queue id:  {}", e.id)?;
+            writeln!(out, "sender:    {sender}")?;
+            writeln!(out, "size:      {}", show_size(e.size))?;
+            writeln!(
+                out,
+                "queued:    {} (expires {})",
+                unix_time(e.created_at),
+                unix_time(e.expires_at)
+            )?;
+            for r in &e.recipients {
+                writeln!(
+                    out,
+                    "recipient: {} — {}, {} attempt(s)",
+                    r.address, r.state, r.attempts
+                )?;
+                if matches!(r.state.as_str(), "pending" | "deferred") {
+                    writeln!(
+                        out,
+                        "           next attempt {}",
+                        unix_time(r.next_attempt_at)
+                    )?;
+                }
+                if !r.last_response.is_empty() {
+                    writeln!(out, "           last response: {}", r.last_response)?;
+                }
+            }
+        }
+        Command::Queue(QueueCommand::Retry { id }) => {
+            let n = client
+                .retry_queue_entry(pb::RetryQueueEntryRequest { id: *id })
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .recipients;
+            writeln!(out, "queue entry {id}: {n} recipient(s) due now")?;
+        }
+        Command::Queue(QueueCommand::Drop { id }) => {
+            client
+                .drop_queue_entry(pb::DropQueueEntryRequest { id: *id })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "queue entry {id} dropped")?;
+        }
+        Command::Queue(QueueCommand::Summary) => {
+            let s = client
+                .queue_summary(pb::QueueSummaryRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner();
+            writeln!(out, "entries:   {}", s.entries)?;
+            writeln!(
+                out,
+                "recipients: {} pending, {} deferred, {} delivered, {} failed",
+                s.pending, s.deferred, s.delivered, s.failed
+            )?;
+            if s.oldest_created_at > 0 {
+                writeln!(out, "oldest:    {}", unix_time(s.oldest_created_at))?;
+            }
+        }
         Command::Serve { .. } | Command::Config(_) => unreachable!("not an admin command"),
     }
     Ok(())
+}
+
+/// A Unix time as an RFC 3339 UTC timestamp.
+pub fn unix_time(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]
@@ -319,6 +439,8 @@ mod tests {
             assert!(parse_quota(bad).is_err(), "{bad}");
         }
         assert_eq!(show_size(1536), "1.5 KiB");
+        assert_eq!(unix_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(unix_time(1_795_860_000), "2026-11-28T10:00:00Z");
         assert_eq!(show_size(12), "12 B");
     }
 }

@@ -48,6 +48,46 @@ pub enum Command {
     /// Manage aliases.
     #[command(subcommand)]
     Alias(AliasCommand),
+    /// Inspect and manage the mail queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// `mailroom queue …`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queue entries, newest first.
+    List {
+        /// Only entries with a recipient in this state (pending, deferred, delivered, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only entries with a recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only entries from this sender.
+        #[arg(long)]
+        sender: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one entry with each recipient's state, attempts and last response.
+    Show {
+        /// Queue id.
+        id: i64,
+    },
+    /// Make an entry's unfinished recipients due now.
+    Retry {
+        /// Queue id.
+        id: i64,
+    },
+    /// Remove an entry without sending a bounce.
+    Drop {
+        /// Queue id.
+        id: i64,
+    },
+    /// Counts by state and the age of the oldest entry.
+    Summary,
 }
 
 /// `mailroom config …`
@@ -267,7 +307,7 @@ pub async fn run_with(
                 ExitCode::FAILURE
             })
         }
-        Command::Domain(_) | Command::User(_) | Command::Alias(_) => {
+        Command::Domain(_) | Command::User(_) | Command::Alias(_) | Command::Queue(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;
             admin_cli::run(&cli.command, &cli.admin, &config, passwords, out).await?;
             Ok(ExitCode::SUCCESS)

@@ -451,3 +451,221 @@ impl Store {
         })
     }
 }
+
+/// One recipient's delivery state, for queue administration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecipientState {
+    /// The address.
+    pub address: String,
+    /// `pending`, `deferred`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix seconds).
+    pub next_attempt_at: i64,
+    /// The last response (reply or local reason), if any.
+    pub last_response: Option<String>,
+}
+
+/// A queued message as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Queue id.
+    pub id: i64,
+    /// Envelope sender; empty for `<>`.
+    pub sender: String,
+    /// Message size in bytes.
+    pub size: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Every recipient's state.
+    pub recipients: Vec<QueueRecipientState>,
+}
+
+/// Which entries [`Store::list_queue`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    /// Only entries with a recipient in this state.
+    pub state: Option<String>,
+    /// Only entries with a recipient at this domain (canonical form).
+    pub domain: Option<String>,
+    /// Only entries from this sender.
+    pub sender: Option<String>,
+    /// At most this many entries.
+    pub limit: i64,
+}
+
+/// Queue counts for a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Queued messages.
+    pub entries: u64,
+    /// Recipients by state.
+    pub pending: u64,
+    /// Recipients waiting for a retry.
+    pub deferred: u64,
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Recipients failed.
+    pub failed: u64,
+    /// Creation time of the oldest entry, if any.
+    pub oldest_created_at: Option<i64>,
+}
+
+/// The states a recipient can be in.
+pub const QUEUE_STATES: &[&str] = &["pending", "deferred", "delivered", "failed"];
+
+impl Store {
+    /// Queue entries, newest first, with their recipients.
+    pub async fn list_queue(&self, filter: &QueueFilter) -> Result<Vec<QueueEntry>> {
+        if let Some(state) = &filter.state {
+            if !QUEUE_STATES.contains(&state.as_str()) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "unknown state {state:?}; the states are {}",
+                    QUEUE_STATES.join(", ")
+                )));
+            }
+        }
+        let ids: Vec<i64> = on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT q.id FROM queue_messages q
+                 WHERE ($1 = '' OR q.sender = $1)
+                   AND ($2 = '' AND $3 = '' OR EXISTS (
+                        SELECT 1 FROM queue_recipients r WHERE r.queue_message_id = q.id
+                          AND ($2 = '' OR r.state = $2) AND ($3 = '' OR r.domain = $3)))
+                 ORDER BY q.id DESC LIMIT $4",
+            )
+            .bind(filter.sender.as_deref().unwrap_or(""))
+            .bind(filter.state.as_deref().unwrap_or(""))
+            .bind(filter.domain.as_deref().unwrap_or(""))
+            .bind(if filter.limit > 0 { filter.limit } else { 100 })
+            .fetch_all(pool)
+            .await?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                ids.push(row.try_get("id")?);
+            }
+            ids
+        });
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(entry) = self.queue_entry(id).await? {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One queue entry with its recipients, if it exists.
+    pub async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>> {
+        on_backend!(self, |pool| {
+            let Some(row) = sqlx::query(
+                "SELECT id, sender, size, created_at, expires_at FROM queue_messages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let rows = sqlx::query(
+                "SELECT address, state, attempts, next_attempt_at, last_response FROM queue_recipients
+                 WHERE queue_message_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let mut recipients = Vec::with_capacity(rows.len());
+            for r in rows {
+                recipients.push(QueueRecipientState {
+                    address: r.try_get("address")?,
+                    state: r.try_get("state")?,
+                    attempts: r.try_get::<i64, _>("attempts")? as u32,
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                    last_response: r.try_get("last_response")?,
+                });
+            }
+            Ok(Some(QueueEntry {
+                id: row.try_get("id")?,
+                sender: row.try_get("sender")?,
+                size: row.try_get::<i64, _>("size")?.max(0) as u64,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                recipients,
+            }))
+        })
+    }
+
+    /// Makes the unfinished, unleased recipients of an entry due now; returns how many.
+    pub async fn retry_queue_entry(&self, id: i64) -> Result<u64> {
+        let now = now();
+        let changed = write_tx!(self, |tx| {
+            let exists = sqlx::query("SELECT 1 FROM queue_messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!("no queue entry {id}")));
+            }
+            sqlx::query(
+                "UPDATE queue_recipients SET next_attempt_at = $2, updated_at = $2
+                 WHERE queue_message_id = $1 AND state IN ('pending', 'deferred')
+                   AND (lease_until IS NULL OR lease_until < $2)",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        });
+        Ok(changed)
+    }
+
+    /// Removes an entry and its recipients (no bounce is sent).
+    pub async fn drop_queue_entry(&self, id: i64) -> Result<()> {
+        let deleted = on_backend!(self, |pool| {
+            sqlx::query("DELETE FROM queue_messages WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("no queue entry {id}")));
+        }
+        Ok(())
+    }
+
+    /// Counts by state and the oldest entry.
+    pub async fn queue_summary(&self) -> Result<QueueSummary> {
+        on_backend!(self, |pool| {
+            let row =
+                sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM queue_messages")
+                    .fetch_one(pool)
+                    .await?;
+            let mut summary = QueueSummary {
+                entries: row.try_get::<i64, _>("n")?.max(0) as u64,
+                oldest_created_at: row.try_get("oldest")?,
+                ..Default::default()
+            };
+            let rows =
+                sqlx::query("SELECT state, COUNT(*) AS n FROM queue_recipients GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
+            for r in rows {
+                let n = r.try_get::<i64, _>("n")?.max(0) as u64;
+                match r.try_get::<String, _>("state")?.as_str() {
+                    "pending" => summary.pending = n,
+                    "deferred" => summary.deferred = n,
+                    "delivered" => summary.delivered = n,
+                    "failed" => summary.failed = n,
+                    _ => {}
+                }
+            }
+            Ok(summary)
+        })
+    }
+}
