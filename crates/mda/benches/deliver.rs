@@ -845,7 +845,12 @@ fn machine() -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and a
+    // minutes-long benchmark has no place in a test run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("deliver: a benchmark; run it with `cargo bench -p mailroom-mda --bench deliver`");
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -276,7 +276,6 @@ impl Store {
         let size = msg.blob_size + msg.prefix.len() as u64;
         let size_i64 = i64::try_from(size)
             .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
-        let is_pg = matches!(self.backend(), Backend::Postgres(_));
         let outcome = write_tx!(self, |tx| {
             let (lookup_sql, key): (&'static str, &str) = match folder {
                 Folder::Inbox => (
@@ -381,21 +380,32 @@ impl Store {
                         uid: uid as u32,
                         modseq: modseq as u64,
                     };
-                    if is_pg {
-                        // Delivered to listeners when (and only if) the transaction commits.
-                        sqlx::query("SELECT pg_notify($1, $2)")
-                            .bind(NOTIFY_CHANNEL)
-                            .bind(event.to_payload())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
                     Stored::New(event)
                 }
             }
         });
-        if let (Stored::New(event), Backend::Sqlite(_)) = (&outcome, self.backend()) {
-            // In-process notification for the embedded store; nobody listening is fine.
-            let _ = self.events().send(event.clone());
+        if let Stored::New(event) = &outcome {
+            match self.backend() {
+                // In-process notification for the embedded store; nobody listening is fine.
+                Backend::Sqlite(_) => {
+                    let _ = self.events().send(event.clone());
+                }
+                // Sent after the commit, not inside the transaction: a NOTIFY in
+                // a transaction takes a database-wide lock until its commit is
+                // flushed, which serialised concurrent deliveries. A crash in
+                // between loses only the push; IDLE clients still see the
+                // message at their next check.
+                Backend::Postgres(pool) => {
+                    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(NOTIFY_CHANNEL)
+                        .bind(event.to_payload())
+                        .execute(pool)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "new-mail notification not sent");
+                    }
+                }
+            }
         }
         Ok(outcome)
     }
