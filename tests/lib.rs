@@ -49,6 +49,9 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.mta.dns_servers = vec!["127.0.0.1:1".parse().unwrap()];
     // Tests count failures, they need not wait for them.
     config.smtp.auth_failure_delay_ms = 10;
+    config.pop3.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.pop3.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    config.pop3.auth_failure_delay_ms = 10;
     config
 }
 
@@ -741,4 +744,30 @@ macro_rules! on_both {
             }
         }
     )+};
+}
+
+/// Delivers `message` to `recipient` through the stack's MDA (gRPC
+/// `Delivery.Deliver`), as the queue would; `queue_id` keeps deliveries
+/// apart for idempotency.
+pub async fn deliver_message(running: &Running, queue_id: i64, recipient: &str, message: &[u8]) {
+    use mailroom_rpc::delivery::{DeliverRequest, Outcome};
+    let outcome = delivery_client(running)
+        .await
+        .deliver(DeliverRequest {
+            queue_id,
+            sender: "sender@remote.test".into(),
+            recipients: vec![recipient.to_string()],
+            message: message.to_vec(),
+            authentication_results: String::new(),
+            quarantine: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome.outcomes[0].outcome,
+        Outcome::Delivered as i32,
+        "{:?}",
+        outcome.outcomes[0]
+    );
 }

@@ -150,6 +150,28 @@ section! {
     }
 }
 
+section! {
+    /// The POP3 service (RFC 1939 with CAPA, UIDL, TOP, SASL, STLS).
+    pub struct Pop3Config = "pop3" {
+        /// Addresses for POP3 with STLS (RFC 2595; production: port 110).
+        pub listen: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
+        /// Addresses for POP3 over implicit TLS (RFC 8314; production: port 995).
+        pub listen_tls: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 1995))],
+        /// Seconds a session may stay idle before it is closed without applying its
+        /// deletions (RFC 1939 §3: at least 10 minutes).
+        pub idle_timeout_secs: u64 = 600,
+        /// Allow USER/PASS and AUTH before STLS when the client connects from loopback.
+        pub allow_plaintext_auth_on_loopback: bool = true,
+        /// Failed logins in one session before it is closed.
+        pub max_auth_failures: usize = 3,
+        /// Failed logins from one IP within 15 minutes before logins are refused with
+        /// `-ERR [SYS/TEMP]`.
+        pub max_auth_failures_per_ip: usize = 10,
+        /// Milliseconds to wait after a failed login (times the failures so far in the session).
+        pub auth_failure_delay_ms: u64 = 1000,
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,6 +218,8 @@ pub struct Config {
     pub mta: MtaConfig,
     /// `[mda]`
     pub mda: MdaConfig,
+    /// `[pop3]`
+    pub pop3: Pop3Config,
     /// `[telemetry]`
     pub telemetry: TelemetryConfig,
 }
@@ -212,6 +236,7 @@ impl Config {
         SubmissionConfig::NAME,
         MtaConfig::NAME,
         MdaConfig::NAME,
+        Pop3Config::NAME,
         TelemetryConfig::NAME,
     ];
 
@@ -230,6 +255,7 @@ impl Config {
         keys::<SubmissionConfig>(&mut out);
         keys::<MtaConfig>(&mut out);
         keys::<MdaConfig>(&mut out);
+        keys::<Pop3Config>(&mut out);
         keys::<TelemetryConfig>(&mut out);
         out
     }
@@ -248,6 +274,7 @@ impl Config {
             submission: take(raw, errors),
             mta: take(raw, errors),
             mda: take(raw, errors),
+            pop3: take(raw, errors),
             telemetry: take(raw, errors),
         }
     }
@@ -360,15 +387,29 @@ impl Config {
         if self.telemetry.service_name.trim().is_empty() {
             err("telemetry.service_name", "must not be empty".into());
         }
+        if self.pop3.idle_timeout_secs == 0 {
+            err("pop3.idle_timeout_secs", "must be at least 1".into());
+        }
+        if self.pop3.max_auth_failures == 0 {
+            err("pop3.max_auth_failures", "must be at least 1".into());
+        }
         check_file("tls.cert", &self.tls.cert, errors);
         check_file("tls.key", &self.tls.key, errors);
         check_file("admin.token_file", &self.admin.token_file, errors);
-        check_distinct(
-            &[
-                ("admin.listen", self.admin.listen),
-                ("mda.listen", self.mda.listen),
-            ],
-            errors,
-        );
+        let mut listeners = vec![
+            ("admin.listen", self.admin.listen),
+            ("mda.listen", self.mda.listen),
+            ("mta.grpc_listen", self.mta.grpc_listen),
+        ];
+        for (key, addrs) in [
+            ("mta.listen", &self.mta.listen),
+            ("submission.listen", &self.submission.listen),
+            ("submission.listen_tls", &self.submission.listen_tls),
+            ("pop3.listen", &self.pop3.listen),
+            ("pop3.listen_tls", &self.pop3.listen_tls),
+        ] {
+            listeners.extend(addrs.iter().map(|a| (key, *a)));
+        }
+        check_distinct(&listeners, errors);
     }
 }

@@ -186,3 +186,30 @@ fn deployment_files_only_set_known_keys() {
     }
     assert!(checked > 5, "the deployment files set no settings?");
 }
+
+/// `[pop3]`: the defaults, overrides from the environment, and its
+/// listeners in the duplicate-address check.
+#[test]
+fn pop3_settings_and_listener_clashes() {
+    let c = Config::default();
+    assert_eq!(c.pop3.listen[0].to_string(), "127.0.0.1:1110");
+    assert_eq!(c.pop3.listen_tls[0].to_string(), "127.0.0.1:1995");
+    assert_eq!(c.pop3.idle_timeout_secs, 600);
+    assert!(c.pop3.allow_plaintext_auth_on_loopback);
+    assert_eq!(c.pop3.max_auth_failures, 3);
+    let c = load(
+        "[pop3]\nidle_timeout_secs = 900\n",
+        &[("MAILROOM_POP3__ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK", "false")],
+    )
+    .unwrap();
+    assert_eq!(c.pop3.idle_timeout_secs, 900);
+    assert!(!c.pop3.allow_plaintext_auth_on_loopback);
+    let errs = load(
+        "[pop3]\nlisten = [\"127.0.0.1:2525\"]\nidle_timeout_secs = 0\n",
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"pop3.listen"), "{keys:?}");
+    assert!(keys.contains(&"pop3.idle_timeout_secs"), "{keys:?}");
+}

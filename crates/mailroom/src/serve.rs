@@ -31,6 +31,8 @@ pub enum ServiceName {
     Mta,
     /// The MSA: message submission (587/2525 STARTTLS, 465 implicit TLS).
     Msa,
+    /// POP3: mail retrieval (110 STLS, 995 implicit TLS).
+    Pop3,
 }
 
 /// One listening socket, as reported at start.
@@ -400,6 +402,46 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 mode: text.into(),
             });
             spawn_smtp(&shutdown, listener, server.clone(), smtp_context.clone());
+        }
+    }
+    if runs(ServiceName::Pop3) {
+        let p = &config.pop3;
+        let server = Arc::new(mailroom_pop3::Pop3Server::new(
+            mailroom_pop3::Pop3Settings {
+                hostname: config.server.hostname.clone(),
+                idle_timeout: Duration::from_secs(p.idle_timeout_secs),
+                allow_plaintext_auth_on_loopback: p.allow_plaintext_auth_on_loopback,
+                auth_failure_delay: Duration::from_millis(p.auth_failure_delay_ms),
+                max_auth_failures: p.max_auth_failures,
+                max_auth_failures_per_ip: p.max_auth_failures_per_ip,
+                auth_failure_window: Duration::from_secs(900),
+            },
+            store.clone(),
+            Arc::new(mailroom_pop3::AuthThrottle::default()),
+        ));
+        let all = p
+            .listen
+            .iter()
+            .map(|a| ("pop3", *a, TlsMode::StartTls, "POP3, STLS"))
+            .chain(
+                p.listen_tls
+                    .iter()
+                    .map(|a| ("pop3s", *a, TlsMode::Implicit, "POP3, implicit TLS")),
+            );
+        for (service, addr, mode, text) in all {
+            let listener = Listener::bind(service, addr, mode).await?;
+            listeners.push(ListenerInfo {
+                service,
+                addr: listener.local_addr(),
+                mode: text.into(),
+            });
+            let (stop, ctx, server) = (shutdown.clone(), smtp_context.clone(), server.clone());
+            shutdown.spawn(async move {
+                if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
+                    tracing::error!(service, error = %e, "POP3 listener failed; shutting down");
+                    stop.trigger();
+                }
+            });
         }
     }
     tracing::info!(store = %describe_store(&url), listeners = listeners.len(), "mailroom started");

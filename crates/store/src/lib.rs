@@ -32,6 +32,7 @@ use sqlx::sqlite::{
 mod blobs;
 mod delivery;
 mod directory;
+mod maildrop;
 mod migrate;
 mod queue;
 pub mod testing;
@@ -39,6 +40,7 @@ pub mod testing;
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
+pub use maildrop::*;
 pub use queue::*;
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
