@@ -177,7 +177,11 @@ impl Store {
     /// up to date. An SQLite file is created when missing.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // No ping before each checkout: it doubled the round trips of
+            // short transactions; a broken connection fails its query instead
+            // (the caller answers 4xx and retries) and is then discarded.
             let pool = PgPoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
                 .connect(url)
