@@ -21,7 +21,7 @@ mod shutdown;
 mod stream;
 pub mod tls;
 
-pub use limits::{ConnectionLimiter, ConnectionPermit, Refusal};
+pub use limits::{AuthThrottle, ConnectionLimiter, ConnectionPermit, Refusal};
 pub use listener::{Connection, Listener, ServeContext, Session, TlsMode, serve};
 pub use shutdown::Shutdown;
 pub use stream::{MailStream, TlsInfo};

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why a connection was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,43 @@ impl Drop for ConnectionPermit {
                 counts.per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Failed logins per client IP, shared by every session of a service, so
+/// that a password guesser gains nothing by reconnecting. Each service keeps
+/// its own (a POP3 guesser is counted by POP3, an SMTP one by SMTP).
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<IpAddr, (usize, Instant)>>,
+}
+
+impl AuthThrottle {
+    /// Whether `ip` has used up its failures in the current window.
+    pub fn is_blocked(&self, ip: IpAddr, max: usize, window: Duration) -> bool {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((_, since)) if since.elapsed() > window => {
+                map.remove(&ip);
+                false
+            }
+            Some((n, _)) => *n >= max,
+            None => false,
+        }
+    }
+
+    /// Counts one failure for `ip`.
+    pub fn record_failure(&self, ip: IpAddr, window: Duration) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            // Bounded memory under a distributed attack: forget expired entries.
+            map.retain(|_, (_, since)| since.elapsed() <= window);
+        }
+        let entry = map.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
     }
 }
 

@@ -16,10 +16,8 @@
 //! `Queue.Enqueue` returned, i.e. after the database commit. Any failure to
 //! enqueue is a `451 4.3.0`, and the client keeps the message.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use mailroom_net::{CancellationToken, Connection, MailStream, Refusal, Session};
 use mailroom_rpc::queue::queue_client::QueueClient;
@@ -95,41 +93,7 @@ impl Default for SmtpSettings {
     }
 }
 
-/// Failed AUTH attempts per client IP, shared by every session of a process,
-/// so that a password guesser gains nothing by reconnecting.
-#[derive(Debug, Default)]
-pub struct AuthThrottle {
-    failures: Mutex<HashMap<IpAddr, (usize, Instant)>>,
-}
-
-impl AuthThrottle {
-    /// Whether `ip` has used up its failures in the current window.
-    pub fn is_blocked(&self, ip: IpAddr, max: usize, window: Duration) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some((_, since)) if since.elapsed() > window => {
-                map.remove(&ip);
-                false
-            }
-            Some((n, _)) => *n >= max,
-            None => false,
-        }
-    }
-
-    /// Counts one failure for `ip`.
-    pub fn record_failure(&self, ip: IpAddr, window: Duration) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            // Bounded memory under a distributed attack: forget expired entries.
-            map.retain(|_, (_, since)| since.elapsed() <= window);
-        }
-        let entry = map.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() > window {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
-    }
-}
+pub use mailroom_net::AuthThrottle;
 
 /// Everything sessions share: settings, store, queue client, throttles.
 #[derive(Debug)]

@@ -173,10 +173,54 @@ impl Store {
         lease_secs: i64,
         limit: i64,
     ) -> Result<Vec<LeasedRecipient>> {
+        self.lease_recipients(worker, lease_secs, limit, true).await
+    }
+
+    /// Leases up to `limit` due recipients of *remote* domains (every domain
+    /// that is not one of ours) to `worker` for `lease_secs`, for the relay.
+    ///
+    /// Same lease rules as [`Store::lease_local_recipients`]. Rows come
+    /// ordered by message, then domain, so one worker receives the
+    /// recipients of one message at one destination together and can send
+    /// them in one SMTP transaction (RFC 5321 §3.3: one transaction for all
+    /// recipients at the same destination).
+    pub async fn lease_remote_recipients(
+        &self,
+        worker: &str,
+        lease_secs: i64,
+        limit: i64,
+    ) -> Result<Vec<LeasedRecipient>> {
+        let mut leased = self
+            .lease_recipients(worker, lease_secs, limit, false)
+            .await?;
+        // RETURNING does not promise the subquery's order.
+        leased.sort_by(|a, b| {
+            (a.queue_id, routing_domain(&a.address), a.id).cmp(&(
+                b.queue_id,
+                routing_domain(&b.address),
+                b.id,
+            ))
+        });
+        Ok(leased)
+    }
+
+    /// Leases due recipients of local (`local`) or remote domains; see the two callers.
+    async fn lease_recipients(
+        &self,
+        worker: &str,
+        lease_secs: i64,
+        limit: i64,
+        local: bool,
+    ) -> Result<Vec<LeasedRecipient>> {
         let now = now();
         let lock = match self.backend() {
             crate::Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
             crate::Backend::Sqlite(_) => "",
+        };
+        let (domains, order) = if local {
+            ("IN", "next_attempt_at, id")
+        } else {
+            ("NOT IN", "queue_message_id, domain, id")
         };
         let sql = format!(
             "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
@@ -184,8 +228,8 @@ impl Store {
                  SELECT id FROM queue_recipients
                  WHERE state IN ('pending', 'deferred') AND next_attempt_at <= $3
                    AND (lease_until IS NULL OR lease_until < $3)
-                   AND domain IN (SELECT name FROM domains)
-                 ORDER BY next_attempt_at, id LIMIT $4 {lock})
+                   AND domain {domains} (SELECT name FROM domains)
+                 ORDER BY {order} LIMIT $4 {lock})
              RETURNING id, queue_message_id, address, attempts"
         );
         let leased = write_tx!(self, |tx| {
@@ -206,65 +250,6 @@ impl Store {
                 });
             }
             out
-        });
-        Ok(leased)
-    }
-
-    /// Leases up to `limit` due recipients of *remote* domains (every domain
-    /// that is not one of ours) to `worker` for `lease_secs`, for the relay.
-    ///
-    /// Same lease rules as [`Store::lease_local_recipients`]. Rows come
-    /// ordered by message, then domain, so one worker receives the
-    /// recipients of one message at one destination together and can send
-    /// them in one SMTP transaction (RFC 5321 §3.3: one transaction for all
-    /// recipients at the same destination).
-    pub async fn lease_remote_recipients(
-        &self,
-        worker: &str,
-        lease_secs: i64,
-        limit: i64,
-    ) -> Result<Vec<LeasedRecipient>> {
-        let now = now();
-        let lock = match self.backend() {
-            crate::Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-            crate::Backend::Sqlite(_) => "",
-        };
-        let sql = format!(
-            "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
-             WHERE id IN (
-                 SELECT id FROM queue_recipients
-                 WHERE state IN ('pending', 'deferred') AND next_attempt_at <= $3
-                   AND (lease_until IS NULL OR lease_until < $3)
-                   AND domain NOT IN (SELECT name FROM domains)
-                 ORDER BY queue_message_id, domain, id LIMIT $4 {lock})
-             RETURNING id, queue_message_id, address, attempts"
-        );
-        let mut leased = write_tx!(self, |tx| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(worker)
-                .bind(now + lease_secs)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(LeasedRecipient {
-                    id: row.try_get("id")?,
-                    queue_id: row.try_get("queue_message_id")?,
-                    address: row.try_get("address")?,
-                    attempts: row.try_get::<i64, _>("attempts")? as u32,
-                });
-            }
-            out
-        });
-        // RETURNING does not promise the subquery's order.
-        leased.sort_by(|a, b| {
-            (a.queue_id, routing_domain(&a.address), a.id).cmp(&(
-                b.queue_id,
-                routing_domain(&b.address),
-                b.id,
-            ))
         });
         Ok(leased)
     }
