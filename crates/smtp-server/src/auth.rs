@@ -8,8 +8,7 @@
 
 use mailroom_address::Address;
 use mailroom_sasl::{
-    CredentialRequest, Mechanism, SaslError, ServerExchange, Step, decode_client_response,
-    encode_challenge,
+    Mechanism, SaslError, ServerExchange, Step, decode_client_response, encode_challenge,
 };
 use mailroom_smtp_proto::Reply;
 
@@ -99,43 +98,19 @@ pub(crate) async fn authenticate(
                     Err(end) => return Some(end),
                 }
             }
-            Step::NeedCredentials(CredentialRequest::Password {
-                authcid, password, ..
-            }) => {
-                let ok = match Address::parse(&authcid) {
-                    Ok(address) => match server.store.verify_password(&address, &password).await {
-                        Ok(found) => found.is_some(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "password check failed");
-                            io.reply(&Reply::new(
-                                454,
-                                "4.7.0",
-                                "temporary authentication failure",
-                            ));
-                            return None;
-                        }
-                    },
-                    Err(_) => false,
-                };
-                exchange.password_checked(ok)
-            }
-            Step::NeedCredentials(CredentialRequest::Scram { authcid, .. }) => {
-                let credentials = match Address::parse(&authcid) {
-                    Ok(address) => match server.store.scram_credentials(&address).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::error!(error = %e, "credential lookup failed");
-                            io.reply(&Reply::new(
-                                454,
-                                "4.7.0",
-                                "temporary authentication failure",
-                            ));
-                            return None;
-                        }
-                    },
-                    Err(_) => None,
-                };
-                exchange.provide_scram(credentials)
+            Step::NeedCredentials(request) => {
+                match server.store.answer_sasl(&mut exchange, request).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(error = %e, "credential check failed");
+                        io.reply(&Reply::new(
+                            454,
+                            "4.7.0",
+                            "temporary authentication failure",
+                        ));
+                        return None;
+                    }
+                }
             }
             Step::Success {
                 authcid,

@@ -410,6 +410,37 @@ impl Store {
         row.ok_or_else(|| no_account(address))
     }
 
+    /// Answers a SASL exchange's credential request (password check for
+    /// PLAIN/LOGIN, stored keys for SCRAM) and returns the exchange's next
+    /// step. Shared by every protocol that speaks SASL, so they cannot
+    /// disagree on who may log in. An authcid that is not an address is
+    /// treated like an unknown user.
+    pub async fn answer_sasl(
+        &self,
+        exchange: &mut mailroom_sasl::ServerExchange,
+        request: mailroom_sasl::CredentialRequest,
+    ) -> Result<mailroom_sasl::Step> {
+        use mailroom_sasl::CredentialRequest;
+        Ok(match request {
+            CredentialRequest::Password {
+                authcid, password, ..
+            } => {
+                let ok = match Address::parse(&authcid) {
+                    Ok(address) => self.verify_password(&address, &password).await?.is_some(),
+                    Err(_) => false,
+                };
+                exchange.password_checked(ok)
+            }
+            CredentialRequest::Scram { authcid, .. } => {
+                let credentials = match Address::parse(&authcid) {
+                    Ok(address) => self.scram_credentials(&address).await?,
+                    Err(_) => None,
+                };
+                exchange.provide_scram(credentials)
+            }
+        })
+    }
+
     /// The SCRAM-SHA-256 keys of an enabled account, for SASL SCRAM. `None`
     /// for unknown and disabled accounts alike.
     pub async fn scram_credentials(&self, address: &Address) -> Result<Option<ScramCredentials>> {
