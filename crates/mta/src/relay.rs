@@ -81,6 +81,8 @@ struct Inner {
     poll: Duration,
     wake: Arc<Notify>,
     lease_secs: i64,
+    /// The longest one attempt may take; the lease is a minute longer, so
+    /// an attempt's result is always written under its own lease.
     attempt_budget: Duration,
 }
 
@@ -198,15 +200,9 @@ impl Relay {
 }
 
 impl Inner {
-    /// The longest one attempt may take, so its result is written under
-    /// our lease (which is a minute longer).
-    fn attempt_deadline(&self) -> Duration {
-        self.attempt_budget
-    }
-
     /// One delivery attempt for the leased recipients of one message at one domain.
     async fn attempt(&self, queue_id: i64, domain: &str, recipients: Vec<LeasedRecipient>) {
-        let (envelope, message) = match self.store.queued_message(queue_id).await {
+        let (envelope, message, expires_at) = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -214,13 +210,6 @@ impl Inner {
                 return;
             }
         };
-        let expires_at = self
-            .store
-            .queue_expiry(queue_id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(i64::MAX);
         let params: HashMap<i64, mailroom_store::QueueRecipient> = self
             .store
             .queue_recipient_params(queue_id)
@@ -245,7 +234,7 @@ impl Inner {
                 })
                 .collect();
             let outcomes = match tokio::time::timeout(
-                self.attempt_deadline(),
+                self.attempt_budget,
                 self.deliver(domain, &envelope, &message, &out),
             )
             .await

@@ -107,7 +107,7 @@ impl LocalDelivery {
 
     /// One delivery attempt for the leased recipients of one message.
     async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>) {
-        let (envelope, message) = match self.store.queued_message(queue_id).await {
+        let (envelope, message, expires_at) = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -115,13 +115,6 @@ impl LocalDelivery {
                 return;
             }
         };
-        let expires_at = self
-            .store
-            .queue_expiry(queue_id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(i64::MAX);
         let span = tracing::info_span!(
             "mta.local_delivery",
             queue_id,

@@ -369,20 +369,6 @@ impl Store {
         })
     }
 
-    /// When a queued message expires (Unix seconds), if it is still queued.
-    pub async fn queue_expiry(&self, queue_id: i64) -> Result<Option<i64>> {
-        on_backend!(self, |pool| {
-            match sqlx::query("SELECT expires_at FROM queue_messages WHERE id = $1")
-                .bind(queue_id)
-                .fetch_optional(pool)
-                .await?
-            {
-                Some(row) => Ok(Some(row.try_get("expires_at")?)),
-                None => Ok(None),
-            }
-        })
-    }
-
     /// How many messages are queued (any state).
     pub async fn queue_size(&self) -> Result<i64> {
         crate::on_backend!(self, |pool| {
@@ -395,10 +381,22 @@ impl Store {
 
     /// A queued message's envelope and content, if it is still queued.
     pub async fn queued_message(&self, id: i64) -> Result<Option<(QueueEnvelope, Vec<u8>)>> {
+        Ok(self
+            .queued_for_attempt(id)
+            .await?
+            .map(|(envelope, message, _)| (envelope, message)))
+    }
+
+    /// What a delivery attempt needs in one query: the envelope, the
+    /// content and the expiry time (Unix seconds).
+    pub async fn queued_for_attempt(
+        &self,
+        id: i64,
+    ) -> Result<Option<(QueueEnvelope, Vec<u8>, i64)>> {
         crate::on_backend!(self, |pool| {
             let Some(row) = sqlx::query(
                 "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, b.data
+                        q.client_ip, q.trace_context, q.expires_at, b.data
                  FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash WHERE q.id = $1",
             )
             .bind(id)
@@ -432,7 +430,11 @@ impl Store {
                     notify: r.try_get("notify")?,
                 });
             }
-            Ok(Some((envelope, row.try_get::<Vec<u8>, _>("data")?)))
+            Ok(Some((
+                envelope,
+                row.try_get::<Vec<u8>, _>("data")?,
+                row.try_get::<i64, _>("expires_at")?,
+            )))
         })
     }
 }
