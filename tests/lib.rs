@@ -402,9 +402,18 @@ impl TestDns {
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(handler)]);
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on one port number: the TCP port may belong to another
+        // test at that moment, so try fresh UDP ports until both are ours.
+        let mut attempts = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(_) if attempts < 50 => attempts += 1,
+                Err(e) => panic!("no port free for both UDP and TCP: {e}"),
+            }
+        };
         let mut server = hickory_server::Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, std::time::Duration::from_secs(5), 4096);
