@@ -111,16 +111,27 @@ pub enum Stored {
     },
 }
 
-/// A change other sessions may want to hear about (IMAP IDLE).
+/// A change other sessions may want to hear about (IMAP IDLE, and how an
+/// IMAP session learns what other sessions did).
+///
+/// Sent after the commit of every write to a mailbox: deliveries, APPEND,
+/// COPY and MOVE (one event per mailbox written), flag changes, expunges
+/// (IMAP and POP3), and mailbox deletion and renaming. An event says only
+/// *that* the mailbox changed; the receiver reads what changed with
+/// [`Store::changes_since`]. A receiver that lagged (the channel reports
+/// it) must do the same, since it may have missed events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEvent {
     /// The account.
     pub account_id: i64,
     /// The mailbox.
     pub mailbox_id: i64,
-    /// The new message's UID.
+    /// The new message's UID when messages were added (the highest new UID
+    /// when several were: COPY, MOVE); 0 for a change that is not a new
+    /// message (flags, expunges, deletion, renaming).
     pub uid: u32,
-    /// The mailbox's new HIGHESTMODSEQ.
+    /// The mailbox's new HIGHESTMODSEQ (for a deleted mailbox, the last one
+    /// it had).
     pub modseq: u64,
 }
 
@@ -143,7 +154,7 @@ impl MailboxEvent {
     }
 }
 
-/// The PostgreSQL channel of new-mail notifications.
+/// The PostgreSQL channel of mailbox notifications.
 const NOTIFY_CHANNEL: &str = "mailroom_mailbox";
 
 impl Store {
@@ -385,33 +396,40 @@ impl Store {
             }
         });
         if let Stored::New(event) = &outcome {
-            match self.backend() {
-                // In-process notification for the embedded store; nobody listening is fine.
-                Backend::Sqlite(_) => {
-                    let _ = self.events().send(event.clone());
-                }
-                // Sent after the commit, not inside the transaction: a NOTIFY in
-                // a transaction takes a database-wide lock until its commit is
-                // flushed, which serialised concurrent deliveries. A crash in
-                // between loses only the push; IDLE clients still see the
-                // message at their next check.
-                Backend::Postgres(pool) => {
-                    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(NOTIFY_CHANNEL)
-                        .bind(event.to_payload())
-                        .execute(pool)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "new-mail notification not sent");
-                    }
-                }
-            }
+            self.notify(event).await;
         }
         Ok(outcome)
     }
 
-    /// New-mail events: every message stored from now on, in this process or
-    /// (on PostgreSQL) in any process sharing the database.
+    /// Announces a committed change to every subscriber: in this process on
+    /// SQLite, through `pg_notify` to every process sharing the database on
+    /// PostgreSQL. Call it after the commit, never inside the transaction:
+    /// a NOTIFY in a transaction takes a database-wide lock until its commit
+    /// is flushed, which serialised concurrent deliveries. A crash in between
+    /// loses only the push; IDLE clients still see the change at their next
+    /// check. Failing to notify is logged, not an error: the write is done.
+    pub(crate) async fn notify(&self, event: &MailboxEvent) {
+        match self.backend() {
+            // In-process notification for the embedded store; nobody listening is fine.
+            Backend::Sqlite(_) => {
+                let _ = self.events().send(event.clone());
+            }
+            Backend::Postgres(pool) => {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(event.to_payload())
+                    .execute(pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "mailbox notification not sent");
+                }
+            }
+        }
+    }
+
+    /// Mailbox events ([`MailboxEvent`]): every change committed from now
+    /// on, in this process or (on PostgreSQL) in any process sharing the
+    /// database.
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<MailboxEvent>> {
         let receiver = self.events().subscribe();
         if let Backend::Postgres(pool) = self.backend() {

@@ -33,6 +33,7 @@ mod blobs;
 mod delivery;
 mod directory;
 mod maildrop;
+mod mailstore;
 mod migrate;
 mod queue;
 pub mod testing;
@@ -41,6 +42,7 @@ pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
 pub use maildrop::*;
+pub use mailstore::*;
 pub use queue::*;
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
@@ -166,7 +168,7 @@ pub struct Store {
 /// State shared by every clone of a [`Store`].
 #[derive(Debug)]
 struct Shared {
-    /// New-mail events (fed by commits on SQLite, by LISTEN on PostgreSQL).
+    /// Mailbox events (fed by commits on SQLite, by LISTEN on PostgreSQL).
     events: broadcast::Sender<delivery::MailboxEvent>,
     /// Whether the PostgreSQL LISTEN task runs.
     listener_started: tokio::sync::Mutex<bool>,

@@ -27,6 +27,8 @@
 //!   of it; a message another session already removed is skipped, not an
 //!   error. Lock order is account row, then mailbox row, as in
 //!   [`Store::store_message`], so an expunge and a delivery cannot deadlock.
+//!   After the commit, when anything was removed, a [`MailboxEvent`] with
+//!   UID 0 tells IMAP sessions on the INBOX.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -34,7 +36,7 @@ use std::sync::{LazyLock, Mutex};
 
 use sqlx::{Connection as _, Row};
 
-use crate::{Backend, Result, Store, StoreError, on_backend, write_tx};
+use crate::{Backend, MailboxEvent, Result, Store, StoreError, on_backend, write_tx};
 
 /// The first key of the two-key PostgreSQL advisory lock (`'POP3'` in
 /// ASCII), so that POP3 locks can never collide with other advisory locks
@@ -188,7 +190,7 @@ impl Store {
         if uids.is_empty() {
             return Ok(0);
         }
-        Ok(write_tx!(self, |tx| {
+        let (removed, event) = write_tx!(self, |tx| {
             let account_id: i64 =
                 sqlx::query_scalar("SELECT account_id FROM mailboxes WHERE id = $1")
                     .bind(mailbox_id)
@@ -235,7 +237,18 @@ impl Store {
             .bind(freed)
             .execute(&mut *tx)
             .await?;
-            removed
-        }))
+            let event = MailboxEvent {
+                account_id,
+                mailbox_id,
+                uid: 0,
+                modseq: modseq as u64,
+            };
+            (removed, event)
+        });
+        // IMAP sessions on the INBOX hear of the expunges.
+        if removed > 0 {
+            self.notify(&event).await;
+        }
+        Ok(removed)
     }
 }
