@@ -1,32 +1,14 @@
 //! The parse of a message cached at delivery, so that IMAP never re-parses
-//! a message to answer ENVELOPE, SEARCH on common headers, or list views.
+//! a message to answer ENVELOPE, BODY or BODYSTRUCTURE.
 
-use mail_parser::{Address, MessageParser};
-use serde_json::{Value, json};
+use mailroom_mime::Summary;
 
-fn addresses(a: Option<&Address<'_>>) -> Value {
-    let Some(a) = a else { return Value::Null };
-    Value::Array(
-        a.iter()
-            .map(|addr| json!({ "name": addr.name(), "address": addr.address() }))
-            .collect(),
-    )
-}
-
-/// A JSON summary of the message's headers (subject, from, to, cc, date,
-/// message-id, attachment count), or `None` when it does not parse at all.
+/// The message's [`Summary`] as JSON (computed on the message as it
+/// arrived, without the per-recipient header prefix: the summary does not
+/// depend on it). Every byte string reads as some message, so this is
+/// always `Some`; the `Option` stays for the store's nullable column.
 pub fn parse_cache(message: &[u8]) -> Option<String> {
-    let parsed = MessageParser::default().parse(message)?;
-    let value = json!({
-        "subject": parsed.subject(),
-        "from": addresses(parsed.from()),
-        "to": addresses(parsed.to()),
-        "cc": addresses(parsed.cc()),
-        "date": parsed.date().map(|d| d.to_timestamp()),
-        "message_id": parsed.message_id(),
-        "attachments": parsed.attachment_count(),
-    });
-    Some(value.to_string())
+    Some(Summary::parse(message).to_json())
 }
 
 #[cfg(test)]
@@ -34,15 +16,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn headers_are_summarised() {
+    fn the_cache_is_the_summary() {
         let msg = b"From: Alice <alice@example.test>\r\nTo: bob@example.test, Carol <carol@example.test>\r\n\
 Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello\r\n";
-        let v: Value = serde_json::from_str(&parse_cache(msg).unwrap()).unwrap();
-        assert_eq!(v["subject"], "Grüße");
-        assert_eq!(v["from"][0]["address"], "alice@example.test");
-        assert_eq!(v["from"][0]["name"], "Alice");
-        assert_eq!(v["to"].as_array().unwrap().len(), 2);
-        assert_eq!(v["message_id"], "1@example.test");
-        assert_eq!(v["date"], 1795860000);
+        let json = parse_cache(msg).unwrap();
+        let summary = Summary::from_json(&json).unwrap();
+        assert_eq!(summary, Summary::parse(msg));
+        let e = &summary.envelope;
+        assert_eq!(
+            e.subject.as_ref().unwrap().as_bytes(),
+            b"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?="
+        );
+        assert_eq!(e.from[0].name.as_ref().unwrap().as_bytes(), b"Alice");
+        assert_eq!(e.from[0].mailbox.as_ref().unwrap().as_bytes(), b"alice");
+        assert_eq!(e.from[0].host.as_ref().unwrap().as_bytes(), b"example.test");
+        assert_eq!(e.to.len(), 2);
+        assert_eq!(
+            e.message_id.as_ref().unwrap().as_bytes(),
+            b"<1@example.test>"
+        );
+        assert_eq!(summary.body.size, 7);
+        assert_eq!(summary.body.lines, 1);
     }
 }
