@@ -74,6 +74,7 @@ def mailroom():
            "MAILROOM_ADMIN__LISTEN": f"127.0.0.1:{admin}", "MAILROOM_MDA__LISTEN": "127.0.0.1:0",
            "MAILROOM_SUBMISSION__LISTEN": "[]", "MAILROOM_SUBMISSION__LISTEN_TLS": "[]",
            "MAILROOM_POP3__LISTEN": f'["127.0.0.1:{pop3}"]', "MAILROOM_POP3__LISTEN_TLS": "[]",
+           "MAILROOM_IMAP__LISTEN": "[]", "MAILROOM_IMAP__LISTEN_TLS": "[]",
            "MAILROOM_LIMITS__MAX_CONNECTIONS_PER_IP": "100", "MAILROOM_TELEMETRY__LOG_FILTER": "warn"}
     server = subprocess.Popen([binary, "--data-dir", f"{work}/data", "serve"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

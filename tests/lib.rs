@@ -52,6 +52,9 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.pop3.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.pop3.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
     config.pop3.auth_failure_delay_ms = 10;
+    config.imap.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.imap.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    config.imap.auth_failure_delay_ms = 10;
     config
 }
 

@@ -172,6 +172,33 @@ section! {
     }
 }
 
+section! {
+    /// The IMAP service (IMAP4rev2 RFC 9051 and IMAP4rev1 RFC 3501).
+    pub struct ImapConfig = "imap" {
+        /// Addresses for IMAP with STARTTLS (production: port 143).
+        pub listen: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 1143))],
+        /// Addresses for IMAP over implicit TLS (RFC 8314; production: port 993).
+        pub listen_tls: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 1993))],
+        /// Seconds a session may stay idle before login.
+        pub idle_timeout_secs: u64 = 60,
+        /// Seconds a logged-in session (or an IDLE) may stay silent before it is closed
+        /// (RFC 9051 §5.4: at least 30 minutes).
+        pub authenticated_idle_timeout_secs: u64 = 1800,
+        /// Allow LOGIN and AUTHENTICATE before STARTTLS when the client connects from loopback.
+        pub allow_plaintext_auth_on_loopback: bool = true,
+        /// Failed logins in one session before it is closed.
+        pub max_auth_failures: usize = 3,
+        /// Failed logins from one IP within 15 minutes before logins are refused.
+        pub max_auth_failures_per_ip: usize = 10,
+        /// Milliseconds to wait after a failed login (times the failures so far in the session).
+        pub auth_failure_delay_ms: u64 = 1000,
+        /// Largest message APPEND accepts, in bytes (also the largest literal).
+        pub max_message_size: u32 = 52_428_800,
+        /// Longest command line without its literals, in bytes.
+        pub max_line_length: u32 = 65_536,
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -220,6 +247,8 @@ pub struct Config {
     pub mda: MdaConfig,
     /// `[pop3]`
     pub pop3: Pop3Config,
+    /// `[imap]`
+    pub imap: ImapConfig,
     /// `[telemetry]`
     pub telemetry: TelemetryConfig,
 }
@@ -237,6 +266,7 @@ impl Config {
         MtaConfig::NAME,
         MdaConfig::NAME,
         Pop3Config::NAME,
+        ImapConfig::NAME,
         TelemetryConfig::NAME,
     ];
 
@@ -256,6 +286,7 @@ impl Config {
         keys::<MtaConfig>(&mut out);
         keys::<MdaConfig>(&mut out);
         keys::<Pop3Config>(&mut out);
+        keys::<ImapConfig>(&mut out);
         keys::<TelemetryConfig>(&mut out);
         out
     }
@@ -275,6 +306,7 @@ impl Config {
             mta: take(raw, errors),
             mda: take(raw, errors),
             pop3: take(raw, errors),
+            imap: take(raw, errors),
             telemetry: take(raw, errors),
         }
     }
@@ -393,6 +425,21 @@ impl Config {
         if self.pop3.max_auth_failures == 0 {
             err("pop3.max_auth_failures", "must be at least 1".into());
         }
+        if self.imap.idle_timeout_secs == 0 {
+            err("imap.idle_timeout_secs", "must be at least 1".into());
+        }
+        if self.imap.authenticated_idle_timeout_secs < 60 {
+            err(
+                "imap.authenticated_idle_timeout_secs",
+                "must be at least 60 (RFC 9051 asks for 30 minutes)".into(),
+            );
+        }
+        if self.imap.max_auth_failures == 0 {
+            err("imap.max_auth_failures", "must be at least 1".into());
+        }
+        if self.imap.max_line_length < 1024 {
+            err("imap.max_line_length", "must be at least 1024".into());
+        }
         check_file("tls.cert", &self.tls.cert, errors);
         check_file("tls.key", &self.tls.key, errors);
         check_file("admin.token_file", &self.admin.token_file, errors);
@@ -407,6 +454,8 @@ impl Config {
             ("submission.listen_tls", &self.submission.listen_tls),
             ("pop3.listen", &self.pop3.listen),
             ("pop3.listen_tls", &self.pop3.listen_tls),
+            ("imap.listen", &self.imap.listen),
+            ("imap.listen_tls", &self.imap.listen_tls),
         ] {
             listeners.extend(addrs.iter().map(|a| (key, *a)));
         }

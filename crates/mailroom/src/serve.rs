@@ -33,6 +33,8 @@ pub enum ServiceName {
     Msa,
     /// POP3: mail retrieval (110 STLS, 995 implicit TLS).
     Pop3,
+    /// IMAP: mail access (143 STARTTLS, 993 implicit TLS).
+    Imap,
 }
 
 /// One listening socket, as reported at start.
@@ -439,6 +441,49 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             shutdown.spawn(async move {
                 if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
                     tracing::error!(service, error = %e, "POP3 listener failed; shutting down");
+                    stop.trigger();
+                }
+            });
+        }
+    }
+    if runs(ServiceName::Imap) {
+        let c = &config.imap;
+        let server = Arc::new(mailroom_imap::ImapServer::new(
+            mailroom_imap::ImapSettings {
+                hostname: config.server.hostname.clone(),
+                idle_timeout: Duration::from_secs(c.idle_timeout_secs),
+                authenticated_idle_timeout: Duration::from_secs(c.authenticated_idle_timeout_secs),
+                allow_plaintext_auth_on_loopback: c.allow_plaintext_auth_on_loopback,
+                auth_failure_delay: Duration::from_millis(c.auth_failure_delay_ms),
+                max_auth_failures: c.max_auth_failures,
+                max_auth_failures_per_ip: c.max_auth_failures_per_ip,
+                auth_failure_window: Duration::from_secs(900),
+                max_message_size: c.max_message_size,
+                max_line_length: c.max_line_length,
+            },
+            store.clone(),
+            Arc::new(mailroom_imap::AuthThrottle::default()),
+        ));
+        let all = c
+            .listen
+            .iter()
+            .map(|a| ("imap", *a, TlsMode::StartTls, "IMAP, STARTTLS"))
+            .chain(
+                c.listen_tls
+                    .iter()
+                    .map(|a| ("imaps", *a, TlsMode::Implicit, "IMAP, implicit TLS")),
+            );
+        for (service, addr, mode, text) in all {
+            let listener = Listener::bind(service, addr, mode).await?;
+            listeners.push(ListenerInfo {
+                service,
+                addr: listener.local_addr(),
+                mode: text.into(),
+            });
+            let (stop, ctx, server) = (shutdown.clone(), smtp_context.clone(), server.clone());
+            shutdown.spawn(async move {
+                if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
+                    tracing::error!(service, error = %e, "IMAP listener failed; shutting down");
                     stop.trigger();
                 }
             });

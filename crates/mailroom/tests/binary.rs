@@ -107,6 +107,8 @@ fn serve_on_a_fresh_directory_then_add_a_user_then_stop_on_sigterm() {
         .env("MAILROOM_SUBMISSION__LISTEN_TLS", "[\"127.0.0.1:0\"]")
         .env("MAILROOM_POP3__LISTEN", "[\"127.0.0.1:0\"]")
         .env("MAILROOM_POP3__LISTEN_TLS", "[\"127.0.0.1:0\"]")
+        .env("MAILROOM_IMAP__LISTEN", "[\"127.0.0.1:0\"]")
+        .env("MAILROOM_IMAP__LISTEN_TLS", "[\"127.0.0.1:0\"]")
         .env("MAILROOM_TELEMETRY__LOG_FILTER", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

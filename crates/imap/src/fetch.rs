@@ -1,0 +1,502 @@
+//! FETCH (RFC 9051 §6.4.5, BINARY RFC 3516, CONDSTORE/QRESYNC RFC 7162)
+//! and STORE (RFC 9051 §6.4.6, UNCHANGEDSINCE RFC 7162 §3.1.3).
+//!
+//! ENVELOPE, BODY and BODYSTRUCTURE come from the summary cached at
+//! delivery (`mailroom_mime::Summary`, parsed again only for a message
+//! stored without one); sections are cut from the message text, which is
+//! loaded in batches of [`BATCH`] and written out batch by batch, so a
+//! `FETCH 1:* BODY[]` over a large mailbox never holds more than one batch.
+//!
+//! Reading a body without `.PEEK` sets `\Seen` (unless the mailbox is
+//! read-only) before the data is sent, and the response carries the new
+//! FLAGS.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use imap_codec::ResponseCodec;
+use imap_codec::encode::Encoder;
+use imap_types::command::{FetchModifier, StoreModifier};
+use imap_types::core::{Atom, IString, Literal, NString, NString8, Vec1};
+use imap_types::datetime::DateTime;
+use imap_types::extensions::binary::Literal8;
+use imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
+use imap_types::flag::{Flag, FlagFetch, StoreResponse, StoreType};
+use imap_types::response::{Data, Response};
+use imap_types::sequence::SequenceSet;
+use mailroom_mime::Summary;
+use mailroom_store::{FlagOp, MessageMeta, flag_bits};
+
+use crate::ImapServer;
+use crate::selected::{SYSTEM_FLAGS, Selected, nz, uid_set, write_flags_fetch};
+use crate::session::{Failure, Io, Outcome, Phase, State, flags_to_store};
+
+/// Messages whose text is loaded and answered at a time.
+const BATCH: usize = 64;
+
+/// FETCH and UID FETCH.
+pub(crate) async fn fetch(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    set: &SequenceSet,
+    names: MacroOrMessageDataItemNames<'_>,
+    uid: bool,
+    modifiers: &[FetchModifier],
+) -> Outcome {
+    let mut items: Vec<MessageDataItemName<'_>> = match names {
+        MacroOrMessageDataItemNames::Macro(m) => m
+            .expand()
+            .into_iter()
+            .map(|n| n.into_static_name())
+            .collect(),
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+    };
+    let mut changed_since = None;
+    let mut vanished = false;
+    for m in modifiers {
+        match m {
+            FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
+            FetchModifier::Vanished => vanished = true,
+        }
+    }
+    if vanished && (!uid || changed_since.is_none() || !state.qresync) {
+        return Err(Failure::Bad(
+            "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC enabled".into(),
+        ));
+    }
+    if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
+        state.condstore = true;
+    }
+    if uid && !items.contains(&MessageDataItemName::Uid) {
+        items.insert(0, MessageDataItemName::Uid);
+    }
+    if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+        items.push(MessageDataItemName::ModSeq);
+    }
+    let condstore = state.condstore;
+    let qresync = state.qresync;
+    let Phase::Selected(sel) = &mut state.phase else {
+        unreachable!("state checked")
+    };
+    let idx = sel.resolve(set, uid).map_err(|e| Failure::Bad(e.into()))?;
+    if vanished && let Some(since) = changed_since {
+        // RFC 7162 §3.2.6: expunges within the set since the client's MODSEQ.
+        let changes = server.store.changes_since(sel.mailbox.id, since).await?;
+        let last = sel
+            .messages
+            .last()
+            .map_or(0, |m| m.uid)
+            .max(sel.mailbox.uidnext);
+        let wanted = crate::selected::expand_uids(set, last);
+        let gone: Vec<u32> = changes
+            .vanished
+            .into_iter()
+            .filter(|u| wanted.contains(u))
+            .collect();
+        if !gone.is_empty() {
+            io.line(&format!("* VANISHED (EARLIER) {}", uid_set(&gone)));
+        }
+    }
+    let mut idx: Vec<usize> = idx
+        .into_iter()
+        .filter(|&i| changed_since.is_none_or(|c| sel.messages[i].modseq > c))
+        .collect();
+    // Messages already gone from the store are left out (RFC 9051 §7.5.1 lets
+    // the server omit them); the client hears of their expunge later.
+    idx.retain(|&i| !sel.is_gone(sel.messages[i].uid));
+
+    let needs_text = items.iter().any(|n| {
+        matches!(
+            n,
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Header
+                | MessageDataItemName::Rfc822Text
+                | MessageDataItemName::Binary { .. }
+                | MessageDataItemName::BinarySize { .. }
+        )
+    });
+    let needs_summary = items.iter().any(|n| {
+        matches!(
+            n,
+            MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure
+                | MessageDataItemName::Envelope
+        )
+    });
+    let sets_seen = !sel.read_only
+        && items.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Binary { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+    let mut flags_changed: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    if sets_seen {
+        let unseen: Vec<u32> = idx
+            .iter()
+            .map(|&i| &sel.messages[i])
+            .filter(|m| m.flags & flag_bits::SEEN == 0)
+            .map(|m| m.uid)
+            .collect();
+        if !unseen.is_empty() {
+            let outcome = server
+                .store
+                .store_flags(
+                    sel.mailbox.id,
+                    &unseen,
+                    FlagOp::Add,
+                    flag_bits::SEEN,
+                    &[],
+                    None,
+                )
+                .await?;
+            for meta in outcome.updated {
+                flags_changed.insert(meta.uid);
+                replace_meta(sel, meta);
+            }
+        }
+    }
+    let wants_flags = items.contains(&MessageDataItemName::Flags);
+    let mut unknown_cte = false;
+    for chunk in idx.chunks(BATCH) {
+        let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
+        let texts = if needs_text {
+            server.store.message_texts(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
+        let caches = if needs_summary {
+            server.store.parse_caches(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
+        for &i in chunk {
+            let meta = &sel.messages[i];
+            let text = texts
+                .iter()
+                .find(|(u, _)| *u == meta.uid)
+                .map(|(_, t)| t.as_slice());
+            if needs_text && text.is_none() {
+                continue; // removed meanwhile
+            }
+            let summary = if needs_summary {
+                let cached = caches
+                    .iter()
+                    .find(|(u, _)| *u == meta.uid)
+                    .and_then(|(_, c)| c.as_deref())
+                    .and_then(Summary::from_json);
+                Some(match cached {
+                    Some(s) => s,
+                    None => {
+                        let text = match text {
+                            Some(t) => t.to_vec(),
+                            None => server
+                                .store
+                                .read_message(sel.mailbox.id, meta.uid)
+                                .await?
+                                .unwrap_or_default(),
+                        };
+                        Summary::parse(&text)
+                    }
+                })
+            } else {
+                None
+            };
+            let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
+            for name in &items {
+                match item(name, meta, text, summary.as_ref()) {
+                    Ok(Some(it)) => out_items.push(it),
+                    Ok(None) => {}
+                    Err(()) => unknown_cte = true,
+                }
+            }
+            if flags_changed.contains(&meta.uid) && !wants_flags {
+                out_items.push(MessageDataItem::Flags(flag_list(meta)));
+            }
+            let Ok(items1) = Vec1::try_from(out_items) else {
+                continue;
+            };
+            let response = Response::Data(Data::Fetch {
+                seq: nz(i + 1),
+                items: items1,
+            });
+            io.out
+                .extend_from_slice(&ResponseCodec::default().encode(&response).dump());
+        }
+        if io.out.len() > 1 << 20 {
+            io.flush(server.settings.authenticated_idle_timeout)
+                .await
+                .map_err(|_| Failure::No("the client stopped reading".into()))?;
+        }
+    }
+    let _ = (condstore, qresync);
+    if unknown_cte {
+        return Err(Failure::No(
+            "[UNKNOWN-CTE] a part has an unknown content-transfer-encoding".into(),
+        ));
+    }
+    Ok(format!(
+        "OK {}FETCH completed",
+        if uid { "UID " } else { "" }
+    ))
+}
+
+trait IntoStaticName {
+    fn into_static_name(self) -> MessageDataItemName<'static>;
+}
+
+impl IntoStaticName for MessageDataItemName<'_> {
+    fn into_static_name(self) -> MessageDataItemName<'static> {
+        use imap_types::IntoStatic;
+        self.into_static()
+    }
+}
+
+/// Replaces the session's metadata of a message after a change it made.
+fn replace_meta(sel: &mut Selected, meta: MessageMeta) {
+    if let Some(seq) = sel.seq_of(meta.uid) {
+        sel.messages[seq - 1] = meta;
+    }
+}
+
+/// The FLAGS of a message for the codec.
+fn flag_list(meta: &MessageMeta) -> Vec<FlagFetch<'static>> {
+    let mut out = Vec::new();
+    for (bit, _) in SYSTEM_FLAGS {
+        if meta.flags & bit != 0 {
+            out.push(FlagFetch::Flag(match bit {
+                flag_bits::ANSWERED => Flag::Answered,
+                flag_bits::FLAGGED => Flag::Flagged,
+                flag_bits::DELETED => Flag::Deleted,
+                flag_bits::SEEN => Flag::Seen,
+                _ => Flag::Draft,
+            }));
+        }
+    }
+    for k in &meta.keywords {
+        if let Ok(atom) = Atom::try_from(k.clone()) {
+            out.push(FlagFetch::Flag(Flag::Keyword(atom)));
+        }
+    }
+    out
+}
+
+/// Bytes as a literal. NUL is not allowed in IMAP strings; like Dovecot,
+/// a NUL in a stored message is sent as 0x80.
+fn literal(mut data: Vec<u8>) -> NString<'static> {
+    if data.contains(&0) {
+        for b in &mut data {
+            if *b == 0 {
+                *b = 0x80;
+            }
+        }
+    }
+    match Literal::try_from(data) {
+        Ok(l) => NString(Some(IString::Literal(l))),
+        Err(_) => NString(None),
+    }
+}
+
+/// `<origin.length>` of a partial fetch.
+fn partial(data: Vec<u8>, range: Option<(u32, NonZeroU32)>) -> Vec<u8> {
+    match range {
+        None => data,
+        Some((origin, len)) => {
+            let start = (origin as usize).min(data.len());
+            let end = start.saturating_add(len.get() as usize).min(data.len());
+            data[start..end].to_vec()
+        }
+    }
+}
+
+/// One data item of one message. `Err` for an unknown transfer encoding.
+fn item<'a>(
+    name: &MessageDataItemName<'a>,
+    meta: &MessageMeta,
+    text: Option<&[u8]>,
+    summary: Option<&Summary>,
+) -> Result<Option<MessageDataItem<'a>>, ()> {
+    let text = text.unwrap_or_default();
+    Ok(Some(match name {
+        MessageDataItemName::Flags => MessageDataItem::Flags(flag_list(meta)),
+        MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid as usize)),
+        MessageDataItemName::Rfc822Size => {
+            MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
+        }
+        MessageDataItemName::InternalDate => {
+            let utc = chrono::DateTime::from_timestamp(meta.internal_date, 0).unwrap_or_default();
+            let fixed = utc.with_timezone(&chrono::FixedOffset::east_opt(0).expect("zero offset"));
+            match DateTime::try_from(fixed) {
+                Ok(d) => MessageDataItem::InternalDate(d),
+                Err(_) => return Ok(None),
+            }
+        }
+        MessageDataItemName::ModSeq => {
+            MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+        }
+        MessageDataItemName::Envelope => match summary {
+            Some(s) => MessageDataItem::Envelope(s.envelope()),
+            None => return Ok(None),
+        },
+        MessageDataItemName::Body => match summary {
+            Some(s) => MessageDataItem::Body(s.body_structure(false)),
+            None => return Ok(None),
+        },
+        MessageDataItemName::BodyStructure => match summary {
+            Some(s) => MessageDataItem::BodyStructure(s.body_structure(true)),
+            None => return Ok(None),
+        },
+        MessageDataItemName::BodyExt {
+            section,
+            partial: range,
+            ..
+        } => {
+            // A part that does not exist reads as NIL (RFC 9051 §6.4.5).
+            let data = match mailroom_mime::section(text, section.as_ref()) {
+                Some(data) => literal(partial(data, *range)),
+                None => NString(None),
+            };
+            MessageDataItem::BodyExt {
+                section: section.clone(),
+                origin: range.map(|r| r.0),
+                data,
+            }
+        }
+        MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(literal(text.to_vec())),
+        MessageDataItemName::Rfc822Header => {
+            let data =
+                mailroom_mime::section(text, Some(&imap_types::fetch::Section::Header(None)))
+                    .unwrap_or_default();
+            MessageDataItem::Rfc822Header(literal(data))
+        }
+        MessageDataItemName::Rfc822Text => {
+            let data = mailroom_mime::section(text, Some(&imap_types::fetch::Section::Text(None)))
+                .unwrap_or_default();
+            MessageDataItem::Rfc822Text(literal(data))
+        }
+        MessageDataItemName::Binary {
+            section,
+            partial: range,
+            ..
+        } => {
+            let part: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let data = mailroom_mime::binary_section(text, &part).map_err(|_| ())?;
+            let data = partial(data, *range);
+            MessageDataItem::Binary {
+                section: section.clone(),
+                value: NString8::Literal8(Literal8 {
+                    data: data.into(),
+                    mode: imap_types::core::LiteralMode::Sync,
+                }),
+            }
+        }
+        MessageDataItemName::BinarySize { section } => {
+            let part: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let data = mailroom_mime::binary_section(text, &part).map_err(|_| ())?;
+            MessageDataItem::BinarySize {
+                section: section.clone(),
+                size: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            }
+        }
+    }))
+}
+
+/// STORE and UID STORE.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    set: &SequenceSet,
+    kind: StoreType,
+    response: StoreResponse,
+    flags: &[Flag<'_>],
+    uid: bool,
+    modifiers: &[StoreModifier],
+) -> Outcome {
+    let mut unchanged_since = None;
+    for m in modifiers {
+        let StoreModifier::UnchangedSince(v) = m;
+        unchanged_since = Some(*v);
+    }
+    if unchanged_since.is_some() {
+        state.condstore = true;
+    }
+    let condstore = state.condstore;
+    let Phase::Selected(sel) = &mut state.phase else {
+        unreachable!("state checked")
+    };
+    if sel.read_only {
+        return Err(Failure::No("[READ-ONLY] the mailbox is read-only".into()));
+    }
+    let idx = sel.resolve(set, uid).map_err(|e| Failure::Bad(e.into()))?;
+    let uids: Vec<u32> = idx
+        .iter()
+        .map(|&i| sel.messages[i].uid)
+        .filter(|u| !sel.is_gone(*u))
+        .collect();
+    let (bits, keywords) = flags_to_store(flags);
+    let op = match kind {
+        StoreType::Add => FlagOp::Add,
+        StoreType::Remove => FlagOp::Remove,
+        StoreType::Replace => FlagOp::Replace,
+    };
+    let outcome = server
+        .store
+        .store_flags(sel.mailbox.id, &uids, op, bits, &keywords, unchanged_since)
+        .await?;
+    let updated: std::collections::HashSet<u32> = outcome.updated.iter().map(|m| m.uid).collect();
+    for meta in outcome.updated {
+        replace_meta(sel, meta);
+    }
+    let refused: std::collections::HashSet<u32> = outcome.modified.iter().copied().collect();
+    for &u in &uids {
+        if refused.contains(&u) {
+            continue;
+        }
+        let Some(seq) = sel.seq_of(u) else { continue };
+        let meta = &sel.messages[seq - 1];
+        match response {
+            StoreResponse::Answer => write_flags_fetch(&mut io.out, seq, meta, uid, condstore),
+            StoreResponse::Silent => {
+                // RFC 7162 §3.1.3: with CONDSTORE the new MODSEQ is reported even for .SILENT.
+                if condstore && updated.contains(&u) {
+                    let uid_part = if uid {
+                        format!("UID {} ", meta.uid)
+                    } else {
+                        String::new()
+                    };
+                    io.line(&format!(
+                        "* {seq} FETCH ({uid_part}MODSEQ ({}))",
+                        meta.modseq
+                    ));
+                }
+            }
+        }
+    }
+    let verb = if uid { "UID STORE" } else { "STORE" };
+    if outcome.modified.is_empty() {
+        Ok(format!("OK {verb} completed"))
+    } else {
+        // RFC 7162 §3.1.3: MODIFIED lists what UNCHANGEDSINCE refused
+        // (UIDs for UID STORE, message numbers otherwise).
+        let mut refused_ids: Vec<u32> = if uid {
+            outcome.modified.clone()
+        } else {
+            outcome
+                .modified
+                .iter()
+                .filter_map(|u| sel.seq_of(*u).map(|s| s as u32))
+                .collect()
+        };
+        refused_ids.sort_unstable();
+        Ok(format!(
+            "OK [MODIFIED {}] conditional {verb} failed for some messages",
+            uid_set(&refused_ids)
+        ))
+    }
+}

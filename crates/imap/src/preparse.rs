@@ -1,0 +1,220 @@
+//! Syntax the codec does not parse yet, lifted off a command before it does.
+//!
+//! `imap-codec` 2.0.0-alpha parses `LIST reference pattern` and
+//! `SEARCH criteria`, but not the RFC 9051 / RFC 5258 / RFC 5819 extras:
+//!
+//! * `LIST (selection-options) reference pattern RETURN (return-options)`
+//!   (LIST-EXTENDED; `SUBSCRIBED`, `SPECIAL-USE`, `CHILDREN`, `STATUS (...)`);
+//! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
+//!   RFC 4731, part of IMAP4rev2).
+//!
+//! [`lift`] removes these groups from the command's text, parses them here,
+//! and gives the rest to the codec. The groups are only recognised at the
+//! positions the grammar puts them, so a mailbox name or search string that
+//! happens to contain the same words is left alone (a quoted or literal
+//! argument always comes after the position looked at, except for LIST's
+//! trailing RETURN, which is only taken when it ends the command).
+
+/// Options lifted from a command.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Lifted {
+    /// LIST selection options, upper case (`SUBSCRIBED`, `SPECIAL-USE`, …).
+    pub list_selection: Vec<String>,
+    /// LIST return options, upper case; `STATUS` items go to `list_status`.
+    pub list_return: Vec<String>,
+    /// `RETURN (STATUS (...))` items, upper case.
+    pub list_status: Vec<String>,
+    /// Whether the LIST had a RETURN group at all.
+    pub has_list_return: bool,
+    /// `SEARCH RETURN (...)`, upper case; `Some(empty)` means `RETURN ()` (= ALL).
+    pub search_return: Option<Vec<String>>,
+}
+
+/// A parenthesised group of atoms, one level of nesting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    Atom(String),
+    Group(Vec<Item>),
+}
+
+/// Parses `(a b (c d))` at the start of `s`; returns the items and the
+/// number of bytes consumed.
+fn group(s: &[u8]) -> Option<(Vec<Item>, usize)> {
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let mut items = Vec::new();
+    let mut i = 1;
+    loop {
+        match s.get(i)? {
+            b' ' => i += 1,
+            b')' => return Some((items, i + 1)),
+            b'(' => {
+                let (inner, n) = group(&s[i..])?;
+                items.push(Item::Group(inner));
+                i += n;
+            }
+            _ => {
+                let start = i;
+                while let Some(&c) = s.get(i) {
+                    if c == b' ' || c == b')' || c == b'(' || c < 0x20 || c == b'"' || c == b'{' {
+                        break;
+                    }
+                    i += 1;
+                }
+                if i == start {
+                    return None;
+                }
+                let atom = std::str::from_utf8(&s[start..i]).ok()?.to_ascii_uppercase();
+                items.push(Item::Atom(atom));
+            }
+        }
+    }
+}
+
+/// Position just after `tag SP` and the command word(s), when the command
+/// is `words` (case-insensitive); e.g. `["UID", "SEARCH"]`.
+fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
+    let mut i = line.iter().position(|&b| b == b' ')? + 1;
+    for w in words {
+        let end = i + w.len();
+        let word = line.get(i..end)?;
+        if !word.eq_ignore_ascii_case(w.as_bytes()) || line.get(end) != Some(&b' ') {
+            return None;
+        }
+        i = end + 1;
+    }
+    Some(i)
+}
+
+/// Lifts the groups described in the module docs out of `message` (a
+/// complete command, literals included). Returns the bytes for the codec
+/// (`None`: unchanged) and what was lifted. Malformed groups are left in
+/// place for the codec to refuse.
+pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
+    let mut lifted = Lifted::default();
+    // LIST (selection) ... [RETURN (...)]
+    if let Some(at) = after_words(message, &["LIST"]) {
+        let mut out = message.to_vec();
+        let mut changed = false;
+        if let Some((items, n)) = group(&out[at..]) {
+            lifted.list_selection = atoms(&items);
+            let end = if out.get(at + n) == Some(&b' ') {
+                n + 1
+            } else {
+                n
+            };
+            out.drain(at..at + end);
+            changed = true;
+        }
+        // RETURN (...) must end the command: find " RETURN (" whose group ends at CRLF.
+        let body_end = out.len() - trailing_newline(&out);
+        if let Some(pos) = find_ci(&out[..body_end], b" RETURN (")
+            && let Some((items, n)) = group(&out[pos + 8..body_end])
+            && pos + 8 + n == body_end
+        {
+            lifted.has_list_return = true;
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Item::Atom(a) if a == "STATUS" => {
+                        if let Some(Item::Group(g)) = items.get(i + 1) {
+                            lifted.list_status = atoms(g);
+                        }
+                    }
+                    Item::Atom(a) => lifted.list_return.push(a.clone()),
+                    Item::Group(_) => {}
+                }
+            }
+            out.drain(pos..body_end);
+            changed = true;
+        }
+        return (changed.then_some(out), lifted);
+    }
+    // [UID] SEARCH RETURN (...) criteria
+    let at = after_words(message, &["SEARCH"]).or_else(|| after_words(message, &["UID", "SEARCH"]));
+    if let Some(at) = at
+        && message.len() > at + 7
+        && message[at..at + 7].eq_ignore_ascii_case(b"RETURN ")
+        && let Some((items, n)) = group(&message[at + 7..])
+    {
+        lifted.search_return = Some(atoms(&items));
+        let mut out = message.to_vec();
+        let mut end = at + 7 + n;
+        if out.get(end) == Some(&b' ') {
+            end += 1;
+        }
+        out.drain(at..end);
+        return (Some(out), lifted);
+    }
+    (None, lifted)
+}
+
+fn atoms(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Atom(a) => Some(a.clone()),
+            Item::Group(_) => None,
+        })
+        .collect()
+}
+
+fn trailing_newline(s: &[u8]) -> usize {
+    if s.ends_with(b"\r\n") {
+        2
+    } else if s.ends_with(b"\n") {
+        1
+    } else {
+        0
+    }
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .rposition(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: Option<Vec<u8>>) -> String {
+        String::from_utf8(v.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn list_extended_options_are_lifted() {
+        let (out, l) =
+            lift(b"a1 LIST (SUBSCRIBED) \"\" \"*\" RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n");
+        assert_eq!(text(out), "a1 LIST \"\" \"*\"\r\n");
+        assert_eq!(l.list_selection, vec!["SUBSCRIBED"]);
+        assert_eq!(l.list_return, vec!["CHILDREN"]);
+        assert_eq!(l.list_status, vec!["MESSAGES", "UNSEEN"]);
+        assert!(l.has_list_return);
+
+        let (out, l) = lift(b"a2 list \"\" % return (special-use)\r\n");
+        assert_eq!(text(out), "a2 list \"\" %\r\n");
+        assert_eq!(l.list_return, vec!["SPECIAL-USE"]);
+
+        // Nothing to lift: unchanged.
+        let (out, l) = lift(b"a3 LIST \"\" \"RETURN (x)\"\r\n");
+        assert_eq!(out, None);
+        assert_eq!(l, Lifted::default());
+    }
+
+    #[test]
+    fn search_return_is_lifted() {
+        let (out, l) = lift(b"t UID SEARCH RETURN (MIN MAX COUNT) UNSEEN\r\n");
+        assert_eq!(text(out), "t UID SEARCH UNSEEN\r\n");
+        assert_eq!(
+            l.search_return,
+            Some(vec!["MIN".into(), "MAX".into(), "COUNT".into()])
+        );
+        let (out, l) = lift(b"t SEARCH RETURN () ALL\r\n");
+        assert_eq!(text(out), "t SEARCH ALL\r\n");
+        assert_eq!(l.search_return, Some(vec![]));
+        let (out, l) = lift(b"t SEARCH SUBJECT \"RETURN (x)\"\r\n");
+        assert_eq!(out, None);
+        assert_eq!(l.search_return, None);
+    }
+}

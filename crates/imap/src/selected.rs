@@ -1,0 +1,303 @@
+//! What a session knows about its selected mailbox, and how it learns what
+//! other sessions (and deliveries) changed.
+//!
+//! The session keeps the list of messages it has announced, in sequence
+//! order (UID order). After each command, and when IDLE hears of a change,
+//! [`Selected::sync`] reads the store's changes since the last MODSEQ it
+//! saw and announces them:
+//!
+//! * flag changes as `FETCH (FLAGS …)` (with `UID` and `MODSEQ` when
+//!   CONDSTORE is on);
+//! * new messages as `EXISTS`;
+//! * removed messages as `EXPUNGE` (or `VANISHED` with QRESYNC), but only
+//!   when the command allows it: RFC 9051 §7.5.1 forbids EXPUNGE during
+//!   FETCH, STORE and SEARCH (their sequence numbers would shift under the
+//!   client), so there a removal stays pending, the message keeps its number
+//!   until a later command may announce it, and it reads as gone.
+//!
+//! Invariant: `messages` is sorted by UID, and contains every message the
+//! client was told about and not yet told was expunged.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+
+use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use mailroom_store::{Mailbox, MessageMeta, Result, Store, flag_bits};
+
+/// The selected mailbox of a session.
+#[derive(Debug)]
+pub struct Selected {
+    /// The mailbox row (id, name, UIDVALIDITY).
+    pub mailbox: Mailbox,
+    /// EXAMINE, or SELECT of a mailbox we may not change.
+    pub read_only: bool,
+    /// Announced messages, in sequence order.
+    pub messages: Vec<MessageMeta>,
+    /// UIDs removed in the store but not yet announced as expunged.
+    pub pending_expunge: BTreeSet<u32>,
+    /// The MODSEQ up to which the store's changes have been read.
+    pub modseq: u64,
+}
+
+/// How a sync may speak.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncMode {
+    /// Whether EXPUNGE/VANISHED may be sent now.
+    pub allow_expunge: bool,
+    /// CONDSTORE is on: FETCH responses carry MODSEQ.
+    pub condstore: bool,
+    /// QRESYNC is on: removals are announced as VANISHED.
+    pub qresync: bool,
+}
+
+impl Selected {
+    /// Opens `mailbox`: its state and messages, read in one snapshot so
+    /// that UIDNEXT and HIGHESTMODSEQ match the messages.
+    pub async fn open(
+        store: &Store,
+        mailbox: Mailbox,
+        read_only: bool,
+    ) -> Result<Option<Selected>> {
+        let Some(snapshot) = store.mailbox_snapshot(mailbox.id).await? else {
+            return Ok(None);
+        };
+        let (mailbox, messages) = (snapshot.mailbox, snapshot.messages);
+        let modseq = mailbox.highestmodseq;
+        Ok(Some(Selected {
+            mailbox,
+            read_only,
+            messages,
+            pending_expunge: BTreeSet::new(),
+            modseq,
+        }))
+    }
+
+    /// The sequence number (1-based) of `uid`.
+    pub fn seq_of(&self, uid: u32) -> Option<usize> {
+        self.messages
+            .binary_search_by_key(&uid, |m| m.uid)
+            .ok()
+            .map(|i| i + 1)
+    }
+
+    /// Count of messages with `\Seen` unset, and the first of them.
+    pub fn first_unseen(&self) -> Option<usize> {
+        self.messages
+            .iter()
+            .position(|m| m.flags & flag_bits::SEEN == 0)
+            .map(|i| i + 1)
+    }
+
+    /// Whether the message is gone from the store (pending expunge).
+    pub fn is_gone(&self, uid: u32) -> bool {
+        self.pending_expunge.contains(&uid)
+    }
+
+    /// The indexes (0-based) a sequence set names. Message numbers beyond
+    /// the mailbox are an error (`Err` with the text for `BAD`); UIDs that
+    /// do not exist are skipped (RFC 9051 §6.4.9).
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, &'static str> {
+        let mut out: BTreeSet<usize> = BTreeSet::new();
+        let count = self.messages.len();
+        let last_uid = self.messages.last().map(|m| m.uid);
+        for seq in set.0.as_ref() {
+            let (a, b) = match seq {
+                Sequence::Single(x) => (x, x),
+                Sequence::Range(a, b) => (a, b),
+            };
+            if uid {
+                let v = |x: &SeqOrUid| match x {
+                    SeqOrUid::Value(n) => Some(n.get()),
+                    SeqOrUid::Asterisk => last_uid,
+                };
+                let (Some(a), Some(b)) = (v(a), v(b)) else {
+                    continue; // `*` in an empty mailbox names nothing
+                };
+                let (lo, hi) = (a.min(b), a.max(b));
+                let start = self.messages.partition_point(|m| m.uid < lo);
+                let end = self.messages.partition_point(|m| m.uid <= hi);
+                out.extend(start..end);
+            } else {
+                let v = |x: &SeqOrUid| match x {
+                    SeqOrUid::Value(n) => n.get() as usize,
+                    SeqOrUid::Asterisk => count,
+                };
+                let (a, b) = (v(a), v(b));
+                let (lo, hi) = (a.min(b), a.max(b));
+                if hi > count || lo == 0 {
+                    return Err("invalid message sequence number");
+                }
+                out.extend(lo - 1..hi);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Reads the store's changes since [`Selected::modseq`] and writes the
+    /// untagged responses for them into `out` (see the module docs).
+    pub async fn sync(&mut self, store: &Store, mode: SyncMode, out: &mut Vec<u8>) -> Result<()> {
+        let changes = store.changes_since(self.mailbox.id, self.modseq).await?;
+        let vanished: BTreeSet<u32> = changes.vanished.iter().copied().collect();
+        let last_uid = self.messages.last().map_or(0, |m| m.uid);
+        for uid in &vanished {
+            if self.seq_of(*uid).is_some() {
+                self.pending_expunge.insert(*uid);
+            }
+        }
+        let mut added = 0usize;
+        for meta in changes.changed {
+            if vanished.contains(&meta.uid) {
+                continue;
+            }
+            if meta.uid > last_uid {
+                self.messages.push(meta);
+                added += 1;
+                continue;
+            }
+            let Some(seq) = self.seq_of(meta.uid) else {
+                continue;
+            };
+            let known = &mut self.messages[seq - 1];
+            let changed_flags = known.flags != meta.flags || known.keywords != meta.keywords;
+            let changed_modseq = known.modseq != meta.modseq;
+            *known = meta;
+            if changed_flags || (mode.condstore && changed_modseq) {
+                write_flags_fetch(out, seq, &self.messages[seq - 1], true, mode.condstore);
+            }
+        }
+        if mode.allow_expunge && !self.pending_expunge.is_empty() {
+            let gone: Vec<u32> = std::mem::take(&mut self.pending_expunge)
+                .into_iter()
+                .collect();
+            self.announce_expunged(&gone, mode.qresync, out);
+        }
+        if added > 0 {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
+        }
+        self.modseq = self.modseq.max(changes.highestmodseq);
+        Ok(())
+    }
+
+    /// Removes `uids` (ascending) from the session's view and writes their
+    /// EXPUNGE (or one VANISHED) responses.
+    pub fn announce_expunged(&mut self, uids: &[u32], qresync: bool, out: &mut Vec<u8>) {
+        let mut removed = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            self.pending_expunge.remove(&uid);
+            if let Some(seq) = self.seq_of(uid) {
+                self.messages.remove(seq - 1);
+                if !qresync {
+                    out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                }
+                removed.push(uid);
+            }
+        }
+        if qresync && !removed.is_empty() {
+            out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&removed)).as_bytes());
+        }
+    }
+}
+
+/// `* n FETCH (FLAGS (…) [UID u] [MODSEQ (m)])`.
+pub fn write_flags_fetch(
+    out: &mut Vec<u8>,
+    seq: usize,
+    meta: &MessageMeta,
+    with_uid: bool,
+    condstore: bool,
+) {
+    let mut line = format!("* {seq} FETCH (FLAGS ({})", flags_text(meta));
+    if with_uid {
+        line.push_str(&format!(" UID {}", meta.uid));
+    }
+    if condstore {
+        line.push_str(&format!(" MODSEQ ({})", meta.modseq));
+    }
+    line.push_str(")\r\n");
+    out.extend_from_slice(line.as_bytes());
+}
+
+/// The flags of a message as IMAP writes them (`\Seen \Flagged $Label1`).
+pub fn flags_text(meta: &MessageMeta) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for (bit, name) in SYSTEM_FLAGS {
+        if meta.flags & bit != 0 {
+            parts.push(name);
+        }
+    }
+    for k in &meta.keywords {
+        parts.push(k);
+    }
+    parts.join(" ")
+}
+
+/// The system flags and their bits.
+pub const SYSTEM_FLAGS: [(i64, &str); 5] = [
+    (flag_bits::ANSWERED, "\\Answered"),
+    (flag_bits::FLAGGED, "\\Flagged"),
+    (flag_bits::DELETED, "\\Deleted"),
+    (flag_bits::SEEN, "\\Seen"),
+    (flag_bits::DRAFT, "\\Draft"),
+];
+
+/// A compact UID set (`1:3,7,9:10`) of ascending UIDs.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// UIDs of a UID set, for QRESYNC known-UIDs; `*` means `last`.
+pub fn expand_uids(set: &SequenceSet, last: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for seq in set.0.as_ref() {
+        let v = |x: &SeqOrUid| match x {
+            SeqOrUid::Value(n) => n.get(),
+            SeqOrUid::Asterisk => last,
+        };
+        let (a, b) = match seq {
+            Sequence::Single(x) => (v(x), v(x)),
+            Sequence::Range(a, b) => (v(a), v(b)),
+        };
+        // Only UIDs up to `last` can matter (they are the ones that existed).
+        let (lo, hi) = (a.min(b), a.max(b).min(last));
+        for u in lo..=hi {
+            out.insert(u);
+        }
+    }
+    out
+}
+
+/// A non-zero u32 from a count known to be positive.
+pub fn nz(n: usize) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compact() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[]), "");
+    }
+}

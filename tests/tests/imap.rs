@@ -1,0 +1,633 @@
+//! IMAP through real sockets: the state machine, login policy, mailbox
+//! commands, FETCH/STORE/SEARCH/COPY/MOVE/EXPUNGE, CONDSTORE/QRESYNC, two
+//! sessions seeing each other's changes, IDLE pushed by deliveries, limits.
+//! Tests that exercise the store's concurrency run on SQLite and PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailroom_tests::{
+    Backend, PASSWORD, Running, base64_encode, deliver_message, start, start_with, tls_connect,
+    with_accounts,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+const ALICE: &str = "alice@example.test";
+
+/// A deliberately small IMAP client: it sends exactly what it is given and
+/// returns the response lines with literals inlined.
+struct Imap<S> {
+    io: BufReader<S>,
+    next: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Imap<S> {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// One response "line": text up to CRLF, with any literal `{n}` it
+    /// announces appended (so a FETCH with BODY[] comes back as one string).
+    async fn line(&mut self) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut raw = Vec::new();
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.io.read_until(b'\n', &mut raw))
+                    .await
+                    .expect("no response within 10 s")
+                    .unwrap_or(0);
+            if n == 0 {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            assert!(
+                raw.ends_with(b"\r\n"),
+                "line without CRLF: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.truncate(raw.len() - 2);
+            let literal = raw
+                .strip_suffix(b"}")
+                .and_then(|r| r.iter().rposition(|&b| b == b'{').map(|p| (p, r)))
+                .and_then(|(p, r)| {
+                    std::str::from_utf8(&r[p + 1..])
+                        .ok()?
+                        .trim_end_matches('+')
+                        .parse::<usize>()
+                        .ok()
+                });
+            out.extend_from_slice(&raw);
+            match literal {
+                Some(len) => {
+                    let mut data = vec![0; len];
+                    self.io.read_exact(&mut data).await.unwrap();
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(&data);
+                }
+                None => return String::from_utf8_lossy(&out).into_owned(),
+            }
+        }
+    }
+
+    /// Sends `tag command` and returns (untagged lines, tagged line).
+    async fn cmd(&mut self, command: &str) -> (Vec<String>, String) {
+        self.next += 1;
+        let tag = format!("t{}", self.next);
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        self.until(&tag).await
+    }
+
+    async fn until(&mut self, tag: &str) -> (Vec<String>, String) {
+        let mut untagged = Vec::new();
+        loop {
+            let line = self.line().await;
+            assert!(
+                !line.is_empty(),
+                "connection closed while waiting for {tag}"
+            );
+            if line.starts_with(&format!("{tag} ")) {
+                return (untagged, line);
+            }
+            untagged.push(line);
+        }
+    }
+
+    /// A command that must succeed; its untagged lines.
+    async fn ok(&mut self, command: &str) -> Vec<String> {
+        let (untagged, done) = self.cmd(command).await;
+        assert!(
+            done.split(' ').nth(1) == Some("OK"),
+            "{command} -> {done}\n{untagged:#?}"
+        );
+        untagged
+    }
+
+    async fn login(&mut self) {
+        self.ok(&format!("LOGIN {ALICE} \"{PASSWORD}\"")).await;
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Imap<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = Imap {
+        io: BufReader::new(tcp),
+        next: 0,
+    };
+    let greeting = c.line().await;
+    assert!(greeting.starts_with("* OK [CAPABILITY "), "{greeting}");
+    assert!(greeting.contains("IMAP4rev2") && greeting.contains("IMAP4rev1"));
+    c
+}
+
+fn imap(r: &Running) -> SocketAddr {
+    r.stack.addr("imap").unwrap()
+}
+
+fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <sender@remote.test>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n\
+         Date: Tue, 03 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@remote.test>\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+async fn setup(r: &Running, n: usize) {
+    with_accounts(r, &[ALICE, "bob@example.test"]).await;
+    for i in 1..=n {
+        deliver_message(
+            r,
+            i as i64,
+            ALICE,
+            &message(&format!("m{i}"), &format!("body {i}")),
+        )
+        .await;
+    }
+}
+
+fn find<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+}
+
+mailroom_tests::on_both!(
+    select_fetch_store_search_expunge,
+    two_sessions_see_each_others_changes,
+    idle_pushes_new_mail_and_expunges,
+    mailboxes_create_rename_delete_list_status,
+    copy_move_append_with_uidplus,
+    condstore_and_qresync,
+);
+
+async fn select_fetch_store_search_expunge(r: &Running) {
+    setup(r, 3).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let sel = c.ok("SELECT INBOX").await;
+    assert!(sel.contains(&"* 3 EXISTS".to_string()), "{sel:#?}");
+    let validity = find(&sel, "* OK [UIDVALIDITY ");
+    assert!(validity.len() > 20);
+    assert!(find(&sel, "* OK [UIDNEXT 4]").contains("UIDNEXT 4"));
+    find(
+        &sel,
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+    );
+    find(&sel, "* OK [PERMANENTFLAGS (");
+    find(&sel, "* OK [HIGHESTMODSEQ ");
+
+    // FETCH: flags, size, envelope; body with PEEK does not set \Seen.
+    let f = c.ok("FETCH 1:3 (UID FLAGS RFC822.SIZE)").await;
+    assert_eq!(f.len(), 3, "{f:#?}");
+    assert!(
+        f[0].starts_with("* 1 FETCH (UID 1 FLAGS () RFC822.SIZE "),
+        "{}",
+        f[0]
+    );
+    let f = c.ok("FETCH 2 (ENVELOPE)").await;
+    assert!(
+        f[0].contains("\"m2\"") && f[0].contains("(\"Sender\" NIL \"sender\" \"remote.test\")"),
+        "{}",
+        f[0]
+    );
+    let f = c.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])").await;
+    assert!(f[0].contains("Subject: m1\r\n\r\n"), "{}", f[0]);
+    let f = c.ok("FETCH 1 (FLAGS)").await;
+    assert_eq!(f[0], "* 1 FETCH (FLAGS ())");
+    // Without PEEK: \Seen is set and reported.
+    let f = c.ok("FETCH 1 (BODY[TEXT])").await;
+    assert!(f[0].contains("body 1") && f[0].contains("\\Seen"), "{f:#?}");
+    let f = c.ok("UID FETCH 1:* (FLAGS)").await;
+    assert_eq!(f[0], "* 1 FETCH (UID 1 FLAGS (\\Seen))");
+    // Partial fetch.
+    let f = c.ok("FETCH 1 (BODY.PEEK[TEXT]<0.4>)").await;
+    assert!(f[0].contains("BODY[TEXT]<0> {4}\r\nbody"), "{}", f[0]);
+    // BODYSTRUCTURE of a plain message.
+    let f = c.ok("FETCH 3 (BODYSTRUCTURE)").await;
+    assert!(f[0].contains("(\"TEXT\" \"PLAIN\""), "{}", f[0]);
+
+    // STORE forms.
+    let s = c.ok("STORE 2 +FLAGS (\\Flagged $Work)").await;
+    assert_eq!(s, vec!["* 2 FETCH (FLAGS (\\Flagged $Work))".to_string()]);
+    assert!(c.ok("STORE 2 -FLAGS.SILENT ($Work)").await.is_empty());
+    let s = c.ok("UID STORE 3 FLAGS (\\Deleted)").await;
+    assert_eq!(s, vec!["* 3 FETCH (FLAGS (\\Deleted) UID 3)".to_string()]);
+
+    // SEARCH, rev1 and ESEARCH forms.
+    assert_eq!(c.ok("SEARCH FLAGGED").await, vec!["* SEARCH 2"]);
+    assert_eq!(c.ok("SEARCH UNSEEN").await, vec!["* SEARCH 2 3"]);
+    assert_eq!(c.ok("UID SEARCH SUBJECT m3").await, vec!["* SEARCH 3"]);
+    assert_eq!(c.ok("SEARCH BODY \"body 2\"").await, vec!["* SEARCH 2"]);
+    assert_eq!(c.ok("SEARCH OR SEEN DELETED").await, vec!["* SEARCH 1 3"]);
+    assert_eq!(c.ok("SEARCH NOT FROM nobody").await, vec!["* SEARCH 1 2 3"]);
+    let e = c.ok("UID SEARCH RETURN (MIN MAX COUNT ALL) ALL").await;
+    assert!(e[0].starts_with("* ESEARCH (TAG \"t"), "{}", e[0]);
+    assert!(
+        e[0].ends_with("UID MIN 1 MAX 3 COUNT 3 ALL 1:3"),
+        "{}",
+        e[0]
+    );
+    let (_, done) = c.cmd("SEARCH CHARSET KOI8-R ALL").await;
+    assert!(done.contains("NO [BADCHARSET"), "{done}");
+
+    // EXPUNGE removes only \Deleted.
+    assert_eq!(c.ok("EXPUNGE").await, vec!["* 3 EXPUNGE"]);
+    assert_eq!(c.ok("SEARCH ALL").await, vec!["* SEARCH 1 2"]);
+    // Bad message numbers and syntax are BAD; the session goes on.
+    let (_, done) = c.cmd("FETCH 7 FLAGS").await;
+    assert!(done.contains(" BAD "), "{done}");
+    let (_, done) = c.cmd("FETCH 1 (NOSUCHITEM)").await;
+    assert!(done.contains(" BAD "), "{done}");
+    c.ok("NOOP").await;
+    // CLOSE expunges silently; commands of the selected state are then refused.
+    c.ok("STORE 1 +FLAGS (\\Deleted)").await;
+    assert!(c.ok("CLOSE").await.is_empty());
+    let (_, done) = c.cmd("FETCH 1 FLAGS").await;
+    assert!(done.contains("BAD"), "{done}");
+    let st = c.ok("STATUS INBOX (MESSAGES UNSEEN UIDNEXT)").await;
+    assert_eq!(
+        st,
+        vec!["* STATUS \"INBOX\" (MESSAGES 1 UNSEEN 1 UIDNEXT 4)"]
+    );
+    let (untagged, done) = c.cmd("LOGOUT").await;
+    assert!(untagged[0].starts_with("* BYE"), "{untagged:?}");
+    assert!(done.contains("OK"));
+}
+
+async fn two_sessions_see_each_others_changes(r: &Running) {
+    setup(r, 3).await;
+    let mut a = connect(imap(r)).await;
+    let mut b = connect(imap(r)).await;
+    a.login().await;
+    b.login().await;
+    a.ok("SELECT INBOX").await;
+    b.ok("SELECT INBOX").await;
+    a.ok("STORE 2 +FLAGS.SILENT (\\Seen)").await;
+    let seen = b.ok("NOOP").await;
+    assert_eq!(seen, vec!["* 2 FETCH (FLAGS (\\Seen) UID 2)"]);
+    // b expunges message 1; a learns of it at its next command that may
+    // renumber: not during FETCH (RFC 9051 §7.5.1), but at NOOP.
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert_eq!(b.ok("EXPUNGE").await, vec!["* 1 EXPUNGE"]);
+    let during_fetch = a.ok("FETCH 1:3 (UID)").await;
+    assert!(
+        !during_fetch.iter().any(|l| l.contains("EXPUNGE")),
+        "EXPUNGE sent during FETCH: {during_fetch:#?}"
+    );
+    // a still numbers the removed message 1 and answers from what it knows.
+    assert_eq!(during_fetch.len(), 3, "{during_fetch:#?}");
+    let after = a.ok("NOOP").await;
+    assert!(after.contains(&"* 1 EXPUNGE".to_string()), "{after:#?}");
+    assert_eq!(
+        a.ok("FETCH 1:* (UID)").await,
+        vec!["* 1 FETCH (UID 2)", "* 2 FETCH (UID 3)"]
+    );
+    // A delivery shows up as EXISTS.
+    deliver_message(r, 10, ALICE, &message("new", "new")).await;
+    let after = a.ok("NOOP").await;
+    assert_eq!(after, vec!["* 3 EXISTS"]);
+}
+
+async fn idle_pushes_new_mail_and_expunges(r: &Running) {
+    setup(r, 1).await;
+    let mut a = connect(imap(r)).await;
+    let mut b = connect(imap(r)).await;
+    a.login().await;
+    b.login().await;
+    a.ok("SELECT INBOX").await;
+    b.ok("SELECT INBOX").await;
+    a.send(b"idle1 IDLE\r\n").await;
+    assert_eq!(a.line().await, "+ idling");
+    let sent = std::time::Instant::now();
+    deliver_message(r, 20, ALICE, &message("pushed", "x")).await;
+    assert_eq!(a.line().await, "* 2 EXISTS");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert_eq!(a.line().await, "* 1 FETCH (FLAGS (\\Deleted) UID 1)");
+    b.ok("EXPUNGE").await;
+    assert_eq!(a.line().await, "* 1 EXPUNGE");
+    a.send(b"DONE\r\n").await;
+    assert_eq!(a.line().await, "idle1 OK IDLE terminated");
+    assert_eq!(a.ok("FETCH 1 (UID)").await, vec!["* 1 FETCH (UID 2)"]);
+}
+
+async fn mailboxes_create_rename_delete_list_status(r: &Running) {
+    setup(r, 2).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    c.ok("CREATE Projects/2026/Q4").await;
+    let (_, done) = c.cmd("CREATE Projects").await;
+    assert!(done.contains("NO [ALREADYEXISTS]"), "{done}");
+    let (_, done) = c.cmd("CREATE inbox").await;
+    assert!(done.contains("NO [ALREADYEXISTS]"), "{done}");
+    for bad in ["\"a//b\"", "\"a/../b\"", "\"&Jjo!-\"", "\"x*\""] {
+        let (_, done) = c.cmd(&format!("CREATE {bad}")).await;
+        assert!(
+            done.contains(" NO ") || done.contains(" BAD "),
+            "{bad}: {done}"
+        );
+    }
+    // International names: modified UTF-7 on the wire in rev1.
+    c.ok("CREATE \"Entw&APw-rfe\"").await;
+    let l = c.ok("LIST \"\" \"*\"").await;
+    for want in [
+        "* LIST (\\HasNoChildren) \"/\" \"INBOX\"",
+        "* LIST (\\HasChildren) \"/\" \"Projects\"",
+        "* LIST (\\HasNoChildren) \"/\" \"Projects/2026/Q4\"",
+        "* LIST (\\Sent \\HasNoChildren) \"/\" \"Sent\"",
+        "* LIST (\\HasNoChildren) \"/\" \"Entw&APw-rfe\"",
+    ] {
+        assert!(l.contains(&want.to_string()), "{want} missing in {l:#?}");
+    }
+    let l = c.ok("LIST \"\" %").await;
+    assert!(!l.iter().any(|x| x.contains("Projects/2026")), "{l:#?}");
+    let l = c.ok("LIST \"Projects/\" %").await;
+    assert_eq!(l, vec!["* LIST (\\HasChildren) \"/\" \"Projects/2026\""]);
+    let l = c.ok("LIST \"\" \"\"").await;
+    assert_eq!(l, vec!["* LIST (\\Noselect) \"/\" \"\""]);
+    // LIST-EXTENDED / LIST-STATUS / SPECIAL-USE.
+    let l = c
+        .ok("LIST (SPECIAL-USE) \"\" \"*\" RETURN (STATUS (MESSAGES))")
+        .await;
+    assert!(
+        l.contains(&"* LIST (\\Junk \\HasNoChildren) \"/\" \"Junk\"".to_string()),
+        "{l:#?}"
+    );
+    assert!(
+        l.contains(&"* STATUS \"Junk\" (MESSAGES 0)".to_string()),
+        "{l:#?}"
+    );
+    assert!(!l.iter().any(|x| x.contains("\"INBOX\"")), "{l:#?}");
+    let l = c
+        .ok("LIST \"\" \"INBOX\" RETURN (STATUS (MESSAGES UNSEEN SIZE))")
+        .await;
+    assert_eq!(l[0], "* LIST (\\HasNoChildren) \"/\" \"INBOX\"");
+    assert!(
+        l[1].starts_with("* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 2 SIZE "),
+        "{}",
+        l[1]
+    );
+    // Subscriptions.
+    c.ok("UNSUBSCRIBE Sent").await;
+    let subs = c.ok("LSUB \"\" \"*\"").await;
+    assert!(!subs.iter().any(|x| x.ends_with("\"Sent\"")), "{subs:#?}");
+    c.ok("SUBSCRIBE Projects/2026/Q4").await;
+    let subs = c.ok("LIST (SUBSCRIBED) \"\" \"Projects/*\"").await;
+    assert_eq!(
+        subs,
+        vec!["* LIST (\\Subscribed \\HasNoChildren) \"/\" \"Projects/2026/Q4\""]
+    );
+    // RENAME takes the children along; renaming INBOX moves its messages.
+    c.ok("RENAME Projects Archive2").await;
+    let l = c.ok("LIST \"\" \"Archive2/*\"").await;
+    assert!(
+        l.iter().any(|x| x.ends_with("\"Archive2/2026/Q4\"")),
+        "{l:#?}"
+    );
+    let (_, done) = c.cmd("RENAME Nope Other").await;
+    assert!(done.contains("NO [NONEXISTENT]"), "{done}");
+    c.ok("RENAME INBOX \"Old mail\"").await;
+    let st = c.ok("STATUS \"Old mail\" (MESSAGES)").await;
+    assert_eq!(st, vec!["* STATUS \"Old mail\" (MESSAGES 2)"]);
+    let st = c.ok("STATUS INBOX (MESSAGES)").await;
+    assert_eq!(st, vec!["* STATUS \"INBOX\" (MESSAGES 0)"]);
+    // DELETE.
+    let (_, done) = c.cmd("DELETE INBOX").await;
+    assert!(done.contains(" NO "), "{done}");
+    c.ok("DELETE \"Old mail\"").await;
+    let (_, done) = c.cmd("STATUS \"Old mail\" (MESSAGES)").await;
+    assert!(done.contains("NO [NONEXISTENT]"), "{done}");
+    // NAMESPACE, ID, quota.
+    assert_eq!(
+        c.ok("NAMESPACE").await,
+        vec!["* NAMESPACE ((\"\" \"/\")) NIL NIL"]
+    );
+    assert!(c.ok("ID NIL").await[0].starts_with("* ID (\"name\" \"Mailroom\""));
+    assert_eq!(
+        c.ok("GETQUOTAROOT INBOX").await,
+        vec!["* QUOTAROOT \"INBOX\""]
+    );
+}
+
+async fn copy_move_append_with_uidplus(r: &Running) {
+    setup(r, 3).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    c.ok("SELECT INBOX").await;
+    let (_, done) = c.cmd("COPY 1 Nowhere").await;
+    assert!(done.contains("NO [TRYCREATE]"), "{done}");
+    let (_, done) = c.cmd("COPY 1:2 Archive").await;
+    assert!(done.contains("OK [COPYUID "), "{done}");
+    assert!(done.contains(" 1:2 1:2]"), "{done}");
+    let moved = c.ok("UID MOVE 3 Archive").await;
+    assert!(
+        moved[0].starts_with("* OK [COPYUID ") && moved[0].contains(" 3 3]"),
+        "{moved:#?}"
+    );
+    assert_eq!(moved[1], "* 3 EXPUNGE");
+    let st = c.ok("STATUS Archive (MESSAGES UIDNEXT)").await;
+    assert_eq!(st, vec!["* STATUS \"Archive\" (MESSAGES 3 UIDNEXT 4)"]);
+    // APPEND with a synchronising literal, flags and a date.
+    let msg = message("appended", "hello");
+    c.send(
+        format!(
+            "a1 APPEND Drafts (\\Draft \\Seen) \"05-Nov-2026 08:00:00 +0100\" {{{}}}\r\n",
+            msg.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&msg).await;
+    c.send(b"\r\n").await;
+    let (_, done) = c.until("a1").await;
+    assert!(done.starts_with("a1 OK [APPENDUID "), "{done}");
+    assert!(done.contains(" 1] "), "{done}");
+    // LITERAL+ needs no continuation.
+    c.send(format!("a2 APPEND Drafts {{{}+}}\r\n", msg.len()).as_bytes())
+        .await;
+    c.send(&msg).await;
+    c.send(b"\r\n").await;
+    let (_, done) = c.until("a2").await;
+    assert!(
+        done.contains("[APPENDUID ") && done.contains(" 2] "),
+        "{done}"
+    );
+    c.ok("EXAMINE Drafts").await;
+    let f = c.ok("FETCH 1 (FLAGS INTERNALDATE BODY.PEEK[])").await;
+    assert!(f[0].contains("FLAGS (\\Seen \\Draft)"), "{}", f[0]);
+    assert!(
+        f[0].contains("INTERNALDATE \"05-Nov-2026 07:00:00 +0000\""),
+        "{}",
+        f[0]
+    );
+    assert!(f[0].contains("Subject: appended"), "{}", f[0]);
+    // EXAMINE is read-only.
+    let (_, done) = c.cmd("STORE 1 +FLAGS (\\Deleted)").await;
+    assert!(
+        done.contains("NO [READ-ONLY]") || done.contains(" NO "),
+        "{done}"
+    );
+    // A huge synchronising literal is refused before it is sent.
+    c.send(b"a3 APPEND INBOX {4294967295}\r\n").await;
+    let line = c.line().await;
+    assert!(line.starts_with("a3 NO [TOOBIG]"), "{line}");
+    c.ok("NOOP").await;
+}
+
+async fn condstore_and_qresync(r: &Running) {
+    setup(r, 3).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    assert_eq!(c.ok("ENABLE QRESYNC").await, vec!["* ENABLED QRESYNC"]);
+    let sel = c.ok("SELECT INBOX").await;
+    let hms: u64 = find(&sel, "* OK [HIGHESTMODSEQ ")
+        .trim_start_matches("* OK [HIGHESTMODSEQ ")
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let validity: u32 = find(&sel, "* OK [UIDVALIDITY ")
+        .trim_start_matches("* OK [UIDVALIDITY ")
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let s = c.ok("STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(
+        s[0].starts_with("* 1 FETCH (FLAGS (\\Flagged) MODSEQ ("),
+        "{}",
+        s[0]
+    );
+    let f = c
+        .ok(&format!("FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})"))
+        .await;
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert!(
+        f[0].starts_with("* 1 FETCH (FLAGS (\\Flagged) MODSEQ ("),
+        "{}",
+        f[0]
+    );
+    // UNCHANGEDSINCE older than the message's MODSEQ: refused, MODIFIED.
+    let (_, done) = c
+        .cmd(&format!("STORE 1 (UNCHANGEDSINCE {hms}) +FLAGS (\\Seen)"))
+        .await;
+    assert!(done.contains("OK [MODIFIED 1]"), "{done}");
+    c.ok("STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    assert_eq!(c.ok("EXPUNGE").await, vec!["* VANISHED 2"]);
+    c.ok("UNSELECT").await;
+    // Resynchronise from the old MODSEQ: one VANISHED (EARLIER), one FETCH.
+    let sel = c
+        .ok(&format!("SELECT INBOX (QRESYNC ({validity} {hms} 1:3))"))
+        .await;
+    assert!(
+        sel.contains(&"* VANISHED (EARLIER) 2".to_string()),
+        "{sel:#?}"
+    );
+    assert!(
+        sel.iter()
+            .any(|l| l.starts_with("* 1 FETCH (FLAGS (\\Flagged) UID 1 MODSEQ (")),
+        "{sel:#?}"
+    );
+    let s = c.ok("SEARCH MODSEQ 1").await;
+    assert!(s[0].starts_with("* SEARCH 1 2 (MODSEQ "), "{}", s[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_needs_tls_except_on_loopback_and_failures_are_throttled() {
+    let r = start_with(Backend::Sqlite, None, |c| {
+        c.imap.allow_plaintext_auth_on_loopback = false;
+    })
+    .await
+    .unwrap();
+    setup(&r, 1).await;
+    let mut c = connect(imap(&r)).await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        caps[0].contains("STARTTLS") && caps[0].contains("LOGINDISABLED"),
+        "{caps:?}"
+    );
+    assert!(!caps[0].contains("AUTH=PLAIN"), "{caps:?}");
+    let (_, done) = c.cmd(&format!("LOGIN {ALICE} \"{PASSWORD}\"")).await;
+    assert!(done.contains("NO [PRIVACYREQUIRED]"), "{done}");
+    let (_, done) = c.cmd("SELECT INBOX").await;
+    assert!(done.contains("BAD"), "{done}");
+    // STARTTLS; whatever was pipelined after it is discarded (CVE-2011-0411).
+    c.send(b"s1 STARTTLS\r\ns2 LOGIN injected x\r\n").await;
+    assert_eq!(c.line().await, "s1 OK begin TLS negotiation now");
+    let tcp = c.io.into_inner();
+    let tls = tls_connect(&r, tcp).await.unwrap();
+    let mut c = Imap {
+        io: BufReader::new(tls),
+        next: 100,
+    };
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        !caps[0].contains("STARTTLS") && caps[0].contains("AUTH=SCRAM-SHA-256"),
+        "{caps:?}"
+    );
+    // Wrong passwords: NO, then BYE after three.
+    for i in 0..3 {
+        let (untagged, done) = c.cmd(&format!("LOGIN {ALICE} wrong{i}")).await;
+        assert!(done.contains("NO [AUTHENTICATIONFAILED]"), "{done}");
+        let _ = untagged;
+    }
+    assert!(c.line().await.starts_with("* BYE"));
+    // AUTHENTICATE PLAIN with SASL-IR over implicit TLS.
+    let tcp = tokio::net::TcpStream::connect(r.stack.addr("imaps").unwrap())
+        .await
+        .unwrap();
+    let mut c = Imap {
+        io: BufReader::new(tls_connect(&r, tcp).await.unwrap()),
+        next: 0,
+    };
+    assert!(c.line().await.starts_with("* OK"));
+    let ir = base64_encode(format!("\0{ALICE}\0{PASSWORD}").as_bytes());
+    let (_, done) = c.cmd(&format!("AUTHENTICATE PLAIN {ir}")).await;
+    assert!(done.contains("OK [CAPABILITY "), "{done}");
+    c.ok("SELECT INBOX").await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_garbage_keep_the_server_serving() {
+    let r = start_with(Backend::Sqlite, None, |c| {
+        c.imap.max_message_size = 10_000;
+        c.imap.max_line_length = 2_000;
+    })
+    .await
+    .unwrap();
+    setup(&r, 1).await;
+    let mut c = connect(imap(&r)).await;
+    // Garbage, a line without a tag, an unknown command: BAD each time.
+    for junk in ["\u{1}\u{2}", "FETCH", "x UNKNOWNCMD", "x SELECT"] {
+        c.send(format!("{junk}\r\n").as_bytes()).await;
+        let line = c.line().await;
+        assert!(line.contains("BAD"), "{junk:?} -> {line}");
+    }
+    // A too-long line is refused and the session goes on.
+    let long = "a".repeat(5_000);
+    let (_, done) = c.cmd(&format!("LOGIN {long} x")).await;
+    assert!(done.contains("BAD") || done.contains("NO"), "{done}");
+    c.login().await;
+    // A non-synchronising literal over the limit is swallowed, then refused.
+    let big = vec![b'x'; 20_000];
+    c.send(format!("a9 APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes())
+        .await;
+    c.send(&big).await;
+    c.send(b"\r\n").await;
+    let (_, done) = c.until("a9").await;
+    assert!(done.contains("NO [TOOBIG]"), "{done}");
+    // Another session is served all along.
+    let mut d = connect(imap(&r)).await;
+    d.login().await;
+    d.ok("SELECT INBOX").await;
+    c.ok("SELECT INBOX").await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}
