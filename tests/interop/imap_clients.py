@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Uses Mailroom the way real IMAP clients do: Python's imaplib and the
+imapclient package (neither written by this project).
+
+Usage: imap_clients.py HOST STARTTLS_PORT TLS_PORT USER PASSWORD
+The INBOX must hold exactly three messages with subjects m1, m2, m3.
+Exits non-zero (with the reason on stderr) on any failure; prints one
+"ok: ..." line per finished scenario.
+"""
+import email
+import imaplib
+import ssl
+import sys
+import threading
+import time
+
+import imapclient
+
+host, starttls_port, tls_port, user, password = sys.argv[1:6]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # the stack under test has a self-signed certificate
+
+
+def check(typ, data, what):
+    assert typ == "OK", (what, typ, data)
+    return data
+
+
+# 1. imaplib over STARTTLS: login, folders, read, flag, search, copy, expunge.
+m = imaplib.IMAP4(host, int(starttls_port), timeout=20)
+assert "STARTTLS" in m.capabilities, m.capabilities
+m.starttls(ssl_context=ctx)
+check(*m.login(user, password), "login")
+caps = check(*m.capability(), "capability")[0].decode().split()
+for cap in ("IDLE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "SPECIAL-USE", "ESEARCH"):
+    assert cap in caps, (cap, caps)
+check(*m.create("Work/Reports"), "create")
+typ, boxes = m.list()
+check(typ, boxes, "list")
+names = [b.decode() for b in boxes]
+assert any(n.endswith('"Work/Reports"') for n in names), names
+assert any("\\Sent" in n for n in names), names
+typ, data = m.select("INBOX")
+assert data == [b"3"], data
+typ, data = m.search(None, "ALL")
+assert data == [b"1 2 3"], data
+typ, data = m.fetch("2", "(RFC822)")
+check(typ, data, "fetch")
+msg = email.message_from_bytes(data[0][1])
+assert msg["Subject"] == "m2", msg["Subject"]
+typ, data = m.fetch("2", "(FLAGS)")
+assert b"\\Seen" in data[0], data  # RFC822 sets \Seen
+check(*m.store("1", "+FLAGS", "(\\Flagged)"), "store")
+typ, data = m.search(None, "FLAGGED")
+assert data == [b"1"], data
+typ, data = m.uid("SEARCH", None, "SUBJECT", "m3")
+assert data == [b"3"], data
+typ, data = m.copy("1:2", "Work/Reports")
+check(typ, data, "copy")
+check(*m.store("3", "+FLAGS", "(\\Deleted)"), "store deleted")
+typ, data = m.expunge()
+assert data == [b"3"], data
+typ, data = m.status("Work/Reports", "(MESSAGES UNSEEN)")
+assert b"MESSAGES 2" in data[0], data
+m.append("Work/Reports", "(\\Seen)", imaplib.Time2Internaldate(time.time()),
+         b"From: me@example.test\r\nSubject: appended\r\n\r\nhi\r\n")
+typ, data = m.status("Work/Reports", "(MESSAGES)")
+assert b"MESSAGES 3" in data[0], data
+m.close()
+m.logout()
+print("ok: imaplib over STARTTLS")
+
+# 2. imapclient over implicit TLS: MOVE, CONDSTORE, special-use, IDLE.
+c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+c.login(user, password)
+assert c.find_special_folder(b"\\Sent") == "Sent", c.find_special_folder(b"\\Sent")
+info = c.select_folder("INBOX")
+assert info[b"EXISTS"] == 2, info
+assert b"HIGHESTMODSEQ" in info, info
+msgs = c.search(["ALL"])
+assert msgs == [1, 2], msgs
+fetched = c.fetch(msgs, ["ENVELOPE", "BODYSTRUCTURE", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"])
+subjects = sorted(f[b"ENVELOPE"].subject.decode() for f in fetched.values())
+assert subjects == ["m1", "m2"], subjects
+c.add_flags([1], ["$Important"])
+assert b"$Important" in c.get_flags([1])[1], c.get_flags([1])
+c.move([2], "Archive")
+assert c.search(["ALL"]) == [1]
+c.select_folder("Archive")
+assert len(c.search(["ALL"])) == 1
+c.select_folder("INBOX")
+
+# IDLE: a second client appends to INBOX; the idling one hears EXISTS.
+c.idle()
+other = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+other.login(user, password)
+
+
+def append_later():
+    time.sleep(0.3)
+    other.append("INBOX", b"From: x@example.test\r\nSubject: pushed\r\n\r\nhi\r\n")
+
+
+t = threading.Thread(target=append_later)
+t.start()
+responses = c.idle_check(timeout=5)
+t.join()
+c.idle_done()
+assert any(r[1] == b"EXISTS" for r in responses), responses
+other.logout()
+c.logout()
+print("ok: imapclient over implicit TLS with IDLE")
