@@ -631,3 +631,132 @@ async fn limits_and_garbage_keep_the_server_serving() {
     c.ok("SELECT INBOX").await;
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+mailroom_tests::on_both!(pop3_deletions_reach_imap_sessions_as_expunges,);
+
+async fn pop3_deletions_reach_imap_sessions_as_expunges(r: &Running) {
+    setup(r, 3).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    c.ok("SELECT INBOX").await;
+    // A POP3 session deletes message 2 and QUITs (the UPDATE state).
+    let tcp = tokio::net::TcpStream::connect(r.stack.addr("pop3").unwrap())
+        .await
+        .unwrap();
+    let mut p = Imap {
+        io: BufReader::new(tcp),
+        next: 0,
+    };
+    assert!(p.line().await.starts_with("+OK"));
+    for cmd in [
+        format!("USER {ALICE}"),
+        format!("PASS {PASSWORD}"),
+        "DELE 2".to_string(),
+        "QUIT".to_string(),
+    ] {
+        p.send(format!("{cmd}\r\n").as_bytes()).await;
+        let line = p.line().await;
+        assert!(line.starts_with("+OK"), "{cmd}: {line}");
+    }
+    assert_eq!(c.ok("NOOP").await, vec!["* 2 EXPUNGE"]);
+    assert_eq!(
+        c.ok("UID SEARCH ALL").await,
+        vec!["* SEARCH 1 3".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap4rev2_and_utf8_names() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    setup(&r, 2).await;
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    // Before ENABLE: modified UTF-7 on the wire, 8-bit names refused.
+    c.ok("CREATE \"Entw&APw-rfe\"").await;
+    let (_, done) = c.cmd("CREATE \"Grüße\"").await;
+    assert!(done.contains(" NO ") || done.contains(" BAD "), "{done}");
+    assert_eq!(
+        c.ok("ENABLE IMAP4rev2 UTF8=ACCEPT").await,
+        vec!["* ENABLED IMAP4REV2 UTF8=ACCEPT"]
+    );
+    c.ok("CREATE \"Grüße\"").await;
+    let l = c.ok("LIST \"\" \"*\"").await;
+    assert!(l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Entwürfe\"".to_string()), "{l:#?}");
+    assert!(l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Grüße\"".to_string()), "{l:#?}");
+    // IMAP4rev2 SELECT: no RECENT, a LIST response; SEARCH answers with ESEARCH.
+    let sel = c.ok("SELECT INBOX").await;
+    assert!(!sel.iter().any(|l| l.contains("RECENT")), "{sel:#?}");
+    assert!(sel.contains(&"* LIST (\\HasNoChildren) \"/\" \"INBOX\"".to_string()), "{sel:#?}");
+    let s = c.ok("SEARCH ALL").await;
+    assert!(s[0].starts_with("* ESEARCH (TAG \"") && s[0].ends_with(" ALL 1:2"), "{}", s[0]);
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodystructure_sections_and_binary_of_a_multipart_message() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE]).await;
+    let msg = concat!(
+        "From: sender@remote.test\r\n",
+        "To: alice@example.test\r\n",
+        "Subject: parts\r\n",
+        "MIME-Version: 1.0\r\n",
+        "Content-Type: multipart/mixed; boundary=\"b1\"\r\n",
+        "\r\n",
+        "--b1\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "Content-Transfer-Encoding: quoted-printable\r\n",
+        "\r\n",
+        "Gr=C3=BC=C3=9Fe\r\n",
+        "--b1\r\n",
+        "Content-Type: application/octet-stream; name=\"x.bin\"\r\n",
+        "Content-Transfer-Encoding: base64\r\n",
+        "Content-Disposition: attachment; filename=\"x.bin\"\r\n",
+        "\r\n",
+        "AAECAwQ=\r\n",
+        "--b1--\r\n",
+    );
+    deliver_message(&r, 1, ALICE, msg.as_bytes()).await;
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1 (BODYSTRUCTURE)").await;
+    assert!(
+        f[0].contains("(\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\" 15 0")
+            && f[0].contains("\"APPLICATION\" \"OCTET-STREAM\" (\"name\" \"x.bin\") NIL NIL \"base64\" 8")
+            && f[0].contains("\"MIXED\" (\"boundary\" \"b1\")"),
+        "{}",
+        f[0]
+    );
+    let f = c.ok("FETCH 1 (BODY.PEEK[1] BODY.PEEK[2.MIME])").await;
+    // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1).
+    assert!(f[0].contains("BODY[1] {15}\r\nGr=C3=BC=C3=9Fe BODY[2.MIME]"), "{}", f[0]);
+    assert!(f[0].contains("Content-Disposition: attachment"), "{}", f[0]);
+    let f = c.ok("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[2])").await;
+    assert!(f[0].contains("BINARY.SIZE[1] 7"), "{}", f[0]);
+    assert!(f[0].contains("BINARY[2] ~{5}\r\n\u{0}\u{1}\u{2}\u{3}\u{4}"), "{:?}", f[0]);
+    let f = c.ok("FETCH 1 (BODY.PEEK[3])").await;
+    assert!(f[0].contains("BODY[3] NIL"), "{}", f[0]);
+    assert_eq!(
+        c.ok("SEARCH CHARSET UTF-8 BODY {7+}\r\ngrüße").await,
+        vec!["* SEARCH 1"]
+    );
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_closed_after_the_timeouts() {
+    let r = start_with(Backend::Sqlite, None, |c| {
+        c.imap.idle_timeout_secs = 1;
+        c.imap.authenticated_idle_timeout_secs = 60;
+    })
+    .await
+    .unwrap();
+    setup(&r, 0).await;
+    let mut c = connect(imap(&r)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bye = c.line().await;
+    assert!(bye.starts_with("* BYE") && bye.contains("idle"), "{bye}");
+    assert_eq!(c.line().await, "", "the connection is closed after BYE");
+    r.stack.stop(Duration::from_secs(5)).await;
+}

@@ -34,7 +34,6 @@ use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::{CommandCodec, decode::Decoder};
 use imap_types::command::{CommandBody, SelectParameter};
 use imap_types::core::LiteralMode;
-use imap_types::extensions::enable::CapabilityEnable;
 use imap_types::flag::Flag;
 use imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
 use imap_types::status::StatusDataItemName;
@@ -243,6 +242,8 @@ pub(crate) struct State {
     pub(crate) rev2: bool,
     pub(crate) condstore: bool,
     pub(crate) qresync: bool,
+    /// Extensions named in ENABLE so far, upper case.
+    enabled: Vec<String>,
     /// New-mail and change events, from login on.
     events: Option<broadcast::Receiver<MailboxEvent>>,
 }
@@ -356,6 +357,7 @@ pub(crate) async fn run(server: &ImapServer, conn: Connection, shutdown: Cancell
         rev2: false,
         condstore: false,
         qresync: false,
+        enabled: Vec::new(),
         events: None,
     };
     let caps = capabilities(server, &state, conn.tls.is_some());
@@ -699,33 +701,37 @@ async fn execute(
             Ok("OK ID completed".into())
         }
         CommandBody::Enable { capabilities } => {
+            // RFC 5161: ENABLED lists what this command enabled, once each.
             let mut enabled = Vec::new();
             for c in capabilities.as_ref() {
                 let name = c.to_string().to_ascii_uppercase();
-                let newly = match (c, name.as_str()) {
-                    (CapabilityEnable::CondStore, _) => {
-                        !std::mem::replace(&mut state.condstore, true)
-                    }
-                    (CapabilityEnable::Utf8(_), _) => !std::mem::replace(&mut state.utf8, true),
-                    (_, "QRESYNC") => {
+                let known = match name.as_str() {
+                    "CONDSTORE" => {
                         state.condstore = true;
-                        !std::mem::replace(&mut state.qresync, true)
+                        true
                     }
-                    (_, "IMAP4REV2") => {
+                    "QRESYNC" => {
+                        state.condstore = true;
+                        state.qresync = true;
+                        true
+                    }
+                    "UTF8=ACCEPT" => {
                         state.utf8 = true;
-                        !std::mem::replace(&mut state.rev2, true)
+                        true
+                    }
+                    "IMAP4REV2" => {
+                        state.utf8 = true;
+                        state.rev2 = true;
+                        true
                     }
                     _ => false,
                 };
-                if newly {
+                if known && !state.enabled.contains(&name) {
+                    state.enabled.push(name.clone());
                     enabled.push(name);
                 }
             }
-            io.line(
-                &format!("* ENABLED {}", enabled.join(" "))
-                    .trim_end()
-                    .to_string(),
-            );
+            io.line(format!("* ENABLED {}", enabled.join(" ")).trim_end());
             Ok("OK ENABLE completed".into())
         }
         CommandBody::Namespace => {
