@@ -111,3 +111,31 @@ assert any(r[1] == b"EXISTS" for r in responses), responses
 other.logout()
 c.logout()
 print("ok: imapclient over implicit TLS with IDLE")
+
+# 3. SCRAM-SHA-256 through imaplib's AUTHENTICATE with an independent SCRAM
+#    client (scramp), which checks the server's signature.
+import scramp  # noqa: E402
+
+m = imaplib.IMAP4(host, int(starttls_port), timeout=20)
+m.starttls(ssl_context=ctx)
+scram = scramp.ScramClient(["SCRAM-SHA-256"], user, password)
+steps = []
+
+
+def scram_step(challenge):
+    steps.append(challenge)
+    if len(steps) == 1:
+        return scram.get_client_first().encode()
+    if len(steps) == 2:
+        scram.set_server_first(challenge.decode())
+        return scram.get_client_final().encode()
+    scram.set_server_final(challenge.decode())  # raises if the signature is wrong
+    return b""
+
+
+check(*m.authenticate("SCRAM-SHA-256", scram_step), "authenticate")
+assert len(steps) == 3, steps
+typ, data = m.select("INBOX", readonly=True)
+check(typ, data, "examine")
+m.logout()
+print("ok: SCRAM-SHA-256 via imaplib + scramp")

@@ -681,14 +681,27 @@ async fn imap4rev2_and_utf8_names() {
     );
     c.ok("CREATE \"Grüße\"").await;
     let l = c.ok("LIST \"\" \"*\"").await;
-    assert!(l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Entwürfe\"".to_string()), "{l:#?}");
-    assert!(l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Grüße\"".to_string()), "{l:#?}");
+    assert!(
+        l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Entwürfe\"".to_string()),
+        "{l:#?}"
+    );
+    assert!(
+        l.contains(&"* LIST (\\HasNoChildren) \"/\" \"Grüße\"".to_string()),
+        "{l:#?}"
+    );
     // IMAP4rev2 SELECT: no RECENT, a LIST response; SEARCH answers with ESEARCH.
     let sel = c.ok("SELECT INBOX").await;
     assert!(!sel.iter().any(|l| l.contains("RECENT")), "{sel:#?}");
-    assert!(sel.contains(&"* LIST (\\HasNoChildren) \"/\" \"INBOX\"".to_string()), "{sel:#?}");
+    assert!(
+        sel.contains(&"* LIST (\\HasNoChildren) \"/\" \"INBOX\"".to_string()),
+        "{sel:#?}"
+    );
     let s = c.ok("SEARCH ALL").await;
-    assert!(s[0].starts_with("* ESEARCH (TAG \"") && s[0].ends_with(" ALL 1:2"), "{}", s[0]);
+    assert!(
+        s[0].starts_with("* ESEARCH (TAG \"") && s[0].ends_with(" ALL 1:2"),
+        "{}",
+        s[0]
+    );
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
@@ -722,19 +735,29 @@ async fn bodystructure_sections_and_binary_of_a_multipart_message() {
     c.ok("SELECT INBOX").await;
     let f = c.ok("FETCH 1 (BODYSTRUCTURE)").await;
     assert!(
-        f[0].contains("(\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\" 15 0")
-            && f[0].contains("\"APPLICATION\" \"OCTET-STREAM\" (\"name\" \"x.bin\") NIL NIL \"base64\" 8")
+        f[0].contains(
+            "(\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\" 15 0"
+        ) && f[0]
+            .contains("\"APPLICATION\" \"OCTET-STREAM\" (\"name\" \"x.bin\") NIL NIL \"base64\" 8")
             && f[0].contains("\"MIXED\" (\"boundary\" \"b1\")"),
         "{}",
         f[0]
     );
     let f = c.ok("FETCH 1 (BODY.PEEK[1] BODY.PEEK[2.MIME])").await;
     // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1).
-    assert!(f[0].contains("BODY[1] {15}\r\nGr=C3=BC=C3=9Fe BODY[2.MIME]"), "{}", f[0]);
+    assert!(
+        f[0].contains("BODY[1] {15}\r\nGr=C3=BC=C3=9Fe BODY[2.MIME]"),
+        "{}",
+        f[0]
+    );
     assert!(f[0].contains("Content-Disposition: attachment"), "{}", f[0]);
     let f = c.ok("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[2])").await;
     assert!(f[0].contains("BINARY.SIZE[1] 7"), "{}", f[0]);
-    assert!(f[0].contains("BINARY[2] ~{5}\r\n\u{0}\u{1}\u{2}\u{3}\u{4}"), "{:?}", f[0]);
+    assert!(
+        f[0].contains("BINARY[2] ~{5}\r\n\u{0}\u{1}\u{2}\u{3}\u{4}"),
+        "{:?}",
+        f[0]
+    );
     let f = c.ok("FETCH 1 (BODY.PEEK[3])").await;
     assert!(f[0].contains("BODY[3] NIL"), "{}", f[0]);
     assert_eq!(

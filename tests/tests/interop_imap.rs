@@ -85,7 +85,7 @@ async fn python_imaplib_and_imapclient() {
     })
     .await
     .unwrap();
-    assert_eq!(out.matches("ok: ").count(), 2, "{out}");
+    assert_eq!(out.matches("ok: ").count(), 3, "{out}");
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
@@ -269,4 +269,57 @@ async fn mbsync_syncs_both_ways_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mbsync_syncs_both_ways_postgres() {
     mbsync_syncs_both_ways(Backend::Postgres).await;
+}
+
+/// mutt, a real terminal MUA, opens the INBOX over IMAP and pipes the
+/// current message out. It runs in a pseudo-terminal (`script`), driven by
+/// `push`ed keys; plaintext LOGIN on loopback (the default exemption).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutt_reads_a_message() {
+    let (r, _store, _) = stack(Backend::Sqlite, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rc = dir.path().join("muttrc");
+    let out = dir.path().join("piped.eml");
+    std::fs::write(
+        &rc,
+        format!(
+            "set folder=\"imap://127.0.0.1:{port}/\"\n\
+             set spoolfile=\"+INBOX\"\n\
+             set imap_user=\"{ALICE}\"\n\
+             set imap_pass=\"{PASSWORD}\"\n\
+             set ssl_starttls=no\n\
+             set ssl_force_tls=no\n\
+             set header_cache=\"\"\n\
+             set wait_key=no\n\
+             set quit=yes\n\
+             set sort=date\n\
+             set mail_check=0\n\
+             set imap_passive=no\n",
+            port = port(&r, "imap"),
+        ),
+    )
+    .unwrap();
+    let command = format!(
+        "timeout 30 mutt -n -F {rc} -e 'push \"<pipe-message>cat > {out}<enter><quit>\"'",
+        rc = rc.display(),
+        out = out.display(),
+    );
+    let home = dir.path().to_path_buf();
+    let transcript = tokio::task::spawn_blocking(move || {
+        run(
+            "mutt (in script)",
+            Command::new("script")
+                .env("HOME", &home)
+                .env("TERM", "xterm")
+                .args(["-qec", &command, "/dev/null"]),
+            &[0],
+        )
+    })
+    .await
+    .unwrap();
+    let piped = std::fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("mutt piped nothing ({e}); its screen:\n{transcript}"));
+    assert!(piped.contains("Subject: m"), "{piped}");
+    assert!(piped.contains("\nHello m"), "{piped}");
+    r.stack.stop(Duration::from_secs(5)).await;
 }
