@@ -288,7 +288,8 @@ fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
     const AUTH: &[u8] = &[2, 4];
     const SELECTED: &[u8] = &[4];
     use CommandBody as C;
-    let states = match body {
+
+    (match body {
         C::Capability | C::Noop | C::Logout | C::Id { .. } => ANY,
         C::StartTLS | C::Authenticate { .. } | C::Login { .. } => NOT_AUTH,
         C::Enable { .. }
@@ -321,8 +322,7 @@ fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
         | C::Store { .. }
         | C::Copy { .. }
         | C::Move { .. } => SELECTED,
-    };
-    states
+    }) as _
 }
 
 fn state_bit(phase: &Phase) -> u8 {
@@ -451,7 +451,7 @@ async fn command_loop(
         let (rewritten, lifted) = preparse::lift(&bytes);
         let input = rewritten.as_deref().unwrap_or(&bytes);
         let command = match CommandCodec::default().decode(input) {
-            Ok((rest, command)) if rest.is_empty() => command,
+            Ok((b"", command)) => command,
             _ => {
                 state.errors += 1;
                 let tag = imap_tag(input).unwrap_or_else(|| "*".to_string());
@@ -524,7 +524,7 @@ async fn command_loop(
                     io,
                     state,
                     &tag,
-                    &mechanism.to_string(),
+                    mechanism.as_ref(),
                     ir,
                     shutdown,
                 )

@@ -594,12 +594,12 @@ impl Store {
     pub async fn add_alias(&self, source: &AliasSource, target: &Address) -> Result<Alias> {
         let created_at = now();
         let key = source.key();
-        if let AliasSource::Address(a) = source {
-            if a == target {
-                return Err(StoreError::InvalidArgument(format!(
-                    "alias {a} would point to itself"
-                )));
-            }
+        if let AliasSource::Address(a) = source
+            && a == target
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "alias {a} would point to itself"
+            )));
         }
         let id: i64 = write_tx!(self, |tx| {
             let domain_id: i64 = sqlx::query("SELECT id FROM domains WHERE name = $1")

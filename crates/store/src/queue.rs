@@ -507,13 +507,13 @@ pub const QUEUE_STATES: &[&str] = &["pending", "deferred", "delivered", "failed"
 impl Store {
     /// Queue entries, newest first, with their recipients.
     pub async fn list_queue(&self, filter: &QueueFilter) -> Result<Vec<QueueEntry>> {
-        if let Some(state) = &filter.state {
-            if !QUEUE_STATES.contains(&state.as_str()) {
-                return Err(StoreError::InvalidArgument(format!(
-                    "unknown state {state:?}; the states are {}",
-                    QUEUE_STATES.join(", ")
-                )));
-            }
+        if let Some(state) = &filter.state
+            && !QUEUE_STATES.contains(&state.as_str())
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "unknown state {state:?}; the states are {}",
+                QUEUE_STATES.join(", ")
+            )));
         }
         let ids: Vec<i64> = on_backend!(self, |pool| {
             let rows = sqlx::query(
