@@ -1466,6 +1466,14 @@ async fn idle(
 ) -> Result<(), End> {
     let s = &server.settings;
     io.line("+ idling");
+    // Events that arrived while the session was busy are covered by this
+    // sync; drop them instead of syncing once for each.
+    if let Some(rx) = state.events.as_mut() {
+        while !matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
+    }
     sync_selected(server, io, state, true).await;
     let deadline = tokio::time::Instant::now() + s.authenticated_idle_timeout;
     loop {
