@@ -139,3 +139,46 @@ typ, data = m.select("INBOX", readonly=True)
 check(typ, data, "examine")
 m.logout()
 print("ok: SCRAM-SHA-256 via imaplib + scramp")
+
+# 4. imapclient across the remaining commands and extensions: ENABLE,
+#    NAMESPACE, ID, QUOTA, folder management, subscriptions, STATUS,
+#    CONDSTORE fetch modifiers, UID EXPUNGE (UIDPLUS), UNSELECT, ESEARCH.
+c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+c.login(user, password)
+assert c.enable("CONDSTORE") == [b"CONDSTORE"]
+ns = c.namespace()
+assert ns.personal[0][0] == "" and ns.personal[0][1] == "/", ns
+ident = c.id_({"name": "interop"})
+ident = ident[0] if len(ident) == 1 else ident  # a tuple holding the flat list
+assert dict(zip(ident[0::2], ident[1::2]))[b"name"] == b"Mailroom", ident
+roots, quotas = c.get_quota_root("INBOX")
+assert roots.mailbox == "INBOX", roots
+c.create_folder("Tmp/One")
+assert c.folder_exists("Tmp/One")
+c.rename_folder("Tmp/One", "Tmp/Two")
+assert c.folder_exists("Tmp/Two") and not c.folder_exists("Tmp/One")
+c.subscribe_folder("Tmp/Two")
+assert "Tmp/Two" in [f[2] for f in c.list_sub_folders()]
+c.unsubscribe_folder("Tmp/Two")
+assert "Tmp/Two" not in [f[2] for f in c.list_sub_folders()]
+c.delete_folder("Tmp/Two")
+assert not c.folder_exists("Tmp/Two")
+st = c.folder_status("INBOX", ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"])
+assert st[b"MESSAGES"] == 2, st
+info = c.select_folder("INBOX")
+hms = info[b"HIGHESTMODSEQ"]
+c.add_flags([1], [imapclient.SEEN])
+changed = c.fetch(c.search(["ALL"]), ["FLAGS"], modifiers=[f"CHANGEDSINCE {hms}"])
+assert list(changed) == [1], changed
+assert changed[1][b"MODSEQ"][0] > hms, changed
+uid = c.search(["UNSEEN"])[0]
+c.add_flags([uid], [imapclient.DELETED])
+c.uid_expunge([uid])
+assert c.search(["ALL"]) == [1], c.search(["ALL"])
+typ, data = c._imap._simple_command("UID", "SEARCH", "RETURN", "(COUNT MIN)", "ALL")
+assert typ == "OK", (typ, data)
+esearch = c._imap.untagged_responses.pop("ESEARCH", [b""])[0]
+assert b"COUNT 1" in esearch and b"MIN 1" in esearch, esearch
+c.unselect_folder()
+c.logout()
+print("ok: imapclient across the other commands and extensions")

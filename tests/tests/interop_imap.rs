@@ -85,7 +85,7 @@ async fn python_imaplib_and_imapclient() {
     })
     .await
     .unwrap();
-    assert_eq!(out.matches("ok: ").count(), 3, "{out}");
+    assert_eq!(out.matches("ok: ").count(), 4, "{out}");
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
