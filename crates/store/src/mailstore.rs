@@ -1083,6 +1083,25 @@ impl Store {
     /// `NotFound` when the mailbox does not exist (it was deleted).
     pub async fn changes_since(&self, mailbox_id: i64, since: u64) -> Result<Changes> {
         let since = to_i64(since);
+        // Fast path, one round trip: every change raises HIGHESTMODSEQ in its
+        // own transaction, so a mailbox whose HIGHESTMODSEQ is still `since`
+        // has nothing newer (the common case: IMAP sessions ask after every
+        // command).
+        let (highestmodseq, uidnext): (i64, i64) = on_backend!(self, |pool| {
+            sqlx::query_as("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| no_mailbox(mailbox_id))?
+        });
+        if highestmodseq <= since {
+            return Ok(Changes {
+                changed: Vec::new(),
+                vanished: Vec::new(),
+                highestmodseq: highestmodseq as u64,
+                uidnext: uidnext as u32,
+            });
+        }
         read_tx!(self, |tx| {
             let (highestmodseq, uidnext): (i64, i64) =
                 sqlx::query_as("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = $1")
