@@ -248,28 +248,31 @@ impl Store {
     /// The account with exactly this address (id, disabled) and the alias
     /// targets whose source is exactly this string.
     async fn lookup_exact(&self, key: &str) -> Result<(Option<(i64, bool)>, Vec<Address>)> {
+        // One round trip for both: every RCPT and every delivery comes here.
         on_backend!(self, |pool| {
-            let account = match sqlx::query("SELECT id, disabled FROM accounts WHERE address = $1")
-                .bind(key)
-                .fetch_optional(pool)
-                .await?
-            {
-                Some(row) => Some((
-                    row.try_get::<i64, _>("id")?,
-                    row.try_get::<bool, _>("disabled")?,
-                )),
-                None => None,
-            };
-            let rows = sqlx::query("SELECT target FROM aliases WHERE source = $1 ORDER BY target")
-                .bind(key)
-                .fetch_all(pool)
-                .await?;
-            let mut targets = Vec::with_capacity(rows.len());
+            let rows = sqlx::query(
+                "SELECT 0 AS kind, id, disabled, '' AS target FROM accounts WHERE address = $1
+                 UNION ALL
+                 SELECT 1 AS kind, 0 AS id, FALSE AS disabled, target FROM aliases WHERE source = $1
+                 ORDER BY kind, target",
+            )
+            .bind(key)
+            .fetch_all(pool)
+            .await?;
+            let mut account = None;
+            let mut targets = Vec::new();
             for row in rows {
-                let t: String = row.try_get("target")?;
-                // Targets were validated when added; skip one that no longer parses.
-                if let Ok(a) = Address::parse(&t) {
-                    targets.push(a);
+                if row.try_get::<i32, _>("kind")? == 0 {
+                    account = Some((
+                        row.try_get::<i64, _>("id")?,
+                        row.try_get::<bool, _>("disabled")?,
+                    ));
+                } else {
+                    let t: String = row.try_get("target")?;
+                    // Targets were validated when added; skip one that no longer parses.
+                    if let Ok(a) = Address::parse(&t) {
+                        targets.push(a);
+                    }
                 }
             }
             Ok((account, targets))

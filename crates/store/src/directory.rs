@@ -24,6 +24,9 @@ pub const SPECIAL_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
+/// How long a positive [`Store::serves_domain`] answer is remembered.
+pub const SERVED_DOMAIN_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shortest password an account may have.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted (hashing cost must stay bounded).
@@ -251,14 +254,35 @@ impl Store {
     }
 
     /// Whether mail for `domain` is received here.
+    ///
+    /// Every RCPT and every delivery asks, so a positive answer is remembered
+    /// for [`SERVED_DOMAIN_TTL`]: a domain deleted by another process (the
+    /// Admin service running apart) may still be accepted for that long, and
+    /// its mail then bounces as "no such user" at delivery. A negative answer
+    /// is never remembered, so a domain added anywhere is served at once.
+    /// This process's own `delete_domain` forgets the domain immediately.
     pub async fn serves_domain(&self, domain: &Domain) -> Result<bool> {
-        Ok(on_backend!(self, |pool| {
+        if let Ok(cache) = self.served_domains().lock()
+            && cache
+                .get(domain.as_str())
+                .is_some_and(|at| at.elapsed() < SERVED_DOMAIN_TTL)
+        {
+            return Ok(true);
+        }
+        let served = on_backend!(self, |pool| {
             sqlx::query("SELECT 1 FROM domains WHERE name = $1")
                 .bind(domain.as_str())
                 .fetch_optional(pool)
                 .await?
                 .is_some()
-        }))
+        });
+        if served && let Ok(mut cache) = self.served_domains().lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(domain.as_str().to_string(), std::time::Instant::now());
+        }
+        Ok(served)
     }
 
     /// Removes a domain that has no accounts and no aliases left.
@@ -294,6 +318,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         });
+        if let Ok(mut cache) = self.served_domains().lock() {
+            cache.remove(domain.as_str());
+        }
         Ok(())
     }
 

@@ -172,6 +172,9 @@ struct Shared {
     events: broadcast::Sender<delivery::MailboxEvent>,
     /// Whether the PostgreSQL LISTEN task runs.
     listener_started: tokio::sync::Mutex<bool>,
+    /// Domains recently found to be served here, and when (see
+    /// [`Store::serves_domain`]).
+    served_domains: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Store {
@@ -219,6 +222,7 @@ impl Store {
             shared: Arc::new(Shared {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 listener_started: tokio::sync::Mutex::new(false),
+                served_domains: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
         migrate::run(&store).await?;
@@ -236,6 +240,12 @@ impl Store {
 
     pub(crate) fn listener_started(&self) -> &tokio::sync::Mutex<bool> {
         &self.shared.listener_started
+    }
+
+    pub(crate) fn served_domains(
+        &self,
+    ) -> &std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>> {
+        &self.shared.served_domains
     }
 
     /// `"postgres"` or `"sqlite"`, for logs.
