@@ -2,13 +2,18 @@
 //! domains, routed by a DNS server on loopback (hickory-server) to scripted
 //! SMTP peers on 127.0.0.x, all on one port per test
 //! (`mta.outbound_port`).
+//!
+//! A queue entry leaves the queue with its last final result (the reports
+//! it owes queued in the same transaction), so a finished entry is checked
+//! by its absence, and its outcome by what the peer received or by the
+//! report its sender got.
 
 use std::time::Duration;
 
-use mailroom_store::{QueueEnvelope, QueueRecipient, Store};
+use mailroom_store::{BlobHash, QueueEnvelope, QueueFilter, QueueRecipient, Store};
 use mailroom_tests::{
-    Backend, DnsRecord, Running, SinkReply, SinkScript, SmtpSink, TestDns, first_sink, open_store,
-    start_with, wait_for,
+    Backend, DnsRecord, Running, SinkReply, SinkScript, SmtpSink, TestDns, cli, first_sink,
+    open_store, start_with, wait_for,
 };
 
 const MESSAGE: &[u8] = b"From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: relay\r\n\r\nHello.\r\n.leading dot survives\r\n..two dots too\r\n";
@@ -27,6 +32,17 @@ async fn stack_on(
     port: u16,
     data_timeout_secs: u64,
 ) -> Option<Running> {
+    stack_with(backend, dns, port, data_timeout_secs, |_| {}).await
+}
+
+/// Like [`stack_on`], with more configuration changes.
+async fn stack_with(
+    backend: Backend,
+    dns: &TestDns,
+    port: u16,
+    data_timeout_secs: u64,
+    change: impl FnOnce(&mut mailroom_config::Config),
+) -> Option<Running> {
     let dns_addr = dns.addr;
     start_with(backend, None, move |config| {
         config.mta.dns_servers = vec![dns_addr];
@@ -35,6 +51,7 @@ async fn stack_on(
         config.mta.connect_timeout_secs = 5;
         config.mta.command_timeout_secs = 5;
         config.mta.data_timeout_secs = data_timeout_secs;
+        change(config);
     })
     .await
 }
@@ -77,17 +94,27 @@ async fn states(store: &Store, queue_id: i64) -> Vec<(String, u32, Option<String
 }
 
 async fn all_in(store: &Store, queue_id: i64, state: &str) -> bool {
-    states(store, queue_id)
-        .await
-        .iter()
-        .all(|(s, _, _)| s == state)
+    let s = states(store, queue_id).await;
+    !s.is_empty() && s.iter().all(|(s, _, _)| s == state)
 }
 
-/// The queued DSNs (sender `<>`) to `to`, as text.
+/// Whether the entry has left the queue (every recipient final).
+async fn gone(store: &Store, queue_id: i64) -> bool {
+    store.queue_entry(queue_id).await.unwrap().is_none()
+}
+
+/// The queued DSNs (sender `<>`) to `to`, as text, oldest first.
 async fn queued_reports(store: &Store, to: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for id in 1..=store.queue_size().await.unwrap() + 5 {
-        if let Some((env, message)) = store.queued_message(id).await.unwrap()
+    let entries = store
+        .list_queue(&QueueFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for entry in entries.iter().rev() {
+        if let Some((env, message)) = store.queued_message(entry.id).await.unwrap()
             && env.sender.is_empty()
             && env.recipients.iter().any(|r| r.address == to)
         {
@@ -95,6 +122,18 @@ async fn queued_reports(store: &Store, to: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Waits for exactly one report to `to` and returns it.
+async fn the_report(store: &Store, to: &str) -> String {
+    let mut reports = Vec::new();
+    wait_for("the DSN", WAIT, async || {
+        reports = queued_reports(store, to).await;
+        !reports.is_empty()
+    })
+    .await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    reports.remove(0)
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -143,10 +182,7 @@ async fn mx_preference(backend: Backend) {
         ],
     )
     .await;
-    wait_for("delivery", WAIT, async || {
-        all_in(&store, id, "delivered").await
-    })
-    .await;
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
 
     let got = second.received();
     assert_eq!(got.len(), 1, "one transaction for both recipients: {got:?}");
@@ -183,10 +219,7 @@ async fn a_domain_without_mx_is_delivered_to_its_address() {
         vec![recipient("dave@host.implicit.test")],
     )
     .await;
-    wait_for("delivery", WAIT, async || {
-        all_in(&store, id, "delivered").await
-    })
-    .await;
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
     assert_eq!(sink.received()[0].to, ["dave@host.implicit.test"]);
     running.stack.stop(Duration::from_secs(5)).await;
 }
@@ -207,30 +240,15 @@ async fn a_null_mx_fails_at_once_and_the_sender_gets_a_report() {
         vec![recipient("erin@nomail.nullmx.test")],
     )
     .await;
-    wait_for("the failure", WAIT, async || {
-        all_in(&store, id, "failed").await
-    })
-    .await;
-    let (_, attempts, response) = &states(&store, id).await[0];
-    assert_eq!(*attempts, 1, "never retried");
-    assert!(
-        response.as_deref().unwrap().starts_with("5.1.10"),
-        "{response:?}"
-    );
+    // The failure is final at the first attempt: the entry leaves the queue
+    // in the transaction that queues the report.
+    wait_for("the failure", WAIT, async || gone(&store, id).await).await;
     assert_eq!(
         sink.sessions(),
         0,
         "no connection to the A record of a null-MX domain"
     );
-
-    let mut reports = Vec::new();
-    wait_for("the DSN", WAIT, async || {
-        reports = queued_reports(&store, "alice@sender.test").await;
-        !reports.is_empty()
-    })
-    .await;
-    assert_eq!(reports.len(), 1);
-    let dsn = &reports[0];
+    let dsn = &the_report(&store, "alice@sender.test").await;
     assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
     assert!(
         dsn.contains("Final-Recipient: rfc822; erin@nomail.nullmx.test\r\n"),
@@ -241,6 +259,10 @@ async fn a_null_mx_fails_at_once_and_the_sender_gets_a_report() {
         "{dsn}"
     );
     assert!(dsn.contains("Original-Envelope-Id: ENV-1\r\n"), "{dsn}");
+    assert!(
+        dsn.contains("Diagnostic-Code: X-Mailroom; 5.1.10 nomail.nullmx.test does not accept mail"),
+        "{dsn}"
+    );
     running.stack.stop(Duration::from_secs(5)).await;
 }
 
@@ -293,12 +315,9 @@ async fn retry_after_4xx(backend: Backend) {
             .contains("451 4.3.0 try again later"),
         "{response:?}"
     );
-    wait_for("the retry", WAIT, async || {
-        all_in(&store, id, "delivered").await
-    })
-    .await;
     let (_, attempts, _) = &states(&store, id).await[0];
-    assert_eq!(*attempts, 2);
+    assert_eq!(*attempts, 1);
+    wait_for("the retry", WAIT, async || gone(&store, id).await).await;
     let answers: Vec<String> = sink.received().into_iter().map(|m| m.answered).collect();
     assert_eq!(answers, ["451 4.3.0 try again later", "250 2.0.0 queued"]);
     // Nothing more arrives later.
@@ -340,11 +359,7 @@ async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null(
         ],
     )
     .await;
-    wait_for("both outcomes", WAIT, async || {
-        let s = states(&store, id).await;
-        s[0].0 == "failed" && s[1].0 == "delivered"
-    })
-    .await;
+    wait_for("both outcomes", WAIT, async || gone(&store, id).await).await;
     // The report is relayed to the sender's MX, from <>.
     let mut reports = Vec::new();
     wait_for("the DSN at the sender's MX", WAIT, async || {
@@ -438,10 +453,7 @@ async fn starttls_is_used_when_offered_even_with_an_unverifiable_certificate() {
     let running = stack(&dns, sink.addr.port(), 5).await;
     let store = open_store(&running).await;
     let id = enqueue(&store, "alice@sender.test", vec![recipient("ivy@tls.test")]).await;
-    wait_for("delivery", WAIT, async || {
-        all_in(&store, id, "delivered").await
-    })
-    .await;
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
     let got = sink.received();
     assert_eq!(got.len(), 1);
     assert!(got[0].tls, "opportunistic STARTTLS (RFC 7435) was not used");
@@ -502,15 +514,9 @@ async fn a_message_larger_than_the_servers_size_fails_without_sending_it() {
         vec![recipient("kim@size.test")],
     )
     .await;
-    wait_for("the failure", WAIT, async || {
-        all_in(&store, id, "failed").await
-    })
-    .await;
-    let (_, _, response) = &states(&store, id).await[0];
-    assert!(
-        response.as_deref().unwrap().starts_with("5.3.4"),
-        "{response:?}"
-    );
+    wait_for("the failure", WAIT, async || gone(&store, id).await).await;
+    let dsn = the_report(&store, "alice@sender.test").await;
+    assert!(dsn.contains("Status: 5.3.4\r\n"), "{dsn}");
     assert!(sink.received().is_empty(), "nothing was sent");
     running.stack.stop(Duration::from_secs(5)).await;
 }
@@ -531,15 +537,12 @@ async fn a_domain_that_does_not_exist_fails_with_5_1_2() {
         vec![recipient("lee@missing.nx.test")],
     )
     .await;
-    wait_for("the failure", WAIT, async || {
-        all_in(&store, id, "failed").await
-    })
-    .await;
-    let (_, attempts, response) = &states(&store, id).await[0];
-    assert_eq!(*attempts, 1);
+    wait_for("the failure", WAIT, async || gone(&store, id).await).await;
+    let dsn = the_report(&store, "alice@sender.test").await;
     assert!(
-        response.as_deref().unwrap().starts_with("5.1.2"),
-        "{response:?}"
+        dsn.contains("Action: failed\r\nStatus: 5.1.2\r\n")
+            && dsn.contains("domain missing.nx.test does not exist"),
+        "{dsn}"
     );
     assert_eq!(sink.sessions(), 0);
     running.stack.stop(Duration::from_secs(5)).await;
@@ -569,10 +572,7 @@ async fn a_server_without_ehlo_gets_helo_and_no_extensions() {
         }],
     )
     .await;
-    wait_for("delivery", WAIT, async || {
-        all_in(&store, id, "delivered").await
-    })
-    .await;
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
     let got = sink.received();
     assert_eq!(
         got[0].mail, "MAIL FROM:<alice@sender.test>",
@@ -603,27 +603,244 @@ async fn a_message_that_expires_while_deferred_fails_with_4_4_7_and_a_report() {
     };
     // A maximum age of 0: the first temporary failure is already too late.
     let id = store.enqueue(&envelope, MESSAGE, 0).await.unwrap();
-    wait_for("the expiry", WAIT, async || {
-        all_in(&store, id, "failed").await
-    })
-    .await;
-    let (_, _, response) = &states(&store, id).await[0];
-    let response = response.as_deref().unwrap();
+    wait_for("the expiry", WAIT, async || gone(&store, id).await).await;
+    let dsn = the_report(&store, "alice@sender.test").await;
+    assert!(dsn.contains("Action: failed\r\nStatus: 4.4.7\r\n"), "{dsn}");
     assert!(
-        response.starts_with("4.4.7 message expired")
-            && response.contains("450 4.2.1 mailbox busy"),
-        "{response}"
+        dsn.contains("<nat@expire.test>: 4.4.7 message expired in the queue; last error: 4.2.1")
+            && dsn.contains("Diagnostic-Code: smtp; 450 4.2.1 mailbox busy\r\n"),
+        "{dsn}"
     );
-    let mut reports = Vec::new();
-    wait_for("the DSN", WAIT, async || {
-        reports = queued_reports(&store, "alice@sender.test").await;
-        !reports.is_empty()
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------
+// Finished entries leave the queue.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_entry_leaves_the_queue_with_its_content() {
+    relayed_entry_removed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_entry_leaves_the_queue_with_its_content_postgres() {
+    relayed_entry_removed(Backend::Postgres).await;
+}
+
+/// `mailroom queue show <id>` through the CLI and the Admin API.
+async fn queue_show(running: &Running, id: i64) -> Result<String, String> {
+    let dir = running.data_dir.path().to_str().unwrap().to_string();
+    cli(
+        &[
+            "--data-dir",
+            &dir,
+            "--admin-url",
+            &running.admin_url,
+            "queue",
+            "show",
+            &id.to_string(),
+        ],
+        "",
+    )
+    .await
+}
+
+async fn relayed_entry_removed(backend: Backend) {
+    let sink = first_sink(SinkScript::default()).await;
+    let dns = TestDns::start(
+        "gone.test",
+        &[("@", mx(10, "mx.gone.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let Some(running) = stack_on(backend, &dns, sink.addr.port(), 5).await else {
+        return;
+    };
+    let store = open_store(&running).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("olga@gone.test")],
+    )
+    .await;
+    let shown = queue_show(&running, id).await.unwrap();
+    assert!(shown.contains("recipient: olga@gone.test"), "{shown}");
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
+    assert_eq!(sink.received().len(), 1);
+    let err = queue_show(&running, id).await.unwrap_err();
+    assert!(err.contains("NotFound"), "{err}");
+    assert!(
+        store
+            .get_blob(&BlobHash::of(MESSAGE))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing else refers to the content: it is released with the entry"
+    );
+    assert_eq!(store.queue_summary().await.unwrap().entries, 0);
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+mailroom_tests::on_both!(
+    a_locally_delivered_entry_leaves_the_queue_and_the_mailbox_keeps_the_content
+);
+
+async fn a_locally_delivered_entry_leaves_the_queue_and_the_mailbox_keeps_the_content(
+    running: &Running,
+) {
+    let store = mailroom_tests::with_accounts(running, &["bob@example.test"]).await;
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![recipient("bob@example.test")],
+    )
+    .await;
+    wait_for("delivery", WAIT, async || gone(&store, id).await).await;
+    let err = queue_show(running, id).await.unwrap_err();
+    assert!(err.contains("NotFound"), "{err}");
+    // The mailbox shares the content-addressed blob: it stays.
+    assert!(
+        store
+            .get_blob(&BlobHash::of(MESSAGE))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let bob = store
+        .get_account(&mailroom_address::Address::parse("bob@example.test").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let inbox = store
+        .list_mailboxes(bob.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .unwrap();
+    let text = store.read_message(inbox.id, 1).await.unwrap().unwrap();
+    assert!(
+        text.ends_with(MESSAGE),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Delay notices (RFC 3464 Action: delayed).
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_deferral_sends_one_delay_notice_to_the_sender() {
+    delay_notice(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_deferral_sends_one_delay_notice_to_the_sender_postgres() {
+    delay_notice(Backend::Postgres).await;
+}
+
+async fn delay_notice(backend: Backend) {
+    let sink = first_sink(SinkScript {
+        rcpt: Box::new(|_| "450 4.2.1 mailbox busy, try later".into()),
+        ..SinkScript::default()
     })
     .await;
+    let dns = TestDns::start(
+        "slow.test",
+        &[("@", mx(10, "mx.slow.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    // Retries after 1 s, 2 s, 4 s …; a notice once a message is 2 s old.
+    let Some(running) = stack_with(backend, &dns, sink.addr.port(), 5, |c| {
+        c.mta.delay_warning_secs = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let store = open_store(&running).await;
+    let notify = |address: &str, notify: Option<&str>| QueueRecipient {
+        address: address.into(),
+        orcpt: None,
+        notify: notify.map(str::to_string),
+    };
+    let id = enqueue(
+        &store,
+        "alice@sender.test",
+        vec![
+            notify("bob@slow.test", None),
+            notify("carol@slow.test", Some("FAILURE")),
+            notify("dave@slow.test", Some("DELAY")),
+        ],
+    )
+    .await;
+    // From <> nothing is ever reported, delays included.
+    let bounce = store
+        .enqueue(
+            &QueueEnvelope {
+                sender: String::new(),
+                recipients: vec![recipient("erin@slow.test")],
+                ..Default::default()
+            },
+            b"Subject: a bounce\r\n\r\nx\r\n",
+            3600,
+        )
+        .await
+        .unwrap();
+    wait_for("four attempts", Duration::from_secs(30), async || {
+        states(&store, id).await.iter().all(|(_, a, _)| *a >= 4)
+            && states(&store, bounce).await[0].1 >= 4
+    })
+    .await;
+    let entry = store.queue_entry(id).await.unwrap().unwrap();
+    let noted: Vec<(&str, bool)> = entry
+        .recipients
+        .iter()
+        .map(|r| (r.address.as_str(), r.delay_notified_at.is_some()))
+        .collect();
+    assert_eq!(
+        noted,
+        [
+            ("bob@slow.test", true),
+            ("carol@slow.test", false),
+            ("dave@slow.test", true)
+        ]
+    );
     assert!(
-        reports[0].contains("Action: failed\r\nStatus: 4.4.7\r\n"),
-        "{}",
-        reports[0]
+        entry.recipients.iter().all(|r| r.state == "deferred"),
+        "{entry:?}"
+    );
+    // One notice for the message, however many deferrals followed.
+    let dsn = the_report(&store, "alice@sender.test").await;
+    assert!(
+        dsn.contains("Subject: Delayed Mail (still being retried)\r\n"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains(
+            "Final-Recipient: rfc822; bob@slow.test\r\nAction: delayed\r\nStatus: 4.2.1\r\n"
+        ),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; dave@slow.test\r\n"),
+        "{dsn}"
+    );
+    assert!(!dsn.contains("carol@slow.test"), "NOTIFY=FAILURE: {dsn}");
+    assert!(
+        dsn.contains("Diagnostic-Code: smtp; 450 4.2.1 mailbox busy, try later\r\n"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Will-Retry-Until: "), "{dsn}");
+    assert!(
+        dsn.contains("Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@sender.test\r\n"),
+        "{dsn}"
+    );
+    assert!(!dsn.contains("Hello."), "the body is not returned: {dsn}");
+    assert!(
+        queued_reports(&store, "").await.is_empty(),
+        "nothing goes to <>"
     );
     running.stack.stop(Duration::from_secs(5)).await;
 }

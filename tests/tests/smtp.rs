@@ -14,6 +14,18 @@ fn submission(r: &Running) -> std::net::SocketAddr {
     r.stack.addr("submission").unwrap()
 }
 
+/// Makes deliveries to `who` wait: a one-byte quota admits the RCPT (the
+/// mailbox is not full yet) but defers the delivery, so what the server
+/// accepted stays in the queue for the test to read, and a "nothing was
+/// queued" check cannot be fooled by a message that was delivered and
+/// removed in between.
+async fn hold_in_queue(store: &mailroom_store::Store, who: &str) {
+    store
+        .set_quota(&mailroom_address::Address::parse(who).unwrap(), 1)
+        .await
+        .unwrap();
+}
+
 async fn stop(r: Running) {
     r.stack.stop(Duration::from_secs(5)).await;
 }
@@ -22,6 +34,7 @@ async fn stop(r: Running) {
 async fn inbound_accepts_only_our_users_in_every_tricky_form() {
     let r = start(Backend::Sqlite).await.unwrap();
     let store = with_accounts(&r, &["bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     let (mut c, greeting) = SmtpClient::connect(smtp(&r)).await;
     assert_eq!(greeting.0, 220);
     assert!(
@@ -81,6 +94,7 @@ async fn inbound_accepts_only_our_users_in_every_tricky_form() {
 async fn smuggled_endings_neither_end_data_nor_inject_a_message() {
     let r = start(Backend::Sqlite).await.unwrap();
     let store = with_accounts(&r, &["bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     let endings: [&[u8]; 10] = [
         b"\n.\n",
         b"\r.\r",
@@ -155,6 +169,7 @@ async fn submission_requires_tls_auth_and_the_users_own_addresses() {
     .await
     .unwrap();
     let store = with_accounts(&r, &["alice@example.test", "bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     store
         .add_alias(
             &mailroom_store::AliasSource::parse("sales@example.test").unwrap(),
@@ -269,6 +284,9 @@ async fn size_and_recipient_limits_are_enforced() {
         ],
     )
     .await;
+    for who in ["a@example.test", "b@example.test", "c@example.test"] {
+        hold_in_queue(&store, who).await;
+    }
     let (mut c, _) = SmtpClient::connect(smtp(&r)).await;
     c.cmd("EHLO remote.test").await;
     let (code, text) = c.cmd("MAIL FROM:<x@remote.test> SIZE=20000").await;
@@ -372,6 +390,7 @@ async fn mail_loops_and_error_floods_are_cut_off() {
         .await
         .unwrap();
     let store = with_accounts(&r, &["bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     let (mut c, _) = SmtpClient::connect(smtp(&r)).await;
     c.cmd("EHLO remote.test").await;
     c.cmd("MAIL FROM:<x@remote.test>").await;
@@ -404,6 +423,7 @@ async fn mail_loops_and_error_floods_are_cut_off() {
 async fn bdat_chunks_make_one_message() {
     let r = start(Backend::Sqlite).await.unwrap();
     let store = with_accounts(&r, &["bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     let (mut c, _) = SmtpClient::connect(smtp(&r)).await;
     c.cmd("EHLO remote.test").await;
     c.cmd("MAIL FROM:<x@remote.test> BODY=BINARYMIME").await;
@@ -457,6 +477,7 @@ async fn acknowledged_mail_is_committed_on_postgres() {
         return;
     };
     let store = with_accounts(&r, &["bob@example.test"]).await;
+    hold_in_queue(&store, "bob@example.test").await;
     let (mut c, _) = SmtpClient::connect(smtp(&r)).await;
     c.send(
         b"EHLO remote.test\r\nMAIL FROM:<x@remote.test> RET=HDRS ENVID=abc+2Bd\r\n\

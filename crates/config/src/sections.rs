@@ -147,6 +147,17 @@ section! {
         /// Seconds before the first retry of a deferred recipient; each further retry waits
         /// twice as long, up to 4 hours.
         pub first_retry_secs: u64 = 300,
+        /// Seconds after which the sender of a message still being retried gets one delay
+        /// notice per recipient (RFC 3464 `Action: delayed`), unless its NOTIFY excludes
+        /// DELAY. 0: never.
+        pub delay_warning_secs: u64 = 4 * 3600,
+        /// Concurrent outbound SMTP sessions to one destination (recipient domain), per
+        /// process; more recipients wait their turn in the queue.
+        pub max_connections_per_destination: usize = 20,
+        /// Seconds a queue worker holds the recipients it is attempting. Workers renew their
+        /// leases while they live, so this is how long the recipients of a crashed process
+        /// wait before another process takes them over.
+        pub lease_secs: u64 = 300,
     }
 }
 
@@ -395,11 +406,18 @@ impl Config {
         if self.mta.outbound_port == 0 {
             err("mta.outbound_port", "must not be 0".into());
         }
+        if self.mta.max_connections_per_destination == 0 {
+            err(
+                "mta.max_connections_per_destination",
+                "must be at least 1".into(),
+            );
+        }
         for (key, value) in [
             ("mta.connect_timeout_secs", self.mta.connect_timeout_secs),
             ("mta.command_timeout_secs", self.mta.command_timeout_secs),
             ("mta.data_timeout_secs", self.mta.data_timeout_secs),
             ("mta.first_retry_secs", self.mta.first_retry_secs),
+            ("mta.lease_secs", self.mta.lease_secs),
         ] {
             if value == 0 {
                 err(key, "must be at least 1".into());

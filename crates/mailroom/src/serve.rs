@@ -330,33 +330,34 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             mailroom_mta::SERVICE_NAME,
             listener,
         );
+        let mta = &config.mta;
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let queue_settings = mailroom_mta::RelaySettings {
+            hostname: config.server.hostname.clone(),
+            dns_servers: mta.dns_servers.clone(),
+            outbound_port: mta.outbound_port,
+            timeouts: mailroom_mta::Timeouts {
+                connect: Duration::from_secs(mta.connect_timeout_secs),
+                command: Duration::from_secs(mta.command_timeout_secs),
+                data_end: Duration::from_secs(mta.data_timeout_secs),
+            },
+            first_retry_secs: secs(mta.first_retry_secs),
+            max_queue_age_secs: max_age,
+            lease_secs: secs(mta.lease_secs),
+            delay_warning_secs: secs(mta.delay_warning_secs),
+            max_connections_per_destination: mta.max_connections_per_destination,
+        };
         let worker = mailroom_mta::LocalDelivery::new(
             store.clone(),
             grpc_channel(&delivery_endpoint)?,
             QUEUE_POLL,
             wake.clone(),
-        );
+        )
+        .with_settings(&queue_settings);
         shutdown.spawn(worker.run(shutdown.token()));
         // Remote recipients: MX lookup and outbound SMTP (issue 5).
-        let mta = &config.mta;
-        let relay = mailroom_mta::Relay::new(
-            store.clone(),
-            mailroom_mta::RelaySettings {
-                hostname: config.server.hostname.clone(),
-                dns_servers: mta.dns_servers.clone(),
-                outbound_port: mta.outbound_port,
-                timeouts: mailroom_mta::Timeouts {
-                    connect: Duration::from_secs(mta.connect_timeout_secs),
-                    command: Duration::from_secs(mta.command_timeout_secs),
-                    data_end: Duration::from_secs(mta.data_timeout_secs),
-                },
-                first_retry_secs: i64::try_from(mta.first_retry_secs).unwrap_or(i64::MAX),
-                max_queue_age_secs: max_age,
-            },
-            QUEUE_POLL,
-            wake,
-        )
-        .map_err(|e| anyhow::anyhow!("outbound relay: {e}"))?;
+        let relay = mailroom_mta::Relay::new(store.clone(), queue_settings, QUEUE_POLL, wake)
+            .map_err(|e| anyhow::anyhow!("outbound relay: {e}"))?;
         shutdown.spawn(relay.run(shutdown.token()));
         let server = Arc::new(SmtpServer::new(
             Mode::Inbound,

@@ -1,58 +1,95 @@
 //! Delivery status notifications (RFC 3464) for recipients that failed for
-//! good or expired in the queue.
+//! good or expired in the queue (`Action: failed`), and delay notices for
+//! recipients still being retried long after the message was queued
+//! (`Action: delayed`).
 //!
 //! Invariants:
 //! * nothing is ever sent to the null sender `<>`: a failing DSN (or any
 //!   message from `<>`) is dropped, which is what stops bounce loops
 //!   (RFC 5321 §4.5.5, RFC 3461 §6.2);
 //! * a DSN itself is sent from `<>` (RFC 3461 §6.2), so it can never bounce;
-//! * `NOTIFY` decides (RFC 3461 §4.1): no `NOTIFY` means `FAILURE`, `NEVER`
-//!   means none, a list without `FAILURE` means none for a failure;
+//! * `NOTIFY` decides (RFC 3461 §4.1): `NEVER` means none; a list asks for
+//!   the reports it names; no `NOTIFY` leaves the choice to the server
+//!   (RFC 3461 §4.1: `FAILURE` or `FAILURE,DELAY`), and Mailroom takes
+//!   `FAILURE,DELAY`, as Postfix does once its delay warnings are on;
+//! * a delay notice is sent at most once per recipient (the queue records
+//!   it with the attempt's result, in one transaction) and always returns
+//!   only the header section: RFC 3461 §4.3's `RET` is about failures;
 //! * `RET=HDRS` returns only the header section; `RET=FULL` or no `RET`
 //!   returns the whole message (RFC 3461 §4.3 leaves the default to us; the
 //!   full message is what Postfix returns too);
 //! * one DSN covers every recipient of one message that failed in one
-//!   attempt (RFC 3464 §2: one report, one per-recipient group each).
+//!   attempt (RFC 3464 §2: one report, one per-recipient group each), and
+//!   one delay notice every recipient that became due for one in it.
 
 use mailroom_store::QueueEnvelope;
 
+/// What a report says about its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// They failed for good (`Action: failed`).
+    Failure,
+    /// They are still being retried, until `will_retry_until` (Unix
+    /// seconds) at the latest (`Action: delayed`, RFC 3464 §2.3.3, §2.3.8).
+    Delay {
+        /// When the message expires.
+        will_retry_until: i64,
+    },
+}
+
 /// One recipient the report is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct ReportedRecipient {
     /// The address delivery was attempted to.
     pub address: String,
     /// `ORCPT` as queued (`addr-type;address`), if any.
     pub orcpt: Option<String>,
     /// `NOTIFY` as queued, if any.
     pub notify: Option<String>,
-    /// The final response, starting with an RFC 3463 status
+    /// The final (or, for a delay, the latest) response, starting with an RFC 3463 status
     /// (`5.1.1 mx.example[192.0.2.1] said: 550 5.1.1 no such user`).
     pub response: String,
 }
 
 /// Whether this recipient's `NOTIFY` asks for a report of a failure.
 pub fn wants_failure_report(notify: Option<&str>) -> bool {
+    notify_has(notify, "FAILURE")
+}
+
+/// Whether this recipient's `NOTIFY` asks for a delay notice (no `NOTIFY`
+/// counts as `FAILURE,DELAY`, see the module documentation).
+pub fn wants_delay_report(notify: Option<&str>) -> bool {
+    notify_has(notify, "DELAY")
+}
+
+fn notify_has(notify: Option<&str>, word: &str) -> bool {
     match notify {
         None => true,
-        Some(n) => n
-            .split(',')
-            .any(|w| w.trim().eq_ignore_ascii_case("FAILURE")),
+        Some(n) => n.split(',').any(|w| w.trim().eq_ignore_ascii_case(word)),
     }
 }
 
-/// The RFC 3463 status at the start of `response`, or a generic permanent
-/// one. A 4.x.x stays as it is: an expired message is reported with the
+/// The RFC 3463 status at the start of `response`, or a generic one of the
+/// report's kind (5.0.0 for a failure, 4.0.0 for a delay). A 4.x.x stays
+/// as it is in a failure: an expired message is reported with the
 /// persistent transient status that made it give up (RFC 3463 §3.5: "4.4.7
 /// Delivery time expired" is only meaningful as a persistent transient
-/// error), as Postfix does.
-fn status_of(response: &str) -> String {
-    response
+/// error), as Postfix does. A delay is always a 4.x.x (RFC 3464 §2.3.4).
+fn status_of(response: &str, kind: ReportKind) -> String {
+    let parsed = response
         .split_whitespace()
         .next()
-        .and_then(mailroom_smtp_proto::EnhancedStatus::parse)
-        .filter(|s| s.class == 5 || s.class == 4)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "5.0.0".to_string())
+        .and_then(mailroom_smtp_proto::EnhancedStatus::parse);
+    match kind {
+        ReportKind::Failure => parsed
+            .filter(|s| s.class == 5 || s.class == 4)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "5.0.0".to_string()),
+        ReportKind::Delay { .. } => parsed
+            .filter(|s| s.class == 4)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "4.0.0".to_string()),
+    }
 }
 
 /// `smtp; <reply>` when a remote server said it, else our own words.
@@ -81,8 +118,8 @@ fn header_section(message: &[u8]) -> &[u8] {
 /// Whether a DSN is due for `envelope` and these `failed` recipients.
 pub fn recipients_to_report<'a>(
     envelope: &QueueEnvelope,
-    failed: &'a [FailedRecipient],
-) -> Vec<&'a FailedRecipient> {
+    failed: &'a [ReportedRecipient],
+) -> Vec<&'a ReportedRecipient> {
     if envelope.sender.is_empty() {
         return Vec::new();
     }
@@ -92,28 +129,81 @@ pub fn recipients_to_report<'a>(
         .collect()
 }
 
-/// Renders the RFC 3464 report for `failed` (already filtered by
+/// Whether a delay notice may go to `envelope`'s sender about a recipient
+/// with this `NOTIFY`: never to `<>`, and only when `NOTIFY` allows it.
+pub fn delay_report_wanted(envelope: &QueueEnvelope, notify: Option<&str>) -> bool {
+    !envelope.sender.is_empty() && wants_delay_report(notify)
+}
+
+fn rfc822_date(unix: i64) -> String {
+    mail_builder::headers::date::Date::new(unix).to_rfc822()
+}
+
+/// Renders the RFC 3464 failure report for `failed` (already filtered by
 /// [`recipients_to_report`]). `reporting_mta` is our host name, `now` the
 /// Unix time for `Date:`, `token` makes the boundary and Message-ID unique.
 pub fn render(
     reporting_mta: &str,
     envelope: &QueueEnvelope,
     message: &[u8],
-    failed: &[&FailedRecipient],
+    failed: &[&ReportedRecipient],
+    now: i64,
+    token: u64,
+) -> Vec<u8> {
+    render_kind(
+        ReportKind::Failure,
+        reporting_mta,
+        envelope,
+        message,
+        failed,
+        now,
+        token,
+    )
+}
+
+/// Renders a report of `kind` (see [`render`] for the other arguments).
+pub fn render_kind(
+    kind: ReportKind,
+    reporting_mta: &str,
+    envelope: &QueueEnvelope,
+    message: &[u8],
+    recipients: &[&ReportedRecipient],
     now: i64,
     token: u64,
 ) -> Vec<u8> {
     let boundary = format!("=_mailroom-dsn-{token:016x}");
-    let headers_only = envelope
-        .ret
-        .as_deref()
-        .is_some_and(|r| r.eq_ignore_ascii_case("HDRS"));
-    let date = mail_builder::headers::date::Date::new(now).to_rfc822();
+    let headers_only = match kind {
+        ReportKind::Delay { .. } => true,
+        ReportKind::Failure => envelope
+            .ret
+            .as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case("HDRS")),
+    };
+    let date = rfc822_date(now);
+    let (subject, action, explanation) = match kind {
+        ReportKind::Failure => (
+            "Undelivered Mail Returned to Sender".to_string(),
+            "failed",
+            "Your message could not be delivered to one or more recipients.\r\n\
+             It has been returned below.\r\n"
+                .to_string(),
+        ),
+        ReportKind::Delay { will_retry_until } => (
+            "Delayed Mail (still being retried)".to_string(),
+            "delayed",
+            format!(
+                "Your message could not be delivered yet to one or more recipients.\r\n\
+                 It will be retried until {}.\r\n\
+                 You do not need to send it again; its header section is below.\r\n",
+                rfc822_date(will_retry_until)
+            ),
+        ),
+    };
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
          To: <{}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <dsn.{token:016x}@{reporting_mta}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -133,11 +223,10 @@ pub fn render(
          \r\n\
          This is the mail system at {reporting_mta}.\r\n\
          \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
-         It has been returned below.\r\n\
+         {explanation}\
          \r\n"
     ));
-    for r in failed {
+    for r in recipients {
         out.push_str(&format!(
             "<{}>: {}\r\n",
             one_line(&r.address),
@@ -155,7 +244,7 @@ pub fn render(
     if let Some(id) = &envelope.env_id {
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(id)));
     }
-    for r in failed {
+    for r in recipients {
         out.push_str("\r\n");
         out.push_str(&format!(
             "Final-Recipient: rfc822; {}\r\n",
@@ -168,8 +257,8 @@ pub fn render(
                 one_line(address)
             ));
         }
-        out.push_str("Action: failed\r\n");
-        out.push_str(&format!("Status: {}\r\n", status_of(&r.response)));
+        out.push_str(&format!("Action: {action}\r\n"));
+        out.push_str(&format!("Status: {}\r\n", status_of(&r.response, kind)));
         // RFC 3464 §2.3.5: the remote MTA, when one answered.
         if r.response.contains(" said: ")
             && let Some(host) = r
@@ -184,6 +273,12 @@ pub fn render(
             "Diagnostic-Code: {}\r\n",
             diagnostic_of(&r.response)
         ));
+        if let ReportKind::Delay { will_retry_until } = kind {
+            out.push_str(&format!(
+                "Will-Retry-Until: {}\r\n",
+                rfc822_date(will_retry_until)
+            ));
+        }
     }
     out.push_str("\r\n");
     // 3. The returned message or its header section (RFC 3462 / RFC 6522).
@@ -243,8 +338,8 @@ mod tests {
         }
     }
 
-    fn failed(notify: Option<&str>) -> FailedRecipient {
-        FailedRecipient {
+    fn failed(notify: Option<&str>) -> ReportedRecipient {
+        ReportedRecipient {
             address: "bob@remote.test".into(),
             orcpt: Some("rfc822;Bob@Remote.test".into()),
             notify: notify.map(str::to_string),
@@ -282,6 +377,71 @@ mod tests {
         assert!(text.ends_with("--=_mailroom-dsn-0000000000000007--\r\n"));
         // Every line ends with CRLF.
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn a_delay_notice_says_delayed_until_when_and_returns_only_the_headers() {
+        let mut f = failed(Some("FAILURE,DELAY"));
+        f.response = "4.2.1 mx.remote.test[127.0.0.2] said: 450 4.2.1 mailbox busy".into();
+        let text = String::from_utf8(render_kind(
+            ReportKind::Delay {
+                will_retry_until: 1_700_432_000,
+            },
+            "mx.example.test",
+            &env(Some("FULL")),
+            MESSAGE,
+            &[&f],
+            1_700_000_000,
+            9,
+        ))
+        .unwrap();
+        assert!(
+            text.contains("Subject: Delayed Mail (still being retried)\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Action: delayed\r\nStatus: 4.2.1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Diagnostic-Code: smtp; 450 4.2.1 mailbox busy\r\n"));
+        let until = mail_builder::headers::date::Date::new(1_700_432_000).to_rfc822();
+        assert!(
+            text.contains(&format!("Will-Retry-Until: {until}\r\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("It will be retried until {until}.")));
+        assert!(
+            text.contains("Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@example.test"),
+            "{text}"
+        );
+        assert!(!text.contains("secret body"), "RET=FULL is about failures");
+        // A delay is a transient status even when the reply had none.
+        f.response = "connection refused".into();
+        let text = String::from_utf8(render_kind(
+            ReportKind::Delay {
+                will_retry_until: 0,
+            },
+            "mx",
+            &env(None),
+            MESSAGE,
+            &[&f],
+            0,
+            1,
+        ))
+        .unwrap();
+        assert!(text.contains("Status: 4.0.0\r\n"), "{text}");
+    }
+
+    #[test]
+    fn notify_decides_delay_notices_too() {
+        assert!(wants_delay_report(None), "no NOTIFY: FAILURE,DELAY");
+        assert!(wants_delay_report(Some("SUCCESS,DELAY")));
+        assert!(!wants_delay_report(Some("FAILURE")));
+        assert!(!wants_delay_report(Some("NEVER")));
+        let mut bounce = env(None);
+        assert!(delay_report_wanted(&bounce, None));
+        bounce.sender.clear();
+        assert!(!delay_report_wanted(&bounce, None), "never to <>");
     }
 
     #[test]

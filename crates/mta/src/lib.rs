@@ -20,12 +20,16 @@ use tonic::{Request, Response, Status};
 
 pub mod client;
 pub mod dsn;
+mod outcome;
 mod relay;
 pub mod route;
 mod worker;
 
 pub use client::Timeouts;
-pub use relay::{Relay, RelaySettings, backoff};
+pub use relay::{
+    DELAY_WARNING_SECS, DestinationLimiter, DestinationPermit, MAX_CONNECTIONS_PER_DESTINATION,
+    Relay, RelaySettings, backoff,
+};
 pub use worker::{LEASE_SECS, LocalDelivery, MAX_RETRY_SECS, retry_delay};
 
 /// The gRPC name, for health reporting.

@@ -2,43 +2,62 @@
 //! mail exchangers over SMTP.
 //!
 //! Invariants:
-//! * a recipient is leased before it is attempted; the whole attempt
-//!   (DNS, every MX tried, every session) is bounded to finish well inside
-//!   the lease, so a result is only written while the lease is ours; a
-//!   worker that dies loses its lease and the recipient is attempted again
-//!   (at-least-once: a peer that took the message but whose 250 we never
+//! * a recipient is leased before it is attempted; the worker renews its
+//!   leases while it lives (every third of `mta.lease_secs`), and a result
+//!   is only written while the lease is ours; a worker that dies stops
+//!   renewing, and its recipients are attempted again once its leases run
+//!   out (at-least-once: a peer that took the message but whose 250 we never
 //!   read may receive it twice, never zero times);
+//! * the whole attempt (DNS, every MX tried, every session) is bounded by
+//!   the session timeouts, so a stuck peer cannot hold a lease forever;
 //! * the recipients of one message at one domain travel in one SMTP
 //!   transaction (RFC 5321 §3.3);
+//! * **per-destination limit**: at most `mta.max_connections_per_destination`
+//!   sessions run at once, per process, for one destination. The destination
+//!   is the recipient's routing domain, as Postfix's default (per next-hop
+//!   domain, `default_destination_concurrency_limit = 20`): it is known
+//!   before any DNS lookup, so the limit is applied when leasing. The worker
+//!   only leases as many messages per domain as it may start
+//!   ([`DestinationCaps`]); the rest stay due and unleased in the queue,
+//!   waiting their turn (or another process's), instead of failing or
+//!   holding a lease while they wait. Domains served by the same MX hosts
+//!   each have their own limit;
 //! * MX hosts are tried in preference order, each of their addresses in
 //!   turn, until one session gives per-recipient answers (RFC 5321 §5.1);
 //! * temporary failures back off exponentially until the message expires;
 //!   then, and on every permanent failure, the recipient is final and its
-//!   sender gets one RFC 3464 report per message and attempt (see `dsn`),
-//!   queued only after the result was recorded under our lease, so a lost
-//!   lease never produces a second report.
+//!   sender gets one RFC 3464 report per message and attempt; a recipient
+//!   deferred for longer than `mta.delay_warning_secs` gets one delay notice
+//!   (see `outcome` and `dsn`). Reports are queued in the transaction that
+//!   records the results, and only for the results recorded under our
+//!   lease, so a lost lease never produces a second report.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailroom_store::{AttemptResult, LeasedRecipient, QueueEnvelope, Store};
+use mailroom_store::{AttemptResult, DestinationCaps, LeasedRecipient, QueueEnvelope, Store};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::{self, ClientSettings, Envelope, HostError, OutRecipient, Outcome, Timeouts};
-use crate::dsn::{self, FailedRecipient};
+use crate::outcome::{self, Reporting};
 use crate::route::{RouteError, Router};
-use crate::worker::{LEASE_SECS, MAX_RETRY_SECS};
+use crate::worker::MAX_RETRY_SECS;
 
 /// Recipients leased per round.
 const BATCH: i64 = 100;
 /// Destinations (message + domain) attempted at once by one worker.
 const CONCURRENT_DESTINATIONS: usize = 16;
+/// The default of `mta.max_connections_per_destination`.
+pub const MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
+/// The default of `mta.delay_warning_secs`.
+pub const DELAY_WARNING_SECS: i64 = 4 * 3600;
 
-/// What the relay needs from the configuration (`[server]`, `[mta]`).
+/// What the relay needs from the configuration (`[server]`, `[mta]`); the
+/// local-delivery worker takes its queue settings from it too.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Our name in EHLO and in DSNs (`server.hostname`).
@@ -53,6 +72,14 @@ pub struct RelaySettings {
     pub first_retry_secs: i64,
     /// How long a DSN may stay queued (`mta.max_queue_age_secs`).
     pub max_queue_age_secs: i64,
+    /// How long a worker's lease on a recipient lasts unless renewed
+    /// (`mta.lease_secs`).
+    pub lease_secs: i64,
+    /// Age of a message after which a deferred recipient's sender gets a
+    /// delay notice; 0 for never (`mta.delay_warning_secs`).
+    pub delay_warning_secs: i64,
+    /// Concurrent sessions per destination domain (`mta.max_connections_per_destination`).
+    pub max_connections_per_destination: usize,
 }
 
 /// The delay before retry number `attempts + 1`: `first` doubled per
@@ -63,6 +90,73 @@ pub fn backoff(first: i64, attempts: u32) -> i64 {
         .max(1)
         .saturating_mul(1i64 << attempts.min(16))
         .min(MAX_RETRY_SECS.max(first))
+}
+
+/// Sessions in progress per destination domain, for one process.
+#[derive(Debug)]
+pub struct DestinationLimiter {
+    limit: usize,
+    active: Mutex<HashMap<String, usize>>,
+}
+
+/// One session's place in its destination's limit; given back on drop.
+#[derive(Debug)]
+pub struct DestinationPermit {
+    limiter: Arc<DestinationLimiter>,
+    domain: String,
+}
+
+impl DestinationLimiter {
+    /// A limiter allowing `limit` (at least 1) sessions per destination.
+    pub fn new(limit: usize) -> Arc<DestinationLimiter> {
+        Arc::new(DestinationLimiter {
+            limit: limit.max(1),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A permit for one more session to `domain`, unless it is at its limit.
+    pub fn try_acquire(self: &Arc<Self>, domain: &str) -> Option<DestinationPermit> {
+        let mut active = self.active();
+        let n = active.entry(domain.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(DestinationPermit {
+            limiter: self.clone(),
+            domain: domain.to_string(),
+        })
+    }
+
+    /// How many more messages each domain may start now: the limit for
+    /// domains without sessions, what is left of it for the others.
+    pub fn caps(&self) -> DestinationCaps {
+        let active = self.active();
+        DestinationCaps {
+            default: self.limit as i64,
+            domains: active
+                .iter()
+                .map(|(d, n)| (d.clone(), self.limit.saturating_sub(*n) as i64))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for DestinationPermit {
+    fn drop(&mut self) {
+        let mut active = self.limiter.active();
+        if let Some(n) = active.get_mut(&self.domain) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                active.remove(&self.domain);
+            }
+        }
+    }
 }
 
 /// A worker that relays queued mail to remote domains.
@@ -77,20 +171,15 @@ struct Inner {
     router: Router,
     client: ClientSettings,
     settings: RelaySettings,
+    reporting: Reporting,
     id: String,
     poll: Duration,
     wake: Arc<Notify>,
     lease_secs: i64,
-    /// The longest one attempt may take; the lease is a minute longer, so
-    /// an attempt's result is always written under its own lease.
+    limiter: Arc<DestinationLimiter>,
+    /// The longest one attempt may take; whatever MX hosts remain when it
+    /// is spent are tried next time.
     attempt_budget: Duration,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The routing domain of an address, as the store computes it.
@@ -115,25 +204,25 @@ impl Relay {
         let client = ClientSettings::new(settings.hostname.clone(), settings.timeouts.clone());
         let t = &settings.timeouts;
         // One attempt may take as long as one slow session (connect, ten
-        // command replies, the end of the data); whatever MX hosts remain
-        // when it is spent are tried next time. The lease outlives it by a
-        // minute, so the result is always recorded under our lease.
+        // command replies, the end of the data).
         let attempt_budget = t.connect + t.data_end + t.command * 10;
-        let lease_secs = LEASE_SECS.max(
-            i64::try_from(attempt_budget.as_secs())
-                .unwrap_or(i64::MAX / 4)
-                .saturating_add(60),
-        );
+        let reporting = Reporting {
+            hostname: settings.hostname.clone(),
+            max_queue_age_secs: settings.max_queue_age_secs,
+            delay_warning_secs: settings.delay_warning_secs,
+        };
         Ok(Relay {
             inner: Arc::new(Inner {
                 store,
                 router,
                 client,
-                settings,
+                reporting,
                 id: format!("relay-{}-{:08x}", std::process::id(), rand::random::<u32>()),
                 poll,
                 wake,
-                lease_secs,
+                lease_secs: settings.lease_secs.max(1),
+                limiter: DestinationLimiter::new(settings.max_connections_per_destination),
+                settings,
                 attempt_budget,
             }),
         })
@@ -141,6 +230,9 @@ impl Relay {
 
     /// Runs until `shutdown`; attempts in progress finish first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let renewal =
+            outcome::renew_leases(inner.store.clone(), inner.id.clone(), inner.lease_secs);
         let slots = Arc::new(Semaphore::new(CONCURRENT_DESTINATIONS));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -149,10 +241,14 @@ impl Relay {
             let leased = if free == 0 {
                 Vec::new()
             } else {
-                match self
-                    .inner
+                match inner
                     .store
-                    .lease_remote_recipients(&self.inner.id, self.inner.lease_secs, BATCH)
+                    .lease_remote_recipients(
+                        &inner.id,
+                        inner.lease_secs,
+                        BATCH,
+                        &inner.limiter.caps(),
+                    )
                     .await
                 {
                     Ok(l) => l,
@@ -165,8 +261,8 @@ impl Relay {
             if leased.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = self.inner.wake.notified() => {}
-                    _ = tokio::time::sleep(self.inner.poll) => {}
+                    _ = inner.wake.notified() => {}
+                    _ = tokio::time::sleep(inner.poll) => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
                 continue;
@@ -182,13 +278,24 @@ impl Relay {
                 }
             }
             for ((queue_id, domain), recipients) in groups {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
+                // The lease was capped by the limiter's counts and only this
+                // loop takes permits, so one is free; should it not be, the
+                // recipients go back to the queue rather than wait leased.
+                let Some(destination) = inner.limiter.try_acquire(&domain) else {
+                    let ids: Vec<i64> = recipients.iter().map(|r| r.id).collect();
+                    if let Err(e) = inner.store.release_leases(&inner.id, Some(&ids)).await {
+                        tracing::warn!(error = %e, "cannot release leases; they will expire");
+                    }
+                    continue;
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let inner = self.inner.clone();
+                let inner = inner.clone();
                 tasks.spawn(async move {
                     inner.attempt(queue_id, &domain, recipients).await;
-                    drop(permit);
+                    drop(destination);
+                    drop(slot);
                 });
             }
             if shutdown.is_cancelled() {
@@ -196,13 +303,18 @@ impl Relay {
             }
         }
         while tasks.join_next().await.is_some() {}
+        drop(renewal);
+        // Nothing is in progress: anything still leased goes back at once.
+        if let Err(e) = inner.store.release_leases(&inner.id, None).await {
+            tracing::warn!(error = %e, "cannot release leases at shutdown; they will expire");
+        }
     }
 }
 
 impl Inner {
     /// One delivery attempt for the leased recipients of one message at one domain.
     async fn attempt(&self, queue_id: i64, domain: &str, recipients: Vec<LeasedRecipient>) {
-        let (envelope, message, expires_at) = match self.store.queued_for_attempt(queue_id).await {
+        let queued = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -210,32 +322,23 @@ impl Inner {
                 return;
             }
         };
-        let params: HashMap<i64, mailroom_store::QueueRecipient> = self
-            .store
-            .queue_recipient_params(queue_id)
-            .await
-            .map(|v| v.into_iter().collect())
-            .unwrap_or_default();
         let span =
             tracing::info_span!("mta.relay", queue_id, domain, recipients = recipients.len());
-        if let Some(tp) = &envelope.trace_context {
+        if let Some(tp) = &queued.envelope.trace_context {
             mailroom_telemetry::continue_trace(&span, tp);
         }
         async {
             let out: Vec<OutRecipient> = recipients
                 .iter()
-                .map(|r| {
-                    let p = params.get(&r.id);
-                    OutRecipient {
-                        address: r.address.clone(),
-                        orcpt: p.and_then(|p| p.orcpt.clone()),
-                        notify: p.and_then(|p| p.notify.clone()),
-                    }
+                .map(|r| OutRecipient {
+                    address: r.address.clone(),
+                    orcpt: r.orcpt.clone(),
+                    notify: r.notify.clone(),
                 })
                 .collect();
             let outcomes = match tokio::time::timeout(
                 self.attempt_budget,
-                self.deliver(domain, &envelope, &message, &out),
+                self.deliver(domain, &queued.envelope, &queued.message, &out),
             )
             .await
             {
@@ -245,43 +348,40 @@ impl Inner {
                     out.len()
                 ],
             };
-            let now = unix_now();
-            let mut failed = Vec::new();
-            for ((r, o), p) in recipients.iter().zip(&outcomes).zip(&out) {
+            let now = outcome::unix_now();
+            let mut results = Vec::with_capacity(recipients.len());
+            for (r, o) in recipients.iter().zip(&outcomes) {
                 let result = match o {
                     Outcome::Delivered(_) => AttemptResult::Delivered,
                     Outcome::Failed(response) => AttemptResult::Failed {
                         response: response.clone(),
                     },
-                    Outcome::Deferred(response) if now >= expires_at => AttemptResult::Failed {
-                        response: format!(
-                            "4.4.7 message expired in the queue; last error: {response}"
-                        ),
-                    },
+                    Outcome::Deferred(response) if now >= queued.expires_at => {
+                        AttemptResult::Failed {
+                            response: format!(
+                                "4.4.7 message expired in the queue; last error: {response}"
+                            ),
+                        }
+                    }
                     Outcome::Deferred(response) => AttemptResult::Deferred {
                         next_attempt_at: now + backoff(self.settings.first_retry_secs, r.attempts),
                         response: response.clone(),
                     },
                 };
                 tracing::info!(recipient = %r.address, response = o.text(), ?result, "relay attempt");
-                match self.store.finish_attempt(&self.id, r.id, &result).await {
-                    Ok(true) => {
-                        if let AttemptResult::Failed { response } = result {
-                            failed.push(FailedRecipient {
-                                address: r.address.clone(),
-                                orcpt: p.orcpt.clone(),
-                                notify: p.notify.clone(),
-                                response,
-                            });
-                        }
-                    }
-                    Ok(false) => tracing::warn!(recipient = %r.address, "lease lost before the result was recorded"),
-                    Err(e) => tracing::error!(error = %e, "cannot record a delivery result; it will be retried"),
-                }
+                results.push(result);
             }
-            if !failed.is_empty() {
-                self.report(queue_id, &envelope, &message, &failed).await;
-            }
+            outcome::record(
+                &self.store,
+                &self.id,
+                queue_id,
+                &queued,
+                &recipients,
+                results,
+                &self.reporting,
+                &self.wake,
+            )
+            .await;
         }
         .instrument(span)
         .await
@@ -355,42 +455,6 @@ impl Inner {
             ))),
         }
     }
-
-    /// Queues one RFC 3464 report to the sender for `failed`, if due.
-    async fn report(
-        &self,
-        queue_id: i64,
-        envelope: &QueueEnvelope,
-        message: &[u8],
-        failed: &[FailedRecipient],
-    ) {
-        let chosen = dsn::recipients_to_report(envelope, failed);
-        if chosen.is_empty() {
-            return;
-        }
-        let report = dsn::render(
-            &self.settings.hostname,
-            envelope,
-            message,
-            &chosen,
-            unix_now(),
-            rand::random(),
-        );
-        let dsn_envelope = dsn::envelope_for(envelope, &report);
-        match self
-            .store
-            .enqueue(&dsn_envelope, &report, self.settings.max_queue_age_secs)
-            .await
-        {
-            Ok(dsn_id) => {
-                tracing::info!(queue_id, dsn_id, to = %envelope.sender, recipients = chosen.len(), "delivery status notification queued");
-                self.wake.notify_waiters();
-            }
-            Err(e) => {
-                tracing::error!(queue_id, error = %e, "cannot queue a delivery status notification")
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -403,6 +467,29 @@ mod tests {
         assert_eq!(backoff(300, 2), 1200);
         assert_eq!(backoff(300, 30), MAX_RETRY_SECS);
         assert_eq!(backoff(0, 0), 1, "never a zero delay");
+    }
+
+    #[test]
+    fn the_destination_limit_counts_sessions_per_domain() {
+        let limiter = DestinationLimiter::new(2);
+        let a1 = limiter.try_acquire("a.test").unwrap();
+        let _a2 = limiter.try_acquire("a.test").unwrap();
+        assert!(limiter.try_acquire("a.test").is_none(), "at the limit");
+        let _b = limiter
+            .try_acquire("b.test")
+            .expect("another domain has its own");
+        let caps = limiter.caps();
+        assert_eq!(caps.default, 2);
+        let mut domains = caps.domains.clone();
+        domains.sort();
+        assert_eq!(domains, [("a.test".into(), 0), ("b.test".into(), 1)]);
+        drop(a1);
+        assert!(limiter.try_acquire("a.test").is_some(), "a session ended");
+        drop(_b);
+        assert!(
+            limiter.caps().domains.iter().all(|(d, _)| d != "b.test"),
+            "idle domains are forgotten"
+        );
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //!
 //! Invariants:
 //! * a recipient is leased before it is attempted and its result is written
-//!   only while the lease is still ours; a worker that dies loses its lease
-//!   and the recipient is attempted again (at-least-once; the MDA's
+//!   only while the lease is still ours; the worker renews its leases while
+//!   it lives, so only a worker that dies loses them, and the recipient is
+//!   attempted again when they run out (at-least-once; the MDA's
 //!   idempotency turns a repeat into "already delivered");
 //! * temporary failures are retried with exponential backoff until the
-//!   message expires; permanent failures are final.
+//!   message expires; permanent failures and expiry are final and owe the
+//!   sender a DSN, long deferrals a delay notice, as for relayed mail
+//!   (`outcome`, `dsn`); the entry leaves the queue with its last result.
 //!
 //! Recipients of other domains are the relay's (`relay.rs`: MX lookup,
 //! outbound SMTP, delivery status notifications); this worker never takes them.
@@ -24,7 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-/// How long a worker may hold a recipient before others may take it over.
+use crate::outcome::{self, Reporting};
+use crate::relay::{RelaySettings, backoff};
+
+/// How long a worker holds a recipient before others may take it over,
+/// unless it renews the lease (`mta.lease_secs`; workers renew theirs every
+/// third of it while they live).
 pub const LEASE_SECS: i64 = 300;
 /// Recipients leased per round.
 const BATCH: i64 = 100;
@@ -48,13 +56,9 @@ pub struct LocalDelivery {
     id: String,
     poll: Duration,
     wake: Arc<Notify>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    lease_secs: i64,
+    first_retry_secs: i64,
+    reporting: Reporting,
 }
 
 impl LocalDelivery {
@@ -67,15 +71,37 @@ impl LocalDelivery {
             id: format!("{}-{:08x}", std::process::id(), rand_id()),
             poll,
             wake,
+            lease_secs: LEASE_SECS,
+            first_retry_secs: FIRST_RETRY_SECS,
+            reporting: Reporting {
+                hostname: "localhost".into(),
+                max_queue_age_secs: mailroom_store::DEFAULT_MAX_QUEUE_SECS,
+                delay_warning_secs: 0,
+            },
         }
+    }
+
+    /// Takes the queue settings it shares with the relay: lease length,
+    /// first retry delay, and what reports need (host name, their queue
+    /// lifetime, the delay-notice age).
+    pub fn with_settings(mut self, settings: &RelaySettings) -> Self {
+        self.lease_secs = settings.lease_secs.max(1);
+        self.first_retry_secs = settings.first_retry_secs;
+        self.reporting = Reporting {
+            hostname: settings.hostname.clone(),
+            max_queue_age_secs: settings.max_queue_age_secs,
+            delay_warning_secs: settings.delay_warning_secs,
+        };
+        self
     }
 
     /// Runs until `shutdown`; an attempt in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let _renewal = outcome::renew_leases(self.store.clone(), self.id.clone(), self.lease_secs);
         loop {
             let leased = match self
                 .store
-                .lease_local_recipients(&self.id, LEASE_SECS, BATCH)
+                .lease_local_recipients(&self.id, self.lease_secs, BATCH)
                 .await
             {
                 Ok(l) => l,
@@ -107,7 +133,7 @@ impl LocalDelivery {
 
     /// One delivery attempt for the leased recipients of one message.
     async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>) {
-        let (envelope, message, expires_at) = match self.store.queued_for_attempt(queue_id).await {
+        let queued = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -120,25 +146,26 @@ impl LocalDelivery {
             queue_id,
             recipients = recipients.len()
         );
-        if let Some(tp) = &envelope.trace_context {
+        if let Some(tp) = &queued.envelope.trace_context {
             mailroom_telemetry::continue_trace(&span, tp);
         }
         async {
+            let expires_at = queued.expires_at;
             let mut request = tonic::Request::new(DeliverRequest {
                 queue_id,
-                sender: envelope.sender.clone(),
+                sender: queued.envelope.sender.clone(),
                 recipients: recipients.iter().map(|r| r.address.clone()).collect(),
-                message,
+                message: queued.message.clone(),
                 authentication_results: String::new(),
                 quarantine: false,
             });
             mailroom_telemetry::inject(request.metadata_mut());
-            let now = unix_now();
+            let now = outcome::unix_now();
             let defer = |r: &LeasedRecipient, response: String| {
                 if now >= expires_at {
                     AttemptResult::Failed { response: format!("4.4.7 message expired in the queue; last error: {response}") }
                 } else {
-                    AttemptResult::Deferred { next_attempt_at: now + retry_delay(r.attempts), response }
+                    AttemptResult::Deferred { next_attempt_at: now + backoff(self.first_retry_secs, r.attempts), response }
                 }
             };
             let results: Vec<AttemptResult> = match self.delivery.clone().deliver(request).await {
@@ -148,10 +175,10 @@ impl LocalDelivery {
                     for (r, o) in recipients.iter().zip(outcomes.iter().map(Some).chain(std::iter::repeat(None))) {
                         results.push(match o {
                             Some(o) if o.outcome == Outcome::Delivered as i32 => {
-                                if !o.remote_targets.is_empty() {
-                                    if let Err(e) = self.store.add_queue_recipients(queue_id, &o.remote_targets).await {
-                                        tracing::error!(error = %e, "cannot queue forwarded recipients");
-                                    }
+                                if !o.remote_targets.is_empty()
+                                    && let Err(e) = self.store.add_queue_recipients(queue_id, &o.remote_targets).await
+                                {
+                                    tracing::error!(error = %e, "cannot queue forwarded recipients");
                                 }
                                 AttemptResult::Delivered
                             }
@@ -172,14 +199,10 @@ impl LocalDelivery {
                         .collect()
                 }
             };
-            for (r, result) in recipients.iter().zip(results) {
+            for (r, result) in recipients.iter().zip(&results) {
                 tracing::info!(recipient = %r.address, ?result, "delivery attempt");
-                match self.store.finish_attempt(&self.id, r.id, &result).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(recipient = %r.address, "lease lost before the result was recorded"),
-                    Err(e) => tracing::error!(error = %e, "cannot record a delivery result; it will be retried"),
-                }
             }
+            outcome::record(&self.store, &self.id, queue_id, &queued, &recipients, results, &self.reporting, &self.wake).await;
         }
         .instrument(span)
         .await

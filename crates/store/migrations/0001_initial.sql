@@ -108,6 +108,8 @@ CREATE TABLE queue_messages (
     created_at        BIGINT NOT NULL,
     expires_at        BIGINT NOT NULL
 );
+-- Whether a finished entry's blob is still needed (see queue.rs, "Removal").
+CREATE INDEX queue_messages_blob ON queue_messages (blob_hash);
 
 CREATE TABLE queue_recipients (
     id                @ID@,
@@ -123,8 +125,12 @@ CREATE TABLE queue_recipients (
     last_response     TEXT,
     lease_owner       TEXT,
     lease_until       BIGINT,
+    delay_notified_at BIGINT,                  -- when a delay DSN (RFC 3464 action=delayed) was queued
     updated_at        BIGINT NOT NULL
 );
 CREATE INDEX queue_recipients_message ON queue_recipients (queue_message_id);
 CREATE INDEX queue_recipients_due ON queue_recipients (next_attempt_at)
     WHERE state IN ('pending', 'deferred');
+-- A worker renews (and at shutdown releases) every lease it holds at once.
+CREATE INDEX queue_recipients_lease ON queue_recipients (lease_owner)
+    WHERE lease_owner IS NOT NULL;

@@ -1,9 +1,55 @@
 //! The mail queue: what the MTA has accepted and must still deliver.
 //!
-//! Invariant (the durability contract): [`Store::enqueue`] writes the
-//! message, its envelope and one state row per recipient in ONE transaction
-//! and returns only after the commit. An SMTP session answers 250 only after
-//! it returned, so a message that was acknowledged is always in the queue.
+//! Invariants:
+//! * **Durability.** [`Store::enqueue`] writes the message, its envelope and
+//!   one state row per recipient in ONE transaction and returns only after
+//!   the commit. An SMTP session answers 250 only after it returned, so a
+//!   message that was acknowledged is always in the queue.
+//! * **Leases.** A worker attempts only recipients it leased; it renews its
+//!   leases while it lives ([`Store::renew_leases`]) and records a result
+//!   only while the lease is still its own, so a dead worker's recipients
+//!   come back when its leases run out (at-least-once delivery).
+//! * **One transaction per attempt's outcome.** [`Store::finish_attempts`]
+//!   records the results of one attempt at one message, queues the delivery
+//!   status notifications they owe (built by the caller from exactly the
+//!   results that were recorded, and marking delay notices as sent), and, when
+//!   no recipient is left to try, removes the entry: all in one transaction.
+//!   A report is therefore queued exactly once per final result, and an entry
+//!   never outlives its last recipient nor disappears before its reports are
+//!   queued.
+//!
+//! # Removal and the shared blobs
+//!
+//! A finished entry's content lives in `blobs`, which the mailboxes share
+//! (content-addressed, one copy for every queue entry and message with the
+//! same bytes). Removing an entry deletes its blob only when no other queue
+//! entry and no message refers to it, in the same transaction. Rows that
+//! refer to a blob are protected by the foreign keys `queue_messages.blob_hash`
+//! and `messages.blob_hash`, and by the lock order both sides follow on
+//! PostgreSQL:
+//! * the remover takes `FOR UPDATE` on the blob row, then checks for
+//!   references in a new statement (READ COMMITTED: a fresh snapshot), then
+//!   deletes;
+//! * an inserter of a referring row takes `FOR KEY SHARE` on the blob row,
+//!   either itself ([`Store::enqueue`], which re-inserts the blob when the
+//!   lock finds it gone) or through the foreign-key check of its `INSERT`.
+//!
+//! The two locks conflict. An inserter that locked first has committed its
+//! row before the remover's check runs, and the blob stays; one that comes
+//! later waits for the remover and then finds the blob gone: `enqueue`
+//! stores it again, and any other inserter gets a foreign-key error (a
+//! retryable failure, never a dangling reference). On SQLite, write
+//! transactions are serialised (`BEGIN IMMEDIATE`) and the same foreign keys
+//! hold. The blob delete runs under a savepoint, so if a reference slipped
+//! past this reasoning the foreign key refuses the delete, the blob is kept,
+//! and the attempt's results are still recorded.
+//!
+//! The one path that writes a blob and refers to it in two transactions is
+//! [`Store::put_blob`] followed by a message insert (the MDA, IMAP APPEND).
+//! The MDA only stores content of a queue entry that is still queued (its
+//! recipient is leased, not final), so that entry keeps the blob. An APPEND
+//! of bytes identical to a queued message that is removed in between gets
+//! the foreign-key error above and fails without storing anything.
 
 use mailroom_address::Domain;
 use sqlx::Row;
@@ -30,6 +76,12 @@ pub struct LeasedRecipient {
     pub address: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// DSN `ORCPT` (RFC 3461 §4.2), if any.
+    pub orcpt: Option<String>,
+    /// DSN `NOTIFY` as a comma list (RFC 3461 §4.1), if given.
+    pub notify: Option<String>,
+    /// Whether a delay notice (RFC 3464 `Action: delayed`) was already queued for it.
+    pub delay_notified: bool,
 }
 
 /// Where a recipient stands after an attempt.
@@ -49,6 +101,66 @@ pub enum AttemptResult {
         /// The response that made it fail.
         response: String,
     },
+}
+
+/// One recipient's result, as a worker hands it to [`Store::finish_attempts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    /// The recipient row (leased by the worker).
+    pub recipient_id: i64,
+    /// What the attempt gave.
+    pub result: AttemptResult,
+    /// Whether the reports built for this attempt include a delay notice
+    /// for this recipient; recorded (`delay_notified_at`) with the result.
+    pub delay_notice: bool,
+}
+
+/// A report (a DSN) to queue in the transaction that records the results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedReport {
+    /// Its envelope (from `<>` to the original sender).
+    pub envelope: QueueEnvelope,
+    /// The report message.
+    pub message: Vec<u8>,
+    /// How long it may stay queued.
+    pub max_age_secs: i64,
+}
+
+/// What [`Store::finish_attempts`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// For each result given, whether it was recorded (false: the lease was
+    /// no longer the worker's, or the entry was dropped meanwhile).
+    pub recorded: Vec<bool>,
+    /// Queue ids of the reports queued.
+    pub reports: Vec<i64>,
+    /// Whether the entry was removed (no recipient left to try).
+    pub removed: bool,
+    /// Whether its blob was deleted with it (nothing else referred to it).
+    pub blob_released: bool,
+}
+
+/// How many messages per routing domain one remote lease may take, so that
+/// a worker never leases more than its per-destination limits let it start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationCaps {
+    /// Messages per domain for domains not listed (at least 1).
+    pub default: i64,
+    /// Domains with a cap of their own (0 leaves the domain out).
+    pub domains: Vec<(String, i64)>,
+}
+
+/// A queued message with what a delivery attempt needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The envelope (every recipient, whatever its state).
+    pub envelope: QueueEnvelope,
+    /// The content.
+    pub message: Vec<u8>,
+    /// When it was queued (Unix seconds).
+    pub created_at: i64,
+    /// When it expires (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// One recipient of a queued message, with its DSN parameters (RFC 3461).
@@ -87,6 +199,146 @@ pub struct QueueEnvelope {
     pub trace_context: Option<String>,
 }
 
+/// Inserts one queue entry (blob, message row, recipients) inside the
+/// transaction `$tx` and evaluates to its id. `$pg` says whether the backend
+/// is PostgreSQL (for the blob lock, see the module documentation).
+macro_rules! insert_entry {
+    ($tx:ident, $pg:expr, $envelope:expr, $message:expr, $max_age:expr, $now:expr) => {{
+        let envelope: &QueueEnvelope = $envelope;
+        let message: &[u8] = $message;
+        let created: i64 = $now;
+        let hash = BlobHash::of(message);
+        let lock = if $pg {
+            "SELECT 1 AS held FROM blobs WHERE hash = $1 FOR KEY SHARE"
+        } else {
+            "SELECT 1 AS held FROM blobs WHERE hash = $1"
+        };
+        // Insert the blob unless it is there, and hold it: a remover that
+        // deleted it meanwhile makes the lock find nothing, so insert again.
+        let mut tries = 0;
+        loop {
+            sqlx::query(
+                "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&hash.0)
+            .bind(message.len() as i64)
+            .bind(message)
+            .bind(created)
+            .execute(&mut *$tx)
+            .await?;
+            if sqlx::query(lock)
+                .bind(&hash.0)
+                .fetch_optional(&mut *$tx)
+                .await?
+                .is_some()
+            {
+                break;
+            }
+            tries += 1;
+            if tries >= 5 {
+                return Err(StoreError::Unavailable(
+                    "the message content was removed while it was being queued".into(),
+                ));
+            }
+        }
+        let id: i64 = sqlx::query(
+            "INSERT INTO queue_messages (sender, blob_hash, size, env_id, ret, body_type, smtputf8,
+                                         requiretls, authenticated_as, client_ip, trace_context,
+                                         created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(&envelope.sender)
+        .bind(&hash.0)
+        .bind(message.len() as i64)
+        .bind(envelope.env_id.as_deref())
+        .bind(envelope.ret.as_deref())
+        .bind(envelope.body_type.as_deref())
+        .bind(envelope.smtputf8)
+        .bind(envelope.requiretls)
+        .bind(envelope.authenticated_as.as_deref())
+        .bind(envelope.client_ip.as_deref())
+        .bind(envelope.trace_context.as_deref())
+        .bind(created)
+        .bind(created.saturating_add($max_age))
+        .fetch_one(&mut *$tx)
+        .await?
+        .try_get("id")?;
+        for r in &envelope.recipients {
+            sqlx::query(
+                "INSERT INTO queue_recipients (queue_message_id, address, domain, orcpt, notify,
+                                               next_attempt_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            )
+            .bind(id)
+            .bind(&r.address)
+            .bind(routing_domain(&r.address))
+            .bind(r.orcpt.as_deref())
+            .bind(r.notify.as_deref())
+            .bind(created)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        id
+    }};
+}
+
+/// Removes queue entry `$id` (its recipients go with it, `ON DELETE
+/// CASCADE`) inside the transaction `$tx`, and its blob when nothing else
+/// refers to it (see the module documentation for why this is safe against
+/// concurrent inserts). Evaluates to `Option<bool>`: `None` when there was
+/// no such entry, else whether the blob was deleted too.
+macro_rules! remove_entry {
+    ($tx:ident, $pg:expr, $id:expr) => {{
+        let id: i64 = $id;
+        let hash: Option<String> =
+            sqlx::query_scalar("DELETE FROM queue_messages WHERE id = $1 RETURNING blob_hash")
+                .bind(id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match hash {
+            None => None,
+            Some(hash) => {
+                if $pg {
+                    // Conflicts with the FOR KEY SHARE of anyone about to
+                    // refer to the blob; the check below then sees them.
+                    sqlx::query("SELECT 1 AS held FROM blobs WHERE hash = $1 FOR UPDATE")
+                        .bind(&hash)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                }
+                sqlx::query("SAVEPOINT release_blob")
+                    .execute(&mut *$tx)
+                    .await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM blobs WHERE hash = $1
+                       AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_hash = $1)
+                       AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_hash = $1)",
+                )
+                .bind(&hash)
+                .execute(&mut *$tx)
+                .await;
+                match deleted {
+                    Ok(done) => {
+                        sqlx::query("RELEASE SAVEPOINT release_blob")
+                            .execute(&mut *$tx)
+                            .await?;
+                        Some(done.rows_affected() > 0)
+                    }
+                    Err(e) => {
+                        // A reference the foreign key knows of: keep the blob.
+                        tracing::warn!(error = %e, blob = %hash, "a released blob is still referenced; kept");
+                        sqlx::query("ROLLBACK TO SAVEPOINT release_blob")
+                            .execute(&mut *$tx)
+                            .await?;
+                        Some(false)
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// How long a message may stay in the queue before it bounces (RFC 5321
 /// §4.5.4.1 suggests at least 4–5 days).
 pub const DEFAULT_MAX_QUEUE_SECS: i64 = 5 * 24 * 3600;
@@ -107,59 +359,16 @@ impl Store {
         if message.is_empty() {
             return Err(StoreError::InvalidArgument("empty message".into()));
         }
-        let hash = BlobHash::of(message);
+        let pg = self.is_postgres();
         let created = now();
         let id = write_tx!(self, |tx| {
-            sqlx::query(
-                "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (hash) DO NOTHING",
-            )
-            .bind(&hash.0)
-            .bind(message.len() as i64)
-            .bind(message)
-            .bind(created)
-            .execute(&mut *tx)
-            .await?;
-            let id: i64 = sqlx::query(
-                "INSERT INTO queue_messages (sender, blob_hash, size, env_id, ret, body_type, smtputf8,
-                                             requiretls, authenticated_as, client_ip, trace_context,
-                                             created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-            )
-            .bind(&envelope.sender)
-            .bind(&hash.0)
-            .bind(message.len() as i64)
-            .bind(envelope.env_id.as_deref())
-            .bind(envelope.ret.as_deref())
-            .bind(envelope.body_type.as_deref())
-            .bind(envelope.smtputf8)
-            .bind(envelope.requiretls)
-            .bind(envelope.authenticated_as.as_deref())
-            .bind(envelope.client_ip.as_deref())
-            .bind(envelope.trace_context.as_deref())
-            .bind(created)
-            .bind(created + max_age_secs)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
-            for r in &envelope.recipients {
-                sqlx::query(
-                    "INSERT INTO queue_recipients (queue_message_id, address, domain, orcpt, notify,
-                                                   next_attempt_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                )
-                .bind(id)
-                .bind(&r.address)
-                .bind(routing_domain(&r.address))
-                .bind(r.orcpt.as_deref())
-                .bind(r.notify.as_deref())
-                .bind(created)
-                .execute(&mut *tx)
-                .await?;
-            }
-            id
+            insert_entry!(tx, pg, envelope, message, max_age_secs, created)
         });
         Ok(id)
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self.backend(), crate::Backend::Postgres(_))
     }
 
     /// Leases up to `limit` due recipients of *local* domains to `worker` for
@@ -173,25 +382,28 @@ impl Store {
         lease_secs: i64,
         limit: i64,
     ) -> Result<Vec<LeasedRecipient>> {
-        self.lease_recipients(worker, lease_secs, limit, true).await
+        self.lease_recipients(worker, lease_secs, limit, None).await
     }
 
     /// Leases up to `limit` due recipients of *remote* domains (every domain
-    /// that is not one of ours) to `worker` for `lease_secs`, for the relay.
+    /// that is not one of ours) to `worker` for `lease_secs`, for the relay,
+    /// taking at most as many messages per routing domain as `caps` allows.
     ///
     /// Same lease rules as [`Store::lease_local_recipients`]. Rows come
     /// ordered by message, then domain, so one worker receives the
     /// recipients of one message at one destination together and can send
     /// them in one SMTP transaction (RFC 5321 §3.3: one transaction for all
-    /// recipients at the same destination).
+    /// recipients at the same destination). Recipients beyond a domain's cap
+    /// stay unleased and due, for this worker's next round or another's.
     pub async fn lease_remote_recipients(
         &self,
         worker: &str,
         lease_secs: i64,
         limit: i64,
+        caps: &DestinationCaps,
     ) -> Result<Vec<LeasedRecipient>> {
         let mut leased = self
-            .lease_recipients(worker, lease_secs, limit, false)
+            .lease_recipients(worker, lease_secs, limit, Some(caps))
             .await?;
         // RETURNING does not promise the subquery's order.
         leased.sort_by(|a, b| {
@@ -204,42 +416,78 @@ impl Store {
         Ok(leased)
     }
 
-    /// Leases due recipients of local (`local`) or remote domains; see the two callers.
+    /// Leases due recipients of local domains (`caps` is `None`) or of
+    /// remote ones (capped per domain); see the two callers.
     async fn lease_recipients(
         &self,
         worker: &str,
         lease_secs: i64,
         limit: i64,
-        local: bool,
+        caps: Option<&DestinationCaps>,
     ) -> Result<Vec<LeasedRecipient>> {
         let now = now();
-        let lock = match self.backend() {
-            crate::Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-            crate::Backend::Sqlite(_) => "",
-        };
-        let (domains, order) = if local {
-            ("IN", "next_attempt_at, id")
+        let lock = if self.is_postgres() {
+            "FOR UPDATE SKIP LOCKED"
         } else {
-            ("NOT IN", "queue_message_id, domain, id")
+            ""
         };
-        let sql = format!(
-            "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
-             WHERE id IN (
-                 SELECT id FROM queue_recipients
-                 WHERE state IN ('pending', 'deferred') AND next_attempt_at <= $3
-                   AND (lease_until IS NULL OR lease_until < $3)
-                   AND domain {domains} (SELECT name FROM domains)
-                 ORDER BY {order} LIMIT $4 {lock})
-             RETURNING id, queue_message_id, address, attempts"
-        );
+        let due = "state IN ('pending', 'deferred') AND next_attempt_at <= $3
+                   AND (lease_until IS NULL OR lease_until < $3)";
+        // Parameters: $1 worker, $2 lease end, $3 now, $4 limit, then for
+        // remote leases $5 the default cap, then (domain, cap) pairs.
+        let mut domains: Vec<(&str, i64)> = Vec::new();
+        let sql = match caps {
+            None => format!(
+                "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
+                 WHERE id IN (
+                     SELECT id FROM queue_recipients
+                     WHERE {due} AND domain IN (SELECT name FROM domains)
+                     ORDER BY next_attempt_at, id LIMIT $4 {lock})
+                 RETURNING id, queue_message_id, address, attempts, orcpt, notify, delay_notified_at"
+            ),
+            Some(caps) => {
+                let mut cases = String::new();
+                for (i, (domain, cap)) in caps.domains.iter().enumerate() {
+                    cases.push_str(&format!(" WHEN ${} THEN ${}", 6 + 2 * i, 7 + 2 * i));
+                    domains.push((domain, *cap));
+                }
+                let cap = if cases.is_empty() {
+                    "$5".to_string()
+                } else {
+                    format!("CASE domain{cases} ELSE $5 END")
+                };
+                // The window (DENSE_RANK: the n-th message of its domain)
+                // sits above the locking subquery: PostgreSQL allows no
+                // FOR UPDATE next to a window function.
+                format!(
+                    "UPDATE queue_recipients SET lease_owner = $1, lease_until = $2, updated_at = $3
+                     WHERE id IN (
+                         SELECT id FROM (
+                             SELECT id, domain,
+                                    DENSE_RANK() OVER (PARTITION BY domain ORDER BY queue_message_id) AS nth
+                             FROM (SELECT id, queue_message_id, domain FROM queue_recipients
+                                   WHERE {due} AND domain NOT IN (SELECT name FROM domains)
+                                   ORDER BY queue_message_id, domain, id LIMIT $4 {lock}) due
+                         ) ranked
+                         WHERE nth <= {cap})
+                     RETURNING id, queue_message_id, address, attempts, orcpt, notify, delay_notified_at"
+                )
+            }
+        };
+        let default_cap = caps.map(|c| c.default.max(1)).unwrap_or(0);
         let leased = write_tx!(self, |tx| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(worker)
                 .bind(now + lease_secs)
                 .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+                .bind(limit);
+            if caps.is_some() {
+                query = query.bind(default_cap);
+                for (domain, cap) in &domains {
+                    query = query.bind(*domain).bind(*cap);
+                }
+            }
+            let rows = query.fetch_all(&mut *tx).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(LeasedRecipient {
@@ -247,6 +495,11 @@ impl Store {
                     queue_id: row.try_get("queue_message_id")?,
                     address: row.try_get("address")?,
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    orcpt: row.try_get("orcpt")?,
+                    notify: row.try_get("notify")?,
+                    delay_notified: row
+                        .try_get::<Option<i64>, _>("delay_notified_at")?
+                        .is_some(),
                 });
             }
             out
@@ -254,9 +507,56 @@ impl Store {
         Ok(leased)
     }
 
+    /// Extends every lease `worker` holds to `lease_secs` from now; returns
+    /// how many. A worker calls it periodically (well within `lease_secs`)
+    /// while it lives, so only a dead worker's leases run out.
+    pub async fn renew_leases(&self, worker: &str, lease_secs: i64) -> Result<u64> {
+        let now = now();
+        Ok(on_backend!(self, |pool| {
+            sqlx::query(
+                "UPDATE queue_recipients SET lease_until = $2
+                 WHERE lease_owner = $1 AND state IN ('pending', 'deferred')",
+            )
+            .bind(worker)
+            .bind(now + lease_secs)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Gives back the leases `worker` holds on `ids` (every lease it holds
+    /// when `ids` is `None`) without recording an attempt: the recipients
+    /// are due again at once, for any worker.
+    pub async fn release_leases(&self, worker: &str, ids: Option<&[i64]>) -> Result<u64> {
+        let ids_list = ids.map(|ids| {
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let sql = match &ids_list {
+            Some(list) if list.is_empty() => return Ok(0),
+            // Integers only: nothing to escape.
+            Some(list) => format!(
+                "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL
+                 WHERE lease_owner = $1 AND id IN ({list})"
+            ),
+            None => "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL
+                     WHERE lease_owner = $1"
+                .to_string(),
+        };
+        Ok(on_backend!(self, |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(worker)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
     /// The DSN parameters (RFC 3461 `ORCPT`, `NOTIFY`) of each recipient of a
-    /// queued message, by recipient row id, so the relay can pass them on
-    /// and the DSN writer can honour them.
+    /// queued message, by recipient row id.
     pub async fn queue_recipient_params(
         &self,
         queue_id: i64,
@@ -284,42 +584,142 @@ impl Store {
         })
     }
 
-    /// Records the outcome of an attempt and releases the lease, but only if
-    /// `worker` still holds it (a worker that lost its lease must not
-    /// overwrite the newer holder's result).
+    /// Records the outcome of an attempt for one recipient (see
+    /// [`Store::finish_attempts`], which this calls with no reports).
+    /// Returns whether it was recorded.
     pub async fn finish_attempt(
         &self,
         worker: &str,
         recipient_id: i64,
         result: &AttemptResult,
     ) -> Result<bool> {
-        let now = now();
-        let (state, next, response) = match result {
-            AttemptResult::Delivered => ("delivered", now, None),
-            AttemptResult::Deferred {
-                next_attempt_at,
-                response,
-            } => ("deferred", *next_attempt_at, Some(response.as_str())),
-            AttemptResult::Failed { response } => ("failed", now, Some(response.as_str())),
-        };
-        let updated = on_backend!(self, |pool| {
-            sqlx::query(
-                "UPDATE queue_recipients
-                 SET state = $1, next_attempt_at = $2, last_response = $3, attempts = attempts + 1,
-                     lease_owner = NULL, lease_until = NULL, updated_at = $4
-                 WHERE id = $5 AND lease_owner = $6",
-            )
-            .bind(state)
-            .bind(next)
-            .bind(response)
-            .bind(now)
-            .bind(recipient_id)
-            .bind(worker)
-            .execute(pool)
-            .await?
-            .rows_affected()
+        let queue_id: Option<i64> = on_backend!(self, |pool| {
+            sqlx::query_scalar("SELECT queue_message_id FROM queue_recipients WHERE id = $1")
+                .bind(recipient_id)
+                .fetch_optional(pool)
+                .await?
         });
-        Ok(updated == 1)
+        let Some(queue_id) = queue_id else {
+            return Ok(false);
+        };
+        let finished = self
+            .finish_attempts(
+                worker,
+                queue_id,
+                &[RecipientResult {
+                    recipient_id,
+                    result: result.clone(),
+                    delay_notice: false,
+                }],
+                |_| Vec::new(),
+            )
+            .await?;
+        Ok(finished.recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Records the results of one attempt at queue entry `queue_id`, in one
+    /// transaction:
+    /// 1. each result is written, and its lease released, only if `worker`
+    ///    still holds the lease (a worker that lost its lease must not
+    ///    overwrite the newer holder's result);
+    /// 2. `reports` is called with which results were recorded and returns
+    ///    the reports they owe, which are queued;
+    /// 3. when no recipient of the entry is left pending or deferred, the
+    ///    entry is removed, and its blob with it when nothing else refers to
+    ///    it (see the module documentation).
+    ///
+    /// Concurrent calls for one entry are serialised by a lock on its row,
+    /// so the last recipient's result always sees the others and removes it.
+    pub async fn finish_attempts<F>(
+        &self,
+        worker: &str,
+        queue_id: i64,
+        results: &[RecipientResult],
+        reports: F,
+    ) -> Result<Finished>
+    where
+        F: FnOnce(&[bool]) -> Vec<OwedReport>,
+    {
+        let now = now();
+        let pg = self.is_postgres();
+        let lock_entry = if pg {
+            "SELECT id FROM queue_messages WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT id FROM queue_messages WHERE id = $1"
+        };
+        let finished = write_tx!(self, |tx| {
+            let exists = sqlx::query(lock_entry)
+                .bind(queue_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                // Dropped by an operator meanwhile: nothing to record.
+                Finished {
+                    recorded: vec![false; results.len()],
+                    ..Default::default()
+                }
+            } else {
+                let mut finished = Finished::default();
+                for r in results {
+                    let (state, next, response) = match &r.result {
+                        AttemptResult::Delivered => ("delivered", now, None),
+                        AttemptResult::Deferred {
+                            next_attempt_at,
+                            response,
+                        } => ("deferred", *next_attempt_at, Some(response.as_str())),
+                        AttemptResult::Failed { response } => {
+                            ("failed", now, Some(response.as_str()))
+                        }
+                    };
+                    let updated = sqlx::query(
+                        "UPDATE queue_recipients
+                         SET state = $1, next_attempt_at = $2, last_response = $3,
+                             attempts = attempts + 1, lease_owner = NULL, lease_until = NULL,
+                             delay_notified_at = CASE WHEN $7 THEN $4 ELSE delay_notified_at END,
+                             updated_at = $4
+                         WHERE id = $5 AND lease_owner = $6 AND queue_message_id = $8",
+                    )
+                    .bind(state)
+                    .bind(next)
+                    .bind(response)
+                    .bind(now)
+                    .bind(r.recipient_id)
+                    .bind(worker)
+                    .bind(r.delay_notice)
+                    .bind(queue_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    finished.recorded.push(updated == 1);
+                }
+                for report in reports(&finished.recorded) {
+                    let id = insert_entry!(
+                        tx,
+                        pg,
+                        &report.envelope,
+                        &report.message,
+                        report.max_age_secs,
+                        now
+                    );
+                    finished.reports.push(id);
+                }
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM queue_recipients
+                     WHERE queue_message_id = $1 AND state IN ('pending', 'deferred')",
+                )
+                .bind(queue_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if open == 0 {
+                    let released = remove_entry!(tx, pg, queue_id);
+                    finished.removed = released.is_some();
+                    finished.blob_released = released.unwrap_or(false);
+                }
+                finished
+            }
+        });
+        Ok(finished)
     }
 
     /// Adds recipients to a queued message (e.g. remote targets an alias
@@ -384,19 +784,16 @@ impl Store {
         Ok(self
             .queued_for_attempt(id)
             .await?
-            .map(|(envelope, message, _)| (envelope, message)))
+            .map(|q| (q.envelope, q.message)))
     }
 
-    /// What a delivery attempt needs in one query: the envelope, the
-    /// content and the expiry time (Unix seconds).
-    pub async fn queued_for_attempt(
-        &self,
-        id: i64,
-    ) -> Result<Option<(QueueEnvelope, Vec<u8>, i64)>> {
+    /// What a delivery attempt needs in one round trip: the envelope, the
+    /// content, and when the message was queued and expires.
+    pub async fn queued_for_attempt(&self, id: i64) -> Result<Option<QueuedMessage>> {
         crate::on_backend!(self, |pool| {
             let Some(row) = sqlx::query(
                 "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, q.expires_at, b.data
+                        q.client_ip, q.trace_context, q.created_at, q.expires_at, b.data
                  FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash WHERE q.id = $1",
             )
             .bind(id)
@@ -430,11 +827,12 @@ impl Store {
                     notify: r.try_get("notify")?,
                 });
             }
-            Ok(Some((
+            Ok(Some(QueuedMessage {
                 envelope,
-                row.try_get::<Vec<u8>, _>("data")?,
-                row.try_get::<i64, _>("expires_at")?,
-            )))
+                message: row.try_get::<Vec<u8>, _>("data")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            }))
         })
     }
 }
@@ -452,6 +850,8 @@ pub struct QueueRecipientState {
     pub next_attempt_at: i64,
     /// The last response (reply or local reason), if any.
     pub last_response: Option<String>,
+    /// When a delay notice (RFC 3464 `Action: delayed`) was queued for it, if ever.
+    pub delay_notified_at: Option<i64>,
 }
 
 /// A queued message as an operator sees it.
@@ -558,8 +958,8 @@ impl Store {
                 return Ok(None);
             };
             let rows = sqlx::query(
-                "SELECT address, state, attempts, next_attempt_at, last_response FROM queue_recipients
-                 WHERE queue_message_id = $1 ORDER BY id",
+                "SELECT address, state, attempts, next_attempt_at, last_response, delay_notified_at
+                 FROM queue_recipients WHERE queue_message_id = $1 ORDER BY id",
             )
             .bind(id)
             .fetch_all(pool)
@@ -572,6 +972,7 @@ impl Store {
                     attempts: r.try_get::<i64, _>("attempts")? as u32,
                     next_attempt_at: r.try_get("next_attempt_at")?,
                     last_response: r.try_get("last_response")?,
+                    delay_notified_at: r.try_get("delay_notified_at")?,
                 });
             }
             Ok(Some(QueueEntry {
@@ -611,16 +1012,12 @@ impl Store {
         Ok(changed)
     }
 
-    /// Removes an entry and its recipients (no bounce is sent).
+    /// Removes an entry and its recipients (no bounce is sent), and its
+    /// blob when nothing else refers to it, as a finished entry is removed.
     pub async fn drop_queue_entry(&self, id: i64) -> Result<()> {
-        let deleted = on_backend!(self, |pool| {
-            sqlx::query("DELETE FROM queue_messages WHERE id = $1")
-                .bind(id)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if deleted == 0 {
+        let pg = self.is_postgres();
+        let removed = write_tx!(self, |tx| { remove_entry!(tx, pg, id) });
+        if removed.is_none() {
             return Err(StoreError::NotFound(format!("no queue entry {id}")));
         }
         Ok(())

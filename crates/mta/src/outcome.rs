@@ -1,0 +1,335 @@
+//! Recording what one attempt gave: the results of the leased recipients
+//! of one message, the reports they owe (failure DSNs and delay notices,
+//! see `dsn`) and, once no recipient is left to try, the removal of the
+//! entry. The store does all of it in one transaction
+//! ([`Store::finish_attempts`]); both workers come through here.
+//!
+//! Invariants:
+//! * a report covers exactly the results that were recorded under the
+//!   worker's lease, so a worker that lost its lease reports nothing and a
+//!   result is never reported twice;
+//! * a delay notice is owed once per recipient: when it is deferred, the
+//!   message was queued at least `mta.delay_warning_secs` ago (0 turns
+//!   notices off), none was sent for it yet, its sender is not `<>` and its
+//!   `NOTIFY` allows it (RFC 3461 §4.1). It is sent at the first deferral
+//!   after that moment, since deferrals are when the queue looks at it.
+
+use std::sync::Arc;
+
+use mailroom_store::{
+    AttemptResult, LeasedRecipient, OwedReport, QueuedMessage, RecipientResult, Store,
+};
+use tokio::sync::Notify;
+
+use crate::dsn::{self, ReportKind, ReportedRecipient};
+
+/// What reports need from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Reporting {
+    /// Our name (`server.hostname`): `Reporting-MTA`, `From:`.
+    pub hostname: String,
+    /// How long a report may stay queued (`mta.max_queue_age_secs`).
+    pub max_queue_age_secs: i64,
+    /// Age of a message after which a deferral sends a delay notice; 0: never.
+    pub delay_warning_secs: i64,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a deferral of `recipient` now owes a delay notice.
+pub(crate) fn delay_notice_due(
+    reporting: &Reporting,
+    queued: &QueuedMessage,
+    recipient: &LeasedRecipient,
+    now: i64,
+) -> bool {
+    reporting.delay_warning_secs > 0
+        && now.saturating_sub(queued.created_at) >= reporting.delay_warning_secs
+        && !recipient.delay_notified
+        && dsn::delay_report_wanted(&queued.envelope, recipient.notify.as_deref())
+}
+
+fn reported(r: &LeasedRecipient, response: &str) -> ReportedRecipient {
+    ReportedRecipient {
+        address: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        notify: r.notify.clone(),
+        response: response.to_string(),
+    }
+}
+
+/// The reports owed by the recorded results among `results`.
+fn owed_reports(
+    reporting: &Reporting,
+    queued: &QueuedMessage,
+    recipients: &[LeasedRecipient],
+    results: &[RecipientResult],
+    recorded: &[bool],
+    now: i64,
+) -> Vec<OwedReport> {
+    let mut failed = Vec::new();
+    let mut delayed = Vec::new();
+    for ((r, result), recorded) in recipients.iter().zip(results).zip(recorded) {
+        if !recorded {
+            continue;
+        }
+        match &result.result {
+            AttemptResult::Failed { response } => failed.push(reported(r, response)),
+            AttemptResult::Deferred { response, .. } if result.delay_notice => {
+                delayed.push(reported(r, response))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut add = |kind: ReportKind, chosen: Vec<&ReportedRecipient>| {
+        if chosen.is_empty() {
+            return;
+        }
+        let message = dsn::render_kind(
+            kind,
+            &reporting.hostname,
+            &queued.envelope,
+            &queued.message,
+            &chosen,
+            now,
+            rand::random(),
+        );
+        out.push(OwedReport {
+            envelope: dsn::envelope_for(&queued.envelope, &message),
+            message,
+            max_age_secs: reporting.max_queue_age_secs,
+        });
+    };
+    add(
+        ReportKind::Failure,
+        dsn::recipients_to_report(&queued.envelope, &failed),
+    );
+    add(
+        ReportKind::Delay {
+            will_retry_until: queued.expires_at,
+        },
+        delayed.iter().collect(),
+    );
+    out
+}
+
+/// Records `results` (one per leased recipient of `queue_id`, in order) with
+/// the reports they owe, and removes the entry if it is finished. Failures
+/// are logged: an unrecorded result is attempted again when its lease ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record(
+    store: &Store,
+    worker: &str,
+    queue_id: i64,
+    queued: &QueuedMessage,
+    recipients: &[LeasedRecipient],
+    results: Vec<AttemptResult>,
+    reporting: &Reporting,
+    wake: &Arc<Notify>,
+) {
+    let now = unix_now();
+    let input: Vec<RecipientResult> = recipients
+        .iter()
+        .zip(results)
+        .map(|(r, result)| {
+            let delay_notice = matches!(result, AttemptResult::Deferred { .. })
+                && delay_notice_due(reporting, queued, r, now);
+            RecipientResult {
+                recipient_id: r.id,
+                result,
+                delay_notice,
+            }
+        })
+        .collect();
+    let finished = store
+        .finish_attempts(worker, queue_id, &input, |recorded| {
+            owed_reports(reporting, queued, recipients, &input, recorded, now)
+        })
+        .await;
+    match finished {
+        Ok(f) => {
+            for (r, recorded) in recipients.iter().zip(&f.recorded) {
+                if !recorded {
+                    tracing::warn!(recipient = %r.address, "lease lost before the result was recorded");
+                }
+            }
+            if !f.reports.is_empty() {
+                tracing::info!(queue_id, reports = ?f.reports, to = %queued.envelope.sender, "delivery status notification queued");
+                wake.notify_waiters();
+            }
+            if f.removed {
+                tracing::info!(
+                    queue_id,
+                    blob_released = f.blob_released,
+                    "queue entry finished and removed"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(queue_id, error = %e, "cannot record delivery results; they will be retried")
+        }
+    }
+}
+
+/// Keeps `worker`'s leases alive while it lives: renews them every third of
+/// `lease_secs`. Dropping the guard stops the renewal, so a worker whose
+/// task ends (or whose process dies) lets its leases run out.
+pub(crate) fn renew_leases(store: Store, worker: String, lease_secs: i64) -> RenewalGuard {
+    let every = std::time::Duration::from_millis(
+        u64::try_from(lease_secs.max(1))
+            .unwrap_or(1)
+            .saturating_mul(1000)
+            / 3,
+    )
+    .max(std::time::Duration::from_millis(100));
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.renew_leases(&worker, lease_secs).await {
+                tracing::warn!(error = %e, "cannot renew queue leases; retrying");
+            }
+        }
+    });
+    RenewalGuard(task)
+}
+
+/// Stops a lease renewal when dropped.
+#[derive(Debug)]
+pub(crate) struct RenewalGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for RenewalGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailroom_store::QueueEnvelope;
+
+    fn queued(sender: &str, created_at: i64) -> QueuedMessage {
+        QueuedMessage {
+            envelope: QueueEnvelope {
+                sender: sender.into(),
+                ..Default::default()
+            },
+            message: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            created_at,
+            expires_at: created_at + 5 * 86400,
+        }
+    }
+
+    fn leased(notify: Option<&str>, delay_notified: bool) -> LeasedRecipient {
+        LeasedRecipient {
+            id: 1,
+            queue_id: 1,
+            address: "bob@remote.test".into(),
+            attempts: 3,
+            orcpt: None,
+            notify: notify.map(str::to_string),
+            delay_notified,
+        }
+    }
+
+    const REPORTING: Reporting = Reporting {
+        hostname: String::new(),
+        max_queue_age_secs: 3600,
+        delay_warning_secs: 4 * 3600,
+    };
+
+    #[test]
+    fn a_delay_notice_is_due_once_after_the_warning_time_if_notify_allows() {
+        let now = 1_000_000;
+        let old = queued("alice@example.test", now - 4 * 3600);
+        let young = queued("alice@example.test", now - 4 * 3600 + 1);
+        assert!(delay_notice_due(
+            &REPORTING,
+            &old,
+            &leased(None, false),
+            now
+        ));
+        assert!(!delay_notice_due(
+            &REPORTING,
+            &young,
+            &leased(None, false),
+            now
+        ));
+        assert!(
+            !delay_notice_due(&REPORTING, &old, &leased(None, true), now),
+            "once"
+        );
+        assert!(delay_notice_due(
+            &REPORTING,
+            &old,
+            &leased(Some("DELAY"), false),
+            now
+        ));
+        assert!(!delay_notice_due(
+            &REPORTING,
+            &old,
+            &leased(Some("FAILURE"), false),
+            now
+        ));
+        assert!(!delay_notice_due(
+            &REPORTING,
+            &old,
+            &leased(Some("NEVER"), false),
+            now
+        ));
+        let bounce = queued("", now - 5 * 3600);
+        assert!(
+            !delay_notice_due(&REPORTING, &bounce, &leased(None, false), now),
+            "never to <>"
+        );
+        let off = Reporting {
+            delay_warning_secs: 0,
+            ..REPORTING
+        };
+        assert!(
+            !delay_notice_due(&off, &old, &leased(None, false), now),
+            "0 is off"
+        );
+    }
+
+    #[test]
+    fn only_recorded_results_are_reported() {
+        let q = queued("alice@example.test", 0);
+        let recipients = [leased(None, false), leased(None, false)];
+        let results = [
+            RecipientResult {
+                recipient_id: 1,
+                result: AttemptResult::Failed {
+                    response: "5.1.1 no".into(),
+                },
+                delay_notice: false,
+            },
+            RecipientResult {
+                recipient_id: 2,
+                result: AttemptResult::Deferred {
+                    next_attempt_at: 9,
+                    response: "4.2.1 busy".into(),
+                },
+                delay_notice: true,
+            },
+        ];
+        let both = owed_reports(&REPORTING, &q, &recipients, &results, &[true, true], 0);
+        assert_eq!(both.len(), 2, "a failure report and a delay notice");
+        let text = String::from_utf8_lossy(&both[1].message).into_owned();
+        assert!(
+            text.contains("Action: delayed\r\nStatus: 4.2.1\r\n"),
+            "{text}"
+        );
+        assert!(owed_reports(&REPORTING, &q, &recipients, &results, &[false, false], 0).is_empty());
+        let one = owed_reports(&REPORTING, &q, &recipients, &results, &[false, true], 0);
+        assert_eq!(one.len(), 1);
+    }
+}
