@@ -15,7 +15,7 @@ use mailroom_admin::AdminToken;
 use mailroom_config::Config;
 use mailroom_net::tls;
 use mailroom_net::{ConnectionLimiter, Listener, ServeContext, Shutdown, TlsMode};
-use mailroom_smtp_server::{AuthThrottle, Mode, SmtpServer, SmtpSettings};
+use mailroom_smtp_server::{AuthThrottle, Mode, QueueHandle, SmtpServer, SmtpSettings};
 use mailroom_store::{Store, StoreOptions};
 use std::sync::Arc;
 use tonic::service::RoutesBuilder;
@@ -311,6 +311,17 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
     };
     let throttle = Arc::new(AuthThrottle::default());
     let mut queue_endpoint = config.submission.queue_endpoint.clone();
+    // The Queue of this process, when the MTA runs here: SMTP sessions call
+    // it directly rather than through gRPC.
+    let mut local_queue: Option<Arc<mailroom_mta::QueueService>> = None;
+    let queue_handle = |local: &Option<Arc<mailroom_mta::QueueService>>,
+                        endpoint: &str|
+     -> anyhow::Result<QueueHandle> {
+        Ok(match local {
+            Some(q) => QueueHandle::Local(q.clone()),
+            None => QueueHandle::remote(grpc_channel(endpoint)?),
+        })
+    };
     if runs(ServiceName::Mta) {
         let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
         queue_endpoint = format!("http://{}", listener.local_addr());
@@ -323,6 +334,11 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
         let wake = Arc::new(tokio::sync::Notify::new());
         routes.add_service(mailroom_mta::service(store.clone(), max_age, wake.clone()));
+        local_queue = Some(Arc::new(mailroom_mta::QueueService::new(
+            store.clone(),
+            max_age,
+            wake.clone(),
+        )));
         spawn_grpc(
             &shutdown,
             "queue",
@@ -363,7 +379,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             Mode::Inbound,
             smtp_settings(&config),
             store.clone(),
-            grpc_channel(&queue_endpoint)?,
+            queue_handle(&local_queue, &queue_endpoint)?,
             throttle.clone(),
         ));
         for addr in &config.mta.listen {
@@ -381,7 +397,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             Mode::Submission,
             smtp_settings(&config),
             store.clone(),
-            grpc_channel(&queue_endpoint)?,
+            queue_handle(&local_queue, &queue_endpoint)?,
             throttle.clone(),
         ));
         let all = config

@@ -41,12 +41,20 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Builds the service; `max_age_secs` is how long a message may stay queued;
 /// `wake` is notified after each enqueue (the workers of this process).
 pub fn service(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> QueueServer<QueueService> {
-    QueueServer::new(QueueService {
-        store,
-        max_age_secs,
-        wake,
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    QueueServer::new(QueueService::new(store, max_age_secs, wake))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+impl QueueService {
+    /// The Queue implementation, for [`service`] or for callers in the same
+    /// process that call it directly (`Queue::enqueue`), skipping gRPC.
+    pub fn new(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> Self {
+        QueueService {
+            store,
+            max_age_secs,
+            wake,
+        }
+    }
 }
 
 /// The Queue implementation over the store.

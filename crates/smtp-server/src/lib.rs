@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use mailroom_net::{CancellationToken, Connection, MailStream, Refusal, Session};
 use mailroom_rpc::queue::queue_client::QueueClient;
+use mailroom_rpc::queue::queue_server::Queue;
 use mailroom_sasl::SaslConfig;
 use mailroom_smtp_proto::Reply;
 use mailroom_store::Store;
@@ -101,25 +102,54 @@ pub struct SmtpServer {
     pub(crate) mode: Mode,
     pub(crate) settings: SmtpSettings,
     pub(crate) store: Store,
-    pub(crate) queue: QueueClient<Channel>,
+    pub(crate) queue: QueueHandle,
     pub(crate) sasl: SaslConfig,
     pub(crate) throttle: Arc<AuthThrottle>,
 }
 
+/// Where accepted messages go: the MTA's `Queue` service.
+#[derive(Clone)]
+pub enum QueueHandle {
+    /// Over gRPC, when the MTA runs in another process.
+    Remote(QueueClient<Channel>),
+    /// The Queue implementation of this process, called directly: the same
+    /// code and the same durability contract, without encoding the message
+    /// into HTTP/2 frames and back on every acceptance.
+    Local(Arc<dyn Queue>),
+}
+
+impl QueueHandle {
+    /// A gRPC client on `channel`.
+    pub fn remote(channel: Channel) -> Self {
+        QueueHandle::Remote(
+            QueueClient::new(channel).max_encoding_message_size(mailroom_smtp_proto_max()),
+        )
+    }
+}
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QueueHandle::Remote(_) => "QueueHandle::Remote",
+            QueueHandle::Local(_) => "QueueHandle::Local",
+        })
+    }
+}
+
 impl SmtpServer {
-    /// A server for `mode`; `queue` is a channel to the MTA's Queue service.
+    /// A server for `mode` that hands accepted messages to `queue`.
     pub fn new(
         mode: Mode,
         settings: SmtpSettings,
         store: Store,
-        queue: Channel,
+        queue: QueueHandle,
         throttle: Arc<AuthThrottle>,
     ) -> Self {
         SmtpServer {
             mode,
             settings,
             store,
-            queue: QueueClient::new(queue).max_encoding_message_size(mailroom_smtp_proto_max()),
+            queue,
             sasl: SaslConfig::default(),
             throttle,
         }

@@ -854,8 +854,15 @@ async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         tracing::info_span!("smtp.message", session = %state.id, recipients = tx.recipients.len());
     let mut grpc = tonic::Request::new(request);
     span.in_scope(|| mailroom_telemetry::inject(grpc.metadata_mut()));
-    let mut queue = server.queue.clone();
-    match queue.enqueue(grpc).await {
+    let enqueued = match &server.queue {
+        crate::QueueHandle::Remote(client) => client.clone().enqueue(grpc).await,
+        // Called inside the message's span, so the entry's trace context is this span's.
+        crate::QueueHandle::Local(queue) => {
+            use tracing::Instrument;
+            queue.enqueue(grpc).instrument(span).await
+        }
+    };
+    match enqueued {
         Ok(resp) => {
             let id = resp.into_inner().queue_id;
             r(250, "2.0.0", format!("OK: queued as {id}"))

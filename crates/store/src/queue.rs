@@ -202,6 +202,79 @@ pub struct QueueEnvelope {
 /// Inserts one queue entry (blob, message row, recipients) inside the
 /// transaction `$tx` and evaluates to its id. `$pg` says whether the backend
 /// is PostgreSQL (for the blob lock, see the module documentation).
+/// [`Store::enqueue`] on PostgreSQL in one statement, so one round trip
+/// (the SMTP "250 after commit" waits for it on every message): the blob,
+/// the entry and its recipients are inserted by data-modifying CTEs of one
+/// statement, which runs as one transaction and is committed before it
+/// returns. The blob is inserted, or, when the same content is stored
+/// already, updated in place (`ON CONFLICT DO UPDATE` touching no column's
+/// value), which locks that row against the remover's `FOR UPDATE` until
+/// the commit, and waits for and then replaces a row a concurrent remover
+/// deleted: the entry never refers to a blob that is gone (the same
+/// guarantee as [`insert_entry!`]'s explicit lock gives on the other path).
+async fn enqueue_pg(
+    pool: &sqlx::PgPool,
+    envelope: &QueueEnvelope,
+    message: &[u8],
+    max_age_secs: i64,
+    created: i64,
+) -> Result<i64> {
+    let hash = BlobHash::of(message);
+    let (mut addresses, mut domains, mut orcpts, mut notifies) = (
+        Vec::with_capacity(envelope.recipients.len()),
+        Vec::with_capacity(envelope.recipients.len()),
+        Vec::with_capacity(envelope.recipients.len()),
+        Vec::with_capacity(envelope.recipients.len()),
+    );
+    for r in &envelope.recipients {
+        addresses.push(r.address.clone());
+        domains.push(routing_domain(&r.address));
+        orcpts.push(r.orcpt.clone());
+        notifies.push(r.notify.clone());
+    }
+    let id: i64 = sqlx::query_scalar(
+        "WITH blob AS (
+             INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO UPDATE SET size = blobs.size
+             RETURNING hash
+         ), entry AS (
+             INSERT INTO queue_messages (sender, blob_hash, size, env_id, ret, body_type, smtputf8,
+                                         requiretls, authenticated_as, client_ip, trace_context,
+                                         created_at, expires_at)
+             SELECT $5, blob.hash, $2, $6, $7, $8, $9, $10, $11, $12, $13, $4, $14 FROM blob
+             RETURNING id
+         ), rcpts AS (
+             INSERT INTO queue_recipients (queue_message_id, address, domain, orcpt, notify,
+                                           next_attempt_at, updated_at)
+             SELECT entry.id, r.address, r.domain, r.orcpt, r.notify, $4, $4
+             FROM entry, UNNEST($15::text[], $16::text[], $17::text[], $18::text[])
+                  AS r(address, domain, orcpt, notify)
+         )
+         SELECT id FROM entry",
+    )
+    .bind(&hash.0)
+    .bind(message.len() as i64)
+    .bind(message)
+    .bind(created)
+    .bind(&envelope.sender)
+    .bind(envelope.env_id.as_deref())
+    .bind(envelope.ret.as_deref())
+    .bind(envelope.body_type.as_deref())
+    .bind(envelope.smtputf8)
+    .bind(envelope.requiretls)
+    .bind(envelope.authenticated_as.as_deref())
+    .bind(envelope.client_ip.as_deref())
+    .bind(envelope.trace_context.as_deref())
+    .bind(created.saturating_add(max_age_secs))
+    .bind(&addresses)
+    .bind(&domains)
+    .bind(&orcpts)
+    .bind(&notifies)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
+
 macro_rules! insert_entry {
     ($tx:ident, $pg:expr, $envelope:expr, $message:expr, $max_age:expr, $now:expr) => {{
         let envelope: &QueueEnvelope = $envelope;
@@ -361,6 +434,9 @@ impl Store {
         }
         let pg = self.is_postgres();
         let created = now();
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            return enqueue_pg(pool, envelope, message, max_age_secs, created).await;
+        }
         let id = write_tx!(self, |tx| {
             insert_entry!(tx, pg, envelope, message, max_age_secs, created)
         });
