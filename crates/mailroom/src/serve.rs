@@ -279,7 +279,14 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         });
     }
     let mut delivery_endpoint = config.mta.delivery_endpoint.clone();
+    // The MDA of this process, when it runs here: the local queue worker
+    // calls it directly rather than through gRPC.
+    let mut local_mda: Option<Arc<mailroom_mda::DeliveryService>> = None;
     if runs(ServiceName::Mda) {
+        local_mda = Some(Arc::new(mailroom_mda::DeliveryService::new(
+            store.clone(),
+            config.server.hostname.clone(),
+        )));
         let listener = Listener::bind("mda", config.mda.listen, TlsMode::Plain).await?;
         delivery_endpoint = format!("http://{}", listener.local_addr());
         listeners.push(ListenerInfo {
@@ -363,13 +370,13 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             delay_warning_secs: secs(mta.delay_warning_secs),
             max_connections_per_destination: mta.max_connections_per_destination,
         };
-        let worker = mailroom_mta::LocalDelivery::new(
-            store.clone(),
-            grpc_channel(&delivery_endpoint)?,
-            QUEUE_POLL,
-            wake.clone(),
-        )
-        .with_settings(&queue_settings);
+        let delivery = match &local_mda {
+            Some(mda) => mailroom_mta::DeliveryHandle::Local(mda.clone()),
+            None => mailroom_mta::DeliveryHandle::remote(grpc_channel(&delivery_endpoint)?),
+        };
+        let worker =
+            mailroom_mta::LocalDelivery::new(store.clone(), delivery, QUEUE_POLL, wake.clone())
+                .with_settings(&queue_settings);
         shutdown.spawn(worker.run(shutdown.token()));
         // Remote recipients: MX lookup and outbound SMTP (issue 5).
         let relay = mailroom_mta::Relay::new(store.clone(), queue_settings, QUEUE_POLL, wake)

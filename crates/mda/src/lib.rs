@@ -31,8 +31,16 @@ pub const SERVICE_NAME: &str =
 /// Builds the service over `store`; `hostname` is the authserv-id of the
 /// `Authentication-Results` headers it writes.
 pub fn service(store: Store, hostname: String) -> DeliveryServer<DeliveryService> {
-    DeliveryServer::new(DeliveryService { store, hostname })
+    DeliveryServer::new(DeliveryService::new(store, hostname))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+impl DeliveryService {
+    /// The Delivery implementation, for [`service`] or for a queue worker in
+    /// the same process that calls it directly.
+    pub fn new(store: Store, hostname: String) -> Self {
+        DeliveryService { store, hostname }
+    }
 }
 
 /// The largest message a Deliver request may carry (gRPC's 4 MiB default is

@@ -30,7 +30,7 @@ pub use relay::{
     DELAY_WARNING_SECS, DestinationLimiter, DestinationPermit, MAX_CONNECTIONS_PER_DESTINATION,
     Relay, RelaySettings, backoff,
 };
-pub use worker::{LEASE_SECS, LocalDelivery, MAX_RETRY_SECS, retry_delay};
+pub use worker::{DeliveryHandle, LEASE_SECS, LocalDelivery, MAX_RETRY_SECS, retry_delay};
 
 /// The gRPC name, for health reporting.
 pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::NamedService>::NAME;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailroom_rpc::delivery::delivery_client::DeliveryClient;
+use mailroom_rpc::delivery::delivery_server::Delivery;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
 use mailroom_store::{AttemptResult, LeasedRecipient, Store};
 use tokio::sync::Notify;
@@ -49,10 +50,35 @@ pub fn retry_delay(attempts: u32) -> i64 {
 }
 
 /// A worker that hands queued local mail to the MDA.
+/// Where local recipients are delivered: the MDA's `Delivery` service.
+#[derive(Clone)]
+pub enum DeliveryHandle {
+    /// Over gRPC, when the MDA runs in another process.
+    Remote(DeliveryClient<Channel>),
+    /// The MDA of this process, called directly (same code, no HTTP/2 hop).
+    Local(Arc<dyn Delivery>),
+}
+
+impl DeliveryHandle {
+    /// A gRPC client on `channel`.
+    pub fn remote(channel: Channel) -> Self {
+        DeliveryHandle::Remote(DeliveryClient::new(channel).max_encoding_message_size(256 << 20))
+    }
+}
+
+impl std::fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliveryHandle::Remote(_) => "DeliveryHandle::Remote",
+            DeliveryHandle::Local(_) => "DeliveryHandle::Local",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalDelivery {
     store: Store,
-    delivery: DeliveryClient<Channel>,
+    delivery: DeliveryHandle,
     id: String,
     poll: Duration,
     wake: Arc<Notify>,
@@ -64,10 +90,10 @@ pub struct LocalDelivery {
 impl LocalDelivery {
     /// A worker over `store` delivering through `delivery`; it polls every
     /// `poll` and also wakes when `wake` is notified (a new message in this process).
-    pub fn new(store: Store, delivery: Channel, poll: Duration, wake: Arc<Notify>) -> Self {
+    pub fn new(store: Store, delivery: DeliveryHandle, poll: Duration, wake: Arc<Notify>) -> Self {
         LocalDelivery {
             store,
-            delivery: DeliveryClient::new(delivery).max_encoding_message_size(256 << 20),
+            delivery,
             id: format!("{}-{:08x}", std::process::id(), rand_id()),
             poll,
             wake,
@@ -168,7 +194,11 @@ impl LocalDelivery {
                     AttemptResult::Deferred { next_attempt_at: now + backoff(self.first_retry_secs, r.attempts), response }
                 }
             };
-            let results: Vec<AttemptResult> = match self.delivery.clone().deliver(request).await {
+            let delivered = match &self.delivery {
+                DeliveryHandle::Remote(client) => client.clone().deliver(request).await,
+                DeliveryHandle::Local(mda) => mda.deliver(request).await,
+            };
+            let results: Vec<AttemptResult> = match delivered {
                 Ok(response) => {
                     let outcomes = response.into_inner().outcomes;
                     let mut results = Vec::with_capacity(recipients.len());
