@@ -22,8 +22,12 @@ impl Store {
     pub async fn put_blob(&self, data: &[u8]) -> Result<BlobHash> {
         let hash = BlobHash::of(data);
         on_backend!(self, |pool| {
+            // The NOT EXISTS spares building (and compressing) a row for
+            // content that is there already: the usual case for the MDA,
+            // whose message the queue stored first.
             sqlx::query(
-                "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
+                "INSERT INTO blobs (hash, size, data, created_at)
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE hash = $1)
                  ON CONFLICT (hash) DO NOTHING",
             )
             .bind(&hash.0)

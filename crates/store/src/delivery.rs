@@ -290,6 +290,13 @@ impl Store {
         let size = msg.blob_size + msg.prefix.len() as u64;
         let size_i64 = i64::try_from(size)
             .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
+        if let Backend::Postgres(pool) = self.backend() {
+            let outcome = store_message_pg(pool, target, folder, msg, size_i64).await?;
+            if let Stored::New(event) = &outcome {
+                self.notify(event).await;
+            }
+            return Ok(outcome);
+        }
         let outcome = write_tx!(self, |tx| {
             let (lookup_sql, key): (&'static str, &str) = match folder {
                 Folder::Inbox => (
@@ -514,4 +521,106 @@ impl Store {
             }
         })
     }
+}
+
+/// [`Store::store_message`] on PostgreSQL in two round trips instead of a
+/// seven-statement transaction: the mailbox is looked up, then one statement
+/// checks idempotency, charges the quota, allocates the UID and MODSEQ and
+/// inserts the row. Its data-modifying CTEs form one atomic statement; each
+/// feeds on the one before (`charge` → `alloc` → `ins`), so the account row
+/// is locked before the mailbox row, the lock order of every other writer.
+/// When nothing was inserted, one more query tells a duplicate from a full
+/// mailbox. A concurrent delivery of the same key loses on the unique index
+/// and reads as "already there", as a retry would.
+async fn store_message_pg(
+    pool: &sqlx::PgPool,
+    target: &LocalTarget,
+    folder: &Folder,
+    msg: &NewMessage,
+    size: i64,
+) -> Result<Stored> {
+    let (condition, key): (&str, &str) = match folder {
+        Folder::Inbox => ("FALSE", ""),
+        // Local parts are lower-cased, so a `+Tag` arrives as "tag": match names without case.
+        Folder::Named(name) => ("lower(name) = lower($2)", name),
+        Folder::Junk => ("special_use = $2", "\\Junk"),
+    };
+    // `condition` is one of the three constant texts above, never input.
+    let mailbox_id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM mailboxes WHERE account_id = $1 AND (name = 'INBOX' OR {condition})
+         ORDER BY CASE WHEN {condition} THEN 0 ELSE 1 END, name LIMIT 1"
+    )))
+    .bind(target.account_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("account {} has no INBOX", target.address)))?;
+    let inserted = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>)>(
+        "WITH dup AS (
+             SELECT uid FROM messages WHERE mailbox_id = $2 AND delivery_key = $3
+         ), charge AS (
+             UPDATE accounts SET used_bytes = used_bytes + $4
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM dup)
+               AND (quota_bytes = 0 OR used_bytes + $4 <= quota_bytes)
+             RETURNING id
+         ), alloc AS (
+             UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+             WHERE id = $2 AND EXISTS (SELECT 1 FROM charge)
+             RETURNING uidnext - 1 AS uid, highestmodseq AS modseq
+         ), ins AS (
+             INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
+                                   parse_cache, delivery_key)
+             SELECT $2, uid, modseq, $5, $4, $6, $7, $8, $3 FROM alloc
+             RETURNING uid, modseq
+         )
+         SELECT (SELECT uid FROM dup), (SELECT uid FROM ins), (SELECT modseq FROM ins)",
+    )
+    .bind(target.account_id)
+    .bind(mailbox_id)
+    .bind(&msg.delivery_key)
+    .bind(size)
+    .bind(msg.internal_date)
+    .bind(&msg.blob.0)
+    .bind(&msg.prefix)
+    .bind(msg.parse_cache.as_deref())
+    .fetch_one(pool)
+    .await;
+    let (dup, uid, modseq) = match inserted {
+        Ok(row) => row,
+        // The same delivery committed meanwhile (unique (mailbox, delivery key)).
+        Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
+            let uid: i64 = sqlx::query_scalar(
+                "SELECT uid FROM messages WHERE mailbox_id = $1 AND delivery_key = $2",
+            )
+            .bind(mailbox_id)
+            .bind(&msg.delivery_key)
+            .fetch_one(pool)
+            .await?;
+            (Some(uid), None, None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(uid) = dup {
+        return Ok(Stored::AlreadyThere {
+            mailbox_id,
+            uid: uid as u32,
+        });
+    }
+    if let (Some(uid), Some(modseq)) = (uid, modseq) {
+        return Ok(Stored::New(MailboxEvent {
+            account_id: target.account_id,
+            mailbox_id,
+            uid: uid as u32,
+            modseq: modseq as u64,
+        }));
+    }
+    let (quota, used): (i64, i64) =
+        sqlx::query_as("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
+            .bind(target.account_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(Stored::OverQuota {
+        quota: quota as u64,
+        used: used as u64,
+    })
 }
