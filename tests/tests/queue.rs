@@ -9,7 +9,8 @@ use mailroom_tests::{PASSWORD, Running, SmtpClient, with_accounts};
 
 mailroom_tests::on_both!(
     submitted_mail_reaches_the_mailbox,
-    a_full_mailbox_defers_and_keeps_the_message
+    a_full_mailbox_defers_and_keeps_the_message,
+    notify_success_gets_a_delivered_report_and_only_then,
 );
 
 async fn inbox(store: &Store, account: &str) -> i64 {
@@ -127,5 +128,76 @@ async fn a_full_mailbox_defers_and_keeps_the_message(r: &Running) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// RFC 3461: `NOTIFY=SUCCESS` on a recipient delivered here gets the sender
+/// one "delivered" report, from `<>`; without it, no report at all.
+async fn notify_success_gets_a_delivered_report_and_only_then(r: &Running) {
+    let store = with_accounts(
+        r,
+        &[
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ],
+    )
+    .await;
+    let (alice, bob, carol) = (
+        inbox(&store, "alice@example.test").await,
+        inbox(&store, "bob@example.test").await,
+        inbox(&store, "carol@example.test").await,
+    );
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
+    c.send(
+        b"EHLO remote.test\r\nMAIL FROM:<alice@example.test> ENVID=track-1\r\n\
+          RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.test\r\n\
+          RCPT TO:<carol@example.test>\r\nDATA\r\n",
+    )
+    .await;
+    for expected in [250, 250, 250, 250, 354] {
+        assert_eq!(c.reply().await.0, expected);
+    }
+    c.send(b"From: alice@example.test\r\nSubject: tracked\r\n\r\nbody\r\n.\r\n")
+        .await;
+    assert_eq!(c.reply().await.0, 250);
+    eventually("the delivered report", async || {
+        !store.list_messages(alice).await.unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(store.list_messages(bob).await.unwrap().len(), 1);
+    assert_eq!(store.list_messages(carol).await.unwrap().len(), 1);
+    // Let any (wrong) second report arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reports = store.list_messages(alice).await.unwrap();
+    assert_eq!(reports.len(), 1, "one report, about bob only");
+    let text = String::from_utf8(
+        store
+            .read_message(alice, reports[0].0)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    for want in [
+        "Return-Path: <>",
+        "Subject: Successful Mail Delivery Report",
+        "Original-Envelope-Id: track-1",
+        "Final-Recipient: rfc822; bob@example.test",
+        "Original-Recipient: rfc822; bob@example.test",
+        "Action: delivered",
+        "Status: 2.0.0",
+        "Content-Type: text/rfc822-headers",
+        "Subject: tracked",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("carol@example.test"),
+        "carol asked for nothing:\n{text}"
+    );
+    assert!(
+        !text.contains("\r\nbody\r\n"),
+        "only the header section:\n{text}"
     );
 }

@@ -35,6 +35,9 @@ pub enum ReportKind {
         /// When the message expires.
         will_retry_until: i64,
     },
+    /// They were delivered into their mailboxes here (`Action: delivered`,
+    /// RFC 3464 §2.3.3), which their `NOTIFY=SUCCESS` asked to hear.
+    Success,
 }
 
 /// One recipient the report is about.
@@ -89,6 +92,10 @@ fn status_of(response: &str, kind: ReportKind) -> String {
             .filter(|s| s.class == 4)
             .map(|s| s.to_string())
             .unwrap_or_else(|| "4.0.0".to_string()),
+        ReportKind::Success => parsed
+            .filter(|s| s.class == 2)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "2.0.0".to_string()),
     }
 }
 
@@ -127,6 +134,13 @@ pub fn recipients_to_report<'a>(
         .iter()
         .filter(|r| wants_failure_report(r.notify.as_deref()))
         .collect()
+}
+
+/// Whether a "delivered" report may go to `envelope`'s sender about a
+/// recipient with this `NOTIFY`: only when it names SUCCESS (RFC 3461 §4.1:
+/// without NOTIFY no success report is asked for), never to `<>`.
+pub fn success_report_wanted(envelope: &QueueEnvelope, notify: Option<&str>) -> bool {
+    !envelope.sender.is_empty() && notify.is_some() && notify_has(notify, "SUCCESS")
 }
 
 /// Whether a delay notice may go to `envelope`'s sender about a recipient
@@ -172,8 +186,9 @@ pub fn render_kind(
     token: u64,
 ) -> Vec<u8> {
     let boundary = format!("=_mailroom-dsn-{token:016x}");
+    // RFC 3461 §4.3: RET is about failure reports; the others carry the header section.
     let headers_only = match kind {
-        ReportKind::Delay { .. } => true,
+        ReportKind::Delay { .. } | ReportKind::Success => true,
         ReportKind::Failure => envelope
             .ret
             .as_deref()
@@ -197,6 +212,13 @@ pub fn render_kind(
                  You do not need to send it again; its header section is below.\r\n",
                 rfc822_date(will_retry_until)
             ),
+        ),
+        ReportKind::Success => (
+            "Successful Mail Delivery Report".to_string(),
+            "delivered",
+            "Your message was delivered to the recipients below, as you asked\r\n\
+             to be told. Its header section is below.\r\n"
+                .to_string(),
         ),
     };
     let mut out = String::new();

@@ -32,6 +32,10 @@ pub(crate) struct Reporting {
     pub max_queue_age_secs: i64,
     /// Age of a message after which a deferral sends a delay notice; 0: never.
     pub delay_warning_secs: i64,
+    /// Whether a delivery here is final, so that `NOTIFY=SUCCESS` owes a
+    /// "delivered" report (RFC 3461 §6.2.6.1): true for the local worker.
+    /// The relay passes `NOTIFY` on to the next server, which reports.
+    pub reports_success: bool,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -74,6 +78,7 @@ fn owed_reports(
 ) -> Vec<OwedReport> {
     let mut failed = Vec::new();
     let mut delayed = Vec::new();
+    let mut succeeded = Vec::new();
     for ((r, result), recorded) in recipients.iter().zip(results).zip(recorded) {
         if !recorded {
             continue;
@@ -82,6 +87,12 @@ fn owed_reports(
             AttemptResult::Failed { response } => failed.push(reported(r, response)),
             AttemptResult::Deferred { response, .. } if result.delay_notice => {
                 delayed.push(reported(r, response))
+            }
+            AttemptResult::Delivered
+                if reporting.reports_success
+                    && dsn::success_report_wanted(&queued.envelope, r.notify.as_deref()) =>
+            {
+                succeeded.push(reported(r, "2.0.0 delivered to the mailbox"))
             }
             _ => {}
         }
@@ -116,6 +127,7 @@ fn owed_reports(
         },
         delayed.iter().collect(),
     );
+    add(ReportKind::Success, succeeded.iter().collect());
     out
 }
 
@@ -244,6 +256,7 @@ mod tests {
         hostname: String::new(),
         max_queue_age_secs: 3600,
         delay_warning_secs: 4 * 3600,
+        reports_success: false,
     };
 
     #[test]

@@ -210,6 +210,7 @@ impl Relay {
             hostname: settings.hostname.clone(),
             max_queue_age_secs: settings.max_queue_age_secs,
             delay_warning_secs: settings.delay_warning_secs,
+            reports_success: false,
         };
         Ok(Relay {
             inner: Arc::new(Inner {

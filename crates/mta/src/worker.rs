@@ -103,6 +103,7 @@ impl LocalDelivery {
                 hostname: "localhost".into(),
                 max_queue_age_secs: mailroom_store::DEFAULT_MAX_QUEUE_SECS,
                 delay_warning_secs: 0,
+                reports_success: true,
             },
         }
     }
@@ -117,6 +118,7 @@ impl LocalDelivery {
             hostname: settings.hostname.clone(),
             max_queue_age_secs: settings.max_queue_age_secs,
             delay_warning_secs: settings.delay_warning_secs,
+            reports_success: true,
         };
         self
     }
