@@ -51,7 +51,7 @@ use crate::selected::{Selected, SyncMode, uid_set};
 /// Bad commands before the session is closed.
 const MAX_ERRORS: usize = 20;
 /// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 
 /// Why a session ends.
 #[derive(Debug)]

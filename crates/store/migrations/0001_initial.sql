@@ -91,6 +91,8 @@ CREATE TABLE expunged (
     modseq      BIGINT NOT NULL,
     PRIMARY KEY (mailbox_id, uid)
 );
+-- What vanished since a MODSEQ (QRESYNC, and every IMAP session's sync).
+CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 
 CREATE TABLE queue_messages (
     id                @ID@,

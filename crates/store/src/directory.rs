@@ -180,9 +180,17 @@ struct PasswordForms {
 }
 
 /// Derives both forms off the async threads.
+/// Password hashes computed at once, process-wide. Each argon2id run takes
+/// 19 MiB and a core for tens of milliseconds; unbounded, a burst of logins
+/// (10,000 IMAP clients reconnecting) would spread those buffers over as
+/// many blocking threads, each of whose allocator arenas keeps its peak, and
+/// the process would grow by gigabytes. Logins beyond the slots wait here.
+static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn hash_password(password: &str) -> Result<PasswordForms> {
     check_password(password)?;
     let password = password.to_owned();
+    let _permit = ARGON2_SLOTS.acquire().await;
     tokio::task::spawn_blocking(move || {
         let argon2 = Argon2::default()
             .hash_password(password.as_bytes())
@@ -563,6 +571,7 @@ impl Store {
             return Ok(None);
         };
         let password = password.to_owned();
+        let _permit = ARGON2_SLOTS.acquire().await;
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {
