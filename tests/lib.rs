@@ -783,3 +783,23 @@ pub async fn deliver_message(running: &Running, queue_id: i64, recipient: &str, 
         outcome.outcomes[0]
     );
 }
+
+/// Runs a real client or peer (a tool `.ci/run` installs) to its end and
+/// returns its output, stdout then stderr; panics with that output unless it
+/// exits with one of `codes`.
+pub fn run_tool(what: &str, cmd: &mut std::process::Command, codes: &[i32]) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} could not be run ({e}); .ci/run installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.code().is_some_and(|c| codes.contains(&c)),
+        "{what} failed ({:?}):\n{text}",
+        out.status
+    );
+    text
+}

@@ -10,23 +10,7 @@ use mailroom_tests::{Backend, PASSWORD, Running, deliver_message, start, with_ac
 
 const ALICE: &str = "alice@example.test";
 
-/// Runs a command; panics with its output unless it exits with one of `codes`.
-fn run(what: &str, cmd: &mut Command, codes: &[i32]) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what} could not be run ({e}); .ci/run installs it"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.code().is_some_and(|c| codes.contains(&c)),
-        "{what} failed ({:?}):\n{text}",
-        out.status
-    );
-    text
-}
+use mailroom_tests::run_tool as run;
 
 fn message(subject: &str) -> Vec<u8> {
     format!(

@@ -8,16 +8,7 @@ use std::time::Duration;
 use mailroom_tests::{Backend, PASSWORD, Running, start, with_accounts};
 
 fn run(what: &str, cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what} could not be run ({e}); .ci/run installs it"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed:\n{text}");
-    text
+    mailroom_tests::run_tool(what, cmd, &[0])
 }
 
 async fn stack() -> (Running, mailroom_store::Store) {

@@ -47,7 +47,7 @@ pub(crate) async fn fetch(
         MacroOrMessageDataItemNames::Macro(m) => m
             .expand()
             .into_iter()
-            .map(|n| n.into_static_name())
+            .map(imap_types::IntoStatic::into_static)
             .collect(),
         MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
     };
@@ -73,8 +73,6 @@ pub(crate) async fn fetch(
     if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
         items.push(MessageDataItemName::ModSeq);
     }
-    let condstore = state.condstore;
-    let qresync = state.qresync;
     let Phase::Selected(sel) = &mut state.phase else {
         unreachable!("state checked")
     };
@@ -233,7 +231,6 @@ pub(crate) async fn fetch(
                 .map_err(|_| Failure::No("the client stopped reading".into()))?;
         }
     }
-    let _ = (condstore, qresync);
     if unknown_cte {
         return Err(Failure::No(
             "[UNKNOWN-CTE] a part has an unknown content-transfer-encoding".into(),
@@ -243,17 +240,6 @@ pub(crate) async fn fetch(
         "OK {}FETCH completed",
         if uid { "UID " } else { "" }
     ))
-}
-
-trait IntoStaticName {
-    fn into_static_name(self) -> MessageDataItemName<'static>;
-}
-
-impl IntoStaticName for MessageDataItemName<'_> {
-    fn into_static_name(self) -> MessageDataItemName<'static> {
-        use imap_types::IntoStatic;
-        self.into_static()
-    }
 }
 
 /// Replaces the session's metadata of a message after a change it made.

@@ -27,7 +27,7 @@
 //! * after every command in the selected state the session reads the store's
 //!   changes and announces them, following RFC 9051 §7.5.1 ([`crate::selected`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
@@ -262,21 +262,13 @@ impl State {
     }
 }
 
-pub(crate) fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 impl ImapServer {
     /// Whether a login may be attempted now: over TLS, or from loopback
     /// when the exemption is configured.
     pub(crate) fn auth_permitted(&self, state: &State) -> bool {
         state.tls
-            || (self.settings.allow_plaintext_auth_on_loopback && is_loopback(state.peer.ip()))
+            || (self.settings.allow_plaintext_auth_on_loopback
+                && mailroom_net::is_loopback(state.peer.ip()))
     }
 }
 
@@ -772,14 +764,7 @@ async fn execute(
                 return Err(no("[ALREADYEXISTS] INBOX always exists"));
             }
             let account = state.account_id();
-            for parent in names::parents(&name) {
-                if store.mailbox_by_name(account, parent).await?.is_none() {
-                    match store.create_mailbox(account, parent, None).await {
-                        Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
+            create_parents(server, account, &name, None).await?;
             match store.create_mailbox(account, &name, None).await {
                 Ok(_) => Ok("OK CREATE completed".into()),
                 Err(StoreError::AlreadyExists(_)) => Err(no("[ALREADYEXISTS] mailbox exists")),
@@ -810,14 +795,7 @@ async fn execute(
                 return Err(no("[ALREADYEXISTS] INBOX always exists"));
             }
             let account = state.account_id();
-            for parent in names::parents(&to) {
-                if parent != from && store.mailbox_by_name(account, parent).await?.is_none() {
-                    match store.create_mailbox(account, parent, None).await {
-                        Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
+            create_parents(server, account, &to, Some(&from)).await?;
             match store.rename_mailbox(account, &from, &to).await {
                 Ok(()) => {
                     if let Phase::Selected(sel) = &mut state.phase
@@ -1036,6 +1014,32 @@ async fn execute(
         | CommandBody::Authenticate { .. }
         | CommandBody::Login { .. } => Err(bad("unexpected command")),
     }
+}
+
+/// Creates the missing parents of `name` (RFC 9051 §6.3.4: the server
+/// SHOULD create intermediate levels), except `skip` (RENAME's source,
+/// which is about to take its new place).
+async fn create_parents(
+    server: &ImapServer,
+    account: i64,
+    name: &str,
+    skip: Option<&str>,
+) -> Result<(), Failure> {
+    for parent in names::parents(name) {
+        if Some(parent) != skip
+            && server
+                .store
+                .mailbox_by_name(account, parent)
+                .await?
+                .is_none()
+        {
+            match server.store.create_mailbox(account, parent, None).await {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SUBSCRIBE / UNSUBSCRIBE.

@@ -180,12 +180,19 @@ fn spawn_grpc(
 }
 
 /// Runs an SMTP accept loop as a tracked task.
-fn spawn_smtp(shutdown: &Shutdown, listener: Listener, server: Arc<SmtpServer>, ctx: ServeContext) {
+/// Serves the protocol sessions of `listener` (SMTP, IMAP, POP3) until
+/// shutdown; a listener that fails shuts the process down.
+fn spawn_sessions<S: mailroom_net::Session>(
+    shutdown: &Shutdown,
+    listener: Listener,
+    server: Arc<S>,
+    ctx: ServeContext,
+) {
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let service = listener.service();
         if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
-            tracing::error!(service, error = %e, "SMTP listener failed; shutting down");
+            tracing::error!(service, error = %e, "listener failed; shutting down");
             stop.trigger();
         }
     });
@@ -396,7 +403,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 addr: listener.local_addr(),
                 mode: "SMTP, STARTTLS".into(),
             });
-            spawn_smtp(&shutdown, listener, server.clone(), smtp_context.clone());
+            spawn_sessions(&shutdown, listener, server.clone(), smtp_context.clone());
         }
     }
     if runs(ServiceName::Msa) {
@@ -427,7 +434,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 addr: listener.local_addr(),
                 mode: text.into(),
             });
-            spawn_smtp(&shutdown, listener, server.clone(), smtp_context.clone());
+            spawn_sessions(&shutdown, listener, server.clone(), smtp_context.clone());
         }
     }
     if runs(ServiceName::Pop3) {
@@ -461,13 +468,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 addr: listener.local_addr(),
                 mode: text.into(),
             });
-            let (stop, ctx, server) = (shutdown.clone(), smtp_context.clone(), server.clone());
-            shutdown.spawn(async move {
-                if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
-                    tracing::error!(service, error = %e, "POP3 listener failed; shutting down");
-                    stop.trigger();
-                }
-            });
+            spawn_sessions(&shutdown, listener, server.clone(), smtp_context.clone());
         }
     }
     if runs(ServiceName::Imap) {
@@ -504,13 +505,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 addr: listener.local_addr(),
                 mode: text.into(),
             });
-            let (stop, ctx, server) = (shutdown.clone(), smtp_context.clone(), server.clone());
-            shutdown.spawn(async move {
-                if let Err(e) = mailroom_net::serve(listener, server, ctx).await {
-                    tracing::error!(service, error = %e, "IMAP listener failed; shutting down");
-                    stop.trigger();
-                }
-            });
+            spawn_sessions(&shutdown, listener, server.clone(), smtp_context.clone());
         }
     }
     tracing::info!(store = %describe_store(&url), listeners = listeners.len(), "mailroom started");

@@ -26,3 +26,15 @@ pub use listener::{Connection, Listener, ServeContext, Session, TlsMode, serve};
 pub use shutdown::Shutdown;
 pub use stream::{MailStream, TlsInfo};
 pub use tokio_util::sync::CancellationToken;
+
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included): the
+/// address class that the "plaintext login on loopback" exemptions of
+/// SMTP submission, IMAP and POP3 allow.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}

@@ -27,7 +27,7 @@
 //!   longer one is answered `-ERR` and discarded in bounded memory, and the
 //!   session goes on.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mailroom_net::tls::TlsAcceptor;
@@ -251,22 +251,14 @@ pub(crate) struct State {
     errors: usize,
 }
 
-pub(crate) fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 impl Pop3Server {
     /// Whether a login may be attempted now: over TLS, or from loopback
     /// when the exemption is configured (RFC 2595 §2.2 leaves the policy to
     /// the server).
     pub(crate) fn auth_permitted(&self, state: &State) -> bool {
         state.tls
-            || (self.settings.allow_plaintext_auth_on_loopback && is_loopback(state.peer.ip()))
+            || (self.settings.allow_plaintext_auth_on_loopback
+                && mailroom_net::is_loopback(state.peer.ip()))
     }
 }
 

@@ -20,7 +20,7 @@
 //!   can neither exhaust memory nor hide a second message;
 //! * `250` to a message is sent only after `Queue.Enqueue` returned.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mailroom_address::{Address, Domain};
@@ -188,22 +188,14 @@ fn r(code: u16, status: &str, text: impl Into<String>) -> Reply {
     Reply::new(code, status, text)
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 impl SmtpServer {
     /// Whether AUTH may be used now: submission only, and over TLS unless
     /// the loopback exemption applies.
     pub(crate) fn auth_permitted(&self, state: &State) -> bool {
         self.mode == Mode::Submission
             && (state.is_tls()
-                || (self.settings.allow_plaintext_auth_on_loopback && is_loopback(state.peer.ip())))
+                || (self.settings.allow_plaintext_auth_on_loopback
+                    && mailroom_net::is_loopback(state.peer.ip())))
     }
 }
 
