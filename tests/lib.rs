@@ -784,22 +784,69 @@ pub async fn deliver_message(running: &Running, queue_id: i64, recipient: &str, 
     );
 }
 
+/// How long a real client or peer may run before it is killed and its test
+/// fails: no tool can hang the test run.
+pub const TOOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Runs a real client or peer (a tool `.ci/run` installs) to its end and
 /// returns its output, stdout then stderr; panics with that output unless it
-/// exits with one of `codes`.
+/// exits with one of `codes` within [`TOOL_DEADLINE`]. The tool gets no
+/// stdin and its own process group, and the whole group is killed at the
+/// deadline, so a tool waiting for a key press fails the test instead of
+/// hanging it.
 pub fn run_tool(what: &str, cmd: &mut std::process::Command, codes: &[i32]) -> String {
-    let out = cmd
-        .output()
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .unwrap_or_else(|e| panic!("{what} could not be run ({e}); .ci/run installs it"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = std::time::Instant::now() + TOOL_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the tool") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Whatever the tool left running in its group goes too (it would keep
+    // the output pipes open).
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let timed_out = status.is_none();
+    let status = match status {
+        Some(status) => status,
+        None => child.wait().expect("wait for the killed tool"),
+    };
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+        String::from_utf8_lossy(&stderr.join().unwrap_or_default())
     );
     assert!(
-        out.status.code().is_some_and(|c| codes.contains(&c)),
-        "{what} failed ({:?}):\n{text}",
-        out.status
+        !timed_out,
+        "{what} did not finish within {TOOL_DEADLINE:?} and was killed:\n{text}"
+    );
+    assert!(
+        status.code().is_some_and(|c| codes.contains(&c)),
+        "{what} failed ({status:?}):\n{text}"
     );
     text
 }

@@ -284,7 +284,7 @@ async fn mutt_reads_a_message() {
     )
     .unwrap();
     let command = format!(
-        "timeout 30 mutt -n -F {rc} -e 'push \"<pipe-message>cat > {out}<enter><quit>\"'",
+        "mutt -n -F {rc} -e 'push \"<pipe-message>cat > {out}<enter><quit>\"'",
         rc = rc.display(),
         out = out.display(),
     );
@@ -292,9 +292,13 @@ async fn mutt_reads_a_message() {
     let transcript = tokio::task::spawn_blocking(move || {
         run(
             "mutt (in script)",
+            // The environment is set in full: CI gives no SHELL (which
+            // `script` runs the command with) and no TERM. run_tool kills
+            // the whole group if mutt ever waits for a key.
             Command::new("script")
                 .env("HOME", &home)
                 .env("TERM", "xterm")
+                .env("SHELL", "/bin/sh")
                 .args(["-qec", &command, "/dev/null"]),
             &[0],
         )
