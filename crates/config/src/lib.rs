@@ -329,14 +329,14 @@ impl Config {
 
 /// Checks shared by several sections.
 pub(crate) fn check_file(key: &str, path: &Option<PathBuf>, errors: &mut Vec<ConfigError>) {
-    if let Some(p) = path {
-        if !p.is_file() {
-            errors.push(ConfigError {
-                key: key.into(),
-                source: None,
-                message: format!("{} does not exist or is not a file", p.display()),
-            });
-        }
+    if let Some(p) = path
+        && !p.is_file()
+    {
+        errors.push(ConfigError {
+            key: key.into(),
+            source: None,
+            message: format!("{} does not exist or is not a file", p.display()),
+        });
     }
 }
 

@@ -423,13 +423,13 @@ impl Config {
                 err(key, "must be at least 1".into());
             }
         }
-        if let Some(ep) = &self.telemetry.otlp_endpoint {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                err(
-                    "telemetry.otlp_endpoint",
-                    format!("{ep:?} must be an http:// or https:// URL"),
-                );
-            }
+        if let Some(ep) = &self.telemetry.otlp_endpoint
+            && !(ep.starts_with("http://") || ep.starts_with("https://"))
+        {
+            err(
+                "telemetry.otlp_endpoint",
+                format!("{ep:?} must be an http:// or https:// URL"),
+            );
         }
         if self.telemetry.log_filter.trim().is_empty() {
             err("telemetry.log_filter", "must not be empty".into());

@@ -131,10 +131,10 @@ fn the_example_file_documents_every_key() {
             continue;
         }
         let body = line.trim_start_matches('#').trim();
-        if let Some((key, _)) = body.split_once(" = ") {
-            if !key.contains(' ') {
-                documented.push(format!("{section}.{key}"));
-            }
+        if let Some((key, _)) = body.split_once(" = ")
+            && !key.contains(' ')
+        {
+            documented.push(format!("{section}.{key}"));
         }
     }
     for key in Config::all_keys() {

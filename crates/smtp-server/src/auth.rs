@@ -121,10 +121,10 @@ pub(crate) async fn authenticate(
                     return fail(server, io, state, SaslError::AuthenticationFailed).await;
                 };
                 // Acting as someone else is not offered: an authzid must name the same account.
-                if let Some(z) = authzid.filter(|z| !z.is_empty()) {
-                    if Address::parse(&z).ok().as_ref() != Some(&account) {
-                        return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                    }
+                if let Some(z) = authzid.filter(|z| !z.is_empty())
+                    && Address::parse(&z).ok().as_ref() != Some(&account)
+                {
+                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
                 }
                 if let Some(data) = final_data {
                     io.raw(format!("334 {}\r\n", encode_challenge(&data)).as_bytes());

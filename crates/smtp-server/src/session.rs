@@ -327,7 +327,7 @@ async fn command_loop(
                 state.helo = Some(name);
                 state.esmtp = false;
                 state.transaction = None;
-                io.reply(&r(250, "", format!("{host}")).without_status());
+                io.reply(&r(250, "", host.to_string()).without_status());
             }
             Command::StartTls => {
                 if state.is_tls() {
@@ -638,10 +638,11 @@ async fn mail(
     if params.requiretls && !state.is_tls() {
         return r(530, "5.7.10", "REQUIRETLS needs a TLS session");
     }
-    if let ReversePath::Path(path) = &from {
-        if path.has_non_ascii() && !params.smtputf8 {
-            return r(553, "5.6.7", "non-ASCII sender needs SMTPUTF8");
-        }
+    if let ReversePath::Path(path) = &from
+        && path.has_non_ascii()
+        && !params.smtputf8
+    {
+        return r(553, "5.6.7", "non-ASCII sender needs SMTPUTF8");
     }
     if let Some(account) = &state.account {
         // RFC 6409 §6.1: the submitter may only use addresses it owns.

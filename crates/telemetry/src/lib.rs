@@ -43,10 +43,10 @@ pub struct Telemetry {
 impl Telemetry {
     /// Flushes and stops the exporter (call before the process exits).
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
-            if let Err(e) = p.shutdown() {
-                eprintln!("telemetry: flushing traces failed: {e}");
-            }
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("telemetry: flushing traces failed: {e}");
         }
     }
 }
