@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -177,6 +177,35 @@ struct Shared {
     served_domains: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
+/// PostgreSQL connection options from `url`. Without an explicit `sslmode`
+/// in the URL, a server on loopback or a Unix socket is reached without TLS
+/// (encryption there protects nothing and costs both sides CPU on every
+/// statement); any other host keeps libpq's default, `prefer`. An explicit
+/// `sslmode` always wins.
+fn pg_options(url: &str) -> Result<PgConnectOptions> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::InvalidArgument(format!("bad PostgreSQL URL: {e}")))?;
+    let explicit = url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|kv| kv.starts_with("sslmode=") || kv.starts_with("ssl-mode="))
+    });
+    let host = opts.get_host();
+    let local = opts.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Ok(if local && !explicit {
+        opts.ssl_mode(PgSslMode::Disable)
+    } else {
+        opts
+    })
+}
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite:…`) and brings the schema
     /// up to date. An SQLite file is created when missing.
@@ -189,7 +218,7 @@ impl Store {
                 .test_before_acquire(false)
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
-                .connect(url)
+                .connect_with(pg_options(url)?)
                 .await
                 .map_err(|e| {
                     StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
@@ -271,4 +300,35 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str) -> PgSslMode {
+        pg_options(url).unwrap().get_ssl_mode()
+    }
+
+    #[test]
+    fn tls_to_postgres_is_skipped_only_on_loopback_unless_asked_for() {
+        for url in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres:///db?host=/run/postgresql",
+        ] {
+            assert!(matches!(mode(url), PgSslMode::Disable), "{url}");
+        }
+        assert!(matches!(mode("postgres://u@db.internal/db"), PgSslMode::Prefer));
+        assert!(matches!(mode("postgres://u@10.0.0.5/db"), PgSslMode::Prefer));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.internal/db?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+    }
 }
