@@ -734,16 +734,12 @@ async fn rcpt(
             Ok(Ok(resolved)) => {
                 // RFC 5321 §4.5.3.1.10 / RFC 3463 X.2.2: say "full" now rather than bounce later,
                 // when the only mailbox this reaches is full.
-                if resolved.remote.is_empty() && resolved.local.len() == 1 {
-                    match server
-                        .store
-                        .is_over_quota(resolved.local[0].account_id)
-                        .await
-                    {
-                        Ok(true) => return r(452, "4.2.2", "mailbox full, try again later"),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "quota check failed; accepting"),
-                    }
+                // (The quota was read with the lookup.)
+                if resolved.remote.is_empty()
+                    && resolved.local.len() == 1
+                    && resolved.full.contains(&resolved.local[0].account_id)
+                {
+                    return r(452, "4.2.2", "mailbox full, try again later");
                 }
                 address.to_string()
             }

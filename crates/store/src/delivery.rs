@@ -43,6 +43,18 @@ pub struct Resolved {
     pub local: Vec<LocalTarget>,
     /// Addresses outside our domains that aliases forward to (the MTA relays them).
     pub remote: Vec<String>,
+    /// The accounts of `local` that were at or over their quota when the
+    /// address was resolved (read in the same query; advisory: delivery
+    /// checks the quota again when it stores).
+    pub full: Vec<i64>,
+}
+
+/// An account row as recipient resolution reads it.
+struct Account {
+    id: i64,
+    disabled: bool,
+    /// At or over its quota.
+    full: bool,
 }
 
 /// Why a recipient cannot receive mail; each is permanent.
@@ -171,6 +183,7 @@ impl Store {
         }
         let mut resolved = Resolved::default();
         let mut local = BTreeSet::new();
+        let mut full = BTreeSet::new();
         let mut disabled = None;
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<(Address, usize)> = VecDeque::from([(address.clone(), 0)]);
@@ -189,12 +202,15 @@ impl Store {
             }
             let (account, targets) = self.lookup_exact(&addr.to_string()).await?;
             let mut found = account.is_some() || !targets.is_empty();
-            if let Some((id, is_disabled)) = account {
-                if is_disabled {
+            if let Some(a) = account {
+                if a.disabled {
                     disabled = Some(addr.to_string());
                 } else {
+                    if a.full {
+                        full.insert(a.id);
+                    }
                     local.insert(LocalTarget {
-                        account_id: id,
+                        account_id: a.id,
                         address: addr.to_string(),
                         folder: None,
                     });
@@ -209,12 +225,15 @@ impl Store {
                     let base_addr = format!("{base}@{}", addr.domain());
                     let (account, targets) = self.lookup_exact(&base_addr).await?;
                     found = account.is_some() || !targets.is_empty();
-                    if let Some((id, is_disabled)) = account {
-                        if is_disabled {
+                    if let Some(a) = account {
+                        if a.disabled {
                             disabled = Some(base_addr.clone());
                         } else {
+                            if a.full {
+                                full.insert(a.id);
+                            }
                             local.insert(LocalTarget {
-                                account_id: id,
+                                account_id: a.id,
                                 address: base_addr.clone(),
                                 folder: (!tag.is_empty()).then(|| tag.to_string()),
                             });
@@ -233,6 +252,7 @@ impl Store {
             }
         }
         resolved.local = local.into_iter().collect();
+        resolved.full = full.into_iter().collect();
         if resolved.local.is_empty() && resolved.remote.is_empty() {
             return Ok(Err(if let Some(d) = disabled {
                 Unroutable::Disabled(d)
@@ -247,13 +267,16 @@ impl Store {
 
     /// The account with exactly this address (id, disabled) and the alias
     /// targets whose source is exactly this string.
-    async fn lookup_exact(&self, key: &str) -> Result<(Option<(i64, bool)>, Vec<Address>)> {
+    async fn lookup_exact(&self, key: &str) -> Result<(Option<Account>, Vec<Address>)> {
         // One round trip for both: every RCPT and every delivery comes here.
         on_backend!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT 0 AS kind, id, disabled, '' AS target FROM accounts WHERE address = $1
+                "SELECT 0 AS kind, id, disabled,
+                        (quota_bytes > 0 AND used_bytes >= quota_bytes) AS full, '' AS target
+                   FROM accounts WHERE address = $1
                  UNION ALL
-                 SELECT 1 AS kind, 0 AS id, FALSE AS disabled, target FROM aliases WHERE source = $1
+                 SELECT 1 AS kind, 0 AS id, FALSE AS disabled, FALSE AS full, target
+                   FROM aliases WHERE source = $1
                  ORDER BY kind, target",
             )
             .bind(key)
@@ -263,10 +286,11 @@ impl Store {
             let mut targets = Vec::new();
             for row in rows {
                 if row.try_get::<i32, _>("kind")? == 0 {
-                    account = Some((
-                        row.try_get::<i64, _>("id")?,
-                        row.try_get::<bool, _>("disabled")?,
-                    ));
+                    account = Some(Account {
+                        id: row.try_get("id")?,
+                        disabled: row.try_get("disabled")?,
+                        full: row.try_get("full")?,
+                    });
                 } else {
                     let t: String = row.try_get("target")?;
                     // Targets were validated when added; skip one that no longer parses.

@@ -612,20 +612,6 @@ impl Store {
         }))
     }
 
-    /// Whether an account is at or over its quota (never for unlimited
-    /// accounts), so that SMTP can answer 452 4.2.2 before the data is sent.
-    pub async fn is_over_quota(&self, account_id: i64) -> Result<bool> {
-        Ok(on_backend!(self, |pool| {
-            sqlx::query(
-                "SELECT 1 FROM accounts WHERE id = $1 AND quota_bytes > 0 AND used_bytes >= quota_bytes",
-            )
-            .bind(account_id)
-            .fetch_optional(pool)
-            .await?
-            .is_some()
-        }))
-    }
-
     /// Adds an alias. The source's domain must be served here.
     pub async fn add_alias(&self, source: &AliasSource, target: &Address) -> Result<Alias> {
         let created_at = now();

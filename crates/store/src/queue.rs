@@ -412,6 +412,65 @@ macro_rules! remove_entry {
     }};
 }
 
+/// [`Store::finish_attempts`] on PostgreSQL when no report is owed: one call
+/// of `mailroom_finish_attempts`.
+async fn finish_attempts_pg(
+    pool: &sqlx::PgPool,
+    worker: &str,
+    queue_id: i64,
+    results: &[RecipientResult],
+    now: i64,
+) -> Result<Finished> {
+    let n = results.len();
+    let (mut ids, mut states, mut next, mut responses, mut notices) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in results {
+        let (state, at, response) = attempt_columns(&r.result, now);
+        ids.push(r.recipient_id);
+        states.push(state);
+        next.push(at);
+        responses.push(response);
+        notices.push(r.delay_notice);
+    }
+    let (recorded, removed, blob_released): (Vec<i64>, bool, bool) = sqlx::query_as(
+        "SELECT recorded, removed, blob_released
+           FROM mailroom_finish_attempts($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(queue_id)
+    .bind(worker)
+    .bind(&ids)
+    .bind(&states)
+    .bind(&next)
+    .bind(&responses)
+    .bind(&notices)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(Finished {
+        recorded: ids.iter().map(|id| recorded.contains(id)).collect(),
+        reports: Vec::new(),
+        removed,
+        blob_released,
+    })
+}
+
+/// A result as the state, next-attempt time and last response it records.
+fn attempt_columns(result: &AttemptResult, now: i64) -> (&'static str, i64, Option<String>) {
+    match result {
+        AttemptResult::Delivered => ("delivered", now, None),
+        AttemptResult::Deferred {
+            next_attempt_at,
+            response,
+        } => ("deferred", *next_attempt_at, Some(response.clone())),
+        AttemptResult::Failed { response } => ("failed", now, Some(response.clone())),
+    }
+}
+
 /// How long a message may stay in the queue before it bounces (RFC 5321
 /// §4.5.4.1 suggests at least 4–5 days).
 pub const DEFAULT_MAX_QUEUE_SECS: i64 = 5 * 24 * 3600;
@@ -706,6 +765,12 @@ impl Store {
     ///
     /// Concurrent calls for one entry are serialised by a lock on its row,
     /// so the last recipient's result always sees the others and removes it.
+    ///
+    /// `reports` must owe reports only for recorded results (as it is told).
+    /// On PostgreSQL, when even recording every result would owe none (the
+    /// usual case), the whole transaction is one round trip: the
+    /// `mailroom_finish_attempts` function (migration 0002) does the same
+    /// steps in the same order.
     pub async fn finish_attempts<F>(
         &self,
         worker: &str,
@@ -714,10 +779,15 @@ impl Store {
         reports: F,
     ) -> Result<Finished>
     where
-        F: FnOnce(&[bool]) -> Vec<OwedReport>,
+        F: Fn(&[bool]) -> Vec<OwedReport>,
     {
         let now = now();
         let pg = self.is_postgres();
+        if let crate::Backend::Postgres(pool) = self.backend()
+            && reports(&vec![true; results.len()]).is_empty()
+        {
+            return finish_attempts_pg(pool, worker, queue_id, results, now).await;
+        }
         let lock_entry = if pg {
             "SELECT id FROM queue_messages WHERE id = $1 FOR UPDATE"
         } else {
@@ -738,16 +808,7 @@ impl Store {
             } else {
                 let mut finished = Finished::default();
                 for r in results {
-                    let (state, next, response) = match &r.result {
-                        AttemptResult::Delivered => ("delivered", now, None),
-                        AttemptResult::Deferred {
-                            next_attempt_at,
-                            response,
-                        } => ("deferred", *next_attempt_at, Some(response.as_str())),
-                        AttemptResult::Failed { response } => {
-                            ("failed", now, Some(response.as_str()))
-                        }
-                    };
+                    let (state, next, response) = attempt_columns(&r.result, now);
                     let updated = sqlx::query(
                         "UPDATE queue_recipients
                          SET state = $1, next_attempt_at = $2, last_response = $3,
