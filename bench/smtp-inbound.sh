@@ -40,6 +40,27 @@ rate() { # messages, start, end
   python3 -c "import sys; m,s,e=map(float,sys.argv[1:]); print(f'{m/(e-s):.0f}')" "$@"
 }
 
+cpu() { # CPU seconds so far of: the process $1, and every postgres process
+  python3 - "$1" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+pg = 0
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() == "postgres":
+                    pg += ticks(d)
+        except OSError:
+            pass
+print(f"{ticks(sys.argv[1]) / hz:.2f} {pg / hz:.2f}")
+PY
+}
+
 run_source() { # port → prints msg/s
   local start end
   start=$(date +%s.%N)
@@ -71,7 +92,9 @@ admin=(--data-dir "$work/data" --admin-url "http://127.0.0.1:$ADMIN_PORT")
 "$BIN" "${admin[@]}" domain add example.test >&2
 echo "bench password 123" | "$BIN" "${admin[@]}" user add bob@example.test >&2
 run_source "$SMTP_PORT" >/dev/null   # warm-up (connections, caches)
+read -r m0 p0 < <(cpu "$pid")
 MAILROOM_RATE=$(run_source "$SMTP_PORT")
+read -r m1 p1 < <(cpu "$pid")
 # Every acknowledged message must end up in bob's mailbox (finished queue
 # entries are removed): wait for the queue to drain, then count.
 q() { psql -h 127.0.0.1 -U postgres -d "$db" -Atc "$1"; }
@@ -79,6 +102,7 @@ for _ in $(seq 120); do
   [ "$(q "SELECT COUNT(*) FROM queue_recipients WHERE state IN ('pending', 'deferred')")" = 0 ] && break
   sleep 0.5
 done
+read -r m2 p2 < <(cpu "$pid")
 ACCOUNTED=$(q "SELECT COUNT(*) FROM messages")
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 
@@ -103,4 +127,5 @@ smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE, loopback, $(nproc) cores, $(date
 mailroom (PostgreSQL, 250 after commit): $MAILROOM_RATE msg/s   (in the mailbox after both passes: $ACCOUNTED of $((MESSAGES * 2)))
 postfix  (queue file fsync):             $POSTFIX_RATE msg/s
 ratio mailroom/postfix: $(python3 -c "print(f'{$MAILROOM_RATE/$POSTFIX_RATE:.2f}')")
+CPU seconds during the measured pass: mailroom $(python3 -c "print(f'{$m1-$m0:.2f}')"), PostgreSQL $(python3 -c "print(f'{$p1-$p0:.2f}')"); while the queue drained after it: mailroom $(python3 -c "print(f'{$m2-$m1:.2f}')"), PostgreSQL $(python3 -c "print(f'{$p2-$p1:.2f}')")
 REPORT

@@ -346,7 +346,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         });
         let mut routes = RoutesBuilder::default();
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
-        let wake = Arc::new(tokio::sync::Notify::new());
+        let wake = Arc::new(mailroom_mta::QueueWake::default());
         routes.add_service(mailroom_mta::service(store.clone(), max_age, wake.clone()));
         local_queue = Some(Arc::new(mailroom_mta::QueueService::new(
             store.clone(),

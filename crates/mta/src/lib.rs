@@ -38,9 +38,30 @@ pub const SERVICE_NAME: &str = <QueueServer<QueueService> as tonic::server::Name
 /// The largest message Enqueue accepts (the SMTP size limit is lower).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Wakes this process's queue workers when there is new work: the local
+/// delivery worker and the relay each have their own signal, so that a burst
+/// of local mail does not make the relay look for remote work at every
+/// message (and the other way round). A worker that is busy when woken loses
+/// nothing: it looks again before it sleeps.
+#[derive(Debug, Default)]
+pub struct QueueWake {
+    /// New work for local domains.
+    pub local: Notify,
+    /// New work for remote domains.
+    pub remote: Notify,
+}
+
+impl QueueWake {
+    /// Wakes both workers (work of unknown kind).
+    pub fn both(&self) {
+        self.local.notify_waiters();
+        self.remote.notify_waiters();
+    }
+}
+
 /// Builds the service; `max_age_secs` is how long a message may stay queued;
-/// `wake` is notified after each enqueue (the workers of this process).
-pub fn service(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> QueueServer<QueueService> {
+/// `wake` is signalled after each enqueue (the workers of this process).
+pub fn service(store: Store, max_age_secs: i64, wake: Arc<QueueWake>) -> QueueServer<QueueService> {
     QueueServer::new(QueueService::new(store, max_age_secs, wake))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -48,7 +69,7 @@ pub fn service(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> QueueServe
 impl QueueService {
     /// The Queue implementation, for [`service`] or for callers in the same
     /// process that call it directly (`Queue::enqueue`), skipping gRPC.
-    pub fn new(store: Store, max_age_secs: i64, wake: Arc<Notify>) -> Self {
+    pub fn new(store: Store, max_age_secs: i64, wake: Arc<QueueWake>) -> Self {
         QueueService {
             store,
             max_age_secs,
@@ -62,7 +83,7 @@ impl QueueService {
 pub struct QueueService {
     store: Store,
     max_age_secs: i64,
-    wake: Arc<Notify>,
+    wake: Arc<QueueWake>,
 }
 
 fn single_line(field: &str, value: &str) -> Result<(), Status> {
@@ -142,6 +163,31 @@ fn envelope(request: &pb::EnqueueRequest) -> Result<QueueEnvelope, Status> {
     })
 }
 
+impl QueueService {
+    /// Wakes the worker(s) that the new entry's recipients need (domain
+    /// checks come from the store's cache; when one fails, both).
+    async fn wake_for(&self, envelope: &mailroom_store::QueueEnvelope) {
+        let (mut local, mut remote) = (false, false);
+        for r in &envelope.recipients {
+            let ours = match mailroom_address::Address::parse(&r.address) {
+                Ok(a) => self.store.serves_domain(a.domain()).await.ok(),
+                Err(_) => None,
+            };
+            match ours {
+                Some(true) => local = true,
+                Some(false) => remote = true,
+                None => (local, remote) = (true, true),
+            }
+        }
+        if local {
+            self.wake.local.notify_waiters();
+        }
+        if remote {
+            self.wake.remote.notify_waiters();
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Queue for QueueService {
     async fn enqueue(
@@ -163,7 +209,7 @@ impl Queue for QueueService {
                     size = request.message.len(),
                     "queued"
                 );
-                self.wake.notify_waiters();
+                self.wake_for(&envelope).await;
                 Ok(Response::new(pb::EnqueueResponse { queue_id }))
             }
             Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),

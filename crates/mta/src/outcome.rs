@@ -19,7 +19,6 @@ use std::sync::Arc;
 use mailroom_store::{
     AttemptResult, LeasedRecipient, OwedReport, QueuedMessage, RecipientResult, Store,
 };
-use tokio::sync::Notify;
 
 use crate::dsn::{self, ReportKind, ReportedRecipient};
 
@@ -143,7 +142,7 @@ pub(crate) async fn record(
     recipients: &[LeasedRecipient],
     results: Vec<AttemptResult>,
     reporting: &Reporting,
-    wake: &Arc<Notify>,
+    wake: &Arc<crate::QueueWake>,
 ) {
     let now = unix_now();
     let input: Vec<RecipientResult> = recipients
@@ -173,7 +172,8 @@ pub(crate) async fn record(
             }
             if !f.reports.is_empty() {
                 tracing::info!(queue_id, reports = ?f.reports, to = %queued.envelope.sender, "delivery status notification queued");
-                wake.notify_waiters();
+                // A report may go to a local or a remote sender.
+                wake.both();
             }
             if f.removed {
                 tracing::info!(

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailroom_store::{AttemptResult, DestinationCaps, LeasedRecipient, QueueEnvelope, Store};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -174,7 +174,7 @@ struct Inner {
     reporting: Reporting,
     id: String,
     poll: Duration,
-    wake: Arc<Notify>,
+    wake: Arc<crate::QueueWake>,
     lease_secs: i64,
     limiter: Arc<DestinationLimiter>,
     /// The longest one attempt may take; whatever MX hosts remain when it
@@ -198,7 +198,7 @@ impl Relay {
         store: Store,
         settings: RelaySettings,
         poll: Duration,
-        wake: Arc<Notify>,
+        wake: Arc<crate::QueueWake>,
     ) -> Result<Relay, String> {
         let router = Router::new(&settings.dns_servers)?;
         let client = ClientSettings::new(settings.hostname.clone(), settings.timeouts.clone());
@@ -262,7 +262,7 @@ impl Relay {
             if leased.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = inner.wake.notified() => {}
+                    _ = inner.wake.remote.notified() => {}
                     _ = tokio::time::sleep(inner.poll) => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }

@@ -23,7 +23,6 @@ use mailroom_rpc::delivery::delivery_client::DeliveryClient;
 use mailroom_rpc::delivery::delivery_server::Delivery;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
 use mailroom_store::{AttemptResult, LeasedRecipient, Store};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
@@ -81,7 +80,7 @@ pub struct LocalDelivery {
     delivery: DeliveryHandle,
     id: String,
     poll: Duration,
-    wake: Arc<Notify>,
+    wake: Arc<crate::QueueWake>,
     lease_secs: i64,
     first_retry_secs: i64,
     reporting: Reporting,
@@ -90,7 +89,12 @@ pub struct LocalDelivery {
 impl LocalDelivery {
     /// A worker over `store` delivering through `delivery`; it polls every
     /// `poll` and also wakes when `wake` is notified (a new message in this process).
-    pub fn new(store: Store, delivery: DeliveryHandle, poll: Duration, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        delivery: DeliveryHandle,
+        poll: Duration,
+        wake: Arc<crate::QueueWake>,
+    ) -> Self {
         LocalDelivery {
             store,
             delivery,
@@ -141,7 +145,7 @@ impl LocalDelivery {
             if leased.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.local.notified() => {}
                     _ = tokio::time::sleep(self.poll) => {}
                 }
                 continue;
@@ -207,10 +211,11 @@ impl LocalDelivery {
                     for (r, o) in recipients.iter().zip(outcomes.iter().map(Some).chain(std::iter::repeat(None))) {
                         results.push(match o {
                             Some(o) if o.outcome == Outcome::Delivered as i32 => {
-                                if !o.remote_targets.is_empty()
-                                    && let Err(e) = self.store.add_queue_recipients(queue_id, &o.remote_targets).await
-                                {
-                                    tracing::error!(error = %e, "cannot queue forwarded recipients");
+                                if !o.remote_targets.is_empty() {
+                                    match self.store.add_queue_recipients(queue_id, &o.remote_targets).await {
+                                        Ok(()) => self.wake.remote.notify_waiters(),
+                                        Err(e) => tracing::error!(error = %e, "cannot queue forwarded recipients"),
+                                    }
                                 }
                                 AttemptResult::Delivered
                             }

@@ -320,8 +320,14 @@ mod tests {
         ] {
             assert!(matches!(mode(url), PgSslMode::Disable), "{url}");
         }
-        assert!(matches!(mode("postgres://u@db.internal/db"), PgSslMode::Prefer));
-        assert!(matches!(mode("postgres://u@10.0.0.5/db"), PgSslMode::Prefer));
+        assert!(matches!(
+            mode("postgres://u@db.internal/db"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("postgres://u@10.0.0.5/db"),
+            PgSslMode::Prefer
+        ));
         assert!(matches!(
             mode("postgres://u@127.0.0.1/db?sslmode=require"),
             PgSslMode::Require
