@@ -569,38 +569,38 @@ async fn store_message_pg(
         Folder::Named(name) => ("lower(name) = lower($2)", name),
         Folder::Junk => ("special_use = $2", "\\Junk"),
     };
-    // `condition` is one of the three constant texts above, never input.
-    let mailbox_id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM mailboxes WHERE account_id = $1 AND (name = 'INBOX' OR {condition})
-         ORDER BY CASE WHEN {condition} THEN 0 ELSE 1 END, name LIMIT 1"
-    )))
-    .bind(target.account_id)
-    .bind(key)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| StoreError::NotFound(format!("account {} has no INBOX", target.address)))?;
-    let inserted = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>)>(
-        "WITH dup AS (
-             SELECT uid FROM messages WHERE mailbox_id = $2 AND delivery_key = $3
-         ), charge AS (
-             UPDATE accounts SET used_bytes = used_bytes + $4
-             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM dup)
-               AND (quota_bytes = 0 OR used_bytes + $4 <= quota_bytes)
-             RETURNING id
-         ), alloc AS (
-             UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
-             WHERE id = $2 AND EXISTS (SELECT 1 FROM charge)
-             RETURNING uidnext - 1 AS uid, highestmodseq AS modseq
-         ), ins AS (
-             INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
-                                   parse_cache, delivery_key)
-             SELECT $2, uid, modseq, $5, $4, $6, $7, $8, $3 FROM alloc
-             RETURNING uid, modseq
-         )
-         SELECT (SELECT uid FROM dup), (SELECT uid FROM ins), (SELECT modseq FROM ins)",
+    // One statement: the mailbox (the folder asked for, else INBOX), the
+    // idempotency check, the quota charge, UID/MODSEQ allocation and the
+    // insert. `condition` is one of the three constant texts above, never
+    // input.
+    let inserted = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>, Option<i64>)>(
+        sqlx::AssertSqlSafe(format!(
+            "WITH mbox AS (
+                 SELECT id FROM mailboxes WHERE account_id = $1 AND (name = 'INBOX' OR {condition})
+                 ORDER BY CASE WHEN {condition} THEN 0 ELSE 1 END, name LIMIT 1
+             ), dup AS (
+                 SELECT uid FROM messages WHERE mailbox_id = (SELECT id FROM mbox) AND delivery_key = $3
+             ), charge AS (
+                 UPDATE accounts SET used_bytes = used_bytes + $4
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM mbox) AND NOT EXISTS (SELECT 1 FROM dup)
+                   AND (quota_bytes = 0 OR used_bytes + $4 <= quota_bytes)
+                 RETURNING id
+             ), alloc AS (
+                 UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+                 WHERE id = (SELECT id FROM mbox) AND EXISTS (SELECT 1 FROM charge)
+                 RETURNING id, uidnext - 1 AS uid, highestmodseq AS modseq
+             ), ins AS (
+                 INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
+                                       parse_cache, delivery_key)
+                 SELECT id, uid, modseq, $5, $4, $6, $7, $8, $3 FROM alloc
+                 RETURNING uid, modseq
+             )
+             SELECT (SELECT id FROM mbox), (SELECT uid FROM dup), (SELECT uid FROM ins),
+                    (SELECT modseq FROM ins)"
+        )),
     )
     .bind(target.account_id)
-    .bind(mailbox_id)
+    .bind(key)
     .bind(&msg.delivery_key)
     .bind(size)
     .bind(msg.internal_date)
@@ -609,18 +609,27 @@ async fn store_message_pg(
     .bind(msg.parse_cache.as_deref())
     .fetch_one(pool)
     .await;
-    let (dup, uid, modseq) = match inserted {
+    let not_found = || StoreError::NotFound(format!("account {} has no INBOX", target.address));
+    let inserted = match inserted {
+        Ok((None, ..)) => return Err(not_found()),
+        Ok((Some(mailbox_id), dup, uid, modseq)) => Ok((mailbox_id, dup, uid, modseq)),
+        Err(e) => Err(e),
+    };
+    let (mailbox_id, dup, uid, modseq) = match inserted {
         Ok(row) => row,
         // The same delivery committed meanwhile (unique (mailbox, delivery key)).
         Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
-            let uid: i64 = sqlx::query_scalar(
-                "SELECT uid FROM messages WHERE mailbox_id = $1 AND delivery_key = $2",
+            let (mailbox_id, uid): (i64, i64) = sqlx::query_as(
+                "SELECT mailbox_id, uid FROM messages
+                 WHERE delivery_key = $2
+                   AND mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = $1)
+                 ORDER BY mailbox_id LIMIT 1",
             )
-            .bind(mailbox_id)
+            .bind(target.account_id)
             .bind(&msg.delivery_key)
             .fetch_one(pool)
             .await?;
-            (Some(uid), None, None)
+            (mailbox_id, Some(uid), None, None)
         }
         Err(e) => return Err(e.into()),
     };
