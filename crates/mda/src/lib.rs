@@ -14,6 +14,8 @@
 //! the same queue entry after a crash finds the copies already stored and
 //! stores nothing twice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use mailroom_address::Address;
 use mailroom_rpc::delivery as pb;
 use mailroom_rpc::delivery::delivery_server::{Delivery, DeliveryServer};
@@ -85,6 +87,7 @@ impl DeliveryService {
         &self,
         request: &pb::DeliverRequest,
         blob: &BlobHash,
+        blob_stored: &AtomicBool,
         cache: &Option<String>,
         recipient: &str,
     ) -> pb::RecipientOutcome {
@@ -124,7 +127,16 @@ impl DeliveryService {
                 delivery_key: format!("{}/{}", request.queue_id, address),
                 internal_date: unix_now(),
             };
-            match self.store.store_message(target, &folder, &msg).await {
+            let mut stored = self.store.store_message(target, &folder, &msg).await;
+            if matches!(stored, Err(StoreError::FailedPrecondition(_)))
+                && !blob_stored.swap(true, Ordering::Relaxed)
+            {
+                stored = match self.store.put_blob(&request.message).await {
+                    Ok(_) => self.store.store_message(target, &folder, &msg).await,
+                    Err(e) => Err(e),
+                };
+            }
+            match stored {
                 Ok(Stored::New(event)) => {
                     tracing::info!(recipient = %address, account = %target.address, uid = event.uid, "delivered");
                 }
@@ -191,22 +203,19 @@ impl Delivery for DeliveryService {
                 "sender and authentication results must be single lines",
             ));
         }
-        let blob = match self.store.put_blob(&r.message).await {
-            Ok(b) => b,
-            Err(e) => {
-                // Nothing stored: every recipient is a temporary failure.
-                let outcomes = r
-                    .recipients
-                    .iter()
-                    .map(|rcpt| self.temporary(rcpt, StoreError::Unavailable(e.to_string())))
-                    .collect();
-                return Ok(Response::new(pb::DeliverResponse { outcomes }));
-            }
-        };
+        // The queue stored this content under this key before it called us
+        // (the usual case): refer to it without sending it to the store
+        // again. When it is not there (another caller), the first copy's
+        // insert fails on the reference and stores it then.
+        let blob = BlobHash::of(&r.message);
+        let blob_stored = AtomicBool::new(false);
         let cache = parse_cache(&r.message);
         let mut outcomes = Vec::with_capacity(r.recipients.len());
         for recipient in &r.recipients {
-            outcomes.push(self.deliver_one(&r, &blob, &cache, recipient).await);
+            outcomes.push(
+                self.deliver_one(&r, &blob, &blob_stored, &cache, recipient)
+                    .await,
+            );
         }
         Ok(Response::new(pb::DeliverResponse { outcomes }))
     }

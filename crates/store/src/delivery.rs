@@ -88,7 +88,8 @@ pub enum Folder {
 /// A message to store for one account.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    /// The shared content (already stored with [`Store::put_blob`]).
+    /// The shared content, stored with [`Store::put_blob`] (storing a copy
+    /// whose content is not there fails with `FailedPrecondition`).
     pub blob: BlobHash,
     /// Its size in bytes.
     pub blob_size: u64,

@@ -928,26 +928,27 @@ impl Store {
     /// content, and when the message was queued and expires.
     pub async fn queued_for_attempt(&self, id: i64) -> Result<Option<QueuedMessage>> {
         crate::on_backend!(self, |pool| {
-            let Some(row) = sqlx::query(
+            // One round trip: a row per recipient, the content in the first.
+            let rows = sqlx::query(
                 "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, q.created_at, q.expires_at, b.data
-                 FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash WHERE q.id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let recipients = sqlx::query(
-                "SELECT address, orcpt, notify FROM queue_recipients WHERE queue_message_id = $1 ORDER BY id",
+                        q.client_ip, q.trace_context, q.created_at, q.expires_at,
+                        r.address, r.orcpt, r.notify,
+                        CASE WHEN r.id IS NULL
+                               OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
+                             THEN b.data END AS data
+                 FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash
+                 LEFT JOIN queue_recipients r ON r.queue_message_id = q.id
+                 WHERE q.id = $1 ORDER BY r.id",
             )
             .bind(id)
             .fetch_all(pool)
             .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
             let mut envelope = QueueEnvelope {
                 sender: row.try_get("sender")?,
-                recipients: Vec::with_capacity(recipients.len()),
+                recipients: Vec::with_capacity(rows.len()),
                 env_id: row.try_get("env_id")?,
                 ret: row.try_get("ret")?,
                 body_type: row.try_get("body_type")?,
@@ -957,12 +958,14 @@ impl Store {
                 client_ip: row.try_get("client_ip")?,
                 trace_context: row.try_get("trace_context")?,
             };
-            for r in recipients {
-                envelope.recipients.push(QueueRecipient {
-                    address: r.try_get("address")?,
-                    orcpt: r.try_get("orcpt")?,
-                    notify: r.try_get("notify")?,
-                });
+            for r in &rows {
+                if let Some(address) = r.try_get::<Option<String>, _>("address")? {
+                    envelope.recipients.push(QueueRecipient {
+                        address,
+                        orcpt: r.try_get("orcpt")?,
+                        notify: r.try_get("notify")?,
+                    });
+                }
             }
             Ok(Some(QueuedMessage {
                 envelope,
