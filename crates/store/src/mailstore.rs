@@ -295,6 +295,42 @@ macro_rules! lock_mailbox {
     }};
 }
 
+/// Locks a mailbox row and returns its account and current highestmodseq:
+/// [`account_of!`] and [`lock_mailbox!`] in one statement.
+macro_rules! lock_mailbox_of_account {
+    ($tx:ident, $mailbox:expr) => {{
+        let id: i64 = $mailbox;
+        let row: (i64, i64) = sqlx::query_as(
+            "UPDATE mailboxes SET highestmodseq = highestmodseq WHERE id = $1
+             RETURNING account_id, highestmodseq",
+        )
+        .bind(id)
+        .fetch_optional(&mut *$tx)
+        .await?
+        .ok_or_else(|| no_mailbox(id))?;
+        row
+    }};
+}
+
+/// Locks the account row of a mailbox and returns the account's id:
+/// [`account_of!`] and [`lock_account!`] in one statement (the account is
+/// still the first lock taken).
+macro_rules! lock_account_of {
+    ($tx:ident, $mailbox:expr) => {{
+        let id: i64 = $mailbox;
+        let account: i64 = sqlx::query_scalar(
+            "UPDATE accounts SET used_bytes = used_bytes
+             WHERE id = (SELECT account_id FROM mailboxes WHERE id = $1)
+             RETURNING id",
+        )
+        .bind(id)
+        .fetch_optional(&mut *$tx)
+        .await?
+        .ok_or_else(|| no_mailbox(id))?;
+        account
+    }};
+}
+
 /// Allocates a new MODSEQ for a (locked) mailbox; returns it.
 macro_rules! bump_modseq {
     ($tx:ident, $mailbox:expr) => {{
@@ -1162,8 +1198,7 @@ impl Store {
         let keywords = check_flags(flags, keywords)?;
         let wanted = sorted_uids(uids);
         let (outcome, event) = write_tx!(self, |tx| {
-            let account_id = account_of!(tx, mailbox_id);
-            let highestmodseq = lock_mailbox!(tx, mailbox_id);
+            let (account_id, highestmodseq) = lock_mailbox_of_account!(tx, mailbox_id);
             let span = match (wanted.first(), wanted.last()) {
                 (Some(&lo), Some(&hi)) => fetch_span!(tx, mailbox_id, lo, hi),
                 _ => Vec::new(),
@@ -1435,8 +1470,7 @@ impl Store {
     pub async fn expunge_deleted(&self, mailbox_id: i64, uids: Option<&[u32]>) -> Result<Vec<u32>> {
         let wanted = uids.map(sorted_uids);
         let (removed, event) = write_tx!(self, |tx| {
-            let account_id = account_of!(tx, mailbox_id);
-            lock_account!(tx, account_id);
+            let account_id = lock_account_of!(tx, mailbox_id);
             lock_mailbox!(tx, mailbox_id);
             let span = match &wanted {
                 None => fetch_span_brief!(tx, mailbox_id, 0u32, u32::MAX),
