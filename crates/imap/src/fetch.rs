@@ -436,6 +436,14 @@ pub(crate) async fn store(
         .store_flags(sel.mailbox.id, &uids, op, bits, &keywords, unchanged_since)
         .await?;
     let updated: std::collections::HashSet<u32> = outcome.updated.iter().map(|m| m.uid).collect();
+    // When the store's HIGHESTMODSEQ is ours (or ours + this write), nobody
+    // else changed the mailbox since the last sync: what this STORE wrote is
+    // all there is to know, and the sync after it needs no query.
+    let expected = sel.modseq + u64::from(!updated.is_empty());
+    if outcome.highestmodseq == expected {
+        sel.modseq = expected;
+        sel.up_to_date = true;
+    }
     for meta in outcome.updated {
         replace_meta(sel, meta);
     }

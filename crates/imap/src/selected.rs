@@ -37,6 +37,12 @@ pub struct Selected {
     pub pending_expunge: BTreeSet<u32>,
     /// The MODSEQ up to which the store's changes have been read.
     pub modseq: u64,
+    /// The command now running learnt itself that the store held nothing
+    /// newer than `modseq` (SELECT's snapshot; a STORE whose new MODSEQ was
+    /// the next one): the sync after it skips its query. A change committed
+    /// since is announced by the next sync, as it would be had it come a
+    /// moment later.
+    pub up_to_date: bool,
 }
 
 /// How a sync may speak.
@@ -69,6 +75,7 @@ impl Selected {
             messages,
             pending_expunge: BTreeSet::new(),
             modseq,
+            up_to_date: true,
         }))
     }
 
@@ -136,6 +143,16 @@ impl Selected {
     /// Reads the store's changes since [`Selected::modseq`] and writes the
     /// untagged responses for them into `out` (see the module docs).
     pub async fn sync(&mut self, store: &Store, mode: SyncMode, out: &mut Vec<u8>) -> Result<()> {
+        if std::mem::take(&mut self.up_to_date) {
+            // Nothing new to read; removals held back earlier may go out now.
+            if mode.allow_expunge && !self.pending_expunge.is_empty() {
+                let gone: Vec<u32> = std::mem::take(&mut self.pending_expunge)
+                    .into_iter()
+                    .collect();
+                self.announce_expunged(&gone, mode.qresync, out);
+            }
+            return Ok(());
+        }
         let changes = store.changes_since(self.mailbox.id, self.modseq).await?;
         let vanished: BTreeSet<u32> = changes.vanished.iter().copied().collect();
         let last_uid = self.messages.last().map_or(0, |m| m.uid);

@@ -556,6 +556,10 @@ async fn command_loop(
                         | CommandBody::Store { uid: false, .. }
                         | CommandBody::Search { uid: false, .. }
                 ) || uid_command;
+                if let Phase::Selected(sel) = &mut state.phase {
+                    // Only the command about to run may vouch for the store.
+                    sel.up_to_date = false;
+                }
                 let result = execute(server, io, state, &tag, body, &lifted).await;
                 match result {
                     Ok(done) => {
