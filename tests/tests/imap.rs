@@ -286,6 +286,24 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
     deliver_message(r, 10, ALICE, &message("new", "new")).await;
     let after = a.ok("NOOP").await;
     assert_eq!(after, vec!["* 3 EXISTS"]);
+    // A STORE right after someone else's change reports that change too
+    // (a's write did not get the next MODSEQ, so a reads what it missed)...
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)").await;
+    let answer = a.ok("STORE 2 +FLAGS.SILENT (\\Answered)").await;
+    assert!(
+        answer.len() == 1
+            && answer[0].starts_with("* 1 FETCH (FLAGS (")
+            && answer[0].contains("\\Flagged")
+            && answer[0].ends_with("UID 2)"),
+        "{answer:#?}"
+    );
+    // ...and after its own STORE with nothing else changed there is
+    // nothing left to report.
+    assert_eq!(
+        a.ok("STORE 3 +FLAGS.SILENT (\\Seen)").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(a.ok("NOOP").await, Vec::<String>::new());
 }
 
 async fn idle_pushes_new_mail_and_expunges(r: &Running) {
