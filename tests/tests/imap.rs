@@ -490,6 +490,41 @@ async fn copy_move_append_with_uidplus(r: &Running) {
         done.contains("NO [READ-ONLY]") || done.contains(" NO "),
         "{done}"
     );
+    // APPEND to the selected mailbox announces it (EXISTS) once, with the
+    // flags, size and UID the store gave it.
+    let before = c.ok("SELECT INBOX").await;
+    let exists = before
+        .iter()
+        .find_map(|l| {
+            l.strip_suffix(" EXISTS")?
+                .strip_prefix("* ")?
+                .parse::<usize>()
+                .ok()
+        })
+        .expect("EXISTS");
+    c.send(format!("a4 APPEND INBOX (\\Flagged) {{{}+}}\r\n", msg.len()).as_bytes())
+        .await;
+    c.send(&msg).await;
+    c.send(b"\r\n").await;
+    let (untagged, done) = c.until("a4").await;
+    assert!(done.starts_with("a4 OK [APPENDUID "), "{done}");
+    let uid: u32 = done
+        .split(']')
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("APPENDUID");
+    assert_eq!(untagged, vec![format!("* {} EXISTS", exists + 1)]);
+    assert_eq!(
+        c.ok(&format!("FETCH {} (UID FLAGS RFC822.SIZE)", exists + 1))
+            .await,
+        vec![format!(
+            "* {} FETCH (UID {uid} FLAGS (\\Flagged) RFC822.SIZE {})",
+            exists + 1,
+            msg.len()
+        )]
+    );
+    assert_eq!(c.ok("NOOP").await, Vec::<String>::new());
     // A huge synchronising literal is refused before it is sent.
     c.send(b"a3 APPEND INBOX {4294967295}\r\n").await;
     let line = c.line().await;

@@ -439,11 +439,7 @@ pub(crate) async fn store(
     // When the store's HIGHESTMODSEQ is ours (or ours + this write), nobody
     // else changed the mailbox since the last sync: what this STORE wrote is
     // all there is to know, and the sync after it needs no query.
-    let expected = sel.modseq + u64::from(!updated.is_empty());
-    if outcome.highestmodseq == expected {
-        sel.modseq = expected;
-        sel.up_to_date = true;
-    }
+    sel.own_write(outcome.highestmodseq, !updated.is_empty());
     for meta in outcome.updated {
         replace_meta(sel, meta);
     }

@@ -79,6 +79,19 @@ impl Selected {
         }))
     }
 
+    /// After the session's own write: `highestmodseq` is the mailbox's
+    /// HIGHESTMODSEQ as the write left it, and `wrote` says whether the write
+    /// took a new MODSEQ. When that is the next one after ours (or ours,
+    /// when it took none), nobody else changed the mailbox since the last
+    /// sync, and the sync after this command may skip its query.
+    pub fn own_write(&mut self, highestmodseq: u64, wrote: bool) {
+        let expected = self.modseq + u64::from(wrote);
+        if highestmodseq == expected {
+            self.modseq = expected;
+            self.up_to_date = true;
+        }
+    }
+
     /// The sequence number (1-based) of `uid`.
     pub fn seq_of(&self, uid: u32) -> Option<usize> {
         self.messages

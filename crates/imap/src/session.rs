@@ -890,10 +890,30 @@ async fn execute(
                 .append_message(mb.id, data, bits, &keywords, internal_date, Some(&cache))
                 .await
             {
-                Ok(a) => Ok(format!(
-                    "OK [APPENDUID {} {}] APPEND completed",
-                    a.uidvalidity, a.uid
-                )),
+                Ok(a) => {
+                    // Appended to the selected mailbox with nobody else's
+                    // change in between: announce it from what we know.
+                    if let Phase::Selected(sel) = &mut state.phase
+                        && sel.mailbox.id == mb.id
+                        && keywords.is_empty()
+                        && a.modseq == sel.modseq + 1
+                    {
+                        sel.messages.push(mailroom_store::MessageMeta {
+                            uid: a.uid,
+                            modseq: a.modseq,
+                            flags: bits,
+                            keywords: Vec::new(),
+                            internal_date,
+                            size: data.len() as u64,
+                        });
+                        io.line(&format!("* {} EXISTS", sel.messages.len()));
+                        sel.own_write(a.modseq, true);
+                    }
+                    Ok(format!(
+                        "OK [APPENDUID {} {}] APPEND completed",
+                        a.uidvalidity, a.uid
+                    ))
+                }
                 Err(StoreError::FailedPrecondition(m)) if m.starts_with("OVERQUOTA") => {
                     Err(no("[OVERQUOTA] the mailbox quota is exceeded"))
                 }
@@ -907,8 +927,9 @@ async fn execute(
             if sel.read_only {
                 return Err(no("[READ-ONLY] the mailbox is read-only"));
             }
-            let gone = store.expunge_deleted(sel.mailbox.id, None).await?;
-            sel.announce_expunged(&gone, state.qresync, &mut io.out);
+            let done = store.expunge_messages(sel.mailbox.id, None).await?;
+            sel.announce_expunged(&done.uids, state.qresync, &mut io.out);
+            sel.own_write(done.highestmodseq, !done.uids.is_empty());
             Ok("OK EXPUNGE completed".into())
         }
         CommandBody::ExpungeUid { sequence_set } => {
@@ -920,8 +941,9 @@ async fn execute(
             }
             let idx = sel.resolve(&sequence_set, true).map_err(bad)?;
             let uids: Vec<u32> = idx.iter().map(|&i| sel.messages[i].uid).collect();
-            let gone = store.expunge_deleted(sel.mailbox.id, Some(&uids)).await?;
-            sel.announce_expunged(&gone, state.qresync, &mut io.out);
+            let done = store.expunge_messages(sel.mailbox.id, Some(&uids)).await?;
+            sel.announce_expunged(&done.uids, state.qresync, &mut io.out);
+            sel.own_write(done.highestmodseq, !done.uids.is_empty());
             Ok("OK UID EXPUNGE completed".into())
         }
         CommandBody::Copy {

@@ -131,6 +131,16 @@ pub struct Appended {
     pub modseq: u64,
 }
 
+/// The result of [`Store::expunge_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expunged {
+    /// The removed UIDs, ascending.
+    pub uids: Vec<u32>,
+    /// The mailbox's HIGHESTMODSEQ after the expunge (one more than before
+    /// when something was removed, unchanged otherwise).
+    pub highestmodseq: u64,
+}
+
 /// The result of [`Store::copy_messages`] and [`Store::move_messages`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
@@ -1468,10 +1478,20 @@ impl Store {
     /// empty, and HIGHESTMODSEQ is not bumped). `NotFound` when the mailbox
     /// does not exist.
     pub async fn expunge_deleted(&self, mailbox_id: i64, uids: Option<&[u32]>) -> Result<Vec<u32>> {
+        Ok(self.expunge_messages(mailbox_id, uids).await?.uids)
+    }
+
+    /// [`Store::expunge_deleted`], also telling the mailbox's HIGHESTMODSEQ
+    /// once the expunge is done.
+    pub async fn expunge_messages(
+        &self,
+        mailbox_id: i64,
+        uids: Option<&[u32]>,
+    ) -> Result<Expunged> {
         let wanted = uids.map(sorted_uids);
-        let (removed, event) = write_tx!(self, |tx| {
+        let (removed, highestmodseq, event) = write_tx!(self, |tx| {
             let account_id = lock_account_of!(tx, mailbox_id);
-            lock_mailbox!(tx, mailbox_id);
+            let before = lock_mailbox!(tx, mailbox_id);
             let span = match &wanted {
                 None => fetch_span_brief!(tx, mailbox_id, 0u32, u32::MAX),
                 Some(w) => match (w.first(), w.last()) {
@@ -1496,7 +1516,7 @@ impl Store {
                 .map(|(m, _)| m.uid)
                 .collect();
             if removed.is_empty() {
-                (removed, None)
+                (removed, before, None)
             } else {
                 let freed: i64 = span
                     .iter()
@@ -1520,13 +1540,16 @@ impl Store {
                     uid: 0,
                     modseq: modseq as u64,
                 };
-                (removed, Some(event))
+                (removed, modseq, Some(event))
             }
         });
         if let Some(event) = &event {
             self.notify(event).await;
         }
-        Ok(removed)
+        Ok(Expunged {
+            uids: removed,
+            highestmodseq: highestmodseq as u64,
+        })
     }
 
     /// Bytes used and quota (0: unlimited) of the account, for GETQUOTA.
