@@ -170,6 +170,36 @@ impl MailboxEvent {
 /// The PostgreSQL channel of mailbox notifications.
 const NOTIFY_CHANNEL: &str = "mailroom_mailbox";
 
+/// Notifications sent in one statement at most.
+const NOTIFY_BATCH: usize = 256;
+
+/// Starts the task that sends a store's PostgreSQL notifications, in order,
+/// off the writers' path: a write queues its notification and returns, and
+/// the task sends whatever has queued meanwhile in one statement (one round
+/// trip per batch instead of one per write). It ends when the store is
+/// dropped.
+fn spawn_notifier(pool: sqlx::PgPool) -> tokio::sync::mpsc::UnboundedSender<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(NOTIFY_BATCH);
+        while rx.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
+            if let Err(e) = sqlx::query(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS t(payload, n)
+                 ORDER BY n",
+            )
+            .bind(NOTIFY_CHANNEL)
+            .bind(&batch)
+            .execute(&pool)
+            .await
+            {
+                tracing::warn!(error = %e, count = batch.len(), "mailbox notifications not sent");
+            }
+            batch.clear();
+        }
+    });
+    tx
+}
+
 impl Store {
     /// Resolves a recipient to the accounts that receive it and the remote
     /// addresses it forwards to: exact account, aliases (followed
@@ -438,7 +468,8 @@ impl Store {
 
     /// Announces a committed change to every subscriber: in this process on
     /// SQLite, through `pg_notify` to every process sharing the database on
-    /// PostgreSQL. Call it after the commit, never inside the transaction:
+    /// PostgreSQL (queued, and sent by a task in batches). Call it after the
+    /// commit, never inside the transaction:
     /// a NOTIFY in a transaction takes a database-wide lock until its commit
     /// is flushed, which serialised concurrent deliveries. A crash in between
     /// loses only the push; IDLE clients still see the change at their next
@@ -450,13 +481,9 @@ impl Store {
                 let _ = self.events().send(event.clone());
             }
             Backend::Postgres(pool) => {
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(event.to_payload())
-                    .execute(pool)
-                    .await
-                {
-                    tracing::warn!(error = %e, "mailbox notification not sent");
+                let queue = self.notifier().get_or_init(|| spawn_notifier(pool.clone()));
+                if queue.send(event.to_payload()).is_err() {
+                    tracing::warn!("mailbox notification not sent: the notifier has stopped");
                 }
             }
         }

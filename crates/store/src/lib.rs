@@ -175,6 +175,9 @@ struct Shared {
     /// Domains recently found to be served here, and when (see
     /// [`Store::serves_domain`]).
     served_domains: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The queue of PostgreSQL notifications to send (see
+    /// [`Store::notify`](crate::Store)); started with the first one.
+    notifier: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// PostgreSQL connection options from `url`. Without an explicit `sslmode`
@@ -252,6 +255,7 @@ impl Store {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 listener_started: tokio::sync::Mutex::new(false),
                 served_domains: std::sync::Mutex::new(std::collections::HashMap::new()),
+                notifier: std::sync::OnceLock::new(),
             }),
         };
         migrate::run(&store).await?;
@@ -265,6 +269,12 @@ impl Store {
 
     pub(crate) fn events(&self) -> &broadcast::Sender<delivery::MailboxEvent> {
         &self.shared.events
+    }
+
+    pub(crate) fn notifier(
+        &self,
+    ) -> &std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>> {
+        &self.shared.notifier
     }
 
     pub(crate) fn listener_started(&self) -> &tokio::sync::Mutex<bool> {
