@@ -491,7 +491,8 @@ impl Store {
 
     /// Mailbox events ([`MailboxEvent`]): every change committed from now
     /// on, in this process or (on PostgreSQL) in any process sharing the
-    /// database.
+    /// database. (On PostgreSQL a change committed just before may be
+    /// announced too: notifications are sent a moment after their commit.)
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<MailboxEvent>> {
         let receiver = self.events().subscribe();
         if let Backend::Postgres(pool) = self.backend() {

@@ -1405,8 +1405,6 @@ async fn events_announce_every_change(store: &Store) {
     let a = account(store, "alice@example.test", 0).await;
     let inbox = mailbox(store, a, "INBOX").await.id;
     let dest = store.create_mailbox(a, "Dest", None).await.unwrap().id;
-    append(store, inbox, 1, 100).await;
-    append(store, inbox, 2, 100).await;
     let mut rx = store.subscribe().await.unwrap();
     let event = |mailbox_id: i64, uid: u32, modseq: u64| MailboxEvent {
         account_id: a,
@@ -1414,6 +1412,14 @@ async fn events_announce_every_change(store: &Store) {
         uid,
         modseq,
     };
+    // New messages, one event each, in order.
+    append(store, inbox, 1, 100).await;
+    append(store, inbox, 2, 100).await;
+    let first = next_event(&mut rx).await;
+    let second = next_event(&mut rx).await;
+    assert_eq!((first.mailbox_id, first.uid), (inbox, 1), "{first:?}");
+    assert_eq!((second.mailbox_id, second.uid), (inbox, 2), "{second:?}");
+    assert!(first.modseq < second.modseq);
 
     // A flag change.
     let out = store
