@@ -92,6 +92,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Imap<S> {
         }
     }
 
+    /// `tag APPEND args` with `data` as a LITERAL+ literal; returns
+    /// (untagged lines, tagged line).
+    async fn append_plus(&mut self, tag: &str, args: &str, data: &[u8]) -> (Vec<String>, String) {
+        self.send(format!("{tag} APPEND {args} {{{}+}}\r\n", data.len()).as_bytes())
+            .await;
+        self.send(data).await;
+        self.send(b"\r\n").await;
+        self.until(tag).await
+    }
+
     /// A command that must succeed; its untagged lines.
     async fn ok(&mut self, command: &str) -> Vec<String> {
         let (untagged, done) = self.cmd(command).await;
@@ -466,11 +476,7 @@ async fn copy_move_append_with_uidplus(r: &Running) {
     assert!(done.starts_with("a1 OK [APPENDUID "), "{done}");
     assert!(done.contains(" 1] "), "{done}");
     // LITERAL+ needs no continuation.
-    c.send(format!("a2 APPEND Drafts {{{}+}}\r\n", msg.len()).as_bytes())
-        .await;
-    c.send(&msg).await;
-    c.send(b"\r\n").await;
-    let (_, done) = c.until("a2").await;
+    let (_, done) = c.append_plus("a2", "Drafts", &msg).await;
     assert!(
         done.contains("[APPENDUID ") && done.contains(" 2] "),
         "{done}"
@@ -502,11 +508,7 @@ async fn copy_move_append_with_uidplus(r: &Running) {
                 .ok()
         })
         .expect("EXISTS");
-    c.send(format!("a4 APPEND INBOX (\\Flagged) {{{}+}}\r\n", msg.len()).as_bytes())
-        .await;
-    c.send(&msg).await;
-    c.send(b"\r\n").await;
-    let (untagged, done) = c.until("a4").await;
+    let (untagged, done) = c.append_plus("a4", "INBOX (\\Flagged)", &msg).await;
     assert!(done.starts_with("a4 OK [APPENDUID "), "{done}");
     let uid: u32 = done
         .split(']')
@@ -671,11 +673,7 @@ async fn limits_and_garbage_keep_the_server_serving() {
     c.login().await;
     // A non-synchronising literal over the limit is swallowed, then refused.
     let big = vec![b'x'; 20_000];
-    c.send(format!("a9 APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes())
-        .await;
-    c.send(&big).await;
-    c.send(b"\r\n").await;
-    let (_, done) = c.until("a9").await;
+    let (_, done) = c.append_plus("a9", "INBOX", &big).await;
     assert!(done.contains("NO [TOOBIG]"), "{done}");
     // Another session is served all along.
     let mut d = connect(imap(&r)).await;

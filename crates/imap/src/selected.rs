@@ -158,12 +158,7 @@ impl Selected {
     pub async fn sync(&mut self, store: &Store, mode: SyncMode, out: &mut Vec<u8>) -> Result<()> {
         if std::mem::take(&mut self.up_to_date) {
             // Nothing new to read; removals held back earlier may go out now.
-            if mode.allow_expunge && !self.pending_expunge.is_empty() {
-                let gone: Vec<u32> = std::mem::take(&mut self.pending_expunge)
-                    .into_iter()
-                    .collect();
-                self.announce_expunged(&gone, mode.qresync, out);
-            }
+            self.announce_pending_expunges(mode, out);
             return Ok(());
         }
         let changes = store.changes_since(self.mailbox.id, self.modseq).await?;
@@ -195,17 +190,22 @@ impl Selected {
                 write_flags_fetch(out, seq, &self.messages[seq - 1], true, mode.condstore);
             }
         }
+        self.announce_pending_expunges(mode, out);
+        if added > 0 {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
+        }
+        self.modseq = self.modseq.max(changes.highestmodseq);
+        Ok(())
+    }
+
+    /// Announces the removals held back so far, when `mode` allows it.
+    fn announce_pending_expunges(&mut self, mode: SyncMode, out: &mut Vec<u8>) {
         if mode.allow_expunge && !self.pending_expunge.is_empty() {
             let gone: Vec<u32> = std::mem::take(&mut self.pending_expunge)
                 .into_iter()
                 .collect();
             self.announce_expunged(&gone, mode.qresync, out);
         }
-        if added > 0 {
-            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
-        }
-        self.modseq = self.modseq.max(changes.highestmodseq);
-        Ok(())
     }
 
     /// Removes `uids` (ascending) from the session's view and writes their

@@ -50,11 +50,39 @@ pub struct Resolved {
 }
 
 /// An account row as recipient resolution reads it.
-struct Account {
+struct AccountRow {
     id: i64,
     disabled: bool,
     /// At or over its quota.
     full: bool,
+}
+
+/// The accounts a resolution has reached so far.
+#[derive(Default)]
+struct Reached {
+    local: BTreeSet<LocalTarget>,
+    /// Those of `local` at or over their quota.
+    full: BTreeSet<i64>,
+    /// The last disabled account met.
+    disabled: Option<String>,
+}
+
+impl Reached {
+    /// Adds the account found under `address` (delivering into `folder`).
+    fn account(&mut self, a: AccountRow, address: String, folder: Option<String>) {
+        if a.disabled {
+            self.disabled = Some(address);
+            return;
+        }
+        if a.full {
+            self.full.insert(a.id);
+        }
+        self.local.insert(LocalTarget {
+            account_id: a.id,
+            address,
+            folder,
+        });
+    }
 }
 
 /// Why a recipient cannot receive mail; each is permanent.
@@ -213,9 +241,7 @@ impl Store {
             return Ok(Err(Unroutable::NotLocal(address.domain().to_string())));
         }
         let mut resolved = Resolved::default();
-        let mut local = BTreeSet::new();
-        let mut full = BTreeSet::new();
-        let mut disabled = None;
+        let mut reached = Reached::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<(Address, usize)> = VecDeque::from([(address.clone(), 0)]);
         let mut looped = false;
@@ -234,18 +260,7 @@ impl Store {
             let (account, targets) = self.lookup_exact(&addr.to_string()).await?;
             let mut found = account.is_some() || !targets.is_empty();
             if let Some(a) = account {
-                if a.disabled {
-                    disabled = Some(addr.to_string());
-                } else {
-                    if a.full {
-                        full.insert(a.id);
-                    }
-                    local.insert(LocalTarget {
-                        account_id: a.id,
-                        address: addr.to_string(),
-                        folder: None,
-                    });
-                }
+                reached.account(a, addr.to_string(), None);
             }
             for t in &targets {
                 queue.push_back((t.clone(), depth + 1));
@@ -257,18 +272,8 @@ impl Store {
                     let (account, targets) = self.lookup_exact(&base_addr).await?;
                     found = account.is_some() || !targets.is_empty();
                     if let Some(a) = account {
-                        if a.disabled {
-                            disabled = Some(base_addr.clone());
-                        } else {
-                            if a.full {
-                                full.insert(a.id);
-                            }
-                            local.insert(LocalTarget {
-                                account_id: a.id,
-                                address: base_addr.clone(),
-                                folder: (!tag.is_empty()).then(|| tag.to_string()),
-                            });
-                        }
+                        let folder = (!tag.is_empty()).then(|| tag.to_string());
+                        reached.account(a, base_addr, folder);
                     }
                     for t in targets {
                         queue.push_back((t, depth + 1));
@@ -282,10 +287,10 @@ impl Store {
                 }
             }
         }
-        resolved.local = local.into_iter().collect();
-        resolved.full = full.into_iter().collect();
+        resolved.local = reached.local.into_iter().collect();
+        resolved.full = reached.full.into_iter().collect();
         if resolved.local.is_empty() && resolved.remote.is_empty() {
-            return Ok(Err(if let Some(d) = disabled {
+            return Ok(Err(if let Some(d) = reached.disabled {
                 Unroutable::Disabled(d)
             } else if looped {
                 Unroutable::AliasLoop(address.to_string())
@@ -298,7 +303,7 @@ impl Store {
 
     /// The account with exactly this address (id, disabled) and the alias
     /// targets whose source is exactly this string.
-    async fn lookup_exact(&self, key: &str) -> Result<(Option<Account>, Vec<Address>)> {
+    async fn lookup_exact(&self, key: &str) -> Result<(Option<AccountRow>, Vec<Address>)> {
         // One round trip for both: every RCPT and every delivery comes here.
         on_backend!(self, |pool| {
             let rows = sqlx::query(
@@ -317,7 +322,7 @@ impl Store {
             let mut targets = Vec::new();
             for row in rows {
                 if row.try_get::<i32, _>("kind")? == 0 {
-                    account = Some(Account {
+                    account = Some(AccountRow {
                         id: row.try_get("id")?,
                         disabled: row.try_get("disabled")?,
                         full: row.try_get("full")?,
@@ -348,7 +353,7 @@ impl Store {
         if let Backend::Postgres(pool) = self.backend() {
             let outcome = store_message_pg(pool, target, folder, msg, size_i64).await?;
             if let Stored::New(event) = &outcome {
-                self.notify(event).await;
+                self.notify(event);
             }
             return Ok(outcome);
         }
@@ -461,7 +466,7 @@ impl Store {
             }
         });
         if let Stored::New(event) = &outcome {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(outcome)
     }
@@ -474,7 +479,7 @@ impl Store {
     /// is flushed, which serialised concurrent deliveries. A crash in between
     /// loses only the push; IDLE clients still see the change at their next
     /// check. Failing to notify is logged, not an error: the write is done.
-    pub(crate) async fn notify(&self, event: &MailboxEvent) {
+    pub(crate) fn notify(&self, event: &MailboxEvent) {
         match self.backend() {
             // In-process notification for the embedded store; nobody listening is fine.
             Backend::Sqlite(_) => {

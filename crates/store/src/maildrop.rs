@@ -247,7 +247,7 @@ impl Store {
         });
         // IMAP sessions on the INBOX hear of the expunges.
         if removed > 0 {
-            self.notify(&event).await;
+            self.notify(&event);
         }
         Ok(removed)
     }

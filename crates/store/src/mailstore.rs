@@ -289,22 +289,6 @@ macro_rules! lock_account {
     };
 }
 
-/// Locks a mailbox row and returns its current highestmodseq.
-macro_rules! lock_mailbox {
-    ($tx:ident, $mailbox:expr) => {{
-        let id: i64 = $mailbox;
-        let modseq: i64 = sqlx::query_scalar(
-            "UPDATE mailboxes SET highestmodseq = highestmodseq WHERE id = $1
-             RETURNING highestmodseq",
-        )
-        .bind(id)
-        .fetch_optional(&mut *$tx)
-        .await?
-        .ok_or_else(|| no_mailbox(id))?;
-        modseq
-    }};
-}
-
 /// Locks a mailbox row and returns its account and current highestmodseq:
 /// [`account_of!`] and [`lock_mailbox!`] in one statement.
 macro_rules! lock_mailbox_of_account {
@@ -320,6 +304,13 @@ macro_rules! lock_mailbox_of_account {
         .ok_or_else(|| no_mailbox(id))?;
         row
     }};
+}
+
+/// Locks a mailbox row and returns its current highestmodseq.
+macro_rules! lock_mailbox {
+    ($tx:ident, $mailbox:expr) => {
+        lock_mailbox_of_account!($tx, $mailbox).1
+    };
 }
 
 /// Locks the account row of a mailbox and returns the account's id:
@@ -891,7 +882,7 @@ impl Store {
                 modseq: modseq as u64,
             }
         });
-        self.notify(&event).await;
+        self.notify(&event);
         Ok(())
     }
 
@@ -985,7 +976,7 @@ impl Store {
                 .collect::<Vec<_>>()
         });
         for event in &events {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(())
     }
@@ -1061,7 +1052,7 @@ impl Store {
             events
         });
         for event in &events {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(())
     }
@@ -1304,7 +1295,7 @@ impl Store {
             }
         });
         if let Some(event) = &event {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(outcome)
     }
@@ -1362,7 +1353,7 @@ impl Store {
             };
             (appended, event)
         });
-        self.notify(&event).await;
+        self.notify(&event);
         Ok(appended)
     }
 
@@ -1466,7 +1457,7 @@ impl Store {
             }
         });
         for event in &events {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(copied)
     }
@@ -1544,7 +1535,7 @@ impl Store {
             }
         });
         if let Some(event) = &event {
-            self.notify(event).await;
+            self.notify(event);
         }
         Ok(Expunged {
             uids: removed,

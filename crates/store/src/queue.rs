@@ -783,10 +783,15 @@ impl Store {
     {
         let now = now();
         let pg = self.is_postgres();
-        if let crate::Backend::Postgres(pool) = self.backend()
-            && reports(&vec![true; results.len()]).is_empty()
-        {
-            return finish_attempts_pg(pool, worker, queue_id, results, now).await;
+        // On PostgreSQL: the reports owed if every result is recorded (the
+        // usual case); none at all means the one-call path.
+        let mut owed_if_all_recorded = None;
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            let owed = reports(&vec![true; results.len()]);
+            if owed.is_empty() {
+                return finish_attempts_pg(pool, worker, queue_id, results, now).await;
+            }
+            owed_if_all_recorded = Some(owed);
         }
         let lock_entry = if pg {
             "SELECT id FROM queue_messages WHERE id = $1 FOR UPDATE"
@@ -830,7 +835,11 @@ impl Store {
                     .rows_affected();
                     finished.recorded.push(updated == 1);
                 }
-                for report in reports(&finished.recorded) {
+                let owed = match owed_if_all_recorded.take() {
+                    Some(owed) if finished.recorded.iter().all(|&r| r) => owed,
+                    _ => reports(&finished.recorded),
+                };
+                for report in owed {
                     let id = insert_entry!(
                         tx,
                         pg,
