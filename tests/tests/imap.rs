@@ -314,6 +314,32 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
         Vec::<String>::new()
     );
     assert_eq!(a.ok("NOOP").await, Vec::<String>::new());
+    // A FETCH's read tells whether the mailbox changed: after someone
+    // else's change it reports that change too, with the data asked for...
+    b.ok("STORE 1 -FLAGS.SILENT (\\Flagged)").await;
+    let answer = a.ok("UID FETCH 3 (ENVELOPE)").await;
+    assert_eq!(answer.len(), 2, "{answer:#?}");
+    assert!(
+        answer[0].starts_with("* 2 FETCH (UID 3 ENVELOPE ("),
+        "{answer:#?}"
+    );
+    assert!(
+        answer[1].starts_with("* 1 FETCH (FLAGS (") && !answer[1].contains("\\Flagged"),
+        "{answer:#?}"
+    );
+    b.ok("STORE 3 +FLAGS.SILENT (\\Draft)").await;
+    let answer = a
+        .ok("UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert!(
+        answer
+            .iter()
+            .any(|l| l.starts_with("* 3 FETCH (FLAGS (") && l.contains("\\Draft")),
+        "{answer:#?}"
+    );
+    // ...and with nothing changed, nothing more.
+    assert_eq!(a.ok("UID FETCH 3 (ENVELOPE)").await.len(), 1);
+    assert_eq!(a.ok("NOOP").await, Vec::<String>::new());
 }
 
 async fn idle_pushes_new_mail_and_expunges(r: &Running) {

@@ -152,6 +152,7 @@ pub(crate) async fn fetch(
                     None,
                 )
                 .await?;
+            sel.own_write(outcome.highestmodseq, !outcome.updated.is_empty());
             for meta in outcome.updated {
                 flags_changed.insert(meta.uid);
                 replace_meta(sel, meta);
@@ -162,13 +163,25 @@ pub(crate) async fn fetch(
     let mut unknown_cte = false;
     for chunk in idx.chunks(BATCH) {
         let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
+        // Each read also tells the mailbox's HIGHESTMODSEQ: unchanged, the
+        // sync after this FETCH needs no query of its own.
         let texts = if needs_text {
-            server.store.message_texts(sel.mailbox.id, &uids).await?
+            let (texts, seen) = server
+                .store
+                .message_texts_seen(sel.mailbox.id, &uids)
+                .await?;
+            sel.saw_highestmodseq(seen);
+            texts
         } else {
             Vec::new()
         };
         let caches = if needs_summary {
-            server.store.parse_caches(sel.mailbox.id, &uids).await?
+            let (caches, seen) = server
+                .store
+                .parse_caches_seen(sel.mailbox.id, &uids)
+                .await?;
+            sel.saw_highestmodseq(seen);
+            caches
         } else {
             Vec::new()
         };

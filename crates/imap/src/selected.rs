@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 
 use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use mailroom_store::{Mailbox, MessageMeta, Result, Store, flag_bits};
+use mailroom_store::{Mailbox, MailboxSnapshot, MessageMeta, Result, Store, flag_bits};
 
 /// The selected mailbox of a session.
 #[derive(Debug)]
@@ -64,19 +64,35 @@ impl Selected {
         mailbox: Mailbox,
         read_only: bool,
     ) -> Result<Option<Selected>> {
-        let Some(snapshot) = store.mailbox_snapshot(mailbox.id).await? else {
-            return Ok(None);
-        };
+        Ok(store
+            .mailbox_snapshot(mailbox.id)
+            .await?
+            .map(|snapshot| Selected::from_snapshot(snapshot, read_only)))
+    }
+
+    /// A mailbox selected from its snapshot ([`Store::open_mailbox`] or
+    /// [`Store::mailbox_snapshot`]).
+    pub fn from_snapshot(snapshot: MailboxSnapshot, read_only: bool) -> Selected {
         let (mailbox, messages) = (snapshot.mailbox, snapshot.messages);
         let modseq = mailbox.highestmodseq;
-        Ok(Some(Selected {
+        Selected {
             mailbox,
             read_only,
             messages,
             pending_expunge: BTreeSet::new(),
             modseq,
             up_to_date: true,
-        }))
+        }
+    }
+
+    /// A read of the store during the command saw the mailbox's
+    /// HIGHESTMODSEQ at `seen`: when that is the one we synchronised to,
+    /// nothing had changed by then, and the sync after the command may skip
+    /// its query (as after SELECT).
+    pub fn saw_highestmodseq(&mut self, seen: Option<u64>) {
+        if seen == Some(self.modseq) {
+            self.up_to_date = true;
+        }
     }
 
     /// After the session's own write: `highestmodseq` is the mailbox's

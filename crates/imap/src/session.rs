@@ -871,9 +871,6 @@ async fn execute(
             message,
         } => {
             let name = mailbox_name(state, &mailbox)?;
-            let Some(mb) = store.mailbox_by_name(state.account_id(), &name).await? else {
-                return Err(no("[TRYCREATE] no such mailbox"));
-            };
             let data: &[u8] = match &message {
                 imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.as_ref(),
                 imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
@@ -886,15 +883,24 @@ async fn execute(
                 .map(|d| d.as_ref().timestamp())
                 .unwrap_or_else(mailroom_store::now);
             let cache = mailroom_mime::Summary::parse(data).to_json();
+            let account = state.account_id();
             match store
-                .append_message(mb.id, data, bits, &keywords, internal_date, Some(&cache))
+                .append_message_to(
+                    account,
+                    &name,
+                    data,
+                    bits,
+                    &keywords,
+                    internal_date,
+                    Some(&cache),
+                )
                 .await
             {
-                Ok(a) => {
+                Ok((mailbox_id, a)) => {
                     // Appended to the selected mailbox with nobody else's
                     // change in between: announce it from what we know.
                     if let Phase::Selected(sel) = &mut state.phase
-                        && sel.mailbox.id == mb.id
+                        && sel.mailbox.id == mailbox_id
                         && keywords.is_empty()
                         && a.modseq == sel.modseq + 1
                     {
@@ -917,6 +923,7 @@ async fn execute(
                 Err(StoreError::FailedPrecondition(m)) if m.starts_with("OVERQUOTA") => {
                     Err(no("[OVERQUOTA] the mailbox quota is exceeded"))
                 }
+                Err(StoreError::NotFound(_)) => Err(no("[TRYCREATE] no such mailbox")),
                 Err(e) => Err(e.into()),
             }
         }
@@ -1129,7 +1136,6 @@ async fn select(
     // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).
     state.phase = Phase::Authenticated;
     let name = mailbox_name(state, mailbox)?;
-    let mb = existing_mailbox(server, state, &name).await?;
     let mut qresync = None;
     for p in &parameters {
         match p {
@@ -1151,9 +1157,11 @@ async fn select(
             }
         }
     }
-    let Some(sel) = Selected::open(&server.store, mb, examine).await? else {
+    // The mailbox and its messages in one read.
+    let Some(snapshot) = server.store.open_mailbox(state.account_id(), &name).await? else {
         return Err(no("[NONEXISTENT] no such mailbox"));
     };
+    let sel = Selected::from_snapshot(snapshot, examine);
     io.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
     if examine {
         io.line("* OK [PERMANENTFLAGS ()] read-only mailbox");

@@ -75,6 +75,16 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
+            // The SQLSTATEs raised by the PostgreSQL functions of migration
+            // 0003 (mailroom_store_flags, mailroom_append, mailroom_expunge).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("MRNMB") => {
+                StoreError::NotFound(db.message().to_string())
+            }
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("MRQTA") | Some("MRUID")) =>
+            {
+                StoreError::FailedPrecondition(db.message().to_string())
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::AlreadyExists(db.message().to_string())
             }

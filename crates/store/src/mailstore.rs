@@ -747,6 +747,22 @@ fn ranges_sql(column: &str, first_param: usize, n: usize) -> String {
     s
 }
 
+/// The ranges of consecutive UIDs of a sorted list as two arrays (first
+/// UIDs, last UIDs): how the PostgreSQL functions take UID sets.
+fn range_arrays(sorted: &[u32]) -> (Vec<i64>, Vec<i64>) {
+    value_ranges(sorted)
+        .into_iter()
+        .map(|(a, b)| (i64::from(a), i64::from(b)))
+        .unzip()
+}
+
+/// Where an APPEND goes: a mailbox by id, or by (account, name).
+#[derive(Debug, Clone, Copy)]
+enum AppendTarget<'a> {
+    Id(i64),
+    Named(i64, &'a str),
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -1105,6 +1121,46 @@ impl Store {
         }))
     }
 
+    /// SELECT's read by name: the mailbox `name` of the account (`INBOX` in
+    /// any case) and all its messages, UID order, in one statement (one
+    /// snapshot on both backends). `None` when there is no such mailbox.
+    pub async fn open_mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+    ) -> Result<Option<MailboxSnapshot>> {
+        let name = canonical_name(name);
+        // The UID bounds (always true) make the plan an index scan of
+        // (mailbox_id, uid) whatever the statistics (see migration 0003).
+        on_backend!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.subscribed,
+                        mb.uidvalidity, mb.uidnext, mb.highestmodseq,
+                        m.uid, m.modseq, m.flags, m.keywords, m.internal_date, m.size
+                   FROM mailboxes mb
+                   LEFT JOIN messages m
+                          ON m.mailbox_id = mb.id AND m.uid BETWEEN 1 AND 4294967295
+                  WHERE mb.account_id = $1 AND mb.name = $2
+                  ORDER BY m.uid",
+            )
+            .bind(account_id)
+            .bind(name)
+            .fetch_all(pool)
+            .await?;
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let mailbox = mailbox_from_row!(first);
+            let mut messages = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.try_get::<Option<i64>, _>("uid")?.is_some() {
+                    messages.push(meta_from_row!(row));
+                }
+            }
+            Ok(Some(MailboxSnapshot { mailbox, messages }))
+        })
+    }
+
     /// Every message of the mailbox, UID order. `NotFound` when the mailbox
     /// does not exist. Use [`Store::mailbox_snapshot`] to get the matching
     /// UIDNEXT and HIGHESTMODSEQ in the same read.
@@ -1198,6 +1254,13 @@ impl Store {
     ) -> Result<StoreOutcome> {
         let keywords = check_flags(flags, keywords)?;
         let wanted = sorted_uids(uids);
+        if let crate::Backend::Postgres(pool) = self.backend()
+            && keywords.is_empty()
+        {
+            return self
+                .store_flags_pg(pool, mailbox_id, &wanted, op, flags, unchanged_since)
+                .await;
+        }
         let (outcome, event) = write_tx!(self, |tx| {
             let (account_id, highestmodseq) = lock_mailbox_of_account!(tx, mailbox_id);
             let span = match (wanted.first(), wanted.last()) {
@@ -1302,7 +1365,8 @@ impl Store {
 
     /// APPEND: stores `content` as a blob (prefix empty), charges the
     /// account's quota (over quota: `FailedPrecondition` with a message
-    /// starting `OVERQUOTA`, nothing stored but possibly the shared blob),
+    /// starting `OVERQUOTA`, nothing stored; on SQLite the shared blob may
+    /// stay), all in one transaction on PostgreSQL (`mailroom_append`),
     /// and allocates UID and MODSEQ like [`Store::store_message`]; no
     /// delivery key. `flags` and `keywords` are checked as for
     /// [`Store::store_flags`]. `NotFound` when the mailbox does not exist.
@@ -1318,6 +1382,21 @@ impl Store {
         let keywords = check_flags(flags, keywords)?.join(" ");
         let size = i64::try_from(content.len())
             .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            let target = AppendTarget::Id(mailbox_id);
+            let (_, appended) = self
+                .append_pg(
+                    pool,
+                    target,
+                    content,
+                    flags,
+                    &keywords,
+                    internal_date,
+                    parse_cache,
+                )
+                .await?;
+            return Ok(appended);
+        }
         let blob = self.put_blob(content).await?;
         let (appended, event) = write_tx!(self, |tx| {
             let account_id = account_of!(tx, mailbox_id);
@@ -1480,6 +1559,9 @@ impl Store {
         uids: Option<&[u32]>,
     ) -> Result<Expunged> {
         let wanted = uids.map(sorted_uids);
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            return self.expunge_pg(pool, mailbox_id, wanted.as_deref()).await;
+        }
         let (removed, highestmodseq, event) = write_tx!(self, |tx| {
             let account_id = lock_account_of!(tx, mailbox_id);
             let before = lock_mailbox!(tx, mailbox_id);
@@ -1543,6 +1625,220 @@ impl Store {
         })
     }
 
+    /// APPEND to the mailbox `name` of the account (see
+    /// [`Store::append_message`]): the lookup and the append in one call.
+    /// Returns the mailbox's id with the result; `NotFound` when there is
+    /// no such mailbox.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_message_to(
+        &self,
+        account_id: i64,
+        name: &str,
+        content: &[u8],
+        flags: i64,
+        keywords: &[String],
+        internal_date: i64,
+        parse_cache: Option<&str>,
+    ) -> Result<(i64, Appended)> {
+        let name = canonical_name(name);
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            let kw = check_flags(flags, keywords)?.join(" ");
+            let target = AppendTarget::Named(account_id, name);
+            return self
+                .append_pg(
+                    pool,
+                    target,
+                    content,
+                    flags,
+                    &kw,
+                    internal_date,
+                    parse_cache,
+                )
+                .await;
+        }
+        let mailbox = self
+            .mailbox_by_name(account_id, name)
+            .await?
+            .ok_or_else(|| no_mailbox_named(name))?;
+        let appended = self
+            .append_message(
+                mailbox.id,
+                content,
+                flags,
+                keywords,
+                internal_date,
+                parse_cache,
+            )
+            .await?;
+        Ok((mailbox.id, appended))
+    }
+
+    /// [`Store::store_flags`] on PostgreSQL without keywords: one call of
+    /// `mailroom_store_flags` (migration 0003).
+    async fn store_flags_pg(
+        &self,
+        pool: &sqlx::PgPool,
+        mailbox_id: i64,
+        wanted: &[u32],
+        op: FlagOp,
+        flags: i64,
+        unchanged_since: Option<u64>,
+    ) -> Result<StoreOutcome> {
+        let (lo, hi) = range_arrays(wanted);
+        let op_code: i32 = match op {
+            FlagOp::Add => 0,
+            FlagOp::Remove => 1,
+            FlagOp::Replace => 2,
+        };
+        let row = sqlx::query(
+            "SELECT r_account, r_highestmodseq, r_uids, r_flags, r_keywords, r_internal_dates,
+                    r_sizes, r_modified
+               FROM mailroom_store_flags($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(mailbox_id)
+        .bind(&lo)
+        .bind(&hi)
+        .bind(op_code)
+        .bind(flags)
+        .bind(unchanged_since.map(to_i64))
+        .fetch_one(pool)
+        .await?;
+        let account_id: i64 = row.try_get("r_account")?;
+        let highestmodseq = row.try_get::<i64, _>("r_highestmodseq")? as u64;
+        let uids: Vec<i64> = row
+            .try_get::<Option<Vec<i64>>, _>("r_uids")?
+            .unwrap_or_default();
+        let mut updated = Vec::with_capacity(uids.len());
+        if !uids.is_empty() {
+            let new_flags: Vec<i64> = row.try_get("r_flags")?;
+            let keywords: Vec<String> = row.try_get("r_keywords")?;
+            let dates: Vec<i64> = row.try_get("r_internal_dates")?;
+            let sizes: Vec<i64> = row.try_get("r_sizes")?;
+            for (i, uid) in uids.iter().enumerate() {
+                updated.push(MessageMeta {
+                    uid: *uid as u32,
+                    modseq: highestmodseq,
+                    flags: new_flags[i],
+                    keywords: split_keywords(&keywords[i]),
+                    internal_date: dates[i],
+                    size: sizes[i].max(0) as u64,
+                });
+            }
+            self.notify(&MailboxEvent {
+                account_id,
+                mailbox_id,
+                uid: 0,
+                modseq: highestmodseq,
+            });
+        }
+        let modified = row
+            .try_get::<Option<Vec<i64>>, _>("r_modified")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u as u32)
+            .collect();
+        Ok(StoreOutcome {
+            updated,
+            modified,
+            highestmodseq,
+        })
+    }
+
+    /// [`Store::append_message`] on PostgreSQL: one call of
+    /// `mailroom_append` (migration 0003), blob included. Returns the
+    /// mailbox's id with the result.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_pg(
+        &self,
+        pool: &sqlx::PgPool,
+        target: AppendTarget<'_>,
+        content: &[u8],
+        flags: i64,
+        keywords: &str,
+        internal_date: i64,
+        parse_cache: Option<&str>,
+    ) -> Result<(i64, Appended)> {
+        let (mailbox, account, name) = match target {
+            AppendTarget::Id(id) => (Some(id), None, None),
+            AppendTarget::Named(account, name) => (None, Some(account), Some(name)),
+        };
+        let hash = crate::BlobHash::of(content);
+        let row = sqlx::query(
+            "SELECT r_mailbox, r_account, r_uidvalidity, r_uid, r_modseq
+               FROM mailroom_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(mailbox)
+        .bind(account)
+        .bind(name)
+        .bind(&hash.0)
+        .bind(content)
+        .bind(flags)
+        .bind(keywords)
+        .bind(internal_date)
+        .bind(parse_cache)
+        .bind(now())
+        .fetch_one(pool)
+        .await?;
+        let mailbox_id: i64 = row.try_get("r_mailbox")?;
+        let account_id: i64 = row.try_get("r_account")?;
+        let uid = row.try_get::<i64, _>("r_uid")? as u32;
+        let modseq = row.try_get::<i64, _>("r_modseq")? as u64;
+        self.notify(&MailboxEvent {
+            account_id,
+            mailbox_id,
+            uid,
+            modseq,
+        });
+        let appended = Appended {
+            uidvalidity: row.try_get::<i64, _>("r_uidvalidity")? as u32,
+            uid,
+            modseq,
+        };
+        Ok((mailbox_id, appended))
+    }
+
+    /// [`Store::expunge_messages`] on PostgreSQL: one call of
+    /// `mailroom_expunge` (migration 0003).
+    async fn expunge_pg(
+        &self,
+        pool: &sqlx::PgPool,
+        mailbox_id: i64,
+        wanted: Option<&[u32]>,
+    ) -> Result<Expunged> {
+        let (lo, hi) = match wanted {
+            Some(w) => {
+                let (lo, hi) = range_arrays(w);
+                (Some(lo), Some(hi))
+            }
+            None => (None, None),
+        };
+        let (account_id, highestmodseq, uids): (i64, i64, Option<Vec<i64>>) = sqlx::query_as(
+            "SELECT r_account, r_highestmodseq, r_uids FROM mailroom_expunge($1, $2, $3)",
+        )
+        .bind(mailbox_id)
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(pool)
+        .await?;
+        let uids: Vec<u32> = uids
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u as u32)
+            .collect();
+        if !uids.is_empty() {
+            self.notify(&MailboxEvent {
+                account_id,
+                mailbox_id,
+                uid: 0,
+                modseq: highestmodseq as u64,
+            });
+        }
+        Ok(Expunged {
+            uids,
+            highestmodseq: highestmodseq as u64,
+        })
+    }
+
     /// Bytes used and quota (0: unlimited) of the account, for GETQUOTA.
     /// `NotFound` for an unknown account.
     pub async fn quota_usage(&self, account_id: i64) -> Result<(u64, u64)> {
@@ -1565,11 +1861,25 @@ impl Store {
         mailbox_id: i64,
         uids: &[u32],
     ) -> Result<Vec<(u32, Vec<u8>)>> {
+        Ok(self.message_texts_seen(mailbox_id, uids).await?.0)
+    }
+
+    /// [`Store::message_texts`], also telling the mailbox's HIGHESTMODSEQ as
+    /// the first read saw it (`None` when nothing was read): when it is the
+    /// MODSEQ a session last synchronised to, nothing had changed by then.
+    pub async fn message_texts_seen(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<(Vec<(u32, Vec<u8>)>, Option<u64>)> {
         let ranges = value_ranges(&sorted_uids(uids));
         let mut out = Vec::new();
+        let mut seen = None;
         for chunk in ranges.chunks(RANGES_PER_QUERY) {
             let sql = format!(
-                "SELECT m.uid, m.prefix, b.data FROM messages m JOIN blobs b ON b.hash = m.blob_hash
+                "SELECT m.uid, m.prefix, b.data,
+                        (SELECT highestmodseq FROM mailboxes WHERE id = $1) AS highestmodseq
+                 FROM messages m JOIN blobs b ON b.hash = m.blob_hash
                  WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
                 ranges_sql("m.uid", 2, chunk.len())
             );
@@ -1577,13 +1887,16 @@ impl Store {
                 let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
                 let rows = bind_ranges!(query, chunk).fetch_all(pool).await?;
                 for row in rows {
+                    if seen.is_none() {
+                        seen = Some(row.try_get::<i64, _>("highestmodseq")? as u64);
+                    }
                     let mut text: Vec<u8> = row.try_get("prefix")?;
                     text.extend_from_slice(&row.try_get::<Vec<u8>, _>("data")?);
                     out.push((row.try_get::<i64, _>("uid")? as u32, text));
                 }
             });
         }
-        Ok(out)
+        Ok((out, seen))
     }
 
     /// The parse caches (what delivery or APPEND cached of the parse) of the
@@ -1593,21 +1906,38 @@ impl Store {
         mailbox_id: i64,
         uids: &[u32],
     ) -> Result<Vec<(u32, Option<String>)>> {
+        Ok(self.parse_caches_seen(mailbox_id, uids).await?.0)
+    }
+
+    /// [`Store::parse_caches`], also telling the mailbox's HIGHESTMODSEQ as
+    /// the first read saw it (see [`Store::message_texts_seen`]).
+    pub async fn parse_caches_seen(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<(Vec<(u32, Option<String>)>, Option<u64>)> {
         let ranges = value_ranges(&sorted_uids(uids));
         let mut out = Vec::new();
+        let mut seen = None;
         for chunk in ranges.chunks(RANGES_PER_QUERY) {
             let sql = format!(
-                "SELECT uid, parse_cache FROM messages WHERE mailbox_id = $1 AND {} ORDER BY uid",
+                "SELECT uid, parse_cache,
+                        (SELECT highestmodseq FROM mailboxes WHERE id = $1) AS highestmodseq
+                 FROM messages WHERE mailbox_id = $1 AND {} ORDER BY uid",
                 ranges_sql("uid", 2, chunk.len())
             );
             on_backend!(self, |pool| {
-                let query = sqlx::query_as::<_, (i64, Option<String>)>(sqlx::AssertSqlSafe(sql))
-                    .bind(mailbox_id);
+                let query =
+                    sqlx::query_as::<_, (i64, Option<String>, i64)>(sqlx::AssertSqlSafe(sql))
+                        .bind(mailbox_id);
                 let rows = bind_ranges!(query, chunk).fetch_all(pool).await?;
-                out.extend(rows.into_iter().map(|(uid, cache)| (uid as u32, cache)));
+                for (uid, cache, highestmodseq) in rows {
+                    seen.get_or_insert(highestmodseq as u64);
+                    out.push((uid as u32, cache));
+                }
             });
         }
-        Ok(out)
+        Ok((out, seen))
     }
 
     /// Counts for STATUS. A mailbox that does not exist counts as empty.

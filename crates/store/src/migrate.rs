@@ -28,6 +28,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0002_postgres_finish_attempts.sql"),
         true,
     ),
+    (
+        3,
+        "postgres imap writes",
+        include_str!("../migrations/0003_postgres_imap_writes.sql"),
+        true,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.

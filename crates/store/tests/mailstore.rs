@@ -636,6 +636,11 @@ async fn append_allocates_uids_and_charges_quota(store: &Store) {
         other => panic!("not refused: {other:?}"),
     }
     assert_eq!(store.quota_usage(a).await.unwrap(), (300, 1000));
+    if matches!(store.backend(), mailroom_store::Backend::Postgres(_)) {
+        // One transaction there: not even the content stays behind.
+        let hash = mailroom_store::BlobHash::of(&content(4, 701));
+        assert_eq!(store.get_blob(&hash).await.unwrap(), None);
+    }
     let mb = mailbox(store, a, "INBOX").await;
     assert_eq!((mb.uidnext, mb.highestmodseq), (4, h + 3));
     // Exactly up to the quota is fine.
@@ -732,6 +737,34 @@ async fn append_allocates_uids_and_charges_quota(store: &Store) {
             .unwrap()
             .is_none()
     );
+    // SELECT's one-statement read by name gives the same snapshot, INBOX in
+    // any case; an unknown name, or another account's, gives none.
+    assert_eq!(
+        store.open_mailbox(a, "inbox").await.unwrap().as_ref(),
+        Some(&snapshot)
+    );
+    assert!(store.open_mailbox(a, "Nope").await.unwrap().is_none());
+    assert!(
+        store
+            .open_mailbox(a + 1000, "INBOX")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // FETCH's reads tell the HIGHESTMODSEQ they saw (none when they read
+    // nothing).
+    assert_eq!(
+        store.message_texts_seen(inbox.id, &[1]).await.unwrap().1,
+        Some(h + 5)
+    );
+    assert_eq!(
+        store.parse_caches_seen(inbox.id, &[2]).await.unwrap().1,
+        Some(h + 5)
+    );
+    assert_eq!(
+        store.parse_caches_seen(inbox.id, &[99]).await.unwrap(),
+        (Vec::new(), None)
+    );
 
     // Bad flags and keywords are refused; so is an unknown mailbox.
     assert!(matches!(
@@ -753,6 +786,46 @@ async fn append_allocates_uids_and_charges_quota(store: &Store) {
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(uids(store, inbox.id).await, [1, 2, 3, 4, 5]);
+
+    // APPEND by name: the lookup and the append in one call.
+    let (id, appended) = store
+        .append_message_to(
+            a,
+            "Inbox",
+            &content(6, 100),
+            flag_bits::SEEN,
+            &kw(&["$x"]),
+            6 * DAY,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((id, appended.uid, appended.modseq), (inbox.id, 6, h + 6));
+    let last = store.open_mailbox(a, "INBOX").await.unwrap().unwrap();
+    assert_eq!(
+        last.messages.last(),
+        Some(&MessageMeta {
+            uid: 6,
+            modseq: h + 6,
+            flags: flag_bits::SEEN,
+            keywords: kw(&["$x"]),
+            internal_date: 6 * DAY,
+            size: 100
+        })
+    );
+    assert!(matches!(
+        store
+            .append_message_to(a, "Nope", b"x", 0, &[], 0, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .append_message_to(a, "INBOX", b"x", 64, &[], 0, None)
+            .await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(uids(store, inbox.id).await, [1, 2, 3, 4, 5, 6]);
 }
 
 async fn store_flags_gives_one_modseq_per_call(store: &Store) {
