@@ -340,6 +340,36 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
     // ...and with nothing changed, nothing more.
     assert_eq!(a.ok("UID FETCH 3 (ENVELOPE)").await.len(), 1);
     assert_eq!(a.ok("NOOP").await, Vec::<String>::new());
+
+    // SELECT of the selected mailbox: with nothing changed it answers from
+    // the session's view, and it matches a fresh session's answer...
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let again = a.ok("SELECT INBOX").await;
+    assert_eq!(again, c.ok("SELECT INBOX").await);
+    assert!(again.contains(&"* 3 EXISTS".to_string()), "{again:#?}");
+    // ...after another session's change it reads the store again...
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    b.ok("EXPUNGE").await;
+    let again = a.ok("SELECT INBOX").await;
+    assert!(again.contains(&"* 2 EXISTS".to_string()), "{again:#?}");
+    assert_eq!(
+        a.ok("FETCH 1:* (UID)").await,
+        vec!["* 1 FETCH (UID 3)", "* 2 FETCH (UID 4)"]
+    );
+    // ...and a removal the session had learnt of but not yet announced (it
+    // came during a FETCH) is gone from the new view.
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    b.ok("EXPUNGE").await;
+    let during_fetch = a.ok("FETCH 1:* (UID)").await;
+    assert!(
+        !during_fetch.iter().any(|l| l.contains("EXPUNGE")),
+        "{during_fetch:#?}"
+    );
+    let again = a.ok("SELECT INBOX").await;
+    assert!(again.contains(&"* 1 EXISTS".to_string()), "{again:#?}");
+    assert_eq!(a.ok("FETCH 1:* (UID)").await, vec!["* 1 FETCH (UID 4)"]);
+    assert_eq!(again, c.ok("SELECT INBOX").await);
 }
 
 async fn idle_pushes_new_mail_and_expunges(r: &Running) {

@@ -85,6 +85,30 @@ impl Selected {
         }
     }
 
+    /// The same mailbox selected again when the store has changed nothing
+    /// since [`Selected::modseq`] (`mailbox` is its row, just read, with
+    /// that HIGHESTMODSEQ): the session's view is then exactly the store's
+    /// state (every change up to `modseq` is applied to `messages`, and the
+    /// removals not yet announced are in `pending_expunge`), so it serves
+    /// as the new snapshot without reading the messages again.
+    pub fn reselect(self, mailbox: Mailbox, read_only: bool) -> Selected {
+        let Selected {
+            mut messages,
+            pending_expunge,
+            modseq,
+            ..
+        } = self;
+        messages.retain(|m| !pending_expunge.contains(&m.uid));
+        Selected {
+            mailbox,
+            read_only,
+            messages,
+            pending_expunge: BTreeSet::new(),
+            modseq,
+            up_to_date: true,
+        }
+    }
+
     /// A read of the store during the command saw the mailbox's
     /// HIGHESTMODSEQ at `seen`: when that is the one we synchronised to,
     /// nothing had changed by then, and the sync after the command may skip

@@ -1134,7 +1134,10 @@ async fn select(
         io.line("* OK [CLOSED] previous mailbox closed");
     }
     // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).
-    state.phase = Phase::Authenticated;
+    let previous = match std::mem::replace(&mut state.phase, Phase::Authenticated) {
+        Phase::Selected(sel) => Some(sel),
+        _ => None,
+    };
     let name = mailbox_name(state, mailbox)?;
     let mut qresync = None;
     for p in &parameters {
@@ -1157,11 +1160,21 @@ async fn select(
             }
         }
     }
-    // The mailbox and its messages in one read.
-    let Some(snapshot) = server.store.open_mailbox(state.account_id(), &name).await? else {
-        return Err(no("[NONEXISTENT] no such mailbox"));
+    let sel = match previous.filter(|p| p.mailbox.name == name) {
+        // SELECT of the mailbox already selected (clients do it to refresh):
+        // when it is the same mailbox and nothing changed since the session
+        // last synchronised, the session's own view is the snapshot.
+        Some(previous) => match existing_mailbox(server, state, &name).await? {
+            mb if mb.id == previous.mailbox.id
+                && mb.uidvalidity == previous.mailbox.uidvalidity
+                && mb.highestmodseq == previous.modseq =>
+            {
+                previous.reselect(mb, examine)
+            }
+            _ => open_selected(server, state, &name, examine).await?,
+        },
+        None => open_selected(server, state, &name, examine).await?,
     };
-    let sel = Selected::from_snapshot(snapshot, examine);
     io.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
     if examine {
         io.line("* OK [PERMANENTFLAGS ()] read-only mailbox");
@@ -1222,6 +1235,19 @@ async fn select(
     let verb = if examine { "EXAMINE" } else { "SELECT" };
     state.phase = Phase::Selected(Box::new(sel));
     Ok(format!("OK [{rw}] {verb} completed"))
+}
+
+/// The mailbox `name` and its messages, read in one statement.
+async fn open_selected(
+    server: &ImapServer,
+    state: &State,
+    name: &str,
+    examine: bool,
+) -> Result<Selected, Failure> {
+    match server.store.open_mailbox(state.account_id(), name).await? {
+        Some(snapshot) => Ok(Selected::from_snapshot(snapshot, examine)),
+        None => Err(no("[NONEXISTENT] no such mailbox")),
+    }
 }
 
 /// The special-use attribute of a mailbox, if any.

@@ -201,16 +201,32 @@ const NOTIFY_CHANNEL: &str = "mailroom_mailbox";
 /// Notifications sent in one statement at most.
 const NOTIFY_BATCH: usize = 256;
 
+/// How long the notifier waits, once a notification is queued, for more to
+/// send with it. Each batch is a round trip and a transaction here, and a
+/// wake-up of every listening connection (PostgreSQL signals them per
+/// notifying commit): under load a few milliseconds gather several writes'
+/// notifications into one, at the price of as much delay to IDLE pushes.
+const NOTIFY_LINGER: std::time::Duration = std::time::Duration::from_millis(3);
+
 /// Starts the task that sends a store's PostgreSQL notifications, in order,
 /// off the writers' path: a write queues its notification and returns, and
-/// the task sends whatever has queued meanwhile in one statement (one round
-/// trip per batch instead of one per write). It ends when the store is
-/// dropped.
+/// the task sends whatever has queued meanwhile, and within [`NOTIFY_LINGER`]
+/// after, in one statement (one round trip per batch instead of one per
+/// write). It ends when the store is dropped.
 fn spawn_notifier(pool: sqlx::PgPool) -> tokio::sync::mpsc::UnboundedSender<String> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(NOTIFY_BATCH);
         while rx.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
+            if batch.len() < NOTIFY_BATCH {
+                tokio::time::sleep(NOTIFY_LINGER).await;
+                while batch.len() < NOTIFY_BATCH {
+                    match rx.try_recv() {
+                        Ok(payload) => batch.push(payload),
+                        Err(_) => break,
+                    }
+                }
+            }
             if let Err(e) = sqlx::query(
                 "SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS t(payload, n)
                  ORDER BY n",
