@@ -588,6 +588,21 @@ async fn copy_move_append_with_uidplus(r: &Running) {
     let line = c.line().await;
     assert!(line.starts_with("a3 NO [TOOBIG]"), "{line}");
     c.ok("NOOP").await;
+    // APPEND to a mailbox that does not exist, and over the quota: refused
+    // with the response codes clients act on, and nothing stored.
+    let (_, done) = c.append_plus("a5", "Nowhere", &msg).await;
+    assert!(done.starts_with("a5 NO [TRYCREATE]"), "{done}");
+    let status = c.ok("STATUS INBOX (MESSAGES UIDNEXT)").await;
+    let store = mailroom_tests::open_store(r).await;
+    let alice = mailroom_address::Address::parse(ALICE).unwrap();
+    store.set_quota(&alice, 1).await.unwrap();
+    let (untagged, done) = c.append_plus("a6", "INBOX", &msg).await;
+    assert!(done.starts_with("a6 NO [OVERQUOTA]"), "{done}");
+    assert_eq!(untagged, Vec::<String>::new());
+    assert_eq!(c.ok("STATUS INBOX (MESSAGES UIDNEXT)").await, status);
+    store.set_quota(&alice, 0).await.unwrap();
+    let (_, done) = c.append_plus("a7", "INBOX", &msg).await;
+    assert!(done.starts_with("a7 OK [APPENDUID "), "{done}");
 }
 
 async fn condstore_and_qresync(r: &Running) {
