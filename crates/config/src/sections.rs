@@ -28,7 +28,8 @@ section! {
         /// Database URL: `postgres://user@host/db` or `sqlite://path`. Unset: the embedded
         /// SQLite database `<data_dir>/mailroom.db`.
         pub url: Option<String> = None,
-        /// Connections in the pool (per process).
+        /// Connections in the pool (per process). On PostgreSQL, IMAP's per-command statements
+        /// use a second set of up to as many, returned without the pool's check round trip.
         pub max_connections: u32 = 10,
         /// Seconds to wait for a connection before a request fails (and the client gets a 4xx).
         pub connect_timeout_secs: u64 = 10,

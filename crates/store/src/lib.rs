@@ -32,6 +32,8 @@ use sqlx::sqlite::{
 mod blobs;
 mod delivery;
 mod directory;
+#[macro_use]
+mod lane;
 mod maildrop;
 mod mailstore;
 mod migrate;
@@ -84,6 +86,16 @@ impl From<sqlx::Error> for StoreError {
                 if matches!(db.code().as_deref(), Some("MRQTA") | Some("MRUID")) =>
             {
                 StoreError::FailedPrecondition(db.message().to_string())
+            }
+            // The server going away (57P01–03: shut down, restarted, or the
+            // session terminated by an operator; class 08: connection
+            // failures) is unavailability, not a fault of the statement.
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+            {
+                StoreError::Unavailable(db.message().to_string())
             }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::AlreadyExists(db.message().to_string())
@@ -188,6 +200,9 @@ struct Shared {
     /// The queue of PostgreSQL notifications to send (see
     /// [`Store::notify`](crate::Store)); started with the first one.
     notifier: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// PostgreSQL: the connections of IMAP's per-command statements (see
+    /// `lane.rs`).
+    lane: Option<lane::Lane>,
 }
 
 /// PostgreSQL connection options from `url`. Without an explicit `sslmode`
@@ -259,6 +274,14 @@ impl Store {
                 "unsupported store URL {url:?}: use postgres:// or sqlite:"
             )));
         };
+        let lane = match &backend {
+            Backend::Postgres(pool) => Some(lane::Lane::new(
+                pool.connect_options(),
+                options.max_connections,
+                options.acquire_timeout,
+            )),
+            Backend::Sqlite(_) => None,
+        };
         let store = Store {
             backend,
             shared: Arc::new(Shared {
@@ -266,6 +289,7 @@ impl Store {
                 listener_started: tokio::sync::Mutex::new(false),
                 served_domains: std::sync::Mutex::new(std::collections::HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
+                lane,
             }),
         };
         migrate::run(&store).await?;
@@ -297,6 +321,16 @@ impl Store {
         &self.shared.served_domains
     }
 
+    /// A connection of the PostgreSQL lane (see `lane.rs`).
+    pub(crate) async fn lane_conn(&self) -> Result<lane::LaneConn<'_>> {
+        match &self.shared.lane {
+            Some(lane) => lane.acquire().await,
+            None => Err(StoreError::Internal(
+                "the connection lane is PostgreSQL's".into(),
+            )),
+        }
+    }
+
     /// `"postgres"` or `"sqlite"`, for logs.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
@@ -307,6 +341,9 @@ impl Store {
 
     /// Closes every connection (waits for those in use to come back).
     pub async fn close(&self) {
+        if let Some(lane) = &self.shared.lane {
+            lane.close().await;
+        }
         match &self.backend {
             Backend::Postgres(p) => p.close().await,
             Backend::Sqlite(p) => p.close().await,

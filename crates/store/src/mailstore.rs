@@ -779,7 +779,7 @@ impl Store {
     /// case-insensitively (RFC 9051 §5.1), other names exactly.
     pub async fn mailbox_by_name(&self, account_id: i64, name: &str) -> Result<Option<Mailbox>> {
         let name = canonical_name(name);
-        on_backend!(self, |pool| {
+        on_conn!(self, |conn| {
             match sqlx::query(concat!(
                 "SELECT ",
                 mailbox_cols!(),
@@ -787,7 +787,7 @@ impl Store {
             ))
             .bind(account_id)
             .bind(name)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?
             {
                 Some(row) => Ok(Some(mailbox_from_row!(row))),
@@ -1132,7 +1132,7 @@ impl Store {
         let name = canonical_name(name);
         // The UID bounds (always true) make the plan an index scan of
         // (mailbox_id, uid) whatever the statistics (see migration 0003).
-        on_backend!(self, |pool| {
+        on_conn!(self, |conn| {
             let rows = sqlx::query(
                 "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.subscribed,
                         mb.uidvalidity, mb.uidnext, mb.highestmodseq,
@@ -1145,7 +1145,7 @@ impl Store {
             )
             .bind(account_id)
             .bind(name)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
             let Some(first) = rows.first() else {
                 return Ok(None);
@@ -1180,13 +1180,13 @@ impl Store {
         // own transaction, so a mailbox whose HIGHESTMODSEQ is still `since`
         // has nothing newer (the common case: IMAP sessions ask after every
         // command).
-        let (highestmodseq, uidnext): (i64, i64) = on_backend!(self, |pool| {
+        let (highestmodseq, uidnext): (i64, i64) = on_conn!(self, |conn| {
             sqlx::query_as("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = $1")
                 .bind(mailbox_id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?
-                .ok_or_else(|| no_mailbox(mailbox_id))?
-        });
+                .ok_or_else(|| no_mailbox(mailbox_id))
+        })?;
         if highestmodseq <= since {
             return Ok(Changes {
                 changed: Vec::new(),
@@ -1254,11 +1254,11 @@ impl Store {
     ) -> Result<StoreOutcome> {
         let keywords = check_flags(flags, keywords)?;
         let wanted = sorted_uids(uids);
-        if let crate::Backend::Postgres(pool) = self.backend()
+        if let crate::Backend::Postgres(_) = self.backend()
             && keywords.is_empty()
         {
             return self
-                .store_flags_pg(pool, mailbox_id, &wanted, op, flags, unchanged_since)
+                .store_flags_pg(mailbox_id, &wanted, op, flags, unchanged_since)
                 .await;
         }
         let (outcome, event) = write_tx!(self, |tx| {
@@ -1382,11 +1382,10 @@ impl Store {
         let keywords = check_flags(flags, keywords)?.join(" ");
         let size = i64::try_from(content.len())
             .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
-        if let crate::Backend::Postgres(pool) = self.backend() {
+        if let crate::Backend::Postgres(_) = self.backend() {
             let target = AppendTarget::Id(mailbox_id);
             let (_, appended) = self
                 .append_pg(
-                    pool,
                     target,
                     content,
                     flags,
@@ -1559,8 +1558,8 @@ impl Store {
         uids: Option<&[u32]>,
     ) -> Result<Expunged> {
         let wanted = uids.map(sorted_uids);
-        if let crate::Backend::Postgres(pool) = self.backend() {
-            return self.expunge_pg(pool, mailbox_id, wanted.as_deref()).await;
+        if let crate::Backend::Postgres(_) = self.backend() {
+            return self.expunge_pg(mailbox_id, wanted.as_deref()).await;
         }
         let (removed, highestmodseq, event) = write_tx!(self, |tx| {
             let account_id = lock_account_of!(tx, mailbox_id);
@@ -1641,19 +1640,11 @@ impl Store {
         parse_cache: Option<&str>,
     ) -> Result<(i64, Appended)> {
         let name = canonical_name(name);
-        if let crate::Backend::Postgres(pool) = self.backend() {
+        if let crate::Backend::Postgres(_) = self.backend() {
             let kw = check_flags(flags, keywords)?.join(" ");
             let target = AppendTarget::Named(account_id, name);
             return self
-                .append_pg(
-                    pool,
-                    target,
-                    content,
-                    flags,
-                    &kw,
-                    internal_date,
-                    parse_cache,
-                )
+                .append_pg(target, content, flags, &kw, internal_date, parse_cache)
                 .await;
         }
         let mailbox = self
@@ -1677,7 +1668,6 @@ impl Store {
     /// `mailroom_store_flags` (migration 0003).
     async fn store_flags_pg(
         &self,
-        pool: &sqlx::PgPool,
         mailbox_id: i64,
         wanted: &[u32],
         op: FlagOp,
@@ -1690,7 +1680,8 @@ impl Store {
             FlagOp::Remove => 1,
             FlagOp::Replace => 2,
         };
-        let row = sqlx::query(
+        let row = on_lane!(self, |conn| {
+            Ok::<_, StoreError>(sqlx::query(
             "SELECT r_account, r_highestmodseq, r_uids, r_flags, r_keywords, r_internal_dates,
                     r_sizes, r_modified
                FROM mailroom_store_flags($1, $2, $3, $4, $5, $6)",
@@ -1701,8 +1692,9 @@ impl Store {
         .bind(op_code)
         .bind(flags)
         .bind(unchanged_since.map(to_i64))
-        .fetch_one(pool)
-        .await?;
+        .fetch_one(&mut *conn)
+        .await?)
+        })?;
         let account_id: i64 = row.try_get("r_account")?;
         let highestmodseq = row.try_get::<i64, _>("r_highestmodseq")? as u64;
         let uids: Vec<i64> = row
@@ -1750,7 +1742,6 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     async fn append_pg(
         &self,
-        pool: &sqlx::PgPool,
         target: AppendTarget<'_>,
         content: &[u8],
         flags: i64,
@@ -1763,22 +1754,26 @@ impl Store {
             AppendTarget::Named(account, name) => (None, Some(account), Some(name)),
         };
         let hash = crate::BlobHash::of(content);
-        let row = sqlx::query(
-            "SELECT r_mailbox, r_account, r_uidvalidity, r_uid, r_modseq
+        let row = on_lane!(self, |conn| {
+            Ok::<_, StoreError>(
+                sqlx::query(
+                    "SELECT r_mailbox, r_account, r_uidvalidity, r_uid, r_modseq
                FROM mailroom_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(mailbox)
-        .bind(account)
-        .bind(name)
-        .bind(&hash.0)
-        .bind(content)
-        .bind(flags)
-        .bind(keywords)
-        .bind(internal_date)
-        .bind(parse_cache)
-        .bind(now())
-        .fetch_one(pool)
-        .await?;
+                )
+                .bind(mailbox)
+                .bind(account)
+                .bind(name)
+                .bind(&hash.0)
+                .bind(content)
+                .bind(flags)
+                .bind(keywords)
+                .bind(internal_date)
+                .bind(parse_cache)
+                .bind(now())
+                .fetch_one(&mut *conn)
+                .await?,
+            )
+        })?;
         let mailbox_id: i64 = row.try_get("r_mailbox")?;
         let account_id: i64 = row.try_get("r_account")?;
         let uid = row.try_get::<i64, _>("r_uid")? as u32;
@@ -1799,12 +1794,7 @@ impl Store {
 
     /// [`Store::expunge_messages`] on PostgreSQL: one call of
     /// `mailroom_expunge` (migration 0003).
-    async fn expunge_pg(
-        &self,
-        pool: &sqlx::PgPool,
-        mailbox_id: i64,
-        wanted: Option<&[u32]>,
-    ) -> Result<Expunged> {
+    async fn expunge_pg(&self, mailbox_id: i64, wanted: Option<&[u32]>) -> Result<Expunged> {
         let (lo, hi) = match wanted {
             Some(w) => {
                 let (lo, hi) = range_arrays(w);
@@ -1812,14 +1802,19 @@ impl Store {
             }
             None => (None, None),
         };
-        let (account_id, highestmodseq, uids): (i64, i64, Option<Vec<i64>>) = sqlx::query_as(
-            "SELECT r_account, r_highestmodseq, r_uids FROM mailroom_expunge($1, $2, $3)",
-        )
+        let (account_id, highestmodseq, uids): (i64, i64, Option<Vec<i64>>) =
+            on_lane!(self, |conn| {
+                Ok::<_, StoreError>(
+                sqlx::query_as(
+                    "SELECT r_account, r_highestmodseq, r_uids FROM mailroom_expunge($1, $2, $3)",
+                )
         .bind(mailbox_id)
         .bind(lo)
         .bind(hi)
-        .fetch_one(pool)
-        .await?;
+        .fetch_one(&mut *conn)
+                .await?,
+            )
+            })?;
         let uids: Vec<u32> = uids
             .unwrap_or_default()
             .into_iter()
@@ -1873,30 +1868,32 @@ impl Store {
         uids: &[u32],
     ) -> Result<(Vec<(u32, Vec<u8>)>, Option<u64>)> {
         let ranges = value_ranges(&sorted_uids(uids));
-        let mut out = Vec::new();
-        let mut seen = None;
-        for chunk in ranges.chunks(RANGES_PER_QUERY) {
-            let sql = format!(
-                "SELECT m.uid, m.prefix, b.data,
+        on_conn!(self, |conn| {
+            let mut out = Vec::new();
+            let mut seen = None;
+            for chunk in ranges.chunks(RANGES_PER_QUERY) {
+                let sql = format!(
+                    "SELECT m.uid, m.prefix, b.data,
                         (SELECT highestmodseq FROM mailboxes WHERE id = $1) AS highestmodseq
                  FROM messages m JOIN blobs b ON b.hash = m.blob_hash
                  WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
-                ranges_sql("m.uid", 2, chunk.len())
-            );
-            on_backend!(self, |pool| {
-                let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
-                let rows = bind_ranges!(query, chunk).fetch_all(pool).await?;
-                for row in rows {
-                    if seen.is_none() {
-                        seen = Some(row.try_get::<i64, _>("highestmodseq")? as u64);
+                    ranges_sql("m.uid", 2, chunk.len())
+                );
+                {
+                    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+                    let rows = bind_ranges!(query, chunk).fetch_all(&mut *conn).await?;
+                    for row in rows {
+                        if seen.is_none() {
+                            seen = Some(row.try_get::<i64, _>("highestmodseq")? as u64);
+                        }
+                        let mut text: Vec<u8> = row.try_get("prefix")?;
+                        text.extend_from_slice(&row.try_get::<Vec<u8>, _>("data")?);
+                        out.push((row.try_get::<i64, _>("uid")? as u32, text));
                     }
-                    let mut text: Vec<u8> = row.try_get("prefix")?;
-                    text.extend_from_slice(&row.try_get::<Vec<u8>, _>("data")?);
-                    out.push((row.try_get::<i64, _>("uid")? as u32, text));
                 }
-            });
-        }
-        Ok((out, seen))
+            }
+            Ok((out, seen))
+        })
     }
 
     /// The parse caches (what delivery or APPEND cached of the parse) of the
@@ -1917,27 +1914,29 @@ impl Store {
         uids: &[u32],
     ) -> Result<(Vec<(u32, Option<String>)>, Option<u64>)> {
         let ranges = value_ranges(&sorted_uids(uids));
-        let mut out = Vec::new();
-        let mut seen = None;
-        for chunk in ranges.chunks(RANGES_PER_QUERY) {
-            let sql = format!(
-                "SELECT uid, parse_cache,
+        on_conn!(self, |conn| {
+            let mut out = Vec::new();
+            let mut seen = None;
+            for chunk in ranges.chunks(RANGES_PER_QUERY) {
+                let sql = format!(
+                    "SELECT uid, parse_cache,
                         (SELECT highestmodseq FROM mailboxes WHERE id = $1) AS highestmodseq
                  FROM messages WHERE mailbox_id = $1 AND {} ORDER BY uid",
-                ranges_sql("uid", 2, chunk.len())
-            );
-            on_backend!(self, |pool| {
-                let query =
-                    sqlx::query_as::<_, (i64, Option<String>, i64)>(sqlx::AssertSqlSafe(sql))
-                        .bind(mailbox_id);
-                let rows = bind_ranges!(query, chunk).fetch_all(pool).await?;
-                for (uid, cache, highestmodseq) in rows {
-                    seen.get_or_insert(highestmodseq as u64);
-                    out.push((uid as u32, cache));
+                    ranges_sql("uid", 2, chunk.len())
+                );
+                {
+                    let query =
+                        sqlx::query_as::<_, (i64, Option<String>, i64)>(sqlx::AssertSqlSafe(sql))
+                            .bind(mailbox_id);
+                    let rows = bind_ranges!(query, chunk).fetch_all(&mut *conn).await?;
+                    for (uid, cache, highestmodseq) in rows {
+                        seen.get_or_insert(highestmodseq as u64);
+                        out.push((uid as u32, cache));
+                    }
                 }
-            });
-        }
-        Ok((out, seen))
+            }
+            Ok((out, seen))
+        })
     }
 
     /// Counts for STATUS. A mailbox that does not exist counts as empty.

@@ -1679,3 +1679,55 @@ async fn concurrent_writers_keep_the_invariants(store: &Store) {
     }
     assert_eq!(used(store, a).await, total);
 }
+
+/// PostgreSQL only: when the server ends the store's connections (a
+/// restart, an operator's `pg_terminate_backend`), one command fails with
+/// `Unavailable` and the next ones work again on new connections; a
+/// statement PostgreSQL refuses leaves its connection usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_lost_to_a_server_restart_are_replaced() {
+    let Some((store, db)) = mailroom_store::testing::TestDb::postgres().await else {
+        return;
+    };
+    let a = account(&store, "alice@example.test", 0).await;
+    // Open several connections of each kind, so that there are idle ones.
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let s = store.clone();
+        reads.spawn(async move { s.open_mailbox(a, "INBOX").await });
+    }
+    while let Some(r) = reads.join_next().await {
+        assert!(r.unwrap().unwrap().is_some());
+    }
+    assert!(matches!(
+        store
+            .append_message_to(a, "Nope", b"x", 0, &[], 0, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "killed {killed}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut failures = 0;
+    for _ in 0..4 {
+        match store.open_mailbox(a, "INBOX").await {
+            Ok(found) => assert!(found.is_some()),
+            Err(StoreError::Unavailable(_)) => failures += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} failed commands after the restart"
+    );
+    assert!(store.open_mailbox(a, "INBOX").await.unwrap().is_some());
+}
