@@ -155,15 +155,7 @@ impl Drop for LaneConn<'_> {
 macro_rules! on_conn {
     ($store:expr, |$conn:ident| $body:expr) => {
         match $store.backend() {
-            $crate::Backend::Postgres(_) => {
-                let mut lane_conn = $store.lane_conn().await?;
-                let out = {
-                    let $conn = lane_conn.conn();
-                    async move { $body }.await
-                };
-                lane_conn.settle(&out);
-                out
-            }
+            $crate::Backend::Postgres(_) => on_lane!($store, |$conn| $body),
             $crate::Backend::Sqlite(pool) => {
                 let mut pooled = pool.acquire().await?;
                 let $conn = &mut *pooled;
