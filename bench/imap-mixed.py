@@ -618,8 +618,8 @@ class MailroomServer:
         backends = [int(x) for x in psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.db}'").split()]
         return {"mailroom VmRSS": proc_status(self.proc.pid, "VmRSS"),
                 "mailroom VmHWM (peak)": proc_status(self.proc.pid, "VmHWM"),
-                f"PostgreSQL backends of the bench database ({len(backends)}), PSS":
-                    sum(proc_pss(p) for p in backends)}
+                "PostgreSQL backends of the bench database, PSS": sum(proc_pss(p) for p in backends),
+                "PostgreSQL backends of the bench database (count)": len(backends)}
 
     def stop(self):
         if getattr(self, "proc", None):
