@@ -67,8 +67,9 @@ impl Lane {
         }
     }
 
-    /// An idle connection, or a new one when none is idle; waits (at most the
-    /// store's acquire timeout) while all are in use.
+    /// An idle connection, or a new one when none is idle; waits at most the
+    /// store's acquire timeout while all are in use, and as long again for a
+    /// new connection.
     pub(crate) async fn acquire(&self) -> Result<LaneConn<'_>> {
         let permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
             .await
@@ -79,9 +80,12 @@ impl Lane {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.options.connect().await.map_err(|e| {
-                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-            })?,
+            None => tokio::time::timeout(self.acquire_timeout, self.options.connect())
+                .await
+                .map_err(|_| StoreError::Unavailable("timed out connecting to PostgreSQL".into()))?
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+                })?,
         };
         Ok(LaneConn {
             lane: self,
