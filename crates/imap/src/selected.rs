@@ -57,21 +57,9 @@ pub struct SyncMode {
 }
 
 impl Selected {
-    /// Opens `mailbox`: its state and messages, read in one snapshot so
-    /// that UIDNEXT and HIGHESTMODSEQ match the messages.
-    pub async fn open(
-        store: &Store,
-        mailbox: Mailbox,
-        read_only: bool,
-    ) -> Result<Option<Selected>> {
-        Ok(store
-            .mailbox_snapshot(mailbox.id)
-            .await?
-            .map(|snapshot| Selected::from_snapshot(snapshot, read_only)))
-    }
-
-    /// A mailbox selected from its snapshot ([`Store::open_mailbox`] or
-    /// [`Store::mailbox_snapshot`]).
+    /// A mailbox selected from its snapshot ([`Store::open_mailbox`]): its
+    /// state and messages read together, so that UIDNEXT and HIGHESTMODSEQ
+    /// match the messages.
     pub fn from_snapshot(snapshot: MailboxSnapshot, read_only: bool) -> Selected {
         let (mailbox, messages) = (snapshot.mailbox, snapshot.messages);
         let modseq = mailbox.highestmodseq;
@@ -95,18 +83,10 @@ impl Selected {
         let Selected {
             mut messages,
             pending_expunge,
-            modseq,
             ..
         } = self;
         messages.retain(|m| !pending_expunge.contains(&m.uid));
-        Selected {
-            mailbox,
-            read_only,
-            messages,
-            pending_expunge: BTreeSet::new(),
-            modseq,
-            up_to_date: true,
-        }
+        Selected::from_snapshot(MailboxSnapshot { mailbox, messages }, read_only)
     }
 
     /// A read of the store during the command saw the mailbox's
