@@ -905,3 +905,79 @@ async fn idle_sessions_are_closed_after_the_timeouts() {
     assert_eq!(c.line().await, "", "the connection is closed after BYE");
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// PostgreSQL: a change committed by another process sharing the database
+/// (here a second store connected to it, as a separate MDA or another IMAP
+/// replica would be) reaches a selected session within a moment, through
+/// NOOP and through SELECT of the selected mailbox, though the session no
+/// longer asks the database at every command (it trusts what its process
+/// heard through the change notifications).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_another_process_reach_sessions() {
+    use mailroom_store::{FlagOp, Store, StoreOptions, flag_bits};
+    let Some(r) = start(Backend::Postgres).await else {
+        return;
+    };
+    setup(&r, 2).await;
+    let other = Store::connect(&r.db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let alice = other
+        .get_account(&mailroom_address::Address::parse(ALICE).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let inbox = other
+        .mailbox_by_name(alice.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut a = connect(imap(&r)).await;
+    a.login().await;
+    a.ok("SELECT INBOX").await;
+    a.ok("FETCH 1:2 (FLAGS)").await;
+    other
+        .store_flags(inbox.id, &[1], FlagOp::Add, flag_bits::FLAGGED, &[], None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = a.ok("NOOP").await;
+        if seen.contains(&"* 1 FETCH (FLAGS (\\Flagged) UID 1)".to_string()) {
+            break;
+        }
+        assert!(seen.is_empty(), "{seen:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other process's flag change never reached the session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    other
+        .append_message_to(alice.id, "INBOX", &message("m3", "x"), 0, &[], 0, None)
+        .await
+        .unwrap();
+    loop {
+        let sel = a.ok("SELECT INBOX").await;
+        if sel.contains(&"* 3 EXISTS".to_string()) {
+            assert!(
+                sel.iter().any(|l| l.starts_with("* OK [UIDNEXT 4]")),
+                "{sel:#?}"
+            );
+            break;
+        }
+        assert!(sel.contains(&"* 2 EXISTS".to_string()), "{sel:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(5),
+            "the other process's APPEND never reached SELECT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What the session then reads of the new message is the message.
+    let body = a
+        .ok("UID FETCH 3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert!(body.concat().contains("Subject: m3"), "{body:#?}");
+    other.close().await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}

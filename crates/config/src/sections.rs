@@ -33,6 +33,13 @@ section! {
         pub max_connections: u32 = 10,
         /// Seconds to wait for a connection before a request fails (and the client gets a 4xx).
         pub connect_timeout_secs: u64 = 10,
+        /// PostgreSQL: milliseconds this process trusts what it knows of a mailbox (its own
+        /// changes, and every process's change notifications) before an IMAP session asks the
+        /// database again whether it changed. A change whose notification was lost (its writer
+        /// crashed right after the commit) shows at most this late. 0: ask at every command.
+        pub fresh_for_ms: u64 = 1000,
+        /// MiB of message texts and parse caches kept in memory for FETCH (per process). 0: none.
+        pub message_cache_mb: u64 = 64,
     }
 }
 

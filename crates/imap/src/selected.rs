@@ -75,7 +75,8 @@ impl Selected {
 
     /// The same mailbox selected again when the store has changed nothing
     /// since [`Selected::modseq`] (`mailbox` is its row, just read, with
-    /// that HIGHESTMODSEQ): the session's view is then exactly the store's
+    /// that HIGHESTMODSEQ, or the session's own when the process knows the
+    /// mailbox to be at it): the session's view is then exactly the store's
     /// state (every change up to `modseq` is applied to `messages`, and the
     /// removals not yet announced are in `pending_expunge`), so it serves
     /// as the new snapshot without reading the messages again.
@@ -176,8 +177,11 @@ impl Selected {
     /// Reads the store's changes since [`Selected::modseq`] and writes the
     /// untagged responses for them into `out` (see the module docs).
     pub async fn sync(&mut self, store: &Store, mode: SyncMode, out: &mut Vec<u8>) -> Result<()> {
-        if std::mem::take(&mut self.up_to_date) {
-            // Nothing new to read; removals held back earlier may go out now.
+        let fresh = std::mem::take(&mut self.up_to_date);
+        if fresh || store.is_current(self.mailbox.id, self.modseq) {
+            // Nothing new to read (this command learnt it, or the process
+            // knows the mailbox to be at our MODSEQ); removals held back
+            // earlier may go out now.
             self.announce_pending_expunges(mode, out);
             return Ok(());
         }
@@ -215,6 +219,8 @@ impl Selected {
             out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
         }
         self.modseq = self.modseq.max(changes.highestmodseq);
+        self.mailbox.highestmodseq = self.modseq;
+        self.mailbox.uidnext = self.mailbox.uidnext.max(changes.uidnext);
         Ok(())
     }
 

@@ -913,6 +913,7 @@ async fn execute(
                             size: data.len() as u64,
                         });
                         io.line(&format!("* {} EXISTS", sel.messages.len()));
+                        sel.mailbox.uidnext = sel.mailbox.uidnext.max(a.uid.saturating_add(1));
                         sel.own_write(a.modseq, true);
                     }
                     Ok(format!(
@@ -1163,7 +1164,18 @@ async fn select(
     let sel = match previous.filter(|p| p.mailbox.name == name) {
         // SELECT of the mailbox already selected (clients do it to refresh):
         // when it is the same mailbox and nothing changed since the session
-        // last synchronised, the session's own view is the snapshot.
+        // last synchronised, the session's own view is the snapshot. The
+        // process may know that without asking (a rename would have
+        // dropped what it knew of the mailbox).
+        Some(previous)
+            if server
+                .store
+                .is_current(previous.mailbox.id, previous.modseq) =>
+        {
+            let mut mb = previous.mailbox.clone();
+            mb.highestmodseq = previous.modseq;
+            previous.reselect(mb, examine)
+        }
         Some(previous) => match existing_mailbox(server, state, &name).await? {
             mb if mb.id == previous.mailbox.id
                 && mb.uidvalidity == previous.mailbox.uidvalidity

@@ -18,6 +18,7 @@ use mailroom_address::Address;
 use sqlx::Row;
 use tokio::sync::broadcast;
 
+use crate::known::Freshness;
 use crate::{Backend, BlobHash, Result, Store, StoreError, on_backend, write_tx};
 
 /// How far alias chains are followed before giving up (a loop, in practice).
@@ -177,21 +178,38 @@ pub struct MailboxEvent {
 }
 
 impl MailboxEvent {
-    fn to_payload(&self) -> String {
+    /// `account:mailbox:uid:modseq`, and `:r` for a structural change (see
+    /// [`Store::notify_structural`]).
+    fn to_payload(&self, structural: bool) -> String {
         format!(
-            "{}:{}:{}:{}",
-            self.account_id, self.mailbox_id, self.uid, self.modseq
+            "{}:{}:{}:{}{}",
+            self.account_id,
+            self.mailbox_id,
+            self.uid,
+            self.modseq,
+            if structural { ":r" } else { "" }
         )
     }
 
-    fn from_payload(p: &str) -> Option<MailboxEvent> {
+    /// The event and whether it is structural.
+    fn from_payload(p: &str) -> Option<(MailboxEvent, bool)> {
         let mut it = p.split(':');
-        Some(MailboxEvent {
+        let event = MailboxEvent {
             account_id: it.next()?.parse().ok()?,
             mailbox_id: it.next()?.parse().ok()?,
             uid: it.next()?.parse().ok()?,
             modseq: it.next()?.parse().ok()?,
-        })
+        };
+        Some((event, it.next() == Some("r")))
+    }
+}
+
+/// Takes a change into this process's marks (`known.rs`).
+fn learn(freshness: &Freshness, event: &MailboxEvent, structural: bool) {
+    if structural {
+        freshness.restructured((event.mailbox_id != 0).then_some(event.mailbox_id));
+    } else {
+        freshness.changed(event.mailbox_id, event.modseq);
     }
 }
 
@@ -489,21 +507,35 @@ impl Store {
 
     /// Announces a committed change to every subscriber: in this process on
     /// SQLite, through `pg_notify` to every process sharing the database on
-    /// PostgreSQL (queued, and sent by a task in batches). Call it after the
-    /// commit, never inside the transaction:
+    /// PostgreSQL (queued, and sent by a task in batches; this process's
+    /// marks of what it knows, `known.rs`, take it at once). Call it after
+    /// the commit, never inside the transaction:
     /// a NOTIFY in a transaction takes a database-wide lock until its commit
     /// is flushed, which serialised concurrent deliveries. A crash in between
     /// loses only the push; IDLE clients still see the change at their next
     /// check. Failing to notify is logged, not an error: the write is done.
     pub(crate) fn notify(&self, event: &MailboxEvent) {
+        self.announce(event, false);
+    }
+
+    /// [`Store::notify`] for a change that leaves HIGHESTMODSEQ alone or
+    /// makes it meaningless: a mailbox renamed or deleted, or (mailbox id 0)
+    /// an account deleted. Every process then forgets what it knew of the
+    /// mailbox (of every mailbox, for an account).
+    pub(crate) fn notify_structural(&self, event: &MailboxEvent) {
+        self.announce(event, true);
+    }
+
+    fn announce(&self, event: &MailboxEvent, structural: bool) {
         match self.backend() {
             // In-process notification for the embedded store; nobody listening is fine.
             Backend::Sqlite(_) => {
                 let _ = self.events().send(event.clone());
             }
             Backend::Postgres(pool) => {
+                learn(self.freshness(), event, structural);
                 let queue = self.notifier().get_or_init(|| spawn_notifier(pool.clone()));
-                if queue.send(event.to_payload()).is_err() {
+                if queue.send(event.to_payload(structural)).is_err() {
                     tracing::warn!("mailbox notification not sent: the notifier has stopped");
                 }
             }
@@ -523,7 +555,9 @@ impl Store {
     }
 
     /// Starts (once per store) the task that turns PostgreSQL notifications
-    /// into events. It reconnects by itself when the connection drops.
+    /// into events. It reconnects by itself when the connection drops; until
+    /// it listens again, this process's marks (`known.rs`) are not trusted,
+    /// since changes committed meanwhile go unheard.
     async fn start_pg_listener(&self, pool: &sqlx::PgPool) -> Result<()> {
         let mut started = self.listener_started().lock().await;
         if *started {
@@ -532,21 +566,51 @@ impl Store {
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let events = self.events().clone();
+        let freshness = self.freshness().clone();
+        let pool = pool.clone();
+        freshness.listening();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(n) => {
-                        if let Some(e) = MailboxEvent::from_payload(n.payload()) {
-                            let _ = events.send(e);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => {
+                            if let Some((e, structural)) = MailboxEvent::from_payload(n.payload()) {
+                                learn(&freshness, &e, structural);
+                                let _ = events.send(e);
+                            }
+                        }
+                        // The connection was lost (Ok(None)) or failed.
+                        Ok(None) => break,
+                        // The store is closing: give the connection back so close() can finish.
+                        Err(sqlx::Error::PoolClosed) => {
+                            freshness.lost();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "new-mail listener failed");
+                            break;
                         }
                     }
-                    // The store is closing: give the connection back so close() can finish.
-                    Err(sqlx::Error::PoolClosed) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "new-mail listener lost its connection; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
                 }
+                freshness.lost();
+                tracing::warn!("new-mail listener lost its connection; reconnecting");
+                drop(listener);
+                listener = loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if pool.is_closed() {
+                        return;
+                    }
+                    match sqlx::postgres::PgListener::connect_with(&pool).await {
+                        Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                            Ok(()) => break l,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "new-mail listener: LISTEN failed")
+                            }
+                        },
+                        Err(e) => tracing::warn!(error = %e, "new-mail listener cannot connect"),
+                    }
+                };
+                freshness.listening();
             }
         });
         *started = true;

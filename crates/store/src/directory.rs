@@ -532,16 +532,23 @@ impl Store {
 
     /// Deletes an account with its mailboxes and messages.
     pub async fn delete_account(&self, address: &Address) -> Result<()> {
-        let deleted = on_backend!(self, |pool| {
-            sqlx::query("DELETE FROM accounts WHERE address = $1")
+        let deleted: Option<i64> = on_backend!(self, |pool| {
+            sqlx::query_scalar("DELETE FROM accounts WHERE address = $1 RETURNING id")
                 .bind(address.to_string())
-                .execute(pool)
+                .fetch_optional(pool)
                 .await?
-                .rows_affected()
         });
-        if deleted == 0 {
+        let Some(account_id) = deleted else {
             return Err(no_account(address));
-        }
+        };
+        // Its mailboxes went with it: sessions must not go on from what
+        // their process knew of them.
+        self.notify_structural(&crate::MailboxEvent {
+            account_id,
+            mailbox_id: 0,
+            uid: 0,
+            modseq: 0,
+        });
         Ok(())
     }
 

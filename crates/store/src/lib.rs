@@ -32,6 +32,7 @@ use sqlx::sqlite::{
 mod blobs;
 mod delivery;
 mod directory;
+mod known;
 #[macro_use]
 mod lane;
 mod maildrop;
@@ -169,6 +170,14 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a request waits for a connection before failing.
     pub acquire_timeout: Duration,
+    /// PostgreSQL: how long news of a mailbox (this process's own changes,
+    /// and the change notifications of every process) is trusted before a
+    /// session asks the database again whether the mailbox changed (see
+    /// `known.rs`). Zero: ask at every command.
+    pub fresh_for: Duration,
+    /// Bytes of message texts and parse caches kept in memory for FETCH
+    /// (see `known.rs`). Zero: none.
+    pub message_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -176,6 +185,8 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
+            fresh_for: Duration::from_secs(1),
+            message_cache_bytes: 64 << 20,
         }
     }
 }
@@ -203,6 +214,11 @@ struct Shared {
     /// PostgreSQL: the connections of IMAP's per-command statements (see
     /// `lane.rs`).
     lane: Option<lane::Lane>,
+    /// PostgreSQL: the mailboxes' latest known HIGHESTMODSEQ (see
+    /// `known.rs`).
+    freshness: Arc<known::Freshness>,
+    /// Message texts and parse caches (see `known.rs`).
+    message_cache: known::MessageCache,
 }
 
 /// PostgreSQL connection options from `url`. Without an explicit `sslmode`
@@ -290,6 +306,8 @@ impl Store {
                 served_domains: std::sync::Mutex::new(std::collections::HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
                 lane,
+                freshness: Arc::new(known::Freshness::new(options.fresh_for)),
+                message_cache: known::MessageCache::new(options.message_cache_bytes),
             }),
         };
         migrate::run(&store).await?;
@@ -313,6 +331,23 @@ impl Store {
 
     pub(crate) fn listener_started(&self) -> &tokio::sync::Mutex<bool> {
         &self.shared.listener_started
+    }
+
+    pub(crate) fn freshness(&self) -> &Arc<known::Freshness> {
+        &self.shared.freshness
+    }
+
+    pub(crate) fn message_cache(&self) -> &known::MessageCache {
+        &self.shared.message_cache
+    }
+
+    /// Whether this process knows the mailbox to be at HIGHESTMODSEQ
+    /// `modseq` now, without asking the database (PostgreSQL, see
+    /// `known.rs`; always `false` on SQLite, where asking is cheap). A
+    /// session whose view is at `modseq` may then skip reading the changes.
+    pub fn is_current(&self, mailbox_id: i64, modseq: u64) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+            && self.shared.freshness.is_current(mailbox_id, modseq)
     }
 
     pub(crate) fn served_domains(

@@ -779,7 +779,8 @@ impl Store {
     /// case-insensitively (RFC 9051 §5.1), other names exactly.
     pub async fn mailbox_by_name(&self, account_id: i64, name: &str) -> Result<Option<Mailbox>> {
         let name = canonical_name(name);
-        on_conn!(self, |conn| {
+        let token = self.freshness().token();
+        let found = on_conn!(self, |conn| {
             match sqlx::query(concat!(
                 "SELECT ",
                 mailbox_cols!(),
@@ -790,10 +791,14 @@ impl Store {
             .fetch_optional(&mut *conn)
             .await?
             {
-                Some(row) => Ok(Some(mailbox_from_row!(row))),
+                Some(row) => Ok::<_, StoreError>(Some(mailbox_from_row!(row))),
                 None => Ok(None),
             }
-        })
+        })?;
+        if let Some(mb) = &found {
+            self.freshness().observe(token, mb.id, mb.highestmodseq);
+        }
+        Ok(found)
     }
 
     /// The mailbox with this row id, if it (still) exists.
@@ -898,7 +903,7 @@ impl Store {
                 modseq: modseq as u64,
             }
         });
-        self.notify(&event);
+        self.notify_structural(&event);
         Ok(())
     }
 
@@ -992,7 +997,7 @@ impl Store {
                 .collect::<Vec<_>>()
         });
         for event in &events {
-            self.notify(event);
+            self.notify_structural(event);
         }
         Ok(())
     }
@@ -1130,9 +1135,10 @@ impl Store {
         name: &str,
     ) -> Result<Option<MailboxSnapshot>> {
         let name = canonical_name(name);
+        let token = self.freshness().token();
         // The UID bounds (always true) make the plan an index scan of
         // (mailbox_id, uid) whatever the statistics (see migration 0003).
-        on_conn!(self, |conn| {
+        let snapshot = on_conn!(self, |conn| {
             let rows = sqlx::query(
                 "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.subscribed,
                         mb.uidvalidity, mb.uidnext, mb.highestmodseq,
@@ -1157,8 +1163,13 @@ impl Store {
                     messages.push(meta_from_row!(row));
                 }
             }
-            Ok(Some(MailboxSnapshot { mailbox, messages }))
-        })
+            Ok::<_, StoreError>(Some(MailboxSnapshot { mailbox, messages }))
+        })?;
+        if let Some(s) = &snapshot {
+            self.freshness()
+                .observe(token, s.mailbox.id, s.mailbox.highestmodseq);
+        }
+        Ok(snapshot)
     }
 
     /// Every message of the mailbox, UID order. `NotFound` when the mailbox
@@ -1176,6 +1187,7 @@ impl Store {
     /// `NotFound` when the mailbox does not exist (it was deleted).
     pub async fn changes_since(&self, mailbox_id: i64, since: u64) -> Result<Changes> {
         let since = to_i64(since);
+        let token = self.freshness().token();
         // Fast path, one round trip: every change raises HIGHESTMODSEQ in its
         // own transaction, so a mailbox whose HIGHESTMODSEQ is still `since`
         // has nothing newer (the common case: IMAP sessions ask after every
@@ -1187,6 +1199,8 @@ impl Store {
                 .await?
                 .ok_or_else(|| no_mailbox(mailbox_id))
         })?;
+        self.freshness()
+            .observe(token, mailbox_id, highestmodseq as u64);
         if highestmodseq <= since {
             return Ok(Changes {
                 changed: Vec::new(),
@@ -1432,6 +1446,10 @@ impl Store {
             (appended, event)
         });
         self.notify(&event);
+        self.message_cache()
+            .put_text(mailbox_id, appended.uid, content);
+        self.message_cache()
+            .put_parse(mailbox_id, appended.uid, parse_cache);
         Ok(appended)
     }
 
@@ -1617,6 +1635,7 @@ impl Store {
         });
         if let Some(event) = &event {
             self.notify(event);
+            self.message_cache().forget(mailbox_id, &removed);
         }
         Ok(Expunged {
             uids: removed,
@@ -1675,6 +1694,7 @@ impl Store {
         unchanged_since: Option<u64>,
     ) -> Result<StoreOutcome> {
         let (lo, hi) = range_arrays(wanted);
+        let token = self.freshness().token();
         let op_code: i32 = match op {
             FlagOp::Add => 0,
             FlagOp::Remove => 1,
@@ -1722,6 +1742,9 @@ impl Store {
                 uid: 0,
                 modseq: highestmodseq,
             });
+        } else {
+            // Read under the mailbox's lock: nothing newer had committed.
+            self.freshness().observe(token, mailbox_id, highestmodseq);
         }
         let modified = row
             .try_get::<Option<Vec<i64>>, _>("r_modified")?
@@ -1784,6 +1807,8 @@ impl Store {
             uid,
             modseq,
         });
+        self.message_cache().put_text(mailbox_id, uid, content);
+        self.message_cache().put_parse(mailbox_id, uid, parse_cache);
         let appended = Appended {
             uidvalidity: row.try_get::<i64, _>("r_uidvalidity")? as u32,
             uid,
@@ -1802,6 +1827,7 @@ impl Store {
             }
             None => (None, None),
         };
+        let token = self.freshness().token();
         let (account_id, highestmodseq, uids): (i64, i64, Option<Vec<i64>>) =
             on_lane!(self, |conn| {
                 Ok::<_, StoreError>(
@@ -1820,13 +1846,17 @@ impl Store {
             .into_iter()
             .map(|u| u as u32)
             .collect();
-        if !uids.is_empty() {
+        if uids.is_empty() {
+            self.freshness()
+                .observe(token, mailbox_id, highestmodseq as u64);
+        } else {
             self.notify(&MailboxEvent {
                 account_id,
                 mailbox_id,
                 uid: 0,
                 modseq: highestmodseq as u64,
             });
+            self.message_cache().forget(mailbox_id, &uids);
         }
         Ok(Expunged {
             uids,
@@ -1867,8 +1897,14 @@ impl Store {
         mailbox_id: i64,
         uids: &[u32],
     ) -> Result<(Vec<(u32, Vec<u8>)>, Option<u64>)> {
-        let ranges = value_ranges(&sorted_uids(uids));
-        on_conn!(self, |conn| {
+        let (hits, missed) = self.message_cache().texts(mailbox_id, &sorted_uids(uids));
+        let mut out: Vec<(u32, Vec<u8>)> = hits.into_iter().map(|(u, t)| (u, t.to_vec())).collect();
+        if missed.is_empty() {
+            return Ok((out, None));
+        }
+        let token = self.freshness().token();
+        let ranges = value_ranges(&missed);
+        let (read, seen) = on_conn!(self, |conn| {
             let mut out = Vec::new();
             let mut seen = None;
             for chunk in ranges.chunks(RANGES_PER_QUERY) {
@@ -1892,8 +1928,17 @@ impl Store {
                     }
                 }
             }
-            Ok((out, seen))
-        })
+            Ok::<_, StoreError>((out, seen))
+        })?;
+        if let Some(seen) = seen {
+            self.freshness().observe(token, mailbox_id, seen);
+        }
+        for (uid, text) in &read {
+            self.message_cache().put_text(mailbox_id, *uid, text);
+        }
+        out.extend(read);
+        out.sort_unstable_by_key(|(u, _)| *u);
+        Ok((out, seen))
     }
 
     /// The parse caches (what delivery or APPEND cached of the parse) of the
@@ -1913,8 +1958,17 @@ impl Store {
         mailbox_id: i64,
         uids: &[u32],
     ) -> Result<(Vec<(u32, Option<String>)>, Option<u64>)> {
-        let ranges = value_ranges(&sorted_uids(uids));
-        on_conn!(self, |conn| {
+        let (hits, missed) = self.message_cache().parses(mailbox_id, &sorted_uids(uids));
+        let mut out: Vec<(u32, Option<String>)> = hits
+            .into_iter()
+            .map(|(u, p)| (u, p.map(|p| p.to_string())))
+            .collect();
+        if missed.is_empty() {
+            return Ok((out, None));
+        }
+        let token = self.freshness().token();
+        let ranges = value_ranges(&missed);
+        let (read, seen) = on_conn!(self, |conn| {
             let mut out = Vec::new();
             let mut seen = None;
             for chunk in ranges.chunks(RANGES_PER_QUERY) {
@@ -1935,8 +1989,18 @@ impl Store {
                     }
                 }
             }
-            Ok((out, seen))
-        })
+            Ok::<_, StoreError>((out, seen))
+        })?;
+        if let Some(seen) = seen {
+            self.freshness().observe(token, mailbox_id, seen);
+        }
+        for (uid, cache) in &read {
+            self.message_cache()
+                .put_parse(mailbox_id, *uid, cache.as_deref());
+        }
+        out.extend(read);
+        out.sort_unstable_by_key(|(u, _)| *u);
+        Ok((out, seen))
     }
 
     /// Counts for STATUS. A mailbox that does not exist counts as empty.

@@ -751,15 +751,21 @@ async fn append_allocates_uids_and_charges_quota(store: &Store) {
             .unwrap()
             .is_none()
     );
-    // FETCH's reads tell the HIGHESTMODSEQ they saw (none when they read
-    // nothing).
+    // FETCH's reads tell the HIGHESTMODSEQ they saw, none when they read
+    // nothing from the database: here the messages this process appended
+    // come from its memory (see `what_a_process_knows_follows_every_process`
+    // for a read of the database).
+    let (texts, seen) = store.message_texts_seen(inbox.id, &[2, 1]).await.unwrap();
+    assert_eq!(seen, None);
     assert_eq!(
-        store.message_texts_seen(inbox.id, &[1]).await.unwrap().1,
-        Some(h + 5)
+        texts.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        [1, 2],
+        "UID order"
     );
+    assert_eq!(texts, store.message_texts(inbox.id, &[1, 2]).await.unwrap(),);
     assert_eq!(
         store.parse_caches_seen(inbox.id, &[2]).await.unwrap().1,
-        Some(h + 5)
+        None
     );
     assert_eq!(
         store.parse_caches_seen(inbox.id, &[99]).await.unwrap(),
@@ -1730,4 +1736,149 @@ async fn connections_lost_to_a_server_restart_are_replaced() {
         "{failures} failed commands after the restart"
     );
     assert!(store.open_mailbox(a, "INBOX").await.unwrap().is_some());
+}
+
+/// Waits (up to 5 s) until `f` holds.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// PostgreSQL only: what a process knows of a mailbox without asking the
+/// database (`Store::is_current`) follows its own changes at once and
+/// another process's through the notifications; a rename elsewhere (which
+/// leaves HIGHESTMODSEQ alone) drops it, and so does losing the LISTEN
+/// connection, until it is back; nothing is known before the process
+/// listens, or ever with `fresh_for` zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_process_knows_follows_every_process() {
+    let Some((store, db)) = mailroom_store::testing::TestDb::postgres().await else {
+        return;
+    };
+    let other = Store::connect(&db.url, &mailroom_store::StoreOptions::default())
+        .await
+        .unwrap();
+    let a = account(&store, "alice@example.test", 0).await;
+    let inbox = mailbox(&store, a, "INBOX").await;
+    let uid = append(&store, inbox.id, 1, 100).await;
+    let h = store
+        .open_mailbox(a, "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .mailbox
+        .highestmodseq;
+    assert!(!store.is_current(inbox.id, h), "known before listening");
+    // Another process reads the message from the database, and tells the
+    // HIGHESTMODSEQ its read saw.
+    let (texts, seen) = other.message_texts_seen(inbox.id, &[uid]).await.unwrap();
+    assert_eq!(
+        (texts[0].1.as_slice(), seen),
+        (content(1, 100).as_slice(), Some(h))
+    );
+    assert_eq!(
+        other.parse_caches_seen(inbox.id, &[uid]).await.unwrap().1,
+        Some(h)
+    );
+    let _events = store.subscribe().await.unwrap();
+    let h = store
+        .open_mailbox(a, "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .mailbox
+        .highestmodseq;
+    assert!(store.is_current(inbox.id, h));
+    // Its own change: at once.
+    let out = store
+        .store_flags(inbox.id, &[uid], FlagOp::Add, flag_bits::SEEN, &[], None)
+        .await
+        .unwrap();
+    assert_eq!(out.highestmodseq, h + 1);
+    assert!(store.is_current(inbox.id, h + 1) && !store.is_current(inbox.id, h));
+    // Another process's: once its notification arrives.
+    other
+        .store_flags(inbox.id, &[uid], FlagOp::Add, flag_bits::FLAGGED, &[], None)
+        .await
+        .unwrap();
+    eventually("the other process's change is known", async || {
+        store.is_current(inbox.id, h + 2)
+    })
+    .await;
+    assert!(!store.is_current(inbox.id, h + 1));
+    // A rename elsewhere.
+    let work = store.create_mailbox(a, "Work", None).await.unwrap();
+    let hw = store
+        .open_mailbox(a, "Work")
+        .await
+        .unwrap()
+        .unwrap()
+        .mailbox
+        .highestmodseq;
+    assert!(store.is_current(work.id, hw));
+    other.rename_mailbox(a, "Work", "Play").await.unwrap();
+    eventually("a rename elsewhere drops what is known", async || {
+        !store.is_current(work.id, hw)
+    })
+    .await;
+    // Losing LISTEN: nothing is trusted until it is back.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    assert!(store.is_current(inbox.id, h + 2));
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    eventually("a lost LISTEN drops what is known", async || {
+        !store.is_current(inbox.id, h + 2)
+    })
+    .await;
+    eventually("LISTEN is back", async || {
+        store.open_mailbox(a, "INBOX").await.is_ok() && store.is_current(inbox.id, h + 2)
+    })
+    .await;
+    other
+        .store_flags(
+            inbox.id,
+            &[uid],
+            FlagOp::Remove,
+            flag_bits::FLAGGED,
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("changes are heard again", async || {
+        store.is_current(inbox.id, h + 3)
+    })
+    .await;
+    // Turned off.
+    let off = Store::connect(
+        &db.url,
+        &mailroom_store::StoreOptions {
+            fresh_for: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _events = off.subscribe().await.unwrap();
+    let h = off
+        .open_mailbox(a, "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .mailbox
+        .highestmodseq;
+    assert!(!off.is_current(inbox.id, h));
+    off.close().await;
+    other.close().await;
 }

@@ -397,6 +397,7 @@ async fn an_unreachable_postgres_is_unavailable() {
         &StoreOptions {
             max_connections: 1,
             acquire_timeout: std::time::Duration::from_secs(2),
+            ..StoreOptions::default()
         },
     )
     .await
