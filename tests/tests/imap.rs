@@ -906,6 +906,23 @@ async fn idle_sessions_are_closed_after_the_timeouts() {
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
+/// Sends NOOP until its answer is `line` (else nothing), for up to 10 s.
+async fn noop_until(c: &mut Imap<tokio::net::TcpStream>, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = c.ok("NOOP").await;
+        if seen.iter().any(|l| l == line) {
+            return;
+        }
+        assert!(seen.is_empty(), "{seen:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NOOP never answered {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// PostgreSQL: a change committed by another process sharing the database
 /// (here a second store connected to it, as a separate MDA or another IMAP
 /// replica would be) reaches a selected session within a moment, through
@@ -940,23 +957,52 @@ async fn changes_made_by_another_process_reach_sessions() {
         .store_flags(inbox.id, &[1], FlagOp::Add, flag_bits::FLAGGED, &[], None)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let seen = a.ok("NOOP").await;
-        if seen.contains(&"* 1 FETCH (FLAGS (\\Flagged) UID 1)".to_string()) {
-            break;
-        }
-        assert!(seen.is_empty(), "{seen:#?}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the other process's flag change never reached the session"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    noop_until(&mut a, "* 1 FETCH (FLAGS (\\Flagged) UID 1)").await;
+    // A STORE that changes nothing (as the session knows the mailbox) is
+    // answered without a write...
+    let highest = async || {
+        other
+            .mailbox_by_name(alice.id, "INBOX")
+            .await
+            .unwrap()
+            .unwrap()
+            .highestmodseq
+    };
+    let before = highest().await;
+    assert_eq!(
+        a.ok("STORE 1 +FLAGS (\\Flagged)").await,
+        vec!["* 1 FETCH (FLAGS (\\Flagged))"]
+    );
+    assert_eq!(highest().await, before);
+    // ...and once the other process has undone it, the same STORE writes.
+    other
+        .store_flags(
+            inbox.id,
+            &[1],
+            FlagOp::Remove,
+            flag_bits::FLAGGED,
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    noop_until(&mut a, "* 1 FETCH (FLAGS () UID 1)").await;
+    a.ok("STORE 1 +FLAGS.SILENT (\\Flagged)").await;
+    let snapshot = other
+        .open_mailbox(alice.id, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        snapshot.messages[0].flags & flag_bits::FLAGGED,
+        flag_bits::FLAGGED
+    );
+    assert_eq!(snapshot.mailbox.highestmodseq, before + 2);
     other
         .append_message_to(alice.id, "INBOX", &message("m3", "x"), 0, &[], 0, None)
         .await
         .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let sel = a.ok("SELECT INBOX").await;
         if sel.contains(&"* 3 EXISTS".to_string()) {
@@ -968,7 +1014,7 @@ async fn changes_made_by_another_process_reach_sessions() {
         }
         assert!(sel.contains(&"* 2 EXISTS".to_string()), "{sel:#?}");
         assert!(
-            tokio::time::Instant::now() < deadline + Duration::from_secs(5),
+            tokio::time::Instant::now() < deadline,
             "the other process's APPEND never reached SELECT"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

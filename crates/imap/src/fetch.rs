@@ -444,10 +444,35 @@ pub(crate) async fn store(
         StoreType::Remove => FlagOp::Remove,
         StoreType::Replace => FlagOp::Replace,
     };
-    let outcome = server
-        .store
-        .store_flags(sel.mailbox.id, &uids, op, bits, &keywords, unchanged_since)
-        .await?;
+    // Nothing to change (every message is already as asked, in the
+    // session's view) and the process knows that view to be the mailbox's
+    // state: done without a write. Clients often set \Seen again on what
+    // is seen. (A change another process committed a moment ago and this
+    // one has not heard of yet orders after this STORE, as if it had come
+    // a moment later.)
+    let outcome = if unchanged_since.is_none()
+        && keywords.is_empty()
+        && server.store.is_current(sel.mailbox.id, sel.modseq)
+        && uids.iter().all(|u| {
+            sel.seq_of(*u)
+                .map(|seq| &sel.messages[seq - 1])
+                .is_some_and(|m| match op {
+                    FlagOp::Add => m.flags & bits == bits,
+                    FlagOp::Remove => m.flags & bits == 0,
+                    FlagOp::Replace => m.flags == bits && m.keywords.is_empty(),
+                })
+        }) {
+        mailroom_store::StoreOutcome {
+            updated: Vec::new(),
+            modified: Vec::new(),
+            highestmodseq: sel.modseq,
+        }
+    } else {
+        server
+            .store
+            .store_flags(sel.mailbox.id, &uids, op, bits, &keywords, unchanged_since)
+            .await?
+    };
     let updated: std::collections::HashSet<u32> = outcome.updated.iter().map(|m| m.uid).collect();
     // When the store's HIGHESTMODSEQ is ours (or ours + this write), nobody
     // else changed the mailbox since the last sync: what this STORE wrote is

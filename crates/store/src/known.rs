@@ -195,6 +195,10 @@ struct Cached {
     parse: Option<Option<Arc<str>>>,
 }
 
+/// What a lookup found (UID and value, in the order asked) and the UIDs it
+/// missed.
+pub(crate) type Lookup<T> = (Vec<(u32, T)>, Vec<u32>);
+
 /// Book-keeping bytes counted per entry besides its data.
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -226,17 +230,13 @@ impl MessageCache {
     }
 
     /// The cached texts of `uids` (in their order), and the UIDs missed.
-    pub(crate) fn texts(&self, mailbox: i64, uids: &[u32]) -> (Vec<(u32, Arc<[u8]>)>, Vec<u32>) {
+    pub(crate) fn texts(&self, mailbox: i64, uids: &[u32]) -> Lookup<Arc<[u8]>> {
         self.lookup(mailbox, uids, |c| c.text.clone())
     }
 
     /// The cached parse caches of `uids` (in their order), and the UIDs
     /// missed.
-    pub(crate) fn parses(
-        &self,
-        mailbox: i64,
-        uids: &[u32],
-    ) -> (Vec<(u32, Option<Arc<str>>)>, Vec<u32>) {
+    pub(crate) fn parses(&self, mailbox: i64, uids: &[u32]) -> Lookup<Option<Arc<str>>> {
         self.lookup(mailbox, uids, |c| c.parse.clone())
     }
 
@@ -245,7 +245,7 @@ impl MessageCache {
         mailbox: i64,
         uids: &[u32],
         get: impl Fn(&Cached) -> Option<T>,
-    ) -> (Vec<(u32, T)>, Vec<u32>) {
+    ) -> Lookup<T> {
         if self.budget == 0 {
             return (Vec::new(), uids.to_vec());
         }
