@@ -1684,7 +1684,7 @@ impl Store {
     }
 
     /// [`Store::store_flags`] on PostgreSQL without keywords: one call of
-    /// `mailroom_store_flags` (migration 0003).
+    /// `mailroom_store_flags` (migration 0003, as 0004 replaced it).
     async fn store_flags_pg(
         &self,
         mailbox_id: i64,
@@ -1736,6 +1736,8 @@ impl Store {
                     size: sizes[i].max(0) as u64,
                 });
             }
+            // The function aggregates in no particular order.
+            updated.sort_unstable_by_key(|m| m.uid);
             self.notify(&MailboxEvent {
                 account_id,
                 mailbox_id,
@@ -1818,7 +1820,7 @@ impl Store {
     }
 
     /// [`Store::expunge_messages`] on PostgreSQL: one call of
-    /// `mailroom_expunge` (migration 0003).
+    /// `mailroom_expunge` (migration 0003, as 0004 replaced it).
     async fn expunge_pg(&self, mailbox_id: i64, wanted: Option<&[u32]>) -> Result<Expunged> {
         let (lo, hi) = match wanted {
             Some(w) => {
@@ -1841,11 +1843,13 @@ impl Store {
                 .await?,
             )
             })?;
-        let uids: Vec<u32> = uids
+        let mut uids: Vec<u32> = uids
             .unwrap_or_default()
             .into_iter()
             .map(|u| u as u32)
             .collect();
+        // The function aggregates in no particular order.
+        uids.sort_unstable();
         if uids.is_empty() {
             self.freshness()
                 .observe(token, mailbox_id, highestmodseq as u64);

@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0003_postgres_imap_writes.sql"),
         true,
     ),
+    (
+        4,
+        "postgres imap writes leaner",
+        include_str!("../migrations/0004_postgres_imap_writes_leaner.sql"),
+        true,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.
