@@ -259,8 +259,10 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             max_connections: config.store.max_connections,
             acquire_timeout: Duration::from_secs(config.store.connect_timeout_secs),
             fresh_for: Duration::from_millis(config.store.fresh_for_ms),
-            message_cache_bytes: usize::try_from(config.store.message_cache_mb << 20)
-                .unwrap_or(usize::MAX),
+            message_cache_bytes: usize::try_from(
+                config.store.message_cache_mb.saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
         },
     )
     .await
