@@ -168,6 +168,7 @@ mailroom_tests::on_both!(
     mailboxes_create_rename_delete_list_status,
     copy_move_append_with_uidplus,
     condstore_and_qresync,
+    large_messages_are_sent_whole,
 );
 
 async fn select_fetch_store_search_expunge(r: &Running) {
@@ -1026,4 +1027,59 @@ async fn changes_made_by_another_process_reach_sessions() {
     assert!(body.concat().contains("Subject: m3"), "{body:#?}");
     other.close().await;
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// A message over 1 MiB fetched whole (BODY[], BODY.PEEK[], RFC822) is read
+/// from the store and sent in pieces; what the client gets is the message,
+/// exactly, with the other items asked for before it.
+async fn large_messages_are_sent_whole(r: &Running) {
+    with_accounts(r, &[ALICE]).await;
+    let mut big = message("big", "").to_vec();
+    let mut n = 0;
+    while big.len() < 3 << 20 {
+        n += 1;
+        big.extend_from_slice(
+            format!("line {n} of a large message, to be sent in pieces\r\n").as_bytes(),
+        );
+    }
+    let text = String::from_utf8(big.clone()).unwrap();
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let (_, done) = c.append_plus("a1", "INBOX", &big).await;
+    assert!(done.starts_with("a1 OK"), "{done}");
+    c.ok("SELECT INBOX").await;
+    let got = c.ok("UID FETCH 1 (FLAGS BODY.PEEK[])").await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0],
+        format!(
+            "* 1 FETCH (UID 1 FLAGS () BODY[] {{{}}}\r\n{text})",
+            big.len()
+        )
+    );
+    // Without PEEK: \Seen is set first and its FLAGS come with the text.
+    let got = c.ok("FETCH 1 RFC822").await;
+    assert_eq!(
+        got,
+        vec![format!(
+            "* 1 FETCH (FLAGS (\\Seen) RFC822 {{{}}}\r\n{text})",
+            big.len()
+        )]
+    );
+    let got = c.ok("FETCH 1 BODY[]").await;
+    assert_eq!(
+        got,
+        vec![format!("* 1 FETCH (BODY[] {{{}}}\r\n{text})", big.len())]
+    );
+    // A part of it, or with another section, is cut from the whole as before.
+    let got = c
+        .ok("FETCH 1 (BODY.PEEK[]<0.10> BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert_eq!(
+        got,
+        vec![format!(
+            "* 1 FETCH (BODY[]<0> {{10}}\r\n{} BODY[HEADER.FIELDS (SUBJECT)] {{16}}\r\nSubject: big\r\n\r\n)",
+            &text[..10]
+        )]
+    );
 }

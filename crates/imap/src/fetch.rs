@@ -6,6 +6,10 @@
 //! stored without one); sections are cut from the message text, which is
 //! loaded in batches of [`BATCH`] and written out batch by batch, so a
 //! `FETCH 1:* BODY[]` over a large mailbox never holds more than one batch.
+//! A message over [`STREAM_OVER`] bytes whose whole text is the only part
+//! of it asked for (`BODY[]`, `BODY.PEEK[]`, `RFC822`: what clients use to
+//! download a message) is not loaded at all: it is read from the store and
+//! sent in pieces of [`PIECE`] bytes.
 //!
 //! Reading a body without `.PEEK` sets `\Seen` (unless the mailbox is
 //! read-only) before the data is sent, and the response carries the new
@@ -32,6 +36,26 @@ use crate::session::{Failure, Io, Outcome, Phase, State, flags_to_store};
 
 /// Messages whose text is loaded and answered at a time.
 const BATCH: usize = 64;
+
+/// Messages larger than this are sent piece by piece (see the module docs).
+const STREAM_OVER: u64 = 1 << 20;
+
+/// Bytes read from the store and written to the client at a time when a
+/// message is sent piece by piece.
+const PIECE: usize = 256 << 10;
+
+/// Whether a data item is cut from the message text.
+fn wants_text(name: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        name,
+        MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Header
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
+    )
+}
 
 /// FETCH and UID FETCH.
 pub(crate) async fn fetch(
@@ -103,17 +127,24 @@ pub(crate) async fn fetch(
     // the server omit them); the client hears of their expunge later.
     idx.retain(|&i| !sel.is_gone(sel.messages[i].uid));
 
-    let needs_text = items.iter().any(|n| {
-        matches!(
-            n,
-            MessageDataItemName::BodyExt { .. }
-                | MessageDataItemName::Rfc822
-                | MessageDataItemName::Rfc822Header
-                | MessageDataItemName::Rfc822Text
-                | MessageDataItemName::Binary { .. }
-                | MessageDataItemName::BinarySize { .. }
-        )
-    });
+    let needs_text = items.iter().any(wants_text);
+    // The one item that wants the text, when it wants all of it as it is:
+    // large messages are then sent piece by piece, under this name.
+    let whole_text: Option<&'static str> = {
+        let mut wanting = items.iter().filter(|n| wants_text(n));
+        match (wanting.next(), wanting.next()) {
+            (
+                Some(MessageDataItemName::BodyExt {
+                    section: None,
+                    partial: None,
+                    ..
+                }),
+                None,
+            ) => Some("BODY[]"),
+            (Some(MessageDataItemName::Rfc822), None) => Some("RFC822"),
+            _ => None,
+        }
+    };
     let needs_summary = items.iter().any(|n| {
         matches!(
             n,
@@ -162,13 +193,27 @@ pub(crate) async fn fetch(
     let wants_flags = items.contains(&MessageDataItemName::Flags);
     let mut unknown_cte = false;
     for chunk in idx.chunks(BATCH) {
+        let streamed: std::collections::HashSet<u32> = match whole_text {
+            Some(_) => chunk
+                .iter()
+                .map(|&i| &sel.messages[i])
+                .filter(|m| m.size > STREAM_OVER)
+                .map(|m| m.uid)
+                .collect(),
+            None => std::collections::HashSet::new(),
+        };
         let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
+        let loaded: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|u| !streamed.contains(u))
+            .collect();
         // Each read also tells the mailbox's HIGHESTMODSEQ: unchanged, the
         // sync after this FETCH needs no query of its own.
-        let texts = if needs_text {
+        let texts = if needs_text && !loaded.is_empty() {
             let (texts, seen) = server
                 .store
-                .message_texts_seen(sel.mailbox.id, &uids)
+                .message_texts_seen(sel.mailbox.id, &loaded)
                 .await?;
             sel.saw_highestmodseq(seen);
             texts
@@ -187,11 +232,12 @@ pub(crate) async fn fetch(
         };
         for &i in chunk {
             let meta = &sel.messages[i];
+            let streaming = streamed.contains(&meta.uid);
             let text = texts
                 .iter()
                 .find(|(u, _)| *u == meta.uid)
                 .map(|(_, t)| t.as_slice());
-            if needs_text && text.is_none() {
+            if needs_text && !streaming && text.is_none() {
                 continue; // removed meanwhile
             }
             let summary = if needs_summary {
@@ -219,6 +265,9 @@ pub(crate) async fn fetch(
             };
             let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
             for name in &items {
+                if streaming && wants_text(name) {
+                    continue; // sent last, piece by piece
+                }
                 match item(name, meta, text, summary.as_ref()) {
                     Ok(Some(it)) => out_items.push(it),
                     Ok(None) => {}
@@ -227,6 +276,12 @@ pub(crate) async fn fetch(
             }
             if flags_changed.contains(&meta.uid) && !wants_flags {
                 out_items.push(MessageDataItem::Flags(flag_list(meta)));
+            }
+            if streaming {
+                let name = whole_text.unwrap_or("BODY[]");
+                send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
+                    .await?;
+                continue;
             }
             let Ok(items1) = Vec1::try_from(out_items) else {
                 continue;
@@ -253,6 +308,65 @@ pub(crate) async fn fetch(
         "OK {}FETCH completed",
         if uid { "UID " } else { "" }
     ))
+}
+
+/// Sends one FETCH response whose last item, `name` (`BODY[]` or
+/// `RFC822`), is the message's whole text read from the store piece by
+/// piece; `items` are the response's other items. Nothing is sent when the
+/// message is gone. A failure once the literal has begun closes the
+/// connection: the client could not tell the rest from the message.
+async fn send_in_pieces(
+    server: &ImapServer,
+    io: &mut Io,
+    mailbox_id: i64,
+    uid: u32,
+    seq: usize,
+    items: Vec<MessageDataItem<'_>>,
+    name: &str,
+) -> Result<(), Failure> {
+    let Some(mut reader) = server.store.open_text(mailbox_id, uid, PIECE).await? else {
+        return Ok(()); // removed meanwhile
+    };
+    let mut head = match Vec1::try_from(items) {
+        Ok(items) => {
+            let response = Response::Data(Data::Fetch {
+                seq: nz(seq),
+                items,
+            });
+            let mut encoded = ResponseCodec::default().encode(&response).dump();
+            // `* n FETCH (…)\r\n`: open the list again for one more item.
+            if !encoded.ends_with(b")\r\n") {
+                return Err(Failure::No("[SERVERBUG] unexpected FETCH encoding".into()));
+            }
+            encoded.truncate(encoded.len() - 3);
+            encoded.push(b' ');
+            encoded
+        }
+        Err(_) => format!("* {seq} FETCH (").into_bytes(),
+    };
+    head.extend_from_slice(format!("{name} {{{}}}\r\n", reader.len()).as_bytes());
+    io.out.extend_from_slice(&head);
+    let timeout = server.settings.authenticated_idle_timeout;
+    loop {
+        let piece = match reader.next_piece().await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, uid, "FETCH: reading the message failed midway; closing");
+                io.abort();
+                return Err(e.into());
+            }
+        };
+        // As `literal` does: NUL cannot be sent in a literal.
+        io.out
+            .extend(piece.into_iter().map(|b| if b == 0 { 0x80 } else { b }));
+        if io.out.len() >= PIECE && io.flush(timeout).await.is_err() {
+            io.abort();
+            return Err(Failure::No("the client stopped reading".into()));
+        }
+    }
+    io.out.extend_from_slice(b")\r\n");
+    Ok(())
 }
 
 /// Replaces the session's metadata of a message after a change it made.

@@ -117,6 +117,13 @@ impl Io {
         Ok(())
     }
 
+    /// Drops the connection at once: after a failure in the middle of a
+    /// literal nothing more can be said that the client would read right.
+    pub(crate) fn abort(&mut self) {
+        self.stream = None;
+        self.out.clear();
+    }
+
     /// Says a last word and closes.
     pub(crate) async fn close_with(&mut self, text: &str) -> End {
         self.line(text);

@@ -39,6 +39,7 @@ mod maildrop;
 mod mailstore;
 mod migrate;
 mod queue;
+mod reader;
 pub mod testing;
 
 pub use blobs::BlobHash;
@@ -47,6 +48,7 @@ pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_M
 pub use maildrop::*;
 pub use mailstore::*;
 pub use queue::*;
+pub use reader::TextReader;
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
 /// message fit to show the person who made the request.

@@ -42,6 +42,7 @@ on_both!(
     long_uid_lists_are_handled_in_chunks,
     events_announce_every_change,
     concurrent_writers_keep_the_invariants,
+    texts_are_read_in_pieces,
 );
 
 const PW: &str = "correct horse battery";
@@ -1881,4 +1882,69 @@ async fn what_a_process_knows_follows_every_process() {
     assert!(!off.is_current(inbox.id, h));
     off.close().await;
     other.close().await;
+}
+
+/// Reads a whole text through [`Store::open_text`], checking the pieces'
+/// sizes.
+async fn read_in_pieces(store: &Store, mailbox: i64, uid: u32, piece: usize) -> Vec<u8> {
+    let mut reader = store.open_text(mailbox, uid, piece).await.unwrap().unwrap();
+    let len = reader.len();
+    let mut text = Vec::new();
+    while let Some(p) = reader.next_piece().await.unwrap() {
+        assert!(
+            !p.is_empty() && p.len() <= piece.max(40),
+            "a piece of {}",
+            p.len()
+        );
+        text.extend_from_slice(&p);
+    }
+    assert_eq!(text.len() as u64, len);
+    text
+}
+
+/// FETCH of a large message reads it in pieces: the prefix of a delivered
+/// message, then its content, the same bytes as a whole read.
+async fn texts_are_read_in_pieces(store: &Store) {
+    let a = account(store, "alice@example.test", 0).await;
+    let inbox = mailbox(store, a, "INBOX").await;
+    let uid = append(store, inbox.id, 1, 1000).await;
+    for piece in [1, 300, 1000, 5000] {
+        assert_eq!(
+            read_in_pieces(store, inbox.id, uid, piece).await,
+            content(1, 1000)
+        );
+    }
+    let target = LocalTarget {
+        account_id: a,
+        address: "alice@example.test".into(),
+        folder: None,
+    };
+    let body = content(2, 700);
+    let blob = store.put_blob(&body).await.unwrap();
+    let prefix = b"Delivered-To: alice@example.test\r\n".to_vec();
+    let Stored::New(event) = store
+        .store_message(
+            &target,
+            &Folder::Inbox,
+            &NewMessage {
+                blob,
+                blob_size: body.len() as u64,
+                prefix: prefix.clone(),
+                parse_cache: None,
+                delivery_key: "pieces".into(),
+                internal_date: 0,
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("not stored")
+    };
+    let whole = store.message_texts(inbox.id, &[event.uid]).await.unwrap();
+    assert_eq!(whole[0].1, [prefix, body].concat());
+    assert_eq!(
+        read_in_pieces(store, inbox.id, event.uid, 256).await,
+        whole[0].1
+    );
+    assert!(store.open_text(inbox.id, 99, 10).await.unwrap().is_none());
 }
