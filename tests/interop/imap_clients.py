@@ -182,3 +182,27 @@ assert b"COUNT 1" in esearch and b"MIN 1" in esearch, esearch
 c.unselect_folder()
 c.logout()
 print("ok: imapclient across the other commands and extensions")
+
+# 5. A large message (3 MiB, over the size the server sends piece by piece)
+#    goes in with APPEND and comes back byte for byte through BODY.PEEK[]
+#    and RFC822, over TLS.
+import base64  # noqa: E402
+import os  # noqa: E402
+
+payload = base64.encodebytes(os.urandom(2_300_000)).replace(b"\n", b"\r\n")
+big = (b"From: me@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+       + payload)
+assert len(big) > 3_000_000, len(big)
+c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+c.login(user, password)
+c.create_folder("Big")
+c.append("Big", big)
+c.select_folder("Big", readonly=True)
+got = c.fetch([1], ["BODY.PEEK[]", "RFC822.SIZE"])[1]
+assert got[b"BODY[]"] == big, len(got[b"BODY[]"])
+assert got[b"RFC822.SIZE"] == len(big), got[b"RFC822.SIZE"]
+got = c.fetch([1], ["RFC822"])[1]
+assert got[b"RFC822"] == big, len(got[b"RFC822"])
+c.logout()
+print("ok: imapclient fetches a 3 MiB message whole")
