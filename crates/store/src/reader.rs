@@ -3,13 +3,20 @@
 //!
 //! A message's content is a blob named by its SHA-256 and never changes, so
 //! each piece is read on its own, and no database connection is held while
-//! the client takes its time: a slow download cannot starve the pool. The
+//! the client takes its time: a slow download cannot starve the pool.
+//!
+//! A piece is cheap to cut only from content PostgreSQL stores
+//! uncompressed (attachments, which do not compress, are): from compressed
+//! content every piece decompresses everything before it, so such content
+//! is read in four pieces; SQLite reads a whole value to cut any part of
+//! it, so there the content is read in one piece (what sending it costs is
+//! then its size in memory, as before pieces). The
 //! only thing that can happen between two pieces is the content's removal
 //! (the message expunged, and the last other reference to the content gone
 //! at the same moment): the reader then fails with `NotFound`, and never
 //! returns bytes of anything else.
 
-use crate::{Result, Store, StoreError};
+use crate::{Backend, Result, Store, StoreError};
 
 /// A message's text (its per-recipient prefix, then its content), piece by
 /// piece ([`Store::open_text`]).
@@ -35,22 +42,34 @@ impl Store {
         uid: u32,
         piece: usize,
     ) -> Result<Option<TextReader>> {
-        let head: Option<(Vec<u8>, String, i64)> = on_conn!(self, |conn| {
-            sqlx::query_as(
-                "SELECT m.prefix, m.blob_hash, CAST(length(b.data) AS BIGINT)
-                   FROM messages m JOIN blobs b ON b.hash = m.blob_hash
-                  WHERE m.mailbox_id = $1 AND m.uid = $2",
-            )
-            .bind(mailbox_id)
-            .bind(i64::from(uid))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::from)
+        // How many pieces at most (0: as many as `piece` makes).
+        let most = match self.backend() {
+            Backend::Postgres(_) => {
+                "CAST(CASE WHEN pg_column_compression(b.data) IS NULL THEN 0 ELSE 4 END AS BIGINT)"
+            }
+            Backend::Sqlite(_) => "1",
+        };
+        let sql = format!(
+            "SELECT m.prefix, m.blob_hash, CAST(length(b.data) AS BIGINT), {most}
+               FROM messages m JOIN blobs b ON b.hash = m.blob_hash
+              WHERE m.mailbox_id = $1 AND m.uid = $2"
+        );
+        let head: Option<(Vec<u8>, String, i64, i64)> = on_conn!(self, |conn| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(mailbox_id)
+                .bind(i64::from(uid))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::from)
         })?;
-        let Some((prefix, hash, content_len)) = head else {
+        let Some((prefix, hash, content_len, most)) = head else {
             return Ok(None);
         };
         let content_len = content_len.max(0) as u64;
+        let mut piece = piece.max(1) as u64;
+        if most > 0 {
+            piece = piece.max(content_len.div_ceil(most as u64));
+        }
         Ok(Some(TextReader {
             store: self.clone(),
             hash,
@@ -58,7 +77,7 @@ impl Store {
             prefix: Some(prefix),
             content_len,
             read: 0,
-            piece: piece.max(1) as u64,
+            piece,
         }))
     }
 }
