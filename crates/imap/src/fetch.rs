@@ -357,12 +357,16 @@ async fn send_in_pieces(
                 return Err(e.into());
             }
         };
-        // As `literal` does: NUL cannot be sent in a literal.
-        io.out
-            .extend(piece.into_iter().map(|b| if b == 0 { 0x80 } else { b }));
-        if io.out.len() >= PIECE && io.flush(timeout).await.is_err() {
-            io.abort();
-            return Err(Failure::No("the client stopped reading".into()));
+        // Written out PIECE bytes at a time (the store may give more at
+        // once), so that the output buffer stays small.
+        for part in piece.chunks(PIECE) {
+            // As `literal` does: NUL cannot be sent in a literal.
+            io.out
+                .extend(part.iter().map(|&b| if b == 0 { 0x80 } else { b }));
+            if io.out.len() >= PIECE && io.flush(timeout).await.is_err() {
+                io.abort();
+                return Err(Failure::No("the client stopped reading".into()));
+            }
         }
     }
     io.out.extend_from_slice(b")\r\n");
