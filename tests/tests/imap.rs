@@ -924,6 +924,21 @@ async fn noop_until(c: &mut Imap<tokio::net::TcpStream>, line: &str) {
     }
 }
 
+/// A second store on the stack's PostgreSQL database, standing for another
+/// process that shares it (a separate MDA, another IMAP replica), and
+/// Alice's account id.
+async fn another_process(r: &Running) -> (mailroom_store::Store, i64) {
+    let other = mailroom_store::Store::connect(&r.db.url, &mailroom_store::StoreOptions::default())
+        .await
+        .unwrap();
+    let alice = other
+        .get_account(&mailroom_address::Address::parse(ALICE).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    (other, alice.id)
+}
+
 /// PostgreSQL: a change committed by another process sharing the database
 /// (here a second store connected to it, as a separate MDA or another IMAP
 /// replica would be) reaches a selected session within a moment, through
@@ -932,21 +947,14 @@ async fn noop_until(c: &mut Imap<tokio::net::TcpStream>, line: &str) {
 /// heard through the change notifications).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_another_process_reach_sessions() {
-    use mailroom_store::{FlagOp, Store, StoreOptions, flag_bits};
+    use mailroom_store::{FlagOp, flag_bits};
     let Some(r) = start(Backend::Postgres).await else {
         return;
     };
     setup(&r, 2).await;
-    let other = Store::connect(&r.db.url, &StoreOptions::default())
-        .await
-        .unwrap();
-    let alice = other
-        .get_account(&mailroom_address::Address::parse(ALICE).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let (other, alice) = another_process(&r).await;
     let inbox = other
-        .mailbox_by_name(alice.id, "INBOX")
+        .mailbox_by_name(alice, "INBOX")
         .await
         .unwrap()
         .unwrap();
@@ -963,7 +971,7 @@ async fn changes_made_by_another_process_reach_sessions() {
     // answered without a write...
     let highest = async || {
         other
-            .mailbox_by_name(alice.id, "INBOX")
+            .mailbox_by_name(alice, "INBOX")
             .await
             .unwrap()
             .unwrap()
@@ -989,18 +997,14 @@ async fn changes_made_by_another_process_reach_sessions() {
         .unwrap();
     noop_until(&mut a, "* 1 FETCH (FLAGS () UID 1)").await;
     a.ok("STORE 1 +FLAGS.SILENT (\\Flagged)").await;
-    let snapshot = other
-        .open_mailbox(alice.id, "INBOX")
-        .await
-        .unwrap()
-        .unwrap();
+    let snapshot = other.open_mailbox(alice, "INBOX").await.unwrap().unwrap();
     assert_eq!(
         snapshot.messages[0].flags & flag_bits::FLAGGED,
         flag_bits::FLAGGED
     );
     assert_eq!(snapshot.mailbox.highestmodseq, before + 2);
     other
-        .append_message_to(alice.id, "INBOX", &message("m3", "x"), 0, &[], 0, None)
+        .append_message_to(alice, "INBOX", &message("m3", "x"), 0, &[], 0, None)
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -1082,4 +1086,36 @@ async fn large_messages_are_sent_whole(r: &Running) {
             &text[..10]
         )]
     );
+}
+
+/// PostgreSQL: an APPEND committed by another process while this process's
+/// LISTEN connection is down (a PostgreSQL restart, an operator's
+/// `pg_terminate_backend`) still reaches an idling session: its notification
+/// is lost, but once LISTEN is back every session is told to look again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_hears_of_what_was_committed_while_listen_was_down() {
+    let Some(r) = start(Backend::Postgres).await else {
+        return;
+    };
+    setup(&r, 2).await;
+    let (other, alice) = another_process(&r).await;
+    let mut a = connect(imap(&r)).await;
+    a.login().await;
+    a.ok("SELECT INBOX").await;
+    a.send(b"i1 IDLE\r\n").await;
+    assert_eq!(a.line().await, "+ idling");
+    assert_eq!(
+        mailroom_store::testing::end_listen_connections(&r.db.url).await,
+        1
+    );
+    other
+        .append_message_to(alice, "INBOX", &message("m3", "x"), 0, &[], 0, None)
+        .await
+        .unwrap();
+    // The listener comes back after about a second; `line` waits up to 10.
+    assert_eq!(a.line().await, "* 3 EXISTS");
+    a.send(b"DONE\r\n").await;
+    assert_eq!(a.line().await, "i1 OK IDLE terminated");
+    other.close().await;
+    r.stack.stop(Duration::from_secs(5)).await;
 }

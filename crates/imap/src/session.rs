@@ -1603,7 +1603,9 @@ async fn idle(
                 _ => return Err(End::Gone),
             },
             ev = event => match ev {
-                Ok(ev) if ev.account_id == account && Some(ev.mailbox_id) == selected_box => {
+                Ok(ev) if ev.is_resync()
+                    || (ev.account_id == account && Some(ev.mailbox_id) == selected_box) =>
+                {
                     sync_selected(server, io, state, true).await;
                 }
                 Ok(_) => {}

@@ -161,7 +161,9 @@ pub enum Stored {
 /// (IMAP and POP3), and mailbox deletion and renaming. An event says only
 /// *that* the mailbox changed; the receiver reads what changed with
 /// [`Store::changes_since`]. A receiver that lagged (the channel reports
-/// it) must do the same, since it may have missed events.
+/// it) must do the same, since it may have missed events, and so must one
+/// that receives [`MailboxEvent::resync`]. An account's deletion comes as
+/// an event of its account with mailbox 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEvent {
     /// The account.
@@ -178,6 +180,23 @@ pub struct MailboxEvent {
 }
 
 impl MailboxEvent {
+    /// The event that says "changes may have gone unannounced" (account and
+    /// mailbox 0): sent after the PostgreSQL LISTEN connection came back
+    /// from a loss. Every subscriber should re-read what it shows.
+    pub fn resync() -> MailboxEvent {
+        MailboxEvent {
+            account_id: 0,
+            mailbox_id: 0,
+            uid: 0,
+            modseq: 0,
+        }
+    }
+
+    /// Whether this is [`MailboxEvent::resync`].
+    pub fn is_resync(&self) -> bool {
+        self.account_id == 0 && self.mailbox_id == 0
+    }
+
     /// `account:mailbox:uid:modseq`, and `:r` for a structural change (see
     /// [`Store::notify_structural`]).
     fn to_payload(&self, structural: bool) -> String {
@@ -611,6 +630,8 @@ impl Store {
                     }
                 };
                 freshness.listening();
+                // What was committed while nobody listened went unannounced.
+                let _ = events.send(MailboxEvent::resync());
             }
         });
         *started = true;

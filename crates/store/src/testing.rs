@@ -20,6 +20,24 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// Ends the LISTEN connections of every process using the PostgreSQL
+/// database at `url` (as a server restart or an operator would); returns
+/// how many were ended.
+pub async fn end_listen_connections(url: &str) -> i64 {
+    let mut admin = PgConnection::connect(url)
+        .await
+        .expect("connect to the test database");
+    let ended = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("end the LISTEN connections");
+    let _ = admin.close().await;
+    ended
+}
+
 /// Whether the PostgreSQL tests were explicitly opted out of.
 pub fn postgres_skipped() -> bool {
     std::env::var("MAILROOM_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1")

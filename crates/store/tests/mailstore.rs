@@ -1784,7 +1784,7 @@ async fn what_a_process_knows_follows_every_process() {
         other.parse_caches_seen(inbox.id, &[uid]).await.unwrap().1,
         Some(h)
     );
-    let _events = store.subscribe().await.unwrap();
+    let mut events = store.subscribe().await.unwrap();
     let h = store
         .open_mailbox(a, "INBOX")
         .await
@@ -1826,18 +1826,11 @@ async fn what_a_process_knows_follows_every_process() {
     })
     .await;
     // Losing LISTEN: nothing is trusted until it is back.
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
     assert!(store.is_current(inbox.id, h + 2));
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    assert_eq!(killed, 1);
+    assert_eq!(
+        mailroom_store::testing::end_listen_connections(&db.url).await,
+        1
+    );
     eventually("a lost LISTEN drops what is known", async || {
         !store.is_current(inbox.id, h + 2)
     })
@@ -1846,6 +1839,15 @@ async fn what_a_process_knows_follows_every_process() {
         store.open_mailbox(a, "INBOX").await.is_ok() && store.is_current(inbox.id, h + 2)
     })
     .await;
+    // Subscribers are told that changes may have gone unannounced.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if e.is_resync() => break,
+            Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            other => panic!("no resync event after LISTEN came back: {other:?}"),
+        }
+    }
     other
         .store_flags(
             inbox.id,
