@@ -232,12 +232,13 @@ pub(crate) async fn fetch(
         };
         for &i in chunk {
             let meta = &sel.messages[i];
-            let streaming = streamed.contains(&meta.uid);
+            // The name of the item sent piece by piece, for a large message.
+            let streaming = whole_text.filter(|_| streamed.contains(&meta.uid));
             let text = texts
                 .iter()
                 .find(|(u, _)| *u == meta.uid)
                 .map(|(_, t)| t.as_slice());
-            if needs_text && !streaming && text.is_none() {
+            if needs_text && streaming.is_none() && text.is_none() {
                 continue; // removed meanwhile
             }
             let summary = if needs_summary {
@@ -265,7 +266,7 @@ pub(crate) async fn fetch(
             };
             let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
             for name in &items {
-                if streaming && wants_text(name) {
+                if streaming.is_some() && wants_text(name) {
                     continue; // sent last, piece by piece
                 }
                 match item(name, meta, text, summary.as_ref()) {
@@ -277,8 +278,7 @@ pub(crate) async fn fetch(
             if flags_changed.contains(&meta.uid) && !wants_flags {
                 out_items.push(MessageDataItem::Flags(flag_list(meta)));
             }
-            if streaming {
-                let name = whole_text.unwrap_or("BODY[]");
+            if let Some(name) = streaming {
                 send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
                     .await?;
                 continue;

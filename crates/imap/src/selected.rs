@@ -74,18 +74,20 @@ impl Selected {
     }
 
     /// The same mailbox selected again when the store has changed nothing
-    /// since [`Selected::modseq`] (`mailbox` is its row, just read, with
-    /// that HIGHESTMODSEQ, or the session's own when the process knows the
-    /// mailbox to be at it): the session's view is then exactly the store's
+    /// since [`Selected::modseq`] (`mailbox` is its row, just read, or the
+    /// session's own when the process knows the mailbox to be at that
+    /// MODSEQ): the session's view is then exactly the store's
     /// state (every change up to `modseq` is applied to `messages`, and the
     /// removals not yet announced are in `pending_expunge`), so it serves
     /// as the new snapshot without reading the messages again.
-    pub fn reselect(self, mailbox: Mailbox, read_only: bool) -> Selected {
+    pub fn reselect(self, mut mailbox: Mailbox, read_only: bool) -> Selected {
         let Selected {
             mut messages,
             pending_expunge,
+            modseq,
             ..
         } = self;
+        mailbox.highestmodseq = modseq;
         messages.retain(|m| !pending_expunge.contains(&m.uid));
         Selected::from_snapshot(MailboxSnapshot { mailbox, messages }, read_only)
     }

@@ -1179,8 +1179,7 @@ async fn select(
                 .store
                 .is_current(previous.mailbox.id, previous.modseq) =>
         {
-            let mut mb = previous.mailbox.clone();
-            mb.highestmodseq = previous.modseq;
+            let mb = previous.mailbox.clone();
             previous.reselect(mb, examine)
         }
         Some(previous) => match existing_mailbox(server, state, &name).await? {

@@ -1902,7 +1902,7 @@ impl Store {
         uids: &[u32],
     ) -> Result<(Vec<(u32, Vec<u8>)>, Option<u64>)> {
         let (hits, missed) = self.message_cache().texts(mailbox_id, &sorted_uids(uids));
-        let mut out: Vec<(u32, Vec<u8>)> = hits.into_iter().map(|(u, t)| (u, t.to_vec())).collect();
+        let out: Vec<(u32, Vec<u8>)> = hits.into_iter().map(|(u, t)| (u, t.to_vec())).collect();
         if missed.is_empty() {
             return Ok((out, None));
         }
@@ -1934,15 +1934,30 @@ impl Store {
             }
             Ok::<_, StoreError>((out, seen))
         })?;
-        if let Some(seen) = seen {
-            self.freshness().observe(token, mailbox_id, seen);
-        }
         for (uid, text) in &read {
             self.message_cache().put_text(mailbox_id, *uid, text);
         }
-        out.extend(read);
-        out.sort_unstable_by_key(|(u, _)| *u);
-        Ok((out, seen))
+        Ok(self.merge_read(mailbox_id, token, out, read, seen))
+    }
+
+    /// What FETCH's reads give back: the values found in the message cache
+    /// and those read from the database, in UID order, with the
+    /// HIGHESTMODSEQ the database read saw (taken into what the process
+    /// knows, as of `token`).
+    fn merge_read<T>(
+        &self,
+        mailbox_id: i64,
+        token: Option<crate::known::Token>,
+        mut cached: Vec<(u32, T)>,
+        read: Vec<(u32, T)>,
+        seen: Option<u64>,
+    ) -> (Vec<(u32, T)>, Option<u64>) {
+        if let Some(seen) = seen {
+            self.freshness().observe(token, mailbox_id, seen);
+        }
+        cached.extend(read);
+        cached.sort_unstable_by_key(|(u, _)| *u);
+        (cached, seen)
     }
 
     /// The parse caches (what delivery or APPEND cached of the parse) of the
@@ -1963,7 +1978,7 @@ impl Store {
         uids: &[u32],
     ) -> Result<(Vec<(u32, Option<String>)>, Option<u64>)> {
         let (hits, missed) = self.message_cache().parses(mailbox_id, &sorted_uids(uids));
-        let mut out: Vec<(u32, Option<String>)> = hits
+        let out: Vec<(u32, Option<String>)> = hits
             .into_iter()
             .map(|(u, p)| (u, p.map(|p| p.to_string())))
             .collect();
@@ -1995,16 +2010,11 @@ impl Store {
             }
             Ok::<_, StoreError>((out, seen))
         })?;
-        if let Some(seen) = seen {
-            self.freshness().observe(token, mailbox_id, seen);
-        }
         for (uid, cache) in &read {
             self.message_cache()
                 .put_parse(mailbox_id, *uid, cache.as_deref());
         }
-        out.extend(read);
-        out.sort_unstable_by_key(|(u, _)| *u);
-        Ok((out, seen))
+        Ok(self.merge_read(mailbox_id, token, out, read, seen))
     }
 
     /// Counts for STATUS. A mailbox that does not exist counts as empty.
