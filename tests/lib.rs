@@ -55,6 +55,10 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     config.imap.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.imap.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
     config.imap.auth_failure_delay_ms = 10;
+    // The internal gRPC ports are opened too (credentials required), so
+    // that tests can call Delivery and Queue as services run apart do.
+    // Tests of the embedded default's closed ports turn this off.
+    config.internal.expose = true;
     config
 }
 
@@ -145,14 +149,26 @@ pub async fn cli(args: &[&str], stdin: &str) -> Result<String, String> {
     }
 }
 
-/// A Delivery client for the stack's MDA.
+/// The stack's internal secret (generated into its data directory).
+pub fn internal_secret(running: &Running) -> mailroom_rpc::internal::InternalSecret {
+    let text = std::fs::read_to_string(running.data_dir.path().join("internal-secret")).unwrap();
+    mailroom_rpc::internal::InternalSecret::parse(&text).unwrap()
+}
+
+/// A Delivery client for the stack's MDA, with the MTA role's credential.
 pub async fn delivery_client(
     running: &Running,
-) -> mailroom_rpc::delivery::delivery_client::DeliveryClient<Channel> {
+) -> mailroom_rpc::delivery::delivery_client::DeliveryClient<
+    InterceptedService<Channel, mailroom_rpc::internal::AttachCredential>,
+> {
     let url = format!("http://{}", running.stack.addr("mda").unwrap());
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    mailroom_rpc::delivery::delivery_client::DeliveryClient::new(channel)
-        .max_encoding_message_size(64 << 20)
+    let credential = internal_secret(running).credential(mailroom_rpc::internal::Role::Mta);
+    mailroom_rpc::delivery::delivery_client::DeliveryClient::with_interceptor(
+        channel,
+        mailroom_rpc::internal::AttachCredential(credential),
+    )
+    .max_encoding_message_size(64 << 20)
 }
 
 /// A second handle on the stack's database, to look at what the services stored.
@@ -321,6 +337,23 @@ pub async fn with_accounts(running: &Running, accounts: &[&str]) -> mailroom_sto
             .unwrap();
     }
     store
+}
+
+/// The id of `account`'s INBOX.
+pub async fn inbox_id(store: &mailroom_store::Store, account: &str) -> i64 {
+    let acc = store
+        .get_account(&mailroom_address::Address::parse(account).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .list_mailboxes(acc.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .unwrap()
+        .id
 }
 
 /// The password of accounts made by [`with_accounts`].

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use mailroom_address::Address;
-use mailroom_store::Store;
 use mailroom_tests::{PASSWORD, Running, SmtpClient, with_accounts};
 
 mailroom_tests::on_both!(
@@ -13,21 +12,7 @@ mailroom_tests::on_both!(
     notify_success_gets_a_delivered_report_and_only_then,
 );
 
-async fn inbox(store: &Store, account: &str) -> i64 {
-    let acc = store
-        .get_account(&Address::parse(account).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .list_mailboxes(acc.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name == "INBOX")
-        .unwrap()
-        .id
-}
+use mailroom_tests::inbox_id as inbox;
 
 /// Waits until `check` holds (the worker runs in the background).
 async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {

@@ -411,7 +411,9 @@ pub async fn run(
                 writeln!(out, "oldest:    {}", unix_time(s.oldest_created_at))?;
             }
         }
-        Command::Serve { .. } | Command::Config(_) => unreachable!("not an admin command"),
+        Command::Serve { .. } | Command::Config(_) | Command::Internal(_) => {
+            unreachable!("not an admin command")
+        }
     }
     Ok(())
 }

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mailroom_config::Config;
+use mailroom_rpc::internal::{InternalSecret, Role};
 
 use crate::admin_cli;
 use crate::serve::{self, ServiceName};
@@ -51,6 +53,25 @@ pub enum Command {
     /// Inspect and manage the mail queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Credentials of the internal gRPC links (Queue, Delivery).
+    #[command(subcommand)]
+    Internal(InternalCommand),
+}
+
+/// `mailroom internal …`
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Print a new internal secret (64 hex digits), for `internal.secret_file`.
+    Secret,
+    /// Print the credential of a role (msa, inbound, mta), derived from the internal secret,
+    /// for `internal.credential_file` of a service that should not hold the secret.
+    Token {
+        /// msa, inbound or mta.
+        role: String,
+        /// The secret file (default: internal.secret_file, or <data_dir>/internal-secret).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
 }
 
 /// `mailroom queue …`
@@ -306,6 +327,26 @@ pub async fn run_with(
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Internal(InternalCommand::Secret) => {
+            write!(out, "{}", InternalSecret::generate().to_text())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Internal(InternalCommand::Token { role, secret_file }) => {
+            let role = Role::parse(role)
+                .with_context(|| format!("unknown role {role:?}: msa, inbound or mta"))?;
+            let path = match secret_file {
+                Some(p) => p.clone(),
+                None => load_config(&cli)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .internal_secret_file(),
+            };
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the internal secret {}", path.display()))?;
+            let secret = InternalSecret::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            writeln!(out, "{}", secret.credential(role).expose())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Domain(_) | Command::User(_) | Command::Alias(_) | Command::Queue(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;

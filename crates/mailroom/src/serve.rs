@@ -15,6 +15,7 @@ use mailroom_admin::AdminToken;
 use mailroom_config::Config;
 use mailroom_net::tls;
 use mailroom_net::{ConnectionLimiter, Listener, ServeContext, Shutdown, TlsMode};
+use mailroom_rpc::internal::{Credential, InternalSecret, Role};
 use mailroom_smtp_server::{AuthThrottle, Mode, QueueHandle, SmtpServer, SmtpSettings};
 use mailroom_store::{Store, StoreOptions};
 use std::sync::Arc;
@@ -161,6 +162,69 @@ fn admin_token(path: &Path, may_create: bool) -> anyhow::Result<AdminToken> {
     }
 }
 
+/// What this process needs for the internal gRPC links.
+#[derive(Debug, Default)]
+struct InternalAuth {
+    /// The deployment secret: needed to serve a link, or to call one
+    /// without a credential file.
+    secret: Option<InternalSecret>,
+    /// The credential from `internal.credential_file`, when set.
+    credential: Option<Credential>,
+}
+
+impl InternalAuth {
+    /// Loads what `config` names; the secret at its default place is
+    /// generated when missing (the embedded default and services sharing a
+    /// data directory). `needs_secret`: this process serves an internal link.
+    fn load(config: &Config, needs_secret: bool, calls: bool) -> anyhow::Result<InternalAuth> {
+        let mut auth = InternalAuth::default();
+        if let Some(path) = &config.internal.credential_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            auth.credential = Some(
+                Credential::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            );
+        }
+        if needs_secret || (calls && auth.credential.is_none()) {
+            let path = config.internal_secret_file();
+            let may_create = config.internal.secret_file.is_none();
+            auth.secret = Some(match std::fs::read_to_string(&path) {
+                Ok(text) => InternalSecret::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
+                    let secret = InternalSecret::generate();
+                    tls::write_private(&path, secret.to_text().as_bytes())?;
+                    tracing::info!(file = %path.display(), "generated the internal secret");
+                    secret
+                }
+                Err(e) => anyhow::bail!("cannot read the internal secret {}: {e}", path.display()),
+            });
+        }
+        Ok(auth)
+    }
+
+    /// The credential this process presents as `role`: the configured one
+    /// (which must be of that role), else one derived from the secret.
+    fn credential(&self, role: Role) -> anyhow::Result<Credential> {
+        if let Some(c) = &self.credential {
+            anyhow::ensure!(
+                c.role() == Some(role),
+                "internal.credential_file holds a credential of the {} role; this service calls as {role}",
+                c.role().map_or("?", Role::name)
+            );
+            return Ok(c.clone());
+        }
+        self.secret
+            .as_ref()
+            .map(|s| s.credential(role))
+            .context("no internal secret or credential")
+    }
+
+    fn secret(&self) -> anyhow::Result<InternalSecret> {
+        self.secret.clone().context("no internal secret")
+    }
+}
+
 /// Runs a gRPC server as a tracked task; its failure stops the whole process
 /// (a service that silently stopped serving is worse than a restart).
 fn spawn_grpc(
@@ -268,6 +332,14 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
     .await
     .with_context(|| format!("store {}", describe_store(&url)))?;
 
+    // The internal links: served when the MTA (Queue) or the MDA (Delivery)
+    // listens; called when the MSA or MTA runs without the other in this
+    // process. The whole stack in one process serves none unless exposed.
+    let exposes = only.is_some() || config.internal.expose;
+    let serves_internal = exposes && (runs(ServiceName::Mta) || runs(ServiceName::Mda));
+    let calls_internal = only == Some(ServiceName::Msa) || only == Some(ServiceName::Mta);
+    let internal = InternalAuth::load(&config, serves_internal, calls_internal)?;
+
     let shutdown = Shutdown::new();
     let mut listeners = Vec::new();
     if runs(ServiceName::Admin) {
@@ -299,25 +371,28 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             store.clone(),
             config.server.hostname.clone(),
         )));
-        let listener = Listener::bind("mda", config.mda.listen, TlsMode::Plain).await?;
-        delivery_endpoint = format!("http://{}", listener.local_addr());
-        listeners.push(ListenerInfo {
-            service: "mda",
-            addr: listener.local_addr(),
-            mode: "plaintext gRPC (Delivery)".into(),
-        });
-        let mut routes = RoutesBuilder::default();
-        routes.add_service(mailroom_mda::service(
-            store.clone(),
-            config.server.hostname.clone(),
-        ));
-        spawn_grpc(
-            &shutdown,
-            "mda",
-            routes,
-            mailroom_mda::SERVICE_NAME,
-            listener,
-        );
+        if exposes {
+            let listener = Listener::bind("mda", config.mda.listen, TlsMode::Plain).await?;
+            delivery_endpoint = format!("http://{}", listener.local_addr());
+            listeners.push(ListenerInfo {
+                service: "mda",
+                addr: listener.local_addr(),
+                mode: "plaintext gRPC (Delivery; mta role only)".into(),
+            });
+            let mut routes = RoutesBuilder::default();
+            routes.add_service(mailroom_mda::service(
+                store.clone(),
+                config.server.hostname.clone(),
+                internal.secret()?,
+            ));
+            spawn_grpc(
+                &shutdown,
+                "mda",
+                routes,
+                mailroom_mda::SERVICE_NAME,
+                listener,
+            );
+        }
     }
     let smtp_context = ServeContext {
         limiter: ConnectionLimiter::new(
@@ -334,37 +409,45 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
     // it directly rather than through gRPC.
     let mut local_queue: Option<Arc<mailroom_mta::QueueService>> = None;
     let queue_handle = |local: &Option<Arc<mailroom_mta::QueueService>>,
-                        endpoint: &str|
+                        endpoint: &str,
+                        role: Role|
      -> anyhow::Result<QueueHandle> {
         Ok(match local {
             Some(q) => QueueHandle::Local(q.clone()),
-            None => QueueHandle::remote(grpc_channel(endpoint)?),
+            None => QueueHandle::remote(grpc_channel(endpoint)?, internal.credential(role)?),
         })
     };
     if runs(ServiceName::Mta) {
-        let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
-        queue_endpoint = format!("http://{}", listener.local_addr());
-        listeners.push(ListenerInfo {
-            service: "queue",
-            addr: listener.local_addr(),
-            mode: "plaintext gRPC (Queue)".into(),
-        });
-        let mut routes = RoutesBuilder::default();
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
         let wake = Arc::new(mailroom_mta::QueueWake::default());
-        routes.add_service(mailroom_mta::service(store.clone(), max_age, wake.clone()));
         local_queue = Some(Arc::new(mailroom_mta::QueueService::new(
             store.clone(),
             max_age,
             wake.clone(),
         )));
-        spawn_grpc(
-            &shutdown,
-            "queue",
-            routes,
-            mailroom_mta::SERVICE_NAME,
-            listener,
-        );
+        if exposes {
+            let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
+            queue_endpoint = format!("http://{}", listener.local_addr());
+            listeners.push(ListenerInfo {
+                service: "queue",
+                addr: listener.local_addr(),
+                mode: "plaintext gRPC (Queue; msa and inbound roles only)".into(),
+            });
+            let mut routes = RoutesBuilder::default();
+            routes.add_service(mailroom_mta::service(
+                store.clone(),
+                max_age,
+                wake.clone(),
+                internal.secret()?,
+            ));
+            spawn_grpc(
+                &shutdown,
+                "queue",
+                routes,
+                mailroom_mta::SERVICE_NAME,
+                listener,
+            );
+        }
         let mta = &config.mta;
         let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
         let queue_settings = mailroom_mta::RelaySettings {
@@ -384,7 +467,10 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         };
         let delivery = match &local_mda {
             Some(mda) => mailroom_mta::DeliveryHandle::Local(mda.clone()),
-            None => mailroom_mta::DeliveryHandle::remote(grpc_channel(&delivery_endpoint)?),
+            None => mailroom_mta::DeliveryHandle::remote(
+                grpc_channel(&delivery_endpoint)?,
+                internal.credential(Role::Mta)?,
+            ),
         };
         let worker =
             mailroom_mta::LocalDelivery::new(store.clone(), delivery, QUEUE_POLL, wake.clone())
@@ -398,7 +484,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             Mode::Inbound,
             smtp_settings(&config),
             store.clone(),
-            queue_handle(&local_queue, &queue_endpoint)?,
+            queue_handle(&local_queue, &queue_endpoint, Role::Inbound)?,
             throttle.clone(),
         ));
         for addr in &config.mta.listen {
@@ -416,7 +502,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             Mode::Submission,
             smtp_settings(&config),
             store.clone(),
-            queue_handle(&local_queue, &queue_endpoint)?,
+            queue_handle(&local_queue, &queue_endpoint, Role::Msa)?,
             throttle.clone(),
         ));
         let all = config

@@ -124,6 +124,15 @@ fn serve_on_a_fresh_directory_then_add_a_user_then_stop_on_sigterm() {
         );
         banner.push_str(&line);
     }
+    // The embedded default opens no internal gRPC port (Queue, Delivery):
+    // its services call each other in-process.
+    assert!(
+        !banner.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("queue ") || l.starts_with("mda ")
+        }),
+        "{banner}"
+    );
     let admin = banner
         .lines()
         .find_map(|l| l.trim().strip_prefix("admin"))

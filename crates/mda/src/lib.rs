@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mailroom_address::Address;
 use mailroom_rpc::delivery as pb;
 use mailroom_rpc::delivery::delivery_server::{Delivery, DeliveryServer};
+use mailroom_rpc::internal::{Caller, InternalSecret, RequireRole, Role};
 use mailroom_store::{BlobHash, Folder, NewMessage, Store, StoreError, Stored, Unroutable};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 mod parse;
@@ -30,11 +32,18 @@ pub use parse::parse_cache;
 pub const SERVICE_NAME: &str =
     <DeliveryServer<DeliveryService> as tonic::server::NamedService>::NAME;
 
+/// The Delivery service over gRPC, behind the internal credential check.
+pub type DeliveryGrpc = InterceptedService<DeliveryServer<DeliveryService>, RequireRole>;
+
 /// Builds the service over `store`; `hostname` is the authserv-id of the
-/// `Authentication-Results` headers it writes.
-pub fn service(store: Store, hostname: String) -> DeliveryServer<DeliveryService> {
-    DeliveryServer::new(DeliveryService::new(store, hostname))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+/// `Authentication-Results` headers it writes. Only callers proving the
+/// MTA role under `secret` are admitted (`mailroom_rpc::internal`).
+pub fn service(store: Store, hostname: String, secret: InternalSecret) -> DeliveryGrpc {
+    InterceptedService::new(
+        DeliveryServer::new(DeliveryService::new(store, hostname))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        RequireRole::new(secret, "Delivery.Deliver", &[Role::Mta]),
+    )
 }
 
 impl DeliveryService {
@@ -186,6 +195,22 @@ impl Delivery for DeliveryService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        // Only the queue's worker writes into mailboxes (the check in front
+        // of the gRPC service put the proven role here; in one process the
+        // worker attaches it itself).
+        match Caller::of(&request) {
+            Some(Role::Mta) => {}
+            Some(role) => {
+                return Err(Status::permission_denied(format!(
+                    "the {role} role may not deliver"
+                )));
+            }
+            None => {
+                return Err(Status::unauthenticated(
+                    "a valid internal service credential is required",
+                ));
+            }
+        }
         let r = request.into_inner();
         if r.queue_id <= 0 {
             return Err(Status::invalid_argument(

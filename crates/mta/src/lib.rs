@@ -11,11 +11,13 @@
 
 use std::sync::Arc;
 
+use mailroom_rpc::internal::{Caller, InternalSecret, RequireRole, Role};
 use mailroom_rpc::queue as pb;
 use mailroom_rpc::queue::queue_server::{Queue, QueueServer};
 use mailroom_smtp_proto::Path;
 use mailroom_store::{QueueEnvelope, QueueRecipient, Store, StoreError};
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 pub mod client;
@@ -59,11 +61,26 @@ impl QueueWake {
     }
 }
 
+/// The Queue over gRPC, behind the internal credential check.
+pub type QueueGrpc = InterceptedService<QueueServer<QueueService>, RequireRole>;
+
+/// The roles that may call `Enqueue`.
+pub const ENQUEUE_ROLES: &[Role] = &[Role::Msa, Role::Inbound];
+
 /// Builds the service; `max_age_secs` is how long a message may stay queued;
-/// `wake` is signalled after each enqueue (the workers of this process).
-pub fn service(store: Store, max_age_secs: i64, wake: Arc<QueueWake>) -> QueueServer<QueueService> {
-    QueueServer::new(QueueService::new(store, max_age_secs, wake))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+/// `wake` is signalled after each enqueue (the workers of this process);
+/// callers must prove the MSA or inbound role under `secret`.
+pub fn service(
+    store: Store,
+    max_age_secs: i64,
+    wake: Arc<QueueWake>,
+    secret: InternalSecret,
+) -> QueueGrpc {
+    InterceptedService::new(
+        QueueServer::new(QueueService::new(store, max_age_secs, wake))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        RequireRole::new(secret, "Queue.Enqueue", ENQUEUE_ROLES),
+    )
 }
 
 impl QueueService {
@@ -163,28 +180,62 @@ fn envelope(request: &pb::EnqueueRequest) -> Result<QueueEnvelope, Status> {
     })
 }
 
+/// Where an entry's recipients go: whether any is local, whether any is remote.
+#[derive(Debug, Clone, Copy, Default)]
+struct Destinations {
+    local: bool,
+    remote: bool,
+}
+
 impl QueueService {
-    /// Wakes the worker(s) that the new entry's recipients need (domain
-    /// checks come from the store's cache; when one fails, both).
-    async fn wake_for(&self, envelope: &mailroom_store::QueueEnvelope) {
-        let (mut local, mut remote) = (false, false);
+    /// Which kinds of recipient the entry has (domain checks come from the
+    /// store's cache).
+    async fn destinations(
+        &self,
+        envelope: &mailroom_store::QueueEnvelope,
+    ) -> Result<Destinations, StoreError> {
+        let mut d = Destinations::default();
         for r in &envelope.recipients {
-            let ours = match mailroom_address::Address::parse(&r.address) {
-                Ok(a) => self.store.serves_domain(a.domain()).await.ok(),
-                Err(_) => None,
+            // The domain decides (a quoted local part need not be one our
+            // accounts could have).
+            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+            let ours = match mailroom_address::Domain::parse(domain) {
+                Ok(d) => self.store.serves_domain(&d).await?,
+                Err(e) => return Err(StoreError::InvalidArgument(format!("{}: {e}", r.address))),
             };
-            match ours {
-                Some(true) => local = true,
-                Some(false) => remote = true,
-                None => (local, remote) = (true, true),
+            if ours {
+                d.local = true;
+            } else {
+                d.remote = true;
             }
         }
-        if local {
-            self.wake.local.notify_waiters();
+        Ok(d)
+    }
+
+    /// Who may enqueue what: a caller must have proved the MSA or inbound
+    /// role, and a remote recipient (relaying) is taken only from the MSA
+    /// for a message of an authenticated submission. The SMTP sessions
+    /// check the same before RCPT is accepted; this is the second line.
+    fn authorise(
+        caller: Option<Role>,
+        request: &pb::EnqueueRequest,
+        to: Destinations,
+    ) -> Result<Role, Status> {
+        let role = caller.ok_or_else(|| {
+            Status::unauthenticated("a valid internal service credential is required")
+        })?;
+        if !ENQUEUE_ROLES.contains(&role) {
+            return Err(Status::permission_denied(format!(
+                "the {role} role may not enqueue"
+            )));
         }
-        if remote {
-            self.wake.remote.notify_waiters();
+        if to.remote && (role != Role::Msa || request.authenticated_as.is_empty()) {
+            tracing::warn!(%role, client_ip = %request.client_ip, "enqueue for a remote recipient refused: relaying denied");
+            return Err(Status::permission_denied(
+                "relaying denied: only authenticated submissions may have remote recipients",
+            ));
         }
+        Ok(role)
     }
 }
 
@@ -194,8 +245,25 @@ impl Queue for QueueService {
         &self,
         request: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let caller = Caller::of(&request);
+        if caller.is_none() {
+            return Err(Status::unauthenticated(
+                "a valid internal service credential is required",
+            ));
+        }
         let request = request.into_inner();
         let envelope = envelope(&request)?;
+        let to = match self.destinations(&envelope).await {
+            Ok(to) => to,
+            Err(StoreError::InvalidArgument(m)) => return Err(Status::invalid_argument(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "enqueue: cannot check recipient domains");
+                return Err(Status::unavailable(
+                    "the queue is unavailable; try again later",
+                ));
+            }
+        };
+        let role = Self::authorise(caller, &request, to)?;
         match self
             .store
             .enqueue(&envelope, &request.message, self.max_age_secs)
@@ -204,12 +272,18 @@ impl Queue for QueueService {
             Ok(queue_id) => {
                 tracing::info!(
                     queue_id,
+                    caller_role = %role,
                     sender = %envelope.sender,
                     recipients = envelope.recipients.len(),
                     size = request.message.len(),
                     "queued"
                 );
-                self.wake_for(&envelope).await;
+                if to.local {
+                    self.wake.local.notify_waiters();
+                }
+                if to.remote {
+                    self.wake.remote.notify_waiters();
+                }
                 Ok(Response::new(pb::EnqueueResponse { queue_id }))
             }
             Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),

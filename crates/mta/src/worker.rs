@@ -22,8 +22,10 @@ use std::time::Duration;
 use mailroom_rpc::delivery::delivery_client::DeliveryClient;
 use mailroom_rpc::delivery::delivery_server::Delivery;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
+use mailroom_rpc::internal::{AttachCredential, Caller, Credential, Role};
 use mailroom_store::{AttemptResult, LeasedRecipient, Store};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -52,16 +54,20 @@ pub fn retry_delay(attempts: u32) -> i64 {
 /// Where local recipients are delivered: the MDA's `Delivery` service.
 #[derive(Clone)]
 pub enum DeliveryHandle {
-    /// Over gRPC, when the MDA runs in another process.
-    Remote(DeliveryClient<Channel>),
+    /// Over gRPC, when the MDA runs in another process; every call carries
+    /// the MTA role's credential.
+    Remote(DeliveryClient<InterceptedService<Channel, AttachCredential>>),
     /// The MDA of this process, called directly (same code, no HTTP/2 hop).
     Local(Arc<dyn Delivery>),
 }
 
 impl DeliveryHandle {
-    /// A gRPC client on `channel`.
-    pub fn remote(channel: Channel) -> Self {
-        DeliveryHandle::Remote(DeliveryClient::new(channel).max_encoding_message_size(256 << 20))
+    /// A gRPC client on `channel`, presenting `credential` (the MTA role's).
+    pub fn remote(channel: Channel, credential: Credential) -> Self {
+        DeliveryHandle::Remote(
+            DeliveryClient::with_interceptor(channel, AttachCredential(credential))
+                .max_encoding_message_size(256 << 20),
+        )
     }
 }
 
@@ -202,7 +208,10 @@ impl LocalDelivery {
             };
             let delivered = match &self.delivery {
                 DeliveryHandle::Remote(client) => client.clone().deliver(request).await,
-                DeliveryHandle::Local(mda) => mda.deliver(request).await,
+                DeliveryHandle::Local(mda) => {
+                    Caller::attach(&mut request, Role::Mta);
+                    mda.deliver(request).await
+                }
             };
             let results: Vec<AttemptResult> = match delivered {
                 Ok(response) => {

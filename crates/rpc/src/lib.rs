@@ -14,6 +14,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+pub mod internal;
+
 /// `mailroom.admin.v1`
 pub mod admin {
     tonic::include_proto!("mailroom.admin.v1");

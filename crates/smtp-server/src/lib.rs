@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailroom_net::{CancellationToken, Connection, MailStream, Refusal, Session};
+use mailroom_rpc::internal::{AttachCredential, Credential, Role};
 use mailroom_rpc::queue::queue_client::QueueClient;
 use mailroom_rpc::queue::queue_server::Queue;
 use mailroom_sasl::SaslConfig;
 use mailroom_smtp_proto::Reply;
 use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod auth;
@@ -41,6 +43,17 @@ pub enum Mode {
     Submission,
     /// Mail from other servers for our domains (MTA port 25).
     Inbound,
+}
+
+impl Mode {
+    /// The role this service has towards the Queue (see
+    /// `mailroom_rpc::internal`): only submission may relay.
+    pub fn role(self) -> Role {
+        match self {
+            Mode::Submission => Role::Msa,
+            Mode::Inbound => Role::Inbound,
+        }
+    }
 }
 
 /// Limits and policy of a session; defaults are close to Postfix's.
@@ -110,8 +123,9 @@ pub struct SmtpServer {
 /// Where accepted messages go: the MTA's `Queue` service.
 #[derive(Clone)]
 pub enum QueueHandle {
-    /// Over gRPC, when the MTA runs in another process.
-    Remote(QueueClient<Channel>),
+    /// Over gRPC, when the MTA runs in another process; every call carries
+    /// this service's role credential.
+    Remote(QueueClient<InterceptedService<Channel, AttachCredential>>),
     /// The Queue implementation of this process, called directly: the same
     /// code and the same durability contract, without encoding the message
     /// into HTTP/2 frames and back on every acceptance.
@@ -119,10 +133,11 @@ pub enum QueueHandle {
 }
 
 impl QueueHandle {
-    /// A gRPC client on `channel`.
-    pub fn remote(channel: Channel) -> Self {
+    /// A gRPC client on `channel`, presenting `credential`.
+    pub fn remote(channel: Channel, credential: Credential) -> Self {
         QueueHandle::Remote(
-            QueueClient::new(channel).max_encoding_message_size(mailroom_smtp_proto_max()),
+            QueueClient::with_interceptor(channel, AttachCredential(credential))
+                .max_encoding_message_size(mailroom_smtp_proto_max()),
         )
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use mailroom_address::{Address, Domain};
 use mailroom_net::tls::TlsAcceptor;
 use mailroom_net::{CancellationToken, Connection, MailStream, TlsInfo};
+use mailroom_rpc::internal::Caller;
 use mailroom_rpc::queue as qpb;
 use mailroom_smtp_proto::{
     BdatReceiver, Body, Command, DataError, DataReceiver, ForwardPath, HeloName, Host, Line,
@@ -844,10 +845,12 @@ async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
     let mut grpc = tonic::Request::new(request);
     span.in_scope(|| mailroom_telemetry::inject(grpc.metadata_mut()));
     let enqueued = match &server.queue {
+        // The credential of this process's role goes with the call.
         crate::QueueHandle::Remote(client) => client.clone().enqueue(grpc).await,
         // Called inside the message's span, so the entry's trace context is this span's.
         crate::QueueHandle::Local(queue) => {
             use tracing::Instrument;
+            Caller::attach(&mut grpc, server.mode.role());
             queue.enqueue(grpc).instrument(span).await
         }
     };
@@ -859,6 +862,11 @@ async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
             tracing::warn!(error = %status.message(), "queue refused the message");
             r(554, "5.6.0", "message refused")
+        }
+        // The queue's own relay check (defence in depth behind RCPT's).
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            tracing::error!(error = %status.message(), "queue refused the message");
+            r(550, "5.7.1", "relaying denied")
         }
         Err(status) => {
             tracing::error!(error = %status.message(), code = ?status.code(), "enqueue failed");

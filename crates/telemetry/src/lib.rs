@@ -163,7 +163,12 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
 /// The span of one incoming gRPC request, a child of the caller's span when
 /// the request carries a trace context. Give it to tonic's `Server::trace_fn`.
 pub fn grpc_server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", path = %request.uri().path());
+    // `caller_role` is filled in by the internal services' credential check.
+    let span = tracing::info_span!(
+        "grpc",
+        path = %request.uri().path(),
+        caller_role = tracing::field::Empty
+    );
     let _ = span.set_parent(extract(request.headers()));
     span
 }
