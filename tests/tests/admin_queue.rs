@@ -79,13 +79,30 @@ async fn the_queue_can_be_listed_shown_retried_and_dropped() {
     let summary = run(&["queue", "summary"]).await.unwrap();
     assert!(summary.starts_with("entries:   2"), "{summary}");
 
-    // Retry makes a deferred recipient due now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Retry makes a deferred recipient due now. First the relay's own
+    // attempt must have deferred it (the test resolver answers nothing), with
+    // the next attempt a first-retry delay (300 s) away.
+    let carol = async || store.queue_entry(remote).await.unwrap().unwrap().recipients[0].clone();
+    mailroom_tests::wait_for(
+        "the first attempt's deferral",
+        Duration::from_secs(30),
+        async || carol().await.state == "deferred",
+    )
+    .await;
+    let before = carol().await;
+    assert!(before.next_attempt_at > now() + 60, "{before:?}");
     let retried = run(&["queue", "retry", &remote.to_string()]).await.unwrap();
     assert!(
         retried.starts_with(&format!("queue entry {remote}:")),
         "{retried}"
     );
+    // Due now: the relay takes it again at once (another attempt) rather
+    // than in five minutes.
+    mailroom_tests::wait_for("the retried attempt", Duration::from_secs(30), async || {
+        let c = carol().await;
+        c.attempts > before.attempts || c.next_attempt_at <= now()
+    })
+    .await;
 
     assert_eq!(
         run(&["queue", "drop", &bounce.to_string()]).await.unwrap(),
@@ -110,4 +127,11 @@ async fn the_queue_can_be_listed_shown_retried_and_dropped() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

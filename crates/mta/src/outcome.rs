@@ -143,7 +143,7 @@ pub(crate) async fn record(
     results: Vec<AttemptResult>,
     reporting: &Reporting,
     wake: &Arc<crate::QueueWake>,
-) {
+) -> bool {
     let now = unix_now();
     let input: Vec<RecipientResult> = recipients
         .iter()
@@ -182,35 +182,172 @@ pub(crate) async fn record(
                     "queue entry finished and removed"
                 );
             }
+            true
         }
         Err(e) => {
-            tracing::error!(queue_id, error = %e, "cannot record delivery results; they will be retried")
+            tracing::error!(queue_id, error = %e, "cannot record delivery results; the recipients are given back and will be retried");
+            false
         }
     }
 }
 
-/// Keeps `worker`'s leases alive while it lives: renews them every third of
-/// `lease_secs`. Dropping the guard stops the renewal, so a worker whose
-/// task ends (or whose process dies) lets its leases run out.
-pub(crate) fn renew_leases(store: Store, worker: String, lease_secs: i64) -> RenewalGuard {
-    let every = std::time::Duration::from_millis(
-        u64::try_from(lease_secs.max(1))
-            .unwrap_or(1)
-            .saturating_mul(1000)
-            / 3,
-    )
-    .max(std::time::Duration::from_millis(100));
-    let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = store.renew_leases(&worker, lease_secs).await {
-                tracing::warn!(error = %e, "cannot renew queue leases; retrying");
+/// How soon a recipient whose attempt could not finish (its message could
+/// not be loaded, its results not recorded, its task panicked) may be
+/// leased again: soon, but not in a tight loop while a fault lasts.
+pub(crate) const GIVE_BACK_SECS: i64 = 5;
+
+/// The leases one worker's tasks are working on. The invariant (see the
+/// store's queue module): a worker holds a lease only while a task works on
+/// that entry. Every leased recipient is put under a [`Hold`] at once; the
+/// renewal renews exactly the held ones; a hold ends either settled (its
+/// results were recorded, which released the leases) or given back (the
+/// leases lapse after [`GIVE_BACK_SECS`], retried in the background until
+/// the store takes it, or until the lease would have run out anyway).
+#[derive(Debug, Clone)]
+pub(crate) struct Leases(Arc<LeasesInner>);
+
+#[derive(Debug)]
+struct LeasesInner {
+    store: Store,
+    worker: String,
+    lease_secs: i64,
+    held: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+}
+
+impl Leases {
+    pub(crate) fn new(store: Store, worker: String, lease_secs: i64) -> Leases {
+        Leases(Arc::new(LeasesInner {
+            store,
+            worker,
+            lease_secs: lease_secs.max(1),
+            held: Default::default(),
+        }))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<i64>> {
+        // A panic elsewhere never leaves the set half-changed.
+        self.0.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Renews the held leases every third of the lease length until the
+    /// guard is dropped.
+    pub(crate) fn renew(&self) -> RenewalGuard {
+        let every = std::time::Duration::from_millis(
+            u64::try_from(self.0.lease_secs)
+                .unwrap_or(1)
+                .saturating_mul(1000)
+                / 3,
+        )
+        .max(std::time::Duration::from_millis(100));
+        let leases = self.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ids: Vec<i64> = leases.held().iter().copied().collect();
+                let inner = &leases.0;
+                if let Err(e) = inner
+                    .store
+                    .renew_leases(&inner.worker, &ids, inner.lease_secs)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot renew queue leases; retrying");
+                }
+            }
+        });
+        RenewalGuard(task)
+    }
+
+    /// Puts `recipients` (just leased) under a hold.
+    pub(crate) fn hold(&self, recipients: &[LeasedRecipient]) -> Hold {
+        let ids: Vec<i64> = recipients.iter().map(|r| r.id).collect();
+        self.held().extend(ids.iter().copied());
+        Hold {
+            leases: self.clone(),
+            ids,
+            settled: false,
+            give_back_secs: GIVE_BACK_SECS,
+        }
+    }
+
+    /// Gives back every lease the worker still has in the store (at
+    /// shutdown, when no task is left).
+    pub(crate) async fn release_all(&self) {
+        let inner = &self.0;
+        if let Err(e) = inner.store.release_leases(&inner.worker, None).await {
+            tracing::warn!(error = %e, "cannot release leases at shutdown; they will expire");
+        }
+    }
+}
+
+/// Leased recipients a task is responsible for; see [`Leases`]. Dropping
+/// a hold that was not [settled](Hold::settle) gives its leases back, so a
+/// task that returns early, fails or panics never strands an entry.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    leases: Leases,
+    ids: Vec<i64>,
+    settled: bool,
+    give_back_secs: i64,
+}
+
+impl Hold {
+    /// The results were recorded (which released the leases).
+    pub(crate) fn settle(mut self) {
+        self.settled = true;
+    }
+
+    /// Gives the leases back to be taken again in `secs` (rather than
+    /// [`GIVE_BACK_SECS`]).
+    pub(crate) fn give_back_in(mut self, secs: i64) {
+        self.give_back_secs = secs;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        {
+            let mut held = self.leases.held();
+            for id in &self.ids {
+                held.remove(id);
             }
         }
-    });
-    RenewalGuard(task)
+        if self.settled || self.ids.is_empty() {
+            return;
+        }
+        let (leases, ids, after) = (
+            self.leases.clone(),
+            std::mem::take(&mut self.ids),
+            self.give_back_secs,
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left: the leases run out by themselves
+        };
+        runtime.spawn(async move {
+            let inner = &leases.0;
+            let deadline = std::time::Instant::now()
+                + std::time::Duration::from_secs(u64::try_from(inner.lease_secs).unwrap_or(1));
+            let mut wait = std::time::Duration::from_millis(200);
+            loop {
+                match inner.store.lapse_leases(&inner.worker, &ids, after).await {
+                    Ok(_) => {
+                        tracing::info!(recipients = ?ids, after_secs = after, "leases given back without a result");
+                        return;
+                    }
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "cannot give leases back yet; retrying");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot give leases back; they will expire");
+                        return;
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        });
+    }
 }
 
 /// Stops a lease renewal when dropped.

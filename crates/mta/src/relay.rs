@@ -232,8 +232,8 @@ impl Relay {
     /// Runs until `shutdown`; attempts in progress finish first.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let renewal =
-            outcome::renew_leases(inner.store.clone(), inner.id.clone(), inner.lease_secs);
+        let leases = outcome::Leases::new(inner.store.clone(), inner.id.clone(), inner.lease_secs);
+        let renewal = leases.renew();
         let slots = Arc::new(Semaphore::new(CONCURRENT_DESTINATIONS));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -278,23 +278,30 @@ impl Relay {
                     _ => groups.push((key, vec![r])),
                 }
             }
-            for ((queue_id, domain), recipients) in groups {
+            // Every leased recipient is held (renewed) from now until its
+            // attempt ends, also while it waits for a slot.
+            let groups: Vec<_> = groups
+                .into_iter()
+                .map(|(key, recipients)| {
+                    let hold = leases.hold(&recipients);
+                    (key, recipients, hold)
+                })
+                .collect();
+            for ((queue_id, domain), recipients, hold) in groups {
                 // The lease was capped by the limiter's counts and only this
                 // loop takes permits, so one is free; should it not be, the
                 // recipients go back to the queue rather than wait leased.
                 let Some(destination) = inner.limiter.try_acquire(&domain) else {
-                    let ids: Vec<i64> = recipients.iter().map(|r| r.id).collect();
-                    if let Err(e) = inner.store.release_leases(&inner.id, Some(&ids)).await {
-                        tracing::warn!(error = %e, "cannot release leases; they will expire");
-                    }
+                    hold.give_back_in(0);
                     continue;
                 };
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
                 let inner = inner.clone();
+                // A panic inside drops the hold: the leases are given back.
                 tasks.spawn(async move {
-                    inner.attempt(queue_id, &domain, recipients).await;
+                    inner.attempt(queue_id, &domain, recipients, hold).await;
                     drop(destination);
                     drop(slot);
                 });
@@ -306,21 +313,35 @@ impl Relay {
         while tasks.join_next().await.is_some() {}
         drop(renewal);
         // Nothing is in progress: anything still leased goes back at once.
-        if let Err(e) = inner.store.release_leases(&inner.id, None).await {
-            tracing::warn!(error = %e, "cannot release leases at shutdown; they will expire");
-        }
+        leases.release_all().await;
     }
 }
 
 impl Inner {
     /// One delivery attempt for the leased recipients of one message at one domain.
-    async fn attempt(&self, queue_id: i64, domain: &str, recipients: Vec<LeasedRecipient>) {
+    /// Every way out either records the results or gives the leases back.
+    async fn attempt(
+        &self,
+        queue_id: i64,
+        domain: &str,
+        recipients: Vec<LeasedRecipient>,
+        hold: outcome::Hold,
+    ) {
         let queued = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(queue_id, error = %e, "cannot load a queued message");
+            Ok(None) => {
+                // Gone (dropped meanwhile: nothing to give back) or its
+                // content is missing: tried again later, not in a loop.
+                tracing::error!(
+                    queue_id,
+                    "a queued message could not be found with its content"
+                );
+                hold.give_back_in(self.settings.first_retry_secs);
                 return;
+            }
+            Err(e) => {
+                tracing::warn!(queue_id, error = %e, "cannot load a queued message; it will be retried");
+                return; // `hold` drops: given back
             }
         };
         let span =
@@ -372,7 +393,7 @@ impl Inner {
                 tracing::info!(recipient = %r.address, response = o.text(), ?result, "relay attempt");
                 results.push(result);
             }
-            outcome::record(
+            if outcome::record(
                 &self.store,
                 &self.id,
                 queue_id,
@@ -382,7 +403,10 @@ impl Inner {
                 &self.reporting,
                 &self.wake,
             )
-            .await;
+            .await
+            {
+                hold.settle();
+            }
         }
         .instrument(span)
         .await

@@ -135,7 +135,8 @@ impl LocalDelivery {
 
     /// Runs until `shutdown`; an attempt in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let _renewal = outcome::renew_leases(self.store.clone(), self.id.clone(), self.lease_secs);
+        let leases = outcome::Leases::new(self.store.clone(), self.id.clone(), self.lease_secs);
+        let renewal = leases.renew();
         loop {
             let leased = match self
                 .store
@@ -160,23 +161,47 @@ impl LocalDelivery {
             for r in leased {
                 by_message.entry(r.queue_id).or_default().push(r);
             }
-            for (queue_id, recipients) in by_message {
-                self.attempt(queue_id, recipients).await;
+            // Every leased recipient is held (renewed) from now until its
+            // attempt ends; those not reached before shutdown are given back.
+            let batch: Vec<_> = by_message
+                .into_iter()
+                .map(|(queue_id, recipients)| {
+                    let hold = leases.hold(&recipients);
+                    (queue_id, recipients, hold)
+                })
+                .collect();
+            for (queue_id, recipients, hold) in batch {
+                if shutdown.is_cancelled() {
+                    break; // the remaining holds drop: given back
+                }
+                self.attempt(queue_id, recipients, hold).await;
             }
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
         }
+        drop(renewal);
+        leases.release_all().await;
     }
 
-    /// One delivery attempt for the leased recipients of one message.
-    async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>) {
+    /// One delivery attempt for the leased recipients of one message; every
+    /// way out either records the results or gives the leases back.
+    async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>, hold: outcome::Hold) {
         let queued = match self.store.queued_for_attempt(queue_id).await {
             Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(queue_id, error = %e, "cannot load a queued message");
+            Ok(None) => {
+                // Gone (dropped meanwhile: nothing to give back) or its
+                // content is missing: tried again later, not in a loop.
+                tracing::error!(
+                    queue_id,
+                    "a queued message could not be found with its content"
+                );
+                hold.give_back_in(self.first_retry_secs);
                 return;
+            }
+            Err(e) => {
+                tracing::warn!(queue_id, error = %e, "cannot load a queued message; it will be retried");
+                return; // `hold` drops: given back
             }
         };
         let span = tracing::info_span!(
@@ -220,13 +245,24 @@ impl LocalDelivery {
                     for (r, o) in recipients.iter().zip(outcomes.iter().map(Some).chain(std::iter::repeat(None))) {
                         results.push(match o {
                             Some(o) if o.outcome == Outcome::Delivered as i32 => {
-                                if !o.remote_targets.is_empty() {
+                                if o.remote_targets.is_empty() {
+                                    AttemptResult::Delivered
+                                } else {
+                                    // The forwarded copies are queued before the
+                                    // original counts as delivered: when that fails
+                                    // the original is retried (the MDA stores nothing
+                                    // twice and names the forwards again).
                                     match self.store.add_queue_recipients(queue_id, &o.remote_targets).await {
-                                        Ok(()) => self.wake.remote.notify_waiters(),
-                                        Err(e) => tracing::error!(error = %e, "cannot queue forwarded recipients"),
+                                        Ok(()) => {
+                                            self.wake.remote.notify_waiters();
+                                            AttemptResult::Delivered
+                                        }
+                                        Err(e) => {
+                                            tracing::error!(error = %e, "cannot queue forwarded recipients; the delivery will be retried");
+                                            defer(r, "4.3.0 cannot queue the forwarded copies; will retry".into())
+                                        }
                                     }
                                 }
-                                AttemptResult::Delivered
                             }
                             Some(o) if o.outcome == Outcome::PermanentFailure as i32 => {
                                 AttemptResult::Failed { response: o.reason.clone() }
@@ -248,7 +284,9 @@ impl LocalDelivery {
             for (r, result) in recipients.iter().zip(&results) {
                 tracing::info!(recipient = %r.address, ?result, "delivery attempt");
             }
-            outcome::record(&self.store, &self.id, queue_id, &queued, &recipients, results, &self.reporting, &self.wake).await;
+            if outcome::record(&self.store, &self.id, queue_id, &queued, &recipients, results, &self.reporting, &self.wake).await {
+                hold.settle();
+            }
         }
         .instrument(span)
         .await

@@ -5,10 +5,14 @@
 //!   one state row per recipient in ONE transaction and returns only after
 //!   the commit. An SMTP session answers 250 only after it returned, so a
 //!   message that was acknowledged is always in the queue.
-//! * **Leases.** A worker attempts only recipients it leased; it renews its
-//!   leases while it lives ([`Store::renew_leases`]) and records a result
-//!   only while the lease is still its own, so a dead worker's recipients
-//!   come back when its leases run out (at-least-once delivery).
+//! * **Leases.** A worker attempts only recipients it leased, and holds a
+//!   lease only while a task works on that recipient: it renews exactly
+//!   those ([`Store::renew_leases`] takes their ids), and every way out of an
+//!   attempt either records a result ([`Store::finish_attempts`], only while
+//!   the lease is still its own) or gives the lease back
+//!   ([`Store::lapse_leases`], [`Store::release_leases`]). A recipient a task
+//!   gave up on therefore comes back within seconds, and a dead worker's
+//!   when its leases run out (at-least-once delivery).
 //! * **One transaction per attempt's outcome.** [`Store::finish_attempts`]
 //!   records the results of one attempt at one message, queues the delivery
 //!   status notifications they owe (built by the caller from exactly the
@@ -642,21 +646,53 @@ impl Store {
         Ok(leased)
     }
 
-    /// Extends every lease `worker` holds to `lease_secs` from now; returns
-    /// how many. A worker calls it periodically (well within `lease_secs`)
-    /// while it lives, so only a dead worker's leases run out.
-    pub async fn renew_leases(&self, worker: &str, lease_secs: i64) -> Result<u64> {
+    /// Extends the leases `worker` holds on `ids` to `lease_secs` from now;
+    /// returns how many. A worker renews, periodically and well within
+    /// `lease_secs`, exactly the recipients its tasks are working on: a
+    /// lease nobody works on is never kept alive, so a recipient a task gave
+    /// up on comes back however long its process lives, and a dead worker's
+    /// leases run out.
+    pub async fn renew_leases(&self, worker: &str, ids: &[i64], lease_secs: i64) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let now = now();
+        let sql = format!(
+            "UPDATE queue_recipients SET lease_until = $2
+             WHERE lease_owner = $1 AND state IN ('pending', 'deferred') AND id IN ({})",
+            id_list(ids)
+        );
         Ok(on_backend!(self, |pool| {
-            sqlx::query(
-                "UPDATE queue_recipients SET lease_until = $2
-                 WHERE lease_owner = $1 AND state IN ('pending', 'deferred')",
-            )
-            .bind(worker)
-            .bind(now + lease_secs)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(worker)
+                .bind(now + lease_secs)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Lets the leases `worker` holds on `ids` run out `after_secs` from now
+    /// without recording an attempt (a task that could not finish its
+    /// attempt: the entry is tried again soon, by any worker, and a fault
+    /// that persists does not make it spin). Returns how many.
+    pub async fn lapse_leases(&self, worker: &str, ids: &[i64], after_secs: i64) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = now();
+        let sql = format!(
+            "UPDATE queue_recipients SET lease_until = $2
+             WHERE lease_owner = $1 AND id IN ({})",
+            id_list(ids)
+        );
+        Ok(on_backend!(self, |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(worker)
+                .bind(now + after_secs.max(0) - 1)
+                .execute(pool)
+                .await?
+                .rows_affected()
         }))
     }
 
@@ -664,12 +700,7 @@ impl Store {
     /// when `ids` is `None`) without recording an attempt: the recipients
     /// are due again at once, for any worker.
     pub async fn release_leases(&self, worker: &str, ids: Option<&[i64]>) -> Result<u64> {
-        let ids_list = ids.map(|ids| {
-            ids.iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        });
+        let ids_list = ids.map(id_list);
         let sql = match &ids_list {
             Some(list) if list.is_empty() => return Ok(0),
             // Integers only: nothing to escape.
@@ -874,9 +905,14 @@ impl Store {
         let now = now();
         write_tx!(self, |tx| {
             for address in addresses {
+                // An address the entry already has is not added again: a
+                // forward queued by an attempt whose result was then not
+                // recorded is found there by the retry.
                 sqlx::query(
                     "INSERT INTO queue_recipients (queue_message_id, address, domain, next_attempt_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $4)",
+                     SELECT $1, $2, $3, $4, $4
+                     WHERE NOT EXISTS (SELECT 1 FROM queue_recipients
+                                       WHERE queue_message_id = $1 AND address = $2)",
                 )
                 .bind(queue_id)
                 .bind(address)
@@ -1001,6 +1037,8 @@ pub struct QueueRecipientState {
     pub last_response: Option<String>,
     /// When a delay notice (RFC 3464 `Action: delayed`) was queued for it, if ever.
     pub delay_notified_at: Option<i64>,
+    /// Until when a worker holds it (Unix seconds), if one does or did.
+    pub lease_until: Option<i64>,
 }
 
 /// A queued message as an operator sees it.
@@ -1107,7 +1145,8 @@ impl Store {
                 return Ok(None);
             };
             let rows = sqlx::query(
-                "SELECT address, state, attempts, next_attempt_at, last_response, delay_notified_at
+                "SELECT address, state, attempts, next_attempt_at, last_response, delay_notified_at,
+                        lease_until
                  FROM queue_recipients WHERE queue_message_id = $1 ORDER BY id",
             )
             .bind(id)
@@ -1122,6 +1161,7 @@ impl Store {
                     next_attempt_at: r.try_get("next_attempt_at")?,
                     last_response: r.try_get("last_response")?,
                     delay_notified_at: r.try_get("delay_notified_at")?,
+                    lease_until: r.try_get("lease_until")?,
                 });
             }
             Ok(Some(QueueEntry {
@@ -1201,4 +1241,12 @@ impl Store {
             Ok(summary)
         })
     }
+}
+
+/// `1,2,3` for an `IN (…)` list (integers only: nothing to escape).
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

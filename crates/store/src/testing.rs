@@ -119,6 +119,61 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs `sql` (one or more statements) on the test database, as an
+    /// operator or a fault would: tests use it to inject faults (triggers
+    /// that fail a step, a table out of the way) and take them back.
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.cleanup {
+            Cleanup::Sqlite(_) => {
+                let mut c = sqlx::sqlite::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect to the test database");
+                sqlx::raw_sql(sql).execute(&mut c).await.expect("test SQL");
+                let _ = c.close().await;
+            }
+            Cleanup::Postgres { .. } => {
+                let mut c = PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect to the test database");
+                sqlx::raw_sql(sql).execute(&mut c).await.expect("test SQL");
+                let _ = c.close().await;
+            }
+        }
+    }
+
+    /// PostgreSQL only: makes the database unavailable as a server outage
+    /// does (every connection to it ended, new ones refused) when `down`,
+    /// and available again when not.
+    pub async fn set_outage(&self, down: bool) {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            panic!("an outage is a PostgreSQL test");
+        };
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .expect("connect to the PostgreSQL server");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS {}",
+            !down
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("change ALLOW_CONNECTIONS");
+        if down {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .expect("end the connections");
+        }
+        let _ = admin.close().await;
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
@@ -134,6 +189,12 @@ impl Drop for TestDb {
                 .expect("runtime for cleanup");
             rt.block_on(async {
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    // A test that failed during an outage left it closed.
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                     )))

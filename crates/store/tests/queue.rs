@@ -326,7 +326,30 @@ async fn leases_are_renewed_and_released(store: &Store) {
     // Granted already expired, then renewed: nobody else may take them.
     let held = store.lease_local_recipients("w", -10, 10).await.unwrap();
     assert_eq!(held.len(), 2);
-    assert_eq!(store.renew_leases("w", 300).await.unwrap(), 2);
+    let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
+    // Only the leases named are renewed (those a task works on).
+    assert_eq!(store.renew_leases("w", &ids[..1], 300).await.unwrap(), 1);
+    let expired = store
+        .lease_local_recipients("other", 300, 10)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1, "the lease nobody renewed ran out");
+    assert_eq!(expired[0].id, ids[1]);
+    assert_eq!(store.renew_leases("other", &[], 300).await.unwrap(), 0);
+    // A lease let lapse soon is taken again only after that.
+    assert_eq!(store.lapse_leases("other", &ids[1..], 60).await.unwrap(), 1);
+    assert!(
+        store
+            .lease_local_recipients("third", 300, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.lapse_leases("other", &ids[1..], 0).await.unwrap(), 1);
+    let again = store.lease_local_recipients("w", -10, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 0, "a lapse is not an attempt");
+    assert_eq!(store.renew_leases("w", &ids, 300).await.unwrap(), 2);
     assert!(
         store
             .lease_local_recipients("other", 300, 10)
@@ -334,7 +357,7 @@ async fn leases_are_renewed_and_released(store: &Store) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.renew_leases("nobody", 300).await.unwrap(), 0);
+    assert_eq!(store.renew_leases("nobody", &ids, 300).await.unwrap(), 0);
     // Released one by id, then the rest: each becomes due for anyone.
     assert_eq!(
         store
