@@ -507,9 +507,8 @@ fn check_limits(
 }
 
 /// Runs MAIL, RCPT, then DATA (or BDAT for a binary message) over a ready
-/// session. Outcomes are filled in as
-/// the server answers; what remains `None` when the session breaks is
-/// deferred by the caller.
+/// session. Outcomes are filled in as the server answers; what remains
+/// `None` when the session breaks is deferred by the caller.
 async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     settings: &ClientSettings,
@@ -734,9 +733,9 @@ const BDAT_CHUNK: usize = 1 << 20;
 /// are: no dot-stuffing, no line ending added (RFC 3030 §2). Each chunk
 /// waits for its reply before the next goes, even with PIPELINING: a
 /// server that refused an early chunk and closed the connection would
-/// otherwise turn its answer into a broken pipe. Returns the
-/// reply that ends the transaction: the first one that is not 2xx (no
-/// further chunk is sent, RFC 3030 §2), or the reply to the last chunk.
+/// otherwise turn its answer into a broken pipe. Returns the reply that
+/// ends the transaction: the first one that is not 2xx (no further chunk
+/// is sent, RFC 3030 §2), or the reply to the last chunk.
 async fn bdat<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     message: &[u8],
