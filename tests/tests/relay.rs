@@ -522,6 +522,55 @@ async fn a_message_larger_than_the_servers_size_fails_without_sending_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_message_fails_with_5_6_3_at_a_peer_without_chunking_and_gets_no_data() {
+    // BINARYMIME offered, CHUNKING not: RFC 3030 §3 allows a binary body
+    // only with BDAT, so there is no way to send it there.
+    let mut extensions = SinkScript::default().extensions;
+    extensions.push("BINARYMIME".into());
+    let sink = first_sink(SinkScript {
+        extensions,
+        ..SinkScript::default()
+    })
+    .await;
+    let dns = TestDns::start(
+        "nochunk.test",
+        &[("@", mx(10, "mx.nochunk.test")), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let running = stack(&dns, sink.addr.port(), 5).await;
+    let store = open_store(&running).await;
+    let envelope = QueueEnvelope {
+        sender: "alice@sender.test".into(),
+        recipients: vec![recipient("lee@nochunk.test")],
+        body_type: Some("BINARYMIME".into()),
+        ..Default::default()
+    };
+    let id = store
+        .enqueue(
+            &envelope,
+            b"Subject: binary\r\nContent-Transfer-Encoding: binary\r\n\r\n\0\r.\n",
+            3600,
+        )
+        .await
+        .unwrap();
+    wait_for("the failure", WAIT, async || gone(&store, id).await).await;
+    let dsn = the_report(&store, "alice@sender.test").await;
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; lee@nochunk.test\r\n"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed\r\n"), "{dsn}");
+    assert!(dsn.contains("Status: 5.6.3\r\n"), "{dsn}");
+    assert!(
+        dsn.contains("cannot receive a binary MIME message (RFC 3030)"),
+        "the reason is in the report: {dsn}"
+    );
+    assert!(sink.sessions() >= 1, "the peer was asked");
+    assert!(sink.received().is_empty(), "and got no DATA");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_that_does_not_exist_fails_with_5_1_2() {
     let sink = first_sink(SinkScript::default()).await;
     let dns = TestDns::start(

@@ -96,6 +96,59 @@ async fn submit(r: &Running, to: &str, body: &[u8]) {
     c.cmd("QUIT").await;
 }
 
+/// A binary MIME message (RFC 3030 §3), complete (Date and Message-ID, so
+/// the submission adds nothing but its trace) and with everything DATA would alter:
+/// bare CR, bare LF, NUL, high octets, lines starting with `.`, a CRLF dot
+/// CRLF, no final CRLF; over 1 MiB, so the relay sends it in more than one
+/// BDAT chunk.
+fn binary_message(id: &str, to: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: alice@example.test\r\nTo: {to}\r\nSubject: binary {id}\r\n\
+         Date: Thu, 1 Jan 2026 00:00:00 +0000\r\n\
+         Message-ID: <{id}@example.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: application/octet-stream\r\n\
+         Content-Transfer-Encoding: binary\r\n\r\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(b".first line\r\n..second\r\n.\r\nbare LF\n.dot after LF\n");
+    m.extend_from_slice(b"bare CR\r.dot after CR\rNUL\0NUL\r\n\xff\xfe\x80\r\n");
+    let mut x: u32 = 0x2545_f491;
+    while m.len() < (1 << 20) + 4096 {
+        // Every octet value, in no particular order.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        m.push((x >> 24) as u8);
+    }
+    m.extend_from_slice(b"\r\n.\r\nthe end, without CRLF.");
+    m
+}
+
+/// Submits `content` as a binary message (`BODY=BINARYMIME`, one BDAT)
+/// as alice through the stack's submission port.
+async fn submit_binary(r: &Running, to: &str, content: &[u8]) {
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("submission").unwrap()).await;
+    let (_, ehlo) = c.cmd("EHLO client.test").await;
+    assert!(
+        ehlo.contains("BINARYMIME") && ehlo.contains("CHUNKING"),
+        "{ehlo}"
+    );
+    assert_eq!(c.auth_plain("alice@example.test", PASSWORD).await.0, 235);
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@example.test> BODY=BINARYMIME")
+            .await
+            .0,
+        250
+    );
+    assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).await.0, 250);
+    c.send(format!("BDAT {} LAST\r\n", content.len()).as_bytes())
+        .await;
+    c.send(content).await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+}
+
 async fn inbox_of(store: &Store, account: &str) -> i64 {
     let acc = store
         .get_account(&Address::parse(account).unwrap())
@@ -290,9 +343,10 @@ async fn a_destination_never_gets_more_sessions_than_its_limit() {
 // a. Another Mailroom as the remote MX.
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_mailroom_receives_relayed_mail_into_its_inbox() {
-    // The receiving instance: remote.test, inbound SMTP on 127.0.0.3.
+/// The receiving instance: remote.test with the account carol, inbound
+/// SMTP on 127.0.0.3, named by a DNS server; with its store, the DNS
+/// server and the SMTP port.
+async fn remote_mailroom() -> (Running, Store, TestDns, u16) {
     let remote = start_with(Backend::Sqlite, None, |c| {
         c.server.hostname = "mx.remote.test".into();
         c.mta.listen = vec!["127.0.0.3:0".parse().unwrap()];
@@ -314,6 +368,28 @@ async fn another_mailroom_receives_relayed_mail_into_its_inbox() {
         &[("@", mx(10, "mx.remote.test")), ("mx", a("127.0.0.3"))],
     )
     .await;
+    (remote, remote_store, dns, port)
+}
+
+/// `text` (a message in carol's INBOX at the remote Mailroom) starts with
+/// the receiver's trace, followed by the sender's from the submission.
+fn assert_trace_of_the_relay_to_carol(text: &str) {
+    assert!(
+        text.starts_with(
+            "Return-Path: <alice@example.test>\r\nDelivered-To: carol@remote.test\r\n\
+             Received: from mx.example.test ([127.0.0.1])\r\n\tby mx.remote.test (Mailroom) with ESMTPS id "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (Mailroom) with ESMTPA id "),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_mailroom_receives_relayed_mail_into_its_inbox() {
+    let (remote, remote_store, dns, port) = remote_mailroom().await;
     // The sending instance, on PostgreSQL.
     let Some(sender) = start_with(Backend::Postgres, None, relay_to(&dns, port)).await else {
         return;
@@ -333,17 +409,7 @@ async fn another_mailroom_receives_relayed_mail_into_its_inbox() {
     let text =
         String::from_utf8(remote_store.read_message(inbox, 1).await.unwrap().unwrap()).unwrap();
     // The receiver's trace first, then the sender's, then the message as sent.
-    assert!(
-        text.starts_with(
-            "Return-Path: <alice@example.test>\r\nDelivered-To: carol@remote.test\r\n\
-             Received: from mx.example.test ([127.0.0.1])\r\n\tby mx.remote.test (Mailroom) with ESMTPS id "
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (Mailroom) with ESMTPA id "),
-        "{text}"
-    );
+    assert_trace_of_the_relay_to_carol(&text);
     assert!(
         text.contains("Message-ID: <peer-mailroom@example.test>\r\n"),
         "{text}"
@@ -353,6 +419,51 @@ async fn another_mailroom_receives_relayed_mail_into_its_inbox() {
         "{text}"
     );
     assert!(!text.contains("DKIM-Signature"), "{text}");
+    wait_for("the sender's queue to empty", WAIT, async || {
+        sender_store.queue_size().await.unwrap() == 0
+    })
+    .await;
+    sender.stack.stop(Duration::from_secs(5)).await;
+    remote.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_message_reaches_another_mailroom_byte_for_byte_with_bdat() {
+    let (remote, remote_store, dns, port) = remote_mailroom().await;
+    let sender = start_with(Backend::Sqlite, None, relay_to(&dns, port))
+        .await
+        .unwrap();
+    let sender_store = with_accounts(&sender, &["alice@example.test"]).await;
+    let content = binary_message("binary-mailroom", "carol@remote.test");
+    submit_binary(&sender, "carol@remote.test", &content).await;
+    let inbox = inbox_of(&remote_store, "carol@remote.test").await;
+    wait_for("delivery at the remote Mailroom", WAIT, async || {
+        remote_store.list_messages(inbox).await.unwrap().len() == 1
+    })
+    .await;
+    let stored = remote_store.read_message(inbox, 1).await.unwrap().unwrap();
+    // Only trace fields were put in front (the receiver's, then the
+    // sender's from the submission), and what follows is the message as
+    // submitted, every octet: with DATA the receiver would have refused it
+    // (503), and dot-stuffing would have changed the line endings.
+    assert!(
+        stored.ends_with(&content),
+        "the message is not intact ({} octets stored, {} sent)",
+        stored.len(),
+        content.len()
+    );
+    let trace = String::from_utf8(stored[..stored.len() - content.len()].to_vec()).unwrap();
+    assert_trace_of_the_relay_to_carol(&trace);
+    assert!(trace.ends_with("\r\n"), "{trace}");
+    for line in trace.trim_end_matches("\r\n").split("\r\n") {
+        assert!(
+            line.starts_with("Return-Path: ")
+                || line.starts_with("Delivered-To: ")
+                || line.starts_with("Received: ")
+                || line.starts_with('\t'),
+            "not a trace field: {line:?} in\n{trace}"
+        );
+    }
     wait_for("the sender's queue to empty", WAIT, async || {
         sender_store.queue_size().await.unwrap() == 0
     })
@@ -524,8 +635,9 @@ impl Drop for PostfixPeer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postfix_receives_relayed_mail_into_a_maildir() {
+/// Postfix as mx.postfix.test on 127.0.0.4, final destination for
+/// postfix.test (user carol), listening, and the DNS server that names it.
+async fn postfix_peer() -> (PostfixPeer, TestDns) {
     let postfix = tokio::task::spawn_blocking(|| {
         PostfixPeer::start("127.0.0.4", "mx.postfix.test", "postfix.test", &["carol"])
     })
@@ -541,6 +653,12 @@ async fn postfix_receives_relayed_mail_into_a_maildir() {
         &[("@", mx(10, "mx.postfix.test")), ("mx", a("127.0.0.4"))],
     )
     .await;
+    (postfix, dns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_receives_relayed_mail_into_a_maildir() {
+    let (postfix, dns) = postfix_peer().await;
     let running = start_with(Backend::Sqlite, None, relay_to(&dns, postfix.port))
         .await
         .unwrap();
@@ -601,6 +719,68 @@ async fn postfix_receives_relayed_mail_into_a_maildir() {
         store.queue_size().await.unwrap() == 0
     })
     .await;
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// Postfix 3.x offers CHUNKING but not BINARYMIME (its smtpd has no
+/// BINARYMIME support), so a binary message cannot be relayed to it: it
+/// fails at once with 5.6.3, nothing is sent, and the sender gets a report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_message_to_postfix_fails_with_5_6_3_and_a_report_to_the_sender() {
+    let (postfix, dns) = postfix_peer().await;
+    let addr: SocketAddr = format!("127.0.0.4:{}", postfix.port).parse().unwrap();
+    // What this test is about: check Postfix's offer first.
+    {
+        let (mut c, (code, _)) = SmtpClient::connect(addr).await;
+        assert_eq!(code, 220);
+        let (code, ehlo) = c.cmd("EHLO probe.test").await;
+        assert_eq!(code, 250);
+        let offers: Vec<&str> = ehlo.lines().collect();
+        assert!(offers.contains(&"CHUNKING"), "{ehlo}");
+        assert!(
+            !offers.contains(&"BINARYMIME"),
+            "this Postfix offers BINARYMIME: the message should now be delivered \
+             (test it like the Mailroom peer): {ehlo}"
+        );
+        c.cmd("QUIT").await;
+    }
+    let running = start_with(Backend::Sqlite, None, relay_to(&dns, postfix.port))
+        .await
+        .unwrap();
+    let store = with_accounts(&running, &["alice@example.test"]).await;
+    let content = binary_message("binary-postfix", "carol@postfix.test");
+    submit_binary(&running, "carol@postfix.test", &content).await;
+    // The report comes back to alice's own INBOX, from <>.
+    let inbox = inbox_of(&store, "alice@example.test").await;
+    wait_for("the report in alice's INBOX", WAIT, async || {
+        !store.list_messages(inbox).await.unwrap().is_empty()
+    })
+    .await;
+    let report = store.read_message(inbox, 1).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&report);
+    assert!(text.starts_with("Return-Path: <>\r\n"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; carol@postfix.test\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Action: failed\r\nStatus: 5.6.3\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mx.postfix.test[127.0.0.4] cannot receive a binary MIME message (RFC 3030)"),
+        "the reason names the peer and the rule: {text}"
+    );
+    wait_for("the queue to empty", WAIT, async || {
+        store.queue_size().await.unwrap() == 0
+    })
+    .await;
+    assert!(postfix.maildir("carol").is_empty(), "nothing was delivered");
+    let log = postfix.log();
+    assert!(
+        !log.contains("from=<alice@example.test>"),
+        "no transaction reached Postfix's queue: {log}"
+    );
     running.stack.stop(Duration::from_secs(5)).await;
 }
 

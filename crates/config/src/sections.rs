@@ -167,8 +167,8 @@ section! {
         /// Seconds to wait for the greeting and for each reply to a command of an outbound
         /// session (RFC 5321 §4.5.3.2 suggests 5 minutes).
         pub command_timeout_secs: u64 = 300,
-        /// Seconds to wait for the reply after the end of the message data
-        /// (RFC 5321 §4.5.3.2.6: 10 minutes).
+        /// Seconds to send the message data and to wait for the reply after its end
+        /// (RFC 5321 §4.5.3.2.6: 10 minutes); with BDAT, for each chunk and its reply.
         pub data_timeout_secs: u64 = 600,
         /// Seconds before the first retry of a deferred recipient; each further retry waits
         /// twice as long, up to 4 hours.

@@ -2,18 +2,31 @@
 //! carrying one message to the recipients that share that destination.
 //!
 //! Invariants:
-//! * every step is bounded in time: connect, greeting, each reply, and the
-//!   reply after the end of the data (RFC 5321 §4.5.3.2) — a silent peer
-//!   never holds a worker forever;
+//! * every step is bounded in time: connect, greeting, each reply, sending
+//!   the data or each BDAT chunk, and the reply after the end of the data
+//!   or to each chunk (RFC 5321 §4.5.3.2) — a silent peer never holds a
+//!   worker forever;
 //! * every recipient ends with exactly one outcome: 2xx after the data is
 //!   delivered, 4xx deferred, 5xx failed (RFC 5321 §4.2.1); a 421, a dropped
 //!   connection or a timeout defers everything not yet acknowledged, so at
 //!   worst a message is sent twice (at-least-once), never lost;
-//! * the message is dot-stuffed (RFC 5321 §4.5.2) and always ends with CRLF
-//!   before `.CRLF`, so its content can never end the data early;
+//! * a `BINARYMIME` message is sent with BDAT only, never with DATA
+//!   (RFC 3030 §3): in chunks of at most 1 MiB (`BDAT_CHUNK`), each
+//!   announced with its exact size, the last one `LAST`, the octets
+//!   untouched (no dot-stuffing, no line ending added), and no chunk after
+//!   one that was not answered 2xx (RFC 3030 §2). The reply that ends the
+//!   transaction (to `BDAT … LAST`, or the first 4xx/5xx to a chunk) is
+//!   every accepted recipient's outcome, as the reply after the data is;
+//! * every other message is sent with DATA, dot-stuffed (RFC 5321 §4.5.2),
+//!   with bare CR and LF made CRLF and always ending with CRLF before
+//!   `.CRLF`, so its content can never end the data early; BDAT is not
+//!   used for them even when the server offers CHUNKING;
 //! * limits the server announced are honoured before sending: `SIZE`
 //!   (RFC 1870), `SMTPUTF8` (RFC 6531), and a `BINARYMIME` body is never sent
-//!   to a server that cannot take it;
+//!   to a server that does not offer both `BINARYMIME` and `CHUNKING`:
+//!   such a session ends before MAIL with a permanent 5.6.3 host error
+//!   (the relay fails the recipients with it, and their sender gets a DSN,
+//!   unless another MX takes the message);
 //! * STARTTLS is opportunistic (RFC 7435, RFC 3207): it is used whenever the
 //!   server offers it. The certificate is checked against the system's trust
 //!   anchors (`/etc/ssl/certs/ca-certificates.crt` when present) *after* the
@@ -47,7 +60,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// The greeting and every reply to a command (RFC 5321 §4.5.3.2: 5 minutes).
     pub command: Duration,
-    /// The reply after `.` ends the data (RFC 5321 §4.5.3.2.6: 10 minutes).
+    /// The reply after `.` ends the data (RFC 5321 §4.5.3.2.6: 10 minutes);
+    /// also sending the data, and each BDAT chunk with its reply.
     pub data_end: Duration,
 }
 
@@ -199,7 +213,8 @@ pub struct Envelope<'a> {
     pub smtputf8: bool,
     /// RFC 8689 REQUIRETLS.
     pub requiretls: bool,
-    /// The message, CRLF line endings, not dot-stuffed.
+    /// The message, not dot-stuffed: CRLF line endings, except that a
+    /// `BINARYMIME` message is any octets, sent exactly as they are.
     pub message: &'a [u8],
 }
 
@@ -482,11 +497,7 @@ fn check_limits(
             permanent: true,
         });
     }
-    if env
-        .body_type
-        .is_some_and(|b| b.eq_ignore_ascii_case("BINARYMIME"))
-        && !(has("BINARYMIME") && has("CHUNKING"))
-    {
+    if is_binary(env) && !(has("BINARYMIME") && has("CHUNKING")) {
         return Err(HostError {
             reason: format!("5.6.3 {peer} cannot receive a binary MIME message (RFC 3030)"),
             permanent: true,
@@ -495,9 +506,9 @@ fn check_limits(
     Ok(())
 }
 
-/// Runs MAIL, RCPT, DATA over a ready session. Outcomes are filled in as
-/// the server answers; what remains `None` when the session breaks is
-/// deferred by the caller.
+/// Runs MAIL, RCPT, then DATA (or BDAT for a binary message) over a ready
+/// session. Outcomes are filled in as the server answers; what remains
+/// `None` when the session breaks is deferred by the caller.
 async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     settings: &ClientSettings,
@@ -525,13 +536,17 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     if has("SIZE") {
         params.size = Some(env.message.len() as u64);
     }
-    if has("8BITMIME") {
+    let binary = is_binary(env);
+    if binary {
+        // RFC 3030 §3: announced, and sent with BDAT below; `check_limits`
+        // made sure the server offers BINARYMIME and CHUNKING.
+        params.body = Some(Body::BinaryMime);
+    } else if has("8BITMIME") {
         // RFC 6152: only announced to servers that take 8-bit data; others
         // get the message as it is, as Postfix does.
         params.body = match env.body_type.map(str::to_ascii_uppercase).as_deref() {
             Some("8BITMIME") => Some(Body::EightBitMime),
             Some("7BIT") => Some(Body::SevenBit),
-            Some("BINARYMIME") => Some(Body::BinaryMime),
             _ => None,
         };
     }
@@ -660,28 +675,34 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(None);
     }
 
-    let data = conn.command(&Command::Data, limit).await?;
-    if data.code != 354 {
-        let reason = said(&conn.peer, &data);
-        if data.code == 421 {
-            return Err(Broken(reason));
+    let end = if binary {
+        // RFC 3030 §3: a binary body goes with BDAT only, never with DATA.
+        bdat(conn, env.message, BDAT_CHUNK, settings.timeouts.data_end).await?
+    } else {
+        let data = conn.command(&Command::Data, limit).await?;
+        if data.code != 354 {
+            let reason = said(&conn.peer, &data);
+            if data.code == 421 {
+                return Err(Broken(reason));
+            }
+            for i in &accepted {
+                outcomes[*i] = Some(if data.is_permanent() {
+                    Outcome::Failed(reason.clone())
+                } else {
+                    Outcome::Deferred(reason.clone())
+                });
+            }
+            conn.quit(limit).await;
+            return Ok(None);
         }
-        for i in &accepted {
-            outcomes[*i] = Some(if data.is_permanent() {
-                Outcome::Failed(reason.clone())
-            } else {
-                Outcome::Deferred(reason.clone())
-            });
-        }
-        conn.quit(limit).await;
-        return Ok(None);
-    }
-    let mut body = Vec::new();
-    dot_stuff(env.message, &mut body);
-    conn.send(&body, settings.timeouts.data_end).await?;
-    let end = conn
-        .reply(settings.timeouts.data_end, "after the end of the data")
-        .await?;
+        let mut body = Vec::new();
+        dot_stuff(env.message, &mut body);
+        conn.send(&body, settings.timeouts.data_end).await?;
+        conn.reply(settings.timeouts.data_end, "after the end of the data")
+            .await?
+    };
+    // The answer to the end of the data (or to the BDAT chunk that ended
+    // the transaction, RFC 3030 §2) is every accepted recipient's outcome.
     let reason = said(&conn.peer, &end);
     for i in &accepted {
         outcomes[*i] = Some(if is_success(&end) {
@@ -694,6 +715,52 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     }
     conn.quit(limit).await;
     Ok(None)
+}
+
+/// Whether the message is a binary MIME body (RFC 3030 §3), which only
+/// BDAT may carry.
+fn is_binary(env: &Envelope<'_>) -> bool {
+    env.body_type
+        .is_some_and(|b| b.eq_ignore_ascii_case("BINARYMIME"))
+}
+
+/// The largest BDAT chunk sent: a message is cut into chunks of at most
+/// this many octets, each announced with its exact size.
+const BDAT_CHUNK: usize = 1 << 20;
+
+/// Sends `message` as BDAT chunks of at most `chunk` octets, the last one
+/// marked `LAST` (`BDAT 0 LAST` for an empty message), the octets as they
+/// are: no dot-stuffing, no line ending added (RFC 3030 §2). Each chunk
+/// waits for its reply before the next goes, even with PIPELINING: a
+/// server that refused an early chunk and closed the connection would
+/// otherwise turn its answer into a broken pipe. Returns the reply that
+/// ends the transaction: the first one that is not 2xx (no further chunk
+/// is sent, RFC 3030 §2), or the reply to the last chunk.
+async fn bdat<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    message: &[u8],
+    chunk: usize,
+    limit: Duration,
+) -> Result<Reply, Broken> {
+    let chunk = chunk.max(1);
+    let mut rest = message;
+    loop {
+        let (this, after) = rest.split_at(rest.len().min(chunk));
+        let last = after.is_empty();
+        let mut out = Vec::with_capacity(this.len() + 32);
+        Command::Bdat {
+            size: this.len() as u64,
+            last,
+        }
+        .write_to(&mut out);
+        out.extend_from_slice(this);
+        conn.send(&out, limit).await?;
+        let reply = conn.reply(limit, "after BDAT").await?;
+        if last || !is_success(&reply) {
+            return Ok(reply);
+        }
+        rest = after;
+    }
 }
 
 /// RFC 5321 §4.2.1: only 2yz completes a command; a 3yz where none is
@@ -952,6 +1019,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
     fn stuffed(input: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1019,5 +1087,382 @@ mod tests {
         };
         let e = check_limits("mx[1.2.3.4]", Some(&caps), &small).unwrap_err();
         assert!(e.permanent && e.reason.starts_with("5.6.7"), "{e:?}");
+    }
+
+    // -----------------------------------------------------------------
+    // A scripted peer over an in-memory stream, for the transaction.
+    // -----------------------------------------------------------------
+
+    /// How the scripted peer answers.
+    struct Script {
+        /// The reply line to `RCPT TO:<address>`.
+        rcpt: fn(&str) -> &'static str,
+        /// The reply line to BDAT chunk `n` (0-based), `None` to close the
+        /// connection instead of answering.
+        bdat: fn(usize, bool) -> Option<&'static str>,
+    }
+
+    impl Default for Script {
+        fn default() -> Script {
+            Script {
+                rcpt: |_| "250 2.1.5 ok",
+                bdat: |_, last| {
+                    Some(if last {
+                        "250 2.0.0 message ok"
+                    } else {
+                        "250 2.0.0 chunk ok"
+                    })
+                },
+            }
+        }
+    }
+
+    /// What the scripted peer received.
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// Every command line, without CRLF.
+        commands: Vec<String>,
+        /// `(size, last)` of each BDAT chunk.
+        chunks: Vec<(usize, bool)>,
+        /// The chunks' octets, in order.
+        bdat_body: Vec<u8>,
+        /// The lines after DATA, as sent (dot-stuffed), up to `.CRLF`.
+        data: Vec<u8>,
+    }
+
+    async fn scripted_peer(stream: DuplexStream, script: Script) -> Seen {
+        let mut seen = Seen::default();
+        let mut io = BufReader::new(stream);
+        loop {
+            let mut line = Vec::new();
+            if io.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                return seen;
+            }
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            seen.commands.push(line.clone());
+            let upper = line.to_ascii_uppercase();
+            let reply = if upper.starts_with("RCPT TO:<") {
+                let address = &line["RCPT TO:<".len()..line.find('>').unwrap()];
+                (script.rcpt)(address)
+            } else if let Some(args) = upper.strip_prefix("BDAT ") {
+                let mut words = args.split(' ');
+                let size: usize = words.next().unwrap().parse().unwrap();
+                let last = words.next() == Some("LAST");
+                let mut chunk = vec![0u8; size];
+                if io.read_exact(&mut chunk).await.is_err() {
+                    return seen;
+                }
+                seen.bdat_body.extend_from_slice(&chunk);
+                seen.chunks.push((size, last));
+                match (script.bdat)(seen.chunks.len() - 1, last) {
+                    Some(r) => r,
+                    None => return seen,
+                }
+            } else if upper == "DATA" {
+                io.get_mut().write_all(b"354 go ahead\r\n").await.unwrap();
+                loop {
+                    let mut l = Vec::new();
+                    if io.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                        return seen;
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    seen.data.extend_from_slice(&l);
+                }
+                "250 2.0.0 data ok"
+            } else if upper == "QUIT" {
+                let _ = io.get_mut().write_all(b"221 2.0.0 bye\r\n").await;
+                return seen;
+            } else {
+                "250 2.0.0 ok"
+            };
+            let out = format!("{reply}\r\n");
+            if io.get_mut().write_all(out.as_bytes()).await.is_err() {
+                return seen;
+            }
+        }
+    }
+
+    fn caps(extensions: &[&str]) -> Capabilities {
+        let lines = std::iter::once("mx.test").chain(extensions.iter().copied());
+        Capabilities::from_reply(&Reply::multiline(250, "", lines)).unwrap()
+    }
+
+    const ALL: &[&str] = &[
+        "PIPELINING",
+        "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
+        "SIZE 10000000",
+    ];
+
+    fn rcpt(address: &str) -> OutRecipient {
+        OutRecipient {
+            address: address.into(),
+            orcpt: None,
+            notify: None,
+        }
+    }
+
+    /// Runs one transaction of `env` against the scripted peer offering
+    /// `extensions`; what `run` returned, and what the peer saw.
+    async fn against(
+        extensions: &[&str],
+        script: Script,
+        env: &Envelope<'_>,
+    ) -> (Result<SessionResult, SessionStop>, Seen) {
+        let settings = ClientSettings::new(
+            "client.test".into(),
+            Timeouts {
+                connect: Duration::from_secs(5),
+                command: Duration::from_secs(5),
+                data_end: Duration::from_secs(5),
+            },
+        );
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let peer = tokio::spawn(scripted_peer(theirs, script));
+        let mut conn = Conn {
+            stream: ours,
+            buf: Vec::new(),
+            peer: "mx.test[192.0.2.1]".into(),
+        };
+        let caps = caps(extensions);
+        let result = run(&mut conn, &settings, Some(&caps), env, TlsState::None).await;
+        drop(conn);
+        (result, peer.await.unwrap())
+    }
+
+    /// Everything DATA would have changed: bare CR, bare LF, NUL, a CRLF
+    /// dot CRLF, lines starting with a dot, high octets, no final CRLF.
+    fn binary_content(len: usize) -> Vec<u8> {
+        let mut m = b"From: a@b.example\r\nMIME-Version: 1.0\r\n\
+                      Content-Transfer-Encoding: binary\r\n\r\n"
+            .to_vec();
+        let tricky: &[u8] = b"\r\n.\r\n..x\n.\rbare\rcr\0nul\xff\xfe\n.";
+        while m.len() < len {
+            m.extend_from_slice(tricky);
+            m.extend((0..=255u8).take(len.saturating_sub(m.len()).min(256)));
+        }
+        m.truncate(len);
+        if let Some(end @ b'\n') = m.last_mut() {
+            *end = b'x';
+        }
+        m
+    }
+
+    fn binary_env<'a>(recipients: &'a [OutRecipient], message: &'a [u8]) -> Envelope<'a> {
+        Envelope {
+            sender: "a@b.example",
+            recipients,
+            env_id: None,
+            ret: None,
+            body_type: Some("BINARYMIME"),
+            smtputf8: false,
+            requiretls: false,
+            message,
+        }
+    }
+
+    fn outcomes(result: Result<SessionResult, SessionStop>) -> Vec<Outcome> {
+        match result {
+            Ok(r) => r.outcomes,
+            Err(SessionStop::Host(e)) => panic!("host error: {e:?}"),
+            Err(SessionStop::TlsFailed(e)) => panic!("TLS failed: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binary_message_goes_in_one_bdat_last_exactly_as_it_is() {
+        let message = binary_content(300);
+        let to = [rcpt("x@d.example")];
+        let (result, seen) = against(ALL, Script::default(), &binary_env(&to, &message)).await;
+        assert_eq!(
+            outcomes(result),
+            [Outcome::Delivered(
+                "2.0.0 mx.test[192.0.2.1] said: 250 2.0.0 message ok".into()
+            )]
+        );
+        assert!(
+            seen.commands[0].contains(" BODY=BINARYMIME"),
+            "{:?}",
+            seen.commands
+        );
+        assert!(
+            seen.commands[0].contains(" SIZE=300"),
+            "{:?}",
+            seen.commands
+        );
+        assert_eq!(seen.chunks, [(300, true)]);
+        assert!(seen.commands.contains(&"BDAT 300 LAST".to_string()));
+        assert_eq!(seen.bdat_body, message, "not one octet changed");
+        assert!(!seen.commands.iter().any(|c| c == "DATA"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_binary_message_goes_in_bounded_chunks() {
+        let message = binary_content(2 * BDAT_CHUNK + 1234);
+        let to = [rcpt("x@d.example"), rcpt("y@d.example")];
+        let (result, seen) = against(ALL, Script::default(), &binary_env(&to, &message)).await;
+        let o = outcomes(result);
+        assert!(
+            o.iter().all(|o| matches!(o, Outcome::Delivered(_))),
+            "{o:?}"
+        );
+        assert_eq!(
+            seen.chunks,
+            [(BDAT_CHUNK, false), (BDAT_CHUNK, false), (1234, true)]
+        );
+        assert!(seen.bdat_body == message, "the chunks are the message");
+        assert!(!seen.commands.iter().any(|c| c == "DATA"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_binary_message_is_bdat_0_last() {
+        let to = [rcpt("x@d.example")];
+        let (result, seen) = against(ALL, Script::default(), &binary_env(&to, b"")).await;
+        assert!(matches!(outcomes(result)[..], [Outcome::Delivered(_)]));
+        assert_eq!(seen.chunks, [(0, true)]);
+    }
+
+    #[tokio::test]
+    async fn the_reply_to_bdat_last_is_every_accepted_recipients_outcome() {
+        let message = binary_content(100);
+        let to = [
+            rcpt("ok@d.example"),
+            rcpt("unknown@d.example"),
+            rcpt("busy@d.example"),
+            rcpt("ok2@d.example"),
+        ];
+        let rcpt_replies = |a: &str| match a {
+            "unknown@d.example" => "550 5.1.1 no such user",
+            "busy@d.example" => "452 4.2.2 mailbox full",
+            _ => "250 2.1.5 ok",
+        };
+        let permanent = Script {
+            rcpt: rcpt_replies,
+            bdat: |_, _| Some("554 5.6.0 content refused"),
+        };
+        let (result, seen) = against(ALL, permanent, &binary_env(&to, &message)).await;
+        let refused = "5.6.0 mx.test[192.0.2.1] said: 554 5.6.0 content refused";
+        assert_eq!(
+            outcomes(result),
+            [
+                Outcome::Failed(refused.into()),
+                Outcome::Failed("5.1.1 mx.test[192.0.2.1] said: 550 5.1.1 no such user".into()),
+                Outcome::Deferred("4.2.2 mx.test[192.0.2.1] said: 452 4.2.2 mailbox full".into()),
+                Outcome::Failed(refused.into()),
+            ]
+        );
+        assert_eq!(seen.chunks, [(100, true)]);
+
+        let transient = Script {
+            rcpt: rcpt_replies,
+            bdat: |_, _| Some("451 4.3.0 try later"),
+        };
+        let (result, _) = against(ALL, transient, &binary_env(&to, &message)).await;
+        let o = outcomes(result);
+        let later = "4.3.0 mx.test[192.0.2.1] said: 451 4.3.0 try later";
+        assert_eq!(o[0], Outcome::Deferred(later.into()));
+        assert!(matches!(o[1], Outcome::Failed(_)), "{o:?}");
+        assert_eq!(o[3], Outcome::Deferred(later.into()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_chunk_ends_the_transaction_and_no_chunk_follows_it() {
+        let message = binary_content(3 * BDAT_CHUNK);
+        let to = [rcpt("x@d.example")];
+        let script = Script {
+            bdat: |n, _| {
+                Some(if n == 0 {
+                    "250 2.0.0 chunk ok"
+                } else {
+                    "552 5.3.4 too big"
+                })
+            },
+            ..Script::default()
+        };
+        let (result, seen) = against(ALL, script, &binary_env(&to, &message)).await;
+        assert_eq!(
+            outcomes(result),
+            [Outcome::Failed(
+                "5.3.4 mx.test[192.0.2.1] said: 552 5.3.4 too big".into()
+            )]
+        );
+        assert_eq!(
+            seen.chunks,
+            [(BDAT_CHUNK, false), (BDAT_CHUNK, false)],
+            "RFC 3030 §2: no BDAT after a refused one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_at_bdat_last_defers_the_accepted_recipients() {
+        let message = binary_content(100);
+        let to = [rcpt("ok@d.example"), rcpt("unknown@d.example")];
+        let script = Script {
+            rcpt: |a| {
+                if a.starts_with("unknown") {
+                    "550 5.1.1 no such user"
+                } else {
+                    "250 2.1.5 ok"
+                }
+            },
+            bdat: |_, _| None,
+        };
+        let (result, seen) = against(ALL, script, &binary_env(&to, &message)).await;
+        let o = outcomes(result);
+        assert!(
+            matches!(&o[0], Outcome::Deferred(t) if t.starts_with("4.4.2 mx.test[192.0.2.1]: connection closed after BDAT")),
+            "{o:?}"
+        );
+        assert!(
+            matches!(&o[1], Outcome::Failed(t) if t.starts_with("5.1.1")),
+            "{o:?}"
+        );
+        assert_eq!(seen.chunks, [(100, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_binary_message_is_never_sent_to_a_server_without_binarymime_and_chunking() {
+        let message = binary_content(100);
+        let to = [rcpt("x@d.example")];
+        for offered in [
+            &["PIPELINING", "8BITMIME"][..],
+            &["PIPELINING", "8BITMIME", "CHUNKING"][..],
+            &["PIPELINING", "8BITMIME", "BINARYMIME"][..],
+        ] {
+            let (result, seen) =
+                against(offered, Script::default(), &binary_env(&to, &message)).await;
+            match result {
+                Err(SessionStop::Host(e)) => {
+                    assert!(e.permanent, "{e:?}");
+                    assert!(
+                        e.reason.starts_with(
+                            "5.6.3 mx.test[192.0.2.1] cannot receive a binary MIME message"
+                        ),
+                        "{e:?}"
+                    );
+                }
+                Ok(r) => panic!("sent to a server offering {offered:?}: {r:?}"),
+                Err(SessionStop::TlsFailed(e)) => panic!("{e}"),
+            }
+            // Nothing but the polite QUIT: no MAIL, no DATA, no BDAT.
+            assert_eq!(seen.commands, ["QUIT"], "offering {offered:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_messages_still_go_with_data_when_chunking_is_offered() {
+        let to = [rcpt("x@d.example")];
+        let env = Envelope {
+            body_type: Some("8BITMIME"),
+            ..binary_env(&to, b"Subject: x\r\n\r\n.dot\r\n")
+        };
+        let (result, seen) = against(ALL, Script::default(), &env).await;
+        assert!(matches!(outcomes(result)[..], [Outcome::Delivered(_)]));
+        assert!(seen.chunks.is_empty(), "{seen:?}");
+        assert!(seen.commands[0].contains(" BODY=8BITMIME"), "{seen:?}");
+        assert_eq!(seen.data, b"Subject: x\r\n\r\n..dot\r\n");
     }
 }
