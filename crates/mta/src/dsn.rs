@@ -17,7 +17,9 @@
 //!   only the header section: RFC 3461 §4.3's `RET` is about failures;
 //! * `RET=HDRS` returns only the header section; `RET=FULL` or no `RET`
 //!   returns the whole message (RFC 3461 §4.3 leaves the default to us; the
-//!   full message is what Postfix returns too);
+//!   full message is what Postfix returns too), except a `BINARYMIME` one,
+//!   whose header section only is returned (its body could not travel in
+//!   an 8BITMIME report);
 //! * one DSN covers every recipient of one message that failed in one
 //!   attempt (RFC 3464 §2: one report, one per-recipient group each), and
 //!   one delay notice every recipient that became due for one in it.
@@ -187,12 +189,22 @@ pub fn render_kind(
 ) -> Vec<u8> {
     let boundary = format!("=_mailroom-dsn-{token:016x}");
     // RFC 3461 §4.3: RET is about failure reports; the others carry the header section.
+    // A binary original (RFC 3030 BINARYMIME) is never returned whole: its
+    // bare CRs, LFs and NULs could only travel in a BINARYMIME report, which
+    // the sender's server may not take; its header section can.
+    let binary = envelope
+        .body_type
+        .as_deref()
+        .is_some_and(|b| b.eq_ignore_ascii_case("BINARYMIME"));
     let headers_only = match kind {
         ReportKind::Delay { .. } | ReportKind::Success => true,
-        ReportKind::Failure => envelope
-            .ret
-            .as_deref()
-            .is_some_and(|r| r.eq_ignore_ascii_case("HDRS")),
+        ReportKind::Failure => {
+            binary
+                || envelope
+                    .ret
+                    .as_deref()
+                    .is_some_and(|r| r.eq_ignore_ascii_case("HDRS"))
+        }
     };
     let date = rfc822_date(now);
     let (subject, action, explanation) = match kind {
@@ -399,6 +411,27 @@ mod tests {
         assert!(text.ends_with("--=_mailroom-dsn-0000000000000007--\r\n"));
         // Every line ends with CRLF.
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn a_binary_original_is_returned_as_its_header_section_only() {
+        let f = failed(None);
+        let mut envelope = env(None);
+        envelope.body_type = Some("BINARYMIME".into());
+        let message = b"From: alice@example.test\r\nSubject: bin\r\n\r\n\0\rraw\nbytes";
+        let dsn = render(
+            "mx.example.test",
+            &envelope,
+            message,
+            &[&f],
+            1_700_000_000,
+            7,
+        );
+        let text = String::from_utf8(dsn.clone()).unwrap();
+        assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@example.test"));
+        assert!(!text.contains("raw"));
+        assert!(!dsn.contains(&0));
+        assert!(!text.replace("\r\n", "").contains(['\n', '\r']));
     }
 
     #[test]
