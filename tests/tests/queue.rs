@@ -152,8 +152,12 @@ async fn notify_success_gets_a_delivered_report_and_only_then(r: &Running) {
     .await;
     assert_eq!(store.list_messages(bob).await.unwrap().len(), 1);
     assert_eq!(store.list_messages(carol).await.unwrap().len(), 1);
-    // Let any (wrong) second report arrive before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Count once the queue is empty: every report the results owed was
+    // queued with them, so by then each one has been delivered.
+    eventually("the queue to empty", async || {
+        store.queue_size().await.unwrap() == 0
+    })
+    .await;
     let reports = store.list_messages(alice).await.unwrap();
     assert_eq!(reports.len(), 1, "one report, about bob only");
     let text = String::from_utf8(
