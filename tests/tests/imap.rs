@@ -169,6 +169,7 @@ mailroom_tests::on_both!(
     copy_move_append_with_uidplus,
     condstore_and_qresync,
     large_messages_are_sent_whole,
+    fetch_never_describes_a_message_expunged_meanwhile_as_empty,
 );
 
 async fn select_fetch_store_search_expunge(r: &Running) {
@@ -924,6 +925,18 @@ async fn noop_until(c: &mut Imap<tokio::net::TcpStream>, line: &str) {
     }
 }
 
+/// Sends NOOP until one line of its answer ends with `suffix`, for up to 10 s.
+async fn noop_until_one_ends(c: &mut Imap<tokio::net::TcpStream>, suffix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !c.ok("NOOP").await.iter().any(|l| l.ends_with(suffix)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NOOP never answered …{suffix}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A second store on the stack's PostgreSQL database, standing for another
 /// process that shares it (a separate MDA, another IMAP replica), and
 /// Alice's account id.
@@ -1118,4 +1131,90 @@ async fn idle_hears_of_what_was_committed_while_listen_was_down() {
     assert_eq!(a.line().await, "i1 OK IDLE terminated");
     other.close().await;
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// A FETCH of a message that another process expunged after the session
+/// last synchronised (the session still lists it, and has no pending
+/// expunge for it) leaves that message out, whatever the items: it never
+/// describes it as an empty message (issue #13: under concurrent load on
+/// PostgreSQL, FETCH answered `BODYSTRUCTURE ("TEXT" "PLAIN" … 0 0 …)` and
+/// `ENVELOPE (NIL …)` for such messages, and clients cache those forever).
+/// The expunge goes through another store, as another process's would:
+/// nothing reaches the session before its FETCH, which sessions never
+/// precede with a sync (RFC 9051 §7.5.1 lets FETCH answer only for the
+/// messages that still exist).
+async fn fetch_never_describes_a_message_expunged_meanwhile_as_empty(r: &Running) {
+    use mailroom_store::{FlagOp, flag_bits};
+    with_accounts(r, &[ALICE]).await;
+    let (other, alice) = another_process(r).await;
+    let inbox = other
+        .mailbox_by_name(alice, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut a = connect(imap(r)).await;
+    a.login().await;
+    a.ok("SELECT INBOX").await;
+    let rounds = [
+        "BODYSTRUCTURE",
+        "ENVELOPE",
+        "BODY",
+        "(FLAGS BODYSTRUCTURE ENVELOPE)",
+        "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+        "(BODYSTRUCTURE BODY.PEEK[]<0.10>)",
+        "(BINARY.PEEK[1] BINARY.SIZE[1])",
+        "(RFC822.HEADER BODY.PEEK[TEXT])",
+    ];
+    for (round, items) in rounds.iter().enumerate() {
+        let mut uids = Vec::new();
+        for which in ["gone", "kept"] {
+            let subject = format!("{which}{round}");
+            let (_, appended) = other
+                .append_message_to(alice, "INBOX", &message(&subject, "x"), 0, &[], 0, None)
+                .await
+                .unwrap();
+            uids.push(appended.uid);
+        }
+        let [gone, kept] = uids[..] else {
+            unreachable!()
+        };
+        // The session learns of both messages...
+        noop_until_one_ends(&mut a, " EXISTS").await;
+        // ...then the first goes, behind its back.
+        other
+            .store_flags(
+                inbox.id,
+                &[gone],
+                FlagOp::Add,
+                flag_bits::DELETED,
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            other
+                .expunge_deleted(inbox.id, Some(&[gone]))
+                .await
+                .unwrap(),
+            [gone]
+        );
+        let got = a.ok(&format!("UID FETCH {gone}:{kept} {items}")).await;
+        let fetches: Vec<&String> = got.iter().filter(|l| l.contains(" FETCH (")).collect();
+        assert_eq!(fetches.len(), 1, "{items}: {got:#?}");
+        assert!(fetches[0].contains(&format!("UID {kept}")), "{got:#?}");
+        assert!(
+            !fetches[0].contains("\"7bit\" 0 0") && !fetches[0].contains("ENVELOPE (NIL"),
+            "{got:#?}"
+        );
+        if items.contains("ENVELOPE") || items.contains("HEADER") {
+            assert!(fetches[0].contains(&format!("kept{round}")), "{got:#?}");
+        }
+        // The expunge is announced once a command allows it (UID FETCH
+        // does, when the session has heard of it by then).
+        if !got.iter().any(|l| l.ends_with(" EXPUNGE")) {
+            noop_until_one_ends(&mut a, " EXPUNGE").await;
+        }
+    }
+    other.close().await;
 }

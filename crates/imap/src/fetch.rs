@@ -242,25 +242,10 @@ pub(crate) async fn fetch(
                 continue; // removed meanwhile
             }
             let summary = if needs_summary {
-                let cached = caches
-                    .iter()
-                    .find(|(u, _)| *u == meta.uid)
-                    .and_then(|(_, c)| c.as_deref())
-                    .and_then(Summary::from_json);
-                Some(match cached {
-                    Some(s) => s,
-                    None => {
-                        let text = match text {
-                            Some(t) => t.to_vec(),
-                            None => server
-                                .store
-                                .read_message(sel.mailbox.id, meta.uid)
-                                .await?
-                                .unwrap_or_default(),
-                        };
-                        Summary::parse(&text)
-                    }
-                })
+                match summary_of(server, sel.mailbox.id, meta.uid, &caches, text).await? {
+                    Some(s) => Some(s),
+                    None => continue, // removed meanwhile
+                }
             } else {
                 None
             };
@@ -308,6 +293,39 @@ pub(crate) async fn fetch(
         "OK {}FETCH completed",
         if uid { "UID " } else { "" }
     ))
+}
+
+/// The summary of a message (ENVELOPE, BODY, BODYSTRUCTURE): its parse
+/// cache as `caches` (this batch's read) holds it, else parsed from its text
+/// (`text`, or read now when the batch read none). `None` when the message
+/// is gone: missing from the read while no text of it is at hand, or
+/// missing when read. The session may still list a message another session
+/// (or process) expunged after its last sync; such a message is left out
+/// (RFC 9051 §7.5.1), never described as the empty text it reads as,
+/// which clients would cache for good (issue #13).
+async fn summary_of(
+    server: &ImapServer,
+    mailbox_id: i64,
+    uid: u32,
+    caches: &[(u32, Option<String>)],
+    text: Option<&[u8]>,
+) -> Result<Option<Summary>, Failure> {
+    let cache = caches.iter().find(|(u, _)| *u == uid).map(|(_, c)| c);
+    if let Some(summary) = cache
+        .and_then(|c| c.as_deref())
+        .and_then(Summary::from_json)
+    {
+        return Ok(Some(summary));
+    }
+    if let Some(text) = text {
+        return Ok(Some(Summary::parse(text)));
+    }
+    if cache.is_none() {
+        return Ok(None);
+    }
+    // Stored without a parse cache (or an unreadable one): from the text.
+    let text = server.store.read_message(mailbox_id, uid).await?;
+    Ok(text.map(|t| Summary::parse(&t)))
 }
 
 /// Sends one FETCH response whose last item, `name` (`BODY[]` or
@@ -437,7 +455,13 @@ fn item<'a>(
     text: Option<&[u8]>,
     summary: Option<&Summary>,
 ) -> Result<Option<MessageDataItem<'a>>, ()> {
-    let text = text.unwrap_or_default();
+    let text = match text {
+        Some(text) => text,
+        // Never cut from a text that was not read: the caller leaves out a
+        // message whose text it wanted and did not get (it is gone).
+        None if wants_text(name) => return Ok(None),
+        None => &[],
+    };
     Ok(Some(match name {
         MessageDataItemName::Flags => MessageDataItem::Flags(flag_list(meta)),
         MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid as usize)),
