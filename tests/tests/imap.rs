@@ -170,6 +170,7 @@ mailroom_tests::on_both!(
     condstore_and_qresync,
     large_messages_are_sent_whole,
     fetch_never_describes_a_message_expunged_meanwhile_as_empty,
+    new_keywords_are_announced_before_use,
 );
 
 async fn select_fetch_store_search_expunge(r: &Running) {
@@ -220,7 +221,9 @@ async fn select_fetch_store_search_expunge(r: &Running) {
 
     // STORE forms.
     let s = c.ok("STORE 2 +FLAGS (\\Flagged $Work)").await;
-    assert_eq!(s, vec!["* 2 FETCH (FLAGS (\\Flagged $Work))".to_string()]);
+    // The new keyword is announced first (RFC 9051 §7.3.5).
+    assert_eq!(s.len(), 3, "{s:#?}");
+    assert_eq!(s[2], "* 2 FETCH (FLAGS (\\Flagged $Work))");
     assert!(c.ok("STORE 2 -FLAGS.SILENT ($Work)").await.is_empty());
     let s = c.ok("UID STORE 3 FLAGS (\\Deleted)").await;
     assert_eq!(s, vec!["* 3 FETCH (FLAGS (\\Deleted) UID 3)".to_string()]);
@@ -1217,4 +1220,62 @@ async fn fetch_never_describes_a_message_expunged_meanwhile_as_empty(r: &Running
         }
     }
     other.close().await;
+}
+
+/// The position of the first line starting with `prefix`.
+fn position(lines: &[String], prefix: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+}
+
+/// Keywords new to the mailbox, set by the session itself or by another
+/// one, are announced with `* FLAGS` and `* OK [PERMANENTFLAGS (… \*)]`
+/// before any FETCH response names them (RFC 9051 §7.3.5, RFC 3501
+/// §7.2.6); SELECT lists the keywords in use.
+async fn new_keywords_are_announced_before_use(r: &Running) {
+    const SYSTEM: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+    setup(r, 2).await;
+    let mut a = connect(imap(r)).await;
+    a.login().await;
+    let sel = a.ok("SELECT INBOX").await;
+    assert!(sel.contains(&format!("* FLAGS ({SYSTEM})")), "{sel:#?}");
+    let got = a.ok("STORE 1 +FLAGS ($Label1)").await;
+    let flags = position(&got, &format!("* FLAGS ({SYSTEM} $Label1)"));
+    let permanent = position(
+        &got,
+        &format!("* OK [PERMANENTFLAGS ({SYSTEM} $Label1 \\*)]"),
+    );
+    let fetch = position(&got, "* 1 FETCH (FLAGS ($Label1))");
+    assert!(flags < fetch && permanent < fetch, "{got:#?}");
+    // Known already (keywords compare without case): nothing more.
+    let got = a.ok("STORE 2 +FLAGS ($label1)").await;
+    assert_eq!(got, ["* 2 FETCH (FLAGS ($label1))"]);
+    // Set by another session: announced before the FETCH that tells it.
+    let mut b = connect(imap(r)).await;
+    b.login().await;
+    b.ok("SELECT INBOX").await;
+    b.ok("STORE 2 +FLAGS.SILENT ($Junk)").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = a.ok("NOOP").await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no news of $Junk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let flags = position(&got, &format!("* FLAGS ({SYSTEM} $Label1 $Junk)"));
+    let fetch = position(&got, "* 2 FETCH (FLAGS ($label1 $Junk)");
+    assert!(flags < fetch, "{got:#?}");
+    // A later SELECT lists them; EXAMINE too, with nothing permanent.
+    let sel = a.ok("SELECT INBOX").await;
+    assert!(
+        sel.contains(&format!("* FLAGS ({SYSTEM} $Label1 $Junk)")),
+        "{sel:#?}"
+    );
+    let sel = a.ok("EXAMINE INBOX").await;
+    position(&sel, &format!("* FLAGS ({SYSTEM} $Label1 $Junk)"));
+    position(&sel, "* OK [PERMANENTFLAGS ()]");
 }

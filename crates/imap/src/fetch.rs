@@ -186,7 +186,7 @@ pub(crate) async fn fetch(
             sel.own_write(outcome.highestmodseq, !outcome.updated.is_empty());
             for meta in outcome.updated {
                 flags_changed.insert(meta.uid);
-                replace_meta(sel, meta);
+                replace_meta(sel, meta, &mut io.out);
             }
         }
     }
@@ -391,10 +391,13 @@ async fn send_in_pieces(
     Ok(())
 }
 
-/// Replaces the session's metadata of a message after a change it made.
-fn replace_meta(sel: &mut Selected, meta: MessageMeta) {
+/// Replaces the session's metadata of a message after a change it made,
+/// announcing into `out` the keywords it brings that the client was not
+/// told of (its own, or another session's read back with it).
+fn replace_meta(sel: &mut Selected, meta: MessageMeta, out: &mut Vec<u8>) {
     if let Some(seq) = sel.seq_of(meta.uid) {
         sel.messages[seq - 1] = meta;
+        sel.announce_keywords([seq - 1], out);
     }
 }
 
@@ -621,7 +624,7 @@ pub(crate) async fn store(
     // all there is to know, and the sync after it needs no query.
     sel.own_write(outcome.highestmodseq, !updated.is_empty());
     for meta in outcome.updated {
-        replace_meta(sel, meta);
+        replace_meta(sel, meta, &mut io.out);
     }
     let refused: std::collections::HashSet<u32> = outcome.modified.iter().copied().collect();
     for &u in &uids {

@@ -1193,14 +1193,7 @@ async fn select(
         },
         None => open_selected(server, state, &name, examine).await?,
     };
-    io.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
-    if examine {
-        io.line("* OK [PERMANENTFLAGS ()] read-only mailbox");
-    } else {
-        io.line(
-            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] flags permitted",
-        );
-    }
+    crate::selected::write_flag_lines(&mut io.out, &sel.keywords, sel.read_only);
     io.line(&format!("* {} EXISTS", sel.messages.len()));
     if !state.rev2 {
         io.line("* 0 RECENT");
