@@ -885,6 +885,15 @@ async fn bodystructure_sections_and_binary_of_a_multipart_message() {
         "{:?}",
         f[0]
     );
+    // A partial BINARY names its origin octet (RFC 3516 §4.2), the other
+    // items around it as usual.
+    let f = c
+        .ok("FETCH 1 (UID BINARY.PEEK[1]<0.7> BINARY.PEEK[2]<1.2> FLAGS)")
+        .await;
+    assert_eq!(
+        f,
+        ["* 1 FETCH (UID 1 BINARY[1]<0> ~{7}\r\nGrüße BINARY[2]<1> ~{2}\r\n\u{1}\u{2} FLAGS ())"]
+    );
     let f = c.ok("FETCH 1 (BODY.PEEK[3])").await;
     assert!(f[0].contains("BODY[3] NIL"), "{}", f[0]);
     assert_eq!(

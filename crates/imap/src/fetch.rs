@@ -250,33 +250,39 @@ pub(crate) async fn fetch(
                 None
             };
             let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
+            // The origin octet of each item that is a partial BINARY.
+            let mut origins: Vec<Option<u32>> = Vec::with_capacity(items.len() + 1);
             for name in &items {
                 if streaming.is_some() && wants_text(name) {
                     continue; // sent last, piece by piece
                 }
                 match item(name, meta, text, summary.as_ref()) {
-                    Ok(Some(it)) => out_items.push(it),
+                    Ok(Some(it)) => {
+                        out_items.push(it);
+                        origins.push(match name {
+                            MessageDataItemName::Binary {
+                                partial: Some((origin, _)),
+                                ..
+                            } => Some(*origin),
+                            _ => None,
+                        });
+                    }
                     Ok(None) => {}
                     Err(()) => unknown_cte = true,
                 }
             }
             if flags_changed.contains(&meta.uid) && !wants_flags {
                 out_items.push(MessageDataItem::Flags(flag_list(meta)));
+                origins.push(None);
             }
             if let Some(name) = streaming {
                 send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
                     .await?;
                 continue;
             }
-            let Ok(items1) = Vec1::try_from(out_items) else {
-                continue;
-            };
-            let response = Response::Data(Data::Fetch {
-                seq: nz(i + 1),
-                items: items1,
-            });
-            io.out
-                .extend_from_slice(&ResponseCodec::default().encode(&response).dump());
+            if let Some(encoded) = encode_fetch(i + 1, out_items, &origins) {
+                io.out.extend_from_slice(&encoded);
+            }
         }
         if io.out.len() > 1 << 20 {
             io.flush(server.settings.authenticated_idle_timeout)
@@ -345,22 +351,14 @@ async fn send_in_pieces(
     let Some(mut reader) = server.store.open_text(mailbox_id, uid, PIECE).await? else {
         return Ok(()); // removed meanwhile
     };
-    let mut head = match Vec1::try_from(items) {
-        Ok(items) => {
-            let response = Response::Data(Data::Fetch {
-                seq: nz(seq),
-                items,
-            });
-            let mut encoded = ResponseCodec::default().encode(&response).dump();
+    let mut head = match encode_fetch(seq, items, &[]) {
+        Some(mut encoded) => {
             // `* n FETCH (…)\r\n`: open the list again for one more item.
-            if !encoded.ends_with(b")\r\n") {
-                return Err(Failure::No("[SERVERBUG] unexpected FETCH encoding".into()));
-            }
             encoded.truncate(encoded.len() - 3);
             encoded.push(b' ');
             encoded
         }
-        Err(_) => format!("* {seq} FETCH (").into_bytes(),
+        None => format!("* {seq} FETCH (").into_bytes(),
     };
     head.extend_from_slice(format!("{name} {{{}}}\r\n", reader.len()).as_bytes());
     io.out.extend_from_slice(&head);
@@ -389,6 +387,47 @@ async fn send_in_pieces(
     }
     io.out.extend_from_slice(b")\r\n");
     Ok(())
+}
+
+/// `* seq FETCH (items)\r\n`, or `None` without items. `origins[i]` is
+/// the origin octet of item `i` when it is a partial BINARY: the codec has
+/// no place for it, so such an item is encoded alone and `<origin>` put
+/// after its section (`BINARY[1]<0> ~{7}`, RFC 3516 §4.2, as `BODY[]<0>`).
+fn encode_fetch(
+    seq: usize,
+    items: Vec<MessageDataItem<'_>>,
+    origins: &[Option<u32>],
+) -> Option<Vec<u8>> {
+    let encode = |items: Vec1<MessageDataItem<'_>>| {
+        let response = Response::Data(Data::Fetch {
+            seq: nz(seq),
+            items,
+        });
+        ResponseCodec::default().encode(&response).dump()
+    };
+    if origins.iter().all(Option::is_none) {
+        return Vec1::try_from(items).ok().map(encode);
+    }
+    let open = format!("* {seq} FETCH (");
+    let mut out = open.clone().into_bytes();
+    for (n, (it, origin)) in items.into_iter().zip(origins).enumerate() {
+        let alone = encode(Vec1::from(it));
+        debug_assert!(alone.starts_with(open.as_bytes()) && alone.ends_with(b")\r\n"));
+        // `* seq FETCH (` item `)\r\n`.
+        let mut it = alone[open.len()..alone.len() - 3].to_vec();
+        if let Some(origin) = origin
+            && let Some(at) = it.iter().position(|&b| b == b']')
+        {
+            let mark = format!("<{origin}>");
+            it.splice(at + 1..at + 1, mark.bytes());
+        }
+        if n > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(&it);
+    }
+    out.extend_from_slice(b")\r\n");
+    Some(out)
 }
 
 /// Replaces the session's metadata of a message after a change it made,
