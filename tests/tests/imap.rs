@@ -1288,3 +1288,51 @@ async fn new_keywords_are_announced_before_use(r: &Running) {
     position(&sel, &format!("* FLAGS ({SYSTEM} $Label1 $Junk)"));
     position(&sel, "* OK [PERMANENTFLAGS ()]");
 }
+
+/// LIST-EXTENDED (RFC 5258): an unknown selection option, or RECURSIVEMATCH
+/// alone, is refused with BAD and the session goes on; several patterns in
+/// parentheses list what any of them matches, once; a pattern of unusual
+/// atom characters (not valid modified UTF-7) is taken as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_extended_patterns_and_options() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE]).await;
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    c.ok("CREATE a/b/c").await;
+    c.ok("CREATE a/d").await;
+    for refused in [
+        "LIST (FOO) \"\" \"*\"",
+        "LIST (RECURSIVEMATCH) \"\" \"*\"",
+        "LIST (SUBSCRIBED FOO (BAR)) \"\" \"*\"",
+    ] {
+        let (_, done) = c.cmd(refused).await;
+        assert!(done.contains(" BAD "), "{refused}: {done}");
+    }
+    let l = c.ok("LIST \"\" (a/* a/b)").await;
+    assert_eq!(
+        l,
+        [
+            "* LIST (\\HasChildren) \"/\" \"a/b\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/b/c\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/d\"",
+        ]
+    );
+    let l = c.ok("LIST \"\" (\"a/d\" INBOX) RETURN (CHILDREN)").await;
+    assert_eq!(
+        l,
+        [
+            "* LIST (\\HasNoChildren) \"/\" \"INBOX\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/d\"",
+        ]
+    );
+    let l = c.ok("LIST (SUBSCRIBED) \"\" (a/b/c a/d)").await;
+    assert!(l.len() <= 2, "{l:#?}");
+    assert!(
+        c.ok("LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+            .await
+            .is_empty()
+    );
+    c.ok("NOOP").await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}

@@ -1328,6 +1328,24 @@ async fn list(
     lsub: bool,
 ) -> Outcome {
     let verb = if lsub { "LSUB" } else { "LIST" };
+    // RFC 5258 §3: an unknown selection option is refused, and so is
+    // RECURSIVEMATCH without another option for it to modify.
+    for option in &lifted.list_selection {
+        if !matches!(
+            option.as_str(),
+            "SUBSCRIBED" | "REMOTE" | "RECURSIVEMATCH" | "SPECIAL-USE"
+        ) {
+            return Err(bad(format!("unknown LIST selection option {option}")));
+        }
+    }
+    if lifted.list_selection.iter().any(|o| o == "RECURSIVEMATCH")
+        && !lifted
+            .list_selection
+            .iter()
+            .any(|o| o == "SUBSCRIBED" || o == "SPECIAL-USE")
+    {
+        return Err(bad("RECURSIVEMATCH needs another selection option"));
+    }
     let reference = match reference {
         WireMailbox::Inbox => "INBOX".to_string(),
         WireMailbox::Other(o) => {
@@ -1343,19 +1361,28 @@ async fn list(
         ListMailbox::Token(t) => t.as_ref().to_vec(),
         ListMailbox::String(s) => s.as_ref().to_vec(),
     };
-    if pattern_raw.is_empty() {
+    if pattern_raw.is_empty() && lifted.list_patterns.is_empty() {
         // RFC 9051 §6.3.9: the delimiter and the root of the reference.
         io.line(&format!("* {verb} (\\Noselect) \"/\" \"\""));
         return Ok(format!("OK {verb} completed"));
     }
-    let pattern = decode_pattern(&pattern_raw, state.utf8)?;
-    let full = if reference.is_empty() || pattern.starts_with('/') {
-        pattern
-    } else if reference.ends_with('/') {
-        format!("{reference}{pattern}")
-    } else {
-        format!("{reference}/{pattern}")
+    // One pattern, or several in parentheses (RFC 5258 §3): a name is
+    // listed once when any matches.
+    let raws = match lifted.list_patterns.is_empty() {
+        true => std::slice::from_ref(&pattern_raw),
+        false => lifted.list_patterns.as_slice(),
     };
+    let mut fulls = Vec::with_capacity(raws.len());
+    for raw in raws.iter().filter(|r| !r.is_empty()) {
+        let pattern = decode_pattern(raw, state.utf8)?;
+        fulls.push(if reference.is_empty() || pattern.starts_with('/') {
+            pattern
+        } else if reference.ends_with('/') {
+            format!("{reference}{pattern}")
+        } else {
+            format!("{reference}/{pattern}")
+        });
+    }
     let subscribed_only = lsub || lifted.list_selection.iter().any(|s| s == "SUBSCRIBED");
     let special_only = lifted.list_selection.iter().any(|s| s == "SPECIAL-USE");
     let ret_subscribed = lifted.list_return.iter().any(|s| s == "SUBSCRIBED")
@@ -1376,7 +1403,7 @@ async fn list(
             .next()
             .is_some_and(|n| n.starts_with(name) && n.as_bytes().get(name.len()) == Some(&b'/'));
         let mb = existing.get(name).copied();
-        let matched = names::matches(&full, name);
+        let matched = fulls.iter().any(|full| names::matches(full, name));
         if !matched {
             continue;
         }
@@ -1431,13 +1458,15 @@ async fn list(
     Ok(format!("OK {verb} completed"))
 }
 
-/// A LIST pattern or reference from the wire (wildcards kept).
+/// A LIST pattern or reference from the wire (wildcards kept). One that
+/// is not valid modified UTF-7 (`&` among other atom characters) is taken
+/// as written: it matches what it spells, which is no name encoded amiss.
 fn decode_pattern(raw: &[u8], utf8: bool) -> Result<String, Failure> {
     let s = std::str::from_utf8(raw).map_err(|_| bad("the pattern is not valid UTF-8"))?;
     if utf8 && !s.is_ascii() {
         return Ok(s.to_string());
     }
-    names::decode_mutf7(s).ok_or_else(|| bad("the pattern is not valid modified UTF-7"))
+    Ok(names::decode_mutf7(s).unwrap_or_else(|| s.to_string()))
 }
 
 /// COPY and MOVE (RFC 9051 §6.4.7, RFC 6851, UIDPLUS RFC 4315).
