@@ -668,6 +668,21 @@ async fn condstore_and_qresync(r: &Running) {
     );
     let s = c.ok("SEARCH MODSEQ 1").await;
     assert!(s[0].starts_with("* SEARCH 1 2 (MODSEQ "), "{}", s[0]);
+
+    // CONDSTORE enabled by a FETCH of MODSEQ after SELECT: HIGHESTMODSEQ
+    // is announced first, once (RFC 7162 §3.1).
+    let mut d = connect(imap(r)).await;
+    d.login().await;
+    let sel = d.ok("SELECT INBOX").await;
+    let announced = find(&sel, "* OK [HIGHESTMODSEQ ")
+        .split(']')
+        .next()
+        .unwrap();
+    let f = d.ok("FETCH 1 (MODSEQ)").await;
+    assert_eq!(f.len(), 2, "{f:#?}");
+    assert!(f[0].starts_with(&format!("{announced}]")), "{f:#?}");
+    assert!(f[1].starts_with("* 1 FETCH (MODSEQ ("), "{f:#?}");
+    assert_eq!(d.ok("FETCH 1 (MODSEQ)").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

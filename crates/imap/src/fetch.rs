@@ -89,7 +89,7 @@ pub(crate) async fn fetch(
         ));
     }
     if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     if uid && !items.contains(&MessageDataItemName::Uid) {
         items.insert(0, MessageDataItemName::Uid);
@@ -607,7 +607,7 @@ pub(crate) async fn store(
         unchanged_since = Some(*v);
     }
     if unchanged_since.is_some() {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     let condstore = state.condstore;
     let Phase::Selected(sel) = &mut state.phase else {

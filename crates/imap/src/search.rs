@@ -46,7 +46,7 @@ pub(crate) async fn search(
     let keys: Vec<SearchKey<'_>> = criteria.into_inner();
     let uses_modseq = keys.iter().any(has_modseq);
     if uses_modseq {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     let rev2 = state.rev2;
     let Phase::Selected(sel) = &state.phase else {

@@ -256,6 +256,21 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A command enabled CONDSTORE (ENABLE, or FETCH, STORE or SEARCH using
+    /// MODSEQ): with a mailbox selected, the client is told its
+    /// HIGHESTMODSEQ at once, the first time (RFC 7162 §3.1).
+    pub(crate) fn enable_condstore(&mut self, io: &mut Io) {
+        if std::mem::replace(&mut self.condstore, true) {
+            return;
+        }
+        if let Phase::Selected(sel) = &self.phase {
+            io.line(&format!(
+                "* OK [HIGHESTMODSEQ {}] CONDSTORE enabled",
+                sel.modseq.max(1)
+            ));
+        }
+    }
+
     pub(crate) fn account_id(&self) -> i64 {
         self.account.as_ref().map_or(0, |a| a.id)
     }
@@ -710,11 +725,11 @@ async fn execute(
                 let name = c.to_string().to_ascii_uppercase();
                 let known = match name.as_str() {
                     "CONDSTORE" => {
-                        state.condstore = true;
+                        state.enable_condstore(io);
                         true
                     }
                     "QRESYNC" => {
-                        state.condstore = true;
+                        state.enable_condstore(io);
                         state.qresync = true;
                         true
                     }
