@@ -1351,3 +1351,30 @@ async fn list_extended_patterns_and_options() {
     c.ok("NOOP").await;
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// ENVELOPE of group syntax: each group gives its start and end markers
+/// and its members only; a comment inside a group is no member (RFC 3501
+/// §7.4.2, RFC 9051 §7.5.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_of_groups_has_only_their_markers_and_members() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE]).await;
+    let msg = b"From: Sender <sender@remote.test>\r\nTo: Team: ann@example.com;\r\n\
+                Cc: group:;, group2: (foo) ;\r\nSubject: groups\r\n\r\nbody\r\n";
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    let (_, done) = c.append_plus("a1", "INBOX", msg).await;
+    assert!(done.starts_with("a1 OK"), "{done}");
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1 (ENVELOPE)").await;
+    assert!(
+        f[0].contains(concat!(
+            " ((NIL NIL \"Team\" NIL)(NIL NIL \"ann\" \"example.com\")(NIL NIL NIL NIL))",
+            " ((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL))",
+            " NIL NIL NIL)"
+        )),
+        "{}",
+        f[0]
+    );
+    r.stack.stop(Duration::from_secs(5)).await;
+}
