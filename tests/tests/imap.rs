@@ -227,6 +227,18 @@ async fn select_fetch_store_search_expunge(r: &Running) {
     assert!(c.ok("STORE 2 -FLAGS.SILENT ($Work)").await.is_empty());
     let s = c.ok("UID STORE 3 FLAGS (\\Deleted)").await;
     assert_eq!(s, vec!["* 3 FETCH (FLAGS (\\Deleted) UID 3)".to_string()]);
+    // DELETED-STORAGE: what EXPUNGE would free (RFC 9208 §4.2.3), the
+    // size of the one \Deleted message.
+    let f = c.ok("FETCH 3 (RFC822.SIZE)").await;
+    let size = f[0]
+        .trim_start_matches("* 3 FETCH (RFC822.SIZE ")
+        .trim_end_matches(')');
+    assert_eq!(
+        c.ok("STATUS INBOX (DELETED DELETED-STORAGE)").await,
+        [format!(
+            "* STATUS \"INBOX\" (DELETED 1 DELETED-STORAGE {size})"
+        )]
+    );
 
     // SEARCH, rev1 and ESEARCH forms.
     assert_eq!(c.ok("SEARCH FLAGGED").await, vec!["* SEARCH 2"]);

@@ -1302,7 +1302,9 @@ pub(crate) async fn status_items(
             StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", fresh.uidvalidity),
             StatusDataItemName::Unseen => format!("UNSEEN {}", counts.unseen),
             StatusDataItemName::Deleted => format!("DELETED {}", counts.deleted),
-            StatusDataItemName::DeletedStorage => "DELETED-STORAGE 0".into(),
+            StatusDataItemName::DeletedStorage => {
+                format!("DELETED-STORAGE {}", counts.deleted_size)
+            }
             StatusDataItemName::Size => format!("SIZE {}", counts.size),
             StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", fresh.highestmodseq),
         });
