@@ -1390,3 +1390,108 @@ async fn envelope_of_groups_has_only_their_markers_and_members() {
     );
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// A realistic message of about `kib` KiB: text and HTML alternatives and a
+/// base64 attachment.
+fn realistic_message(kib: usize) -> Vec<u8> {
+    let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.\r\n";
+    let text = line.repeat(kib * 4);
+    let attachment =
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2\r\n".repeat(kib * 12);
+    format!(
+        "From: Sender <sender@remote.test>\r\nTo: Team: ann@example.test;\r\n\
+         Subject: report\r\nDate: Tue, 03 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <report@remote.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"m\"\r\n\r\n\
+         --m\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n\
+         --a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\
+         --a\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>{text}</p>\r\n--a--\r\n\
+         --m\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{attachment}--m--\r\n"
+    )
+    .into_bytes()
+}
+
+/// Issue #13 at the concurrency it was seen at, on PostgreSQL: sessions in
+/// pairs on the same INBOXes of several accounts run a random mix of APPEND
+/// (the same realistic messages everywhere), FETCH of structures, headers
+/// and partial bodies, STORE, EXPUNGE, COPY, LIST and STATUS. No FETCH may
+/// describe a message as empty: every message appended is the realistic
+/// one, so an empty structure or envelope is a wrong answer, whatever the
+/// races between the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mix_never_describes_a_message_as_empty() {
+    let Some(r) = start(Backend::Postgres).await else {
+        return;
+    };
+    let accounts: Vec<String> = (0..4).map(|i| format!("u{i}@example.test")).collect();
+    let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    with_accounts(&r, &names).await;
+    let messages = [
+        realistic_message(1),
+        realistic_message(8),
+        realistic_message(40),
+    ];
+    let addr = imap(&r);
+    let mut tasks = Vec::new();
+    for session in 0..8u64 {
+        let account = accounts[session as usize % accounts.len()].clone();
+        let messages = messages.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            c.ok(&format!("LOGIN {account} \"{PASSWORD}\"")).await;
+            c.ok("SELECT INBOX").await;
+            let mut wrong = Vec::new();
+            let mut seed = session.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+            let mut n = 0;
+            while tokio::time::Instant::now() < deadline {
+                // xorshift64: a fixed, reproducible mix per session.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                n += 1;
+                let tag = format!("x{n}");
+                let (lines, done) = match seed % 10 {
+                    0 | 1 => {
+                        let msg = &messages[(seed >> 8) as usize % messages.len()];
+                        c.append_plus(&tag, "INBOX", msg).await
+                    }
+                    2 | 3 => c.cmd("UID FETCH 1:* (BODYSTRUCTURE ENVELOPE)").await,
+                    4 => {
+                        c.cmd("UID FETCH 1:* (BODY BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[1]<0.100>)")
+                            .await
+                    }
+                    5 => {
+                        let k = (seed >> 20) % 40 + 1;
+                        c.cmd(&format!("UID STORE {k}:{} +FLAGS ($Label1 \\Deleted)", k + 2))
+                            .await
+                    }
+                    6 => c.cmd("EXPUNGE").await,
+                    7 => c.cmd("UID COPY 1:3 INBOX").await,
+                    8 => c.cmd("STATUS INBOX (MESSAGES UNSEEN)").await,
+                    _ => c.cmd("LIST \"\" *").await,
+                };
+                assert!(!done.contains(" BAD "), "{done}");
+                for line in lines {
+                    if line.contains("\"7bit\" 0 0") || line.contains("ENVELOPE (NIL NIL NIL") {
+                        wrong.push(line);
+                    }
+                }
+            }
+            c.ok("LOGOUT").await;
+            wrong
+        }));
+    }
+    let mut wrong = Vec::new();
+    for t in tasks {
+        wrong.extend(t.await.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} FETCH responses described a message as empty: {:#?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+    r.stack.stop(Duration::from_secs(5)).await;
+}
