@@ -680,6 +680,32 @@ async fn condstore_and_qresync(r: &Running) {
     );
     let s = c.ok("SEARCH MODSEQ 1").await;
     assert!(s[0].starts_with("* SEARCH 1 2 (MODSEQ "), "{}", s[0]);
+    // ESEARCH with MODSEQ: the MODSEQ of the messages returned (RFC 7162
+    // §3.1.5): with MIN alone, of the first match; with MAX, of the last;
+    // with ALL, the highest of all.
+    let f = c.ok("FETCH 1:2 (MODSEQ)").await;
+    let modseq = |line: &str| {
+        line.split("MODSEQ (")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let (first, last) = (modseq(&f[0]), modseq(&f[1]));
+    assert_ne!(first, last, "{f:#?}");
+    let highest = first.max(last);
+    let e = c.ok("SEARCH RETURN (MIN) MODSEQ 1").await;
+    assert!(e[0].ends_with(&format!(" MIN 1 MODSEQ {first}")), "{e:#?}");
+    let e = c.ok("SEARCH RETURN (MAX) MODSEQ 1").await;
+    assert!(e[0].ends_with(&format!(" MAX 2 MODSEQ {last}")), "{e:#?}");
+    let e = c.ok("SEARCH RETURN (ALL) MODSEQ 1").await;
+    assert!(
+        e[0].ends_with(&format!(" ALL 1:2 MODSEQ {highest}")),
+        "{e:#?}"
+    );
 
     // CONDSTORE enabled by a FETCH of MODSEQ after SELECT: HIGHESTMODSEQ
     // is announced first, once (RFC 7162 §3.1).
