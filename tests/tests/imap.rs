@@ -1386,6 +1386,20 @@ async fn list_extended_patterns_and_options() {
             .await
             .is_empty()
     );
+    // LSUB with `%`: the unsubscribed parent of a subscribed mailbox the
+    // pattern does not reach is returned, \Noselect (RFC 3501 §6.3.9).
+    c.ok("SUBSCRIBE a/b/c").await;
+    let l = c.ok("LSUB \"\" %").await;
+    assert!(
+        l.contains(&"* LSUB (\\Noselect) \"/\" \"a\"".to_string()),
+        "{l:#?}"
+    );
+    assert!(!l.iter().any(|x| x.contains("\"a/")), "{l:#?}");
+    assert_eq!(
+        c.ok("LSUB \"\" a/%").await,
+        ["* LSUB (\\Noselect) \"/\" \"a/b\""]
+    );
+    assert_eq!(c.ok("LSUB \"\" a/*").await, ["* LSUB () \"/\" \"a/b/c\""]);
     c.ok("NOOP").await;
     r.stack.stop(Duration::from_secs(5)).await;
 }

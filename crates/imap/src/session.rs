@@ -1424,7 +1424,16 @@ async fn list(
         if !matched {
             continue;
         }
-        if subscribed_only && !mb.is_some_and(|m| m.subscribed) {
+        // RFC 3501 §6.3.9: LSUB (with `%`) returns an unsubscribed parent
+        // of a subscribed mailbox that the pattern does not reach, with
+        // \Noselect.
+        let parent_of_unreached = lsub
+            && boxes.iter().any(|m| {
+                m.subscribed
+                    && names::parents(&m.name).any(|p| p == *name)
+                    && !fulls.iter().any(|full| names::matches(full, &m.name))
+            });
+        if subscribed_only && !mb.is_some_and(|m| m.subscribed) && !parent_of_unreached {
             // RFC 5258: a parent of subscribed children is returned only with
             // RECURSIVEMATCH, not offered here.
             continue;
@@ -1434,6 +1443,7 @@ async fn list(
         }
         let mut attrs: Vec<&str> = Vec::new();
         match mb {
+            _ if lsub && !mb.is_some_and(|m| m.subscribed) => attrs.push("\\Noselect"),
             None => {
                 attrs.push(if lsub || !state.rev2 {
                     "\\Noselect"
