@@ -1406,9 +1406,10 @@ async fn list_extended_patterns_and_options() {
 
 /// ENVELOPE of group syntax: each group gives its start and end markers
 /// and its members only; a comment inside a group is no member (RFC 3501
-/// §7.4.2, RFC 9051 §7.5.2).
+/// §7.4.2, RFC 9051 §7.5.2). SEARCH FROM/TO/CC/BCC finds an address
+/// written with comments inside it (RFC 5322 §3.4.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envelope_of_groups_has_only_their_markers_and_members() {
+async fn envelope_of_groups_and_search_of_commented_addresses() {
     let r = start(Backend::Sqlite).await.unwrap();
     with_accounts(&r, &[ALICE]).await;
     let msg = b"From: Sender <sender@remote.test>\r\nTo: Team: ann@example.com;\r\n\
@@ -1428,6 +1429,16 @@ async fn envelope_of_groups_has_only_their_markers_and_members() {
         "{}",
         f[0]
     );
+    let commented = b"From: <user-from (comment)@ (comment) domain.org>\r\n\
+                      To: Ann <ann (x) @example.com>\r\nSubject: c\r\n\r\nbody\r\n";
+    let (_, done) = c.append_plus("a2", "INBOX", commented).await;
+    assert!(done.starts_with("a2 OK"), "{done}");
+    c.ok("NOOP").await;
+    assert_eq!(
+        c.ok("SEARCH FROM user-from@domain.org").await,
+        ["* SEARCH 2"]
+    );
+    assert_eq!(c.ok("SEARCH TO ann@example.com").await, ["* SEARCH 1 2"]);
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
