@@ -14,6 +14,12 @@
 //! Reading a body without `.PEEK` sets `\Seen` (unless the mailbox is
 //! read-only) before the data is sent, and the response carries the new
 //! FLAGS.
+//!
+//! Invariant: a FETCH never describes a message it did not read. The
+//! session may list a message that another session or process expunged
+//! after its last sync; the reads then miss it, and it is left out of the
+//! answer (RFC 9051 §7.5.1), rather than described from an empty text as an
+//! empty message, which clients would cache for good (issue #13).
 
 use std::num::{NonZeroU32, NonZeroU64};
 
