@@ -1385,9 +1385,10 @@ async fn list(
     }
     // One pattern, or several in parentheses (RFC 5258 §3): a name is
     // listed once when any matches.
-    let raws = match lifted.list_patterns.is_empty() {
-        true => std::slice::from_ref(&pattern_raw),
-        false => lifted.list_patterns.as_slice(),
+    let raws = if lifted.list_patterns.is_empty() {
+        std::slice::from_ref(&pattern_raw)
+    } else {
+        lifted.list_patterns.as_slice()
     };
     let mut fulls = Vec::with_capacity(raws.len());
     for raw in raws.iter().filter(|r| !r.is_empty()) {
@@ -1427,13 +1428,14 @@ async fn list(
         // RFC 3501 §6.3.9: LSUB (with `%`) returns an unsubscribed parent
         // of a subscribed mailbox that the pattern does not reach, with
         // \Noselect.
-        let parent_of_unreached = lsub
-            && boxes.iter().any(|m| {
+        let parent_of_unreached = || {
+            lsub && boxes.iter().any(|m| {
                 m.subscribed
                     && names::parents(&m.name).any(|p| p == *name)
                     && !fulls.iter().any(|full| names::matches(full, &m.name))
-            });
-        if subscribed_only && !mb.is_some_and(|m| m.subscribed) && !parent_of_unreached {
+            })
+        };
+        if subscribed_only && !mb.is_some_and(|m| m.subscribed) && !parent_of_unreached() {
             // RFC 5258: a parent of subscribed children is returned only with
             // RECURSIVEMATCH, not offered here.
             continue;
