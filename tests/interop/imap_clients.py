@@ -4,8 +4,9 @@ imapclient package (neither written by this project).
 
 Usage: imap_clients.py HOST STARTTLS_PORT TLS_PORT USER PASSWORD
 The INBOX must hold exactly three messages with subjects m1, m2, m3.
-Exits non-zero (with the reason on stderr) on any failure; prints one
-"ok: ..." line per finished scenario.
+Exits non-zero (with the reason on stderr) on any failure, also under
+`python3 -O` (the checks are explicit, not `assert`); prints one "ok: ..."
+line per finished scenario.
 """
 import email
 import imaplib
@@ -22,51 +23,61 @@ ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE  # the stack under test has a self-signed certificate
 
 
+def expect(condition, *detail):
+    """Fails the run unless `condition` holds: prints where and why on
+    stderr and exits 1. An explicit check, where `assert` would vanish under
+    `python3 -O`."""
+    if not condition:
+        line = sys._getframe(1).f_lineno
+        print(f"FAILED: imap_clients.py line {line}: {detail!r}", file=sys.stderr)
+        sys.exit(1)
+
+
 def check(typ, data, what):
-    assert typ == "OK", (what, typ, data)
+    expect(typ == "OK", what, typ, data)
     return data
 
 
 # 1. imaplib over STARTTLS: login, folders, read, flag, search, copy, expunge.
 m = imaplib.IMAP4(host, int(starttls_port), timeout=20)
-assert "STARTTLS" in m.capabilities, m.capabilities
+expect("STARTTLS" in m.capabilities, m.capabilities)
 m.starttls(ssl_context=ctx)
 check(*m.login(user, password), "login")
 caps = check(*m.capability(), "capability")[0].decode().split()
 for cap in ("IDLE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "SPECIAL-USE", "ESEARCH"):
-    assert cap in caps, (cap, caps)
+    expect(cap in caps, (cap, caps))
 check(*m.create("Work/Reports"), "create")
 typ, boxes = m.list()
 check(typ, boxes, "list")
 names = [b.decode() for b in boxes]
-assert any(n.endswith('"Work/Reports"') for n in names), names
-assert any("\\Sent" in n for n in names), names
+expect(any(n.endswith('"Work/Reports"') for n in names), names)
+expect(any("\\Sent" in n for n in names), names)
 typ, data = m.select("INBOX")
-assert data == [b"3"], data
+expect(data == [b"3"], data)
 typ, data = m.search(None, "ALL")
-assert data == [b"1 2 3"], data
+expect(data == [b"1 2 3"], data)
 typ, data = m.fetch("2", "(RFC822)")
 check(typ, data, "fetch")
 msg = email.message_from_bytes(data[0][1])
-assert msg["Subject"] == "m2", msg["Subject"]
+expect(msg["Subject"] == "m2", msg["Subject"])
 typ, data = m.fetch("2", "(FLAGS)")
-assert b"\\Seen" in data[0], data  # RFC822 sets \Seen
+expect(b"\\Seen" in data[0], data)  # RFC822 sets \Seen
 check(*m.store("1", "+FLAGS", "(\\Flagged)"), "store")
 typ, data = m.search(None, "FLAGGED")
-assert data == [b"1"], data
+expect(data == [b"1"], data)
 typ, data = m.uid("SEARCH", None, "SUBJECT", "m3")
-assert data == [b"3"], data
+expect(data == [b"3"], data)
 typ, data = m.copy("1:2", "Work/Reports")
 check(typ, data, "copy")
 check(*m.store("3", "+FLAGS", "(\\Deleted)"), "store deleted")
 typ, data = m.expunge()
-assert data == [b"3"], data
+expect(data == [b"3"], data)
 typ, data = m.status("Work/Reports", "(MESSAGES UNSEEN)")
-assert b"MESSAGES 2" in data[0], data
+expect(b"MESSAGES 2" in data[0], data)
 m.append("Work/Reports", "(\\Seen)", imaplib.Time2Internaldate(time.time()),
          b"From: me@example.test\r\nSubject: appended\r\n\r\nhi\r\n")
 typ, data = m.status("Work/Reports", "(MESSAGES)")
-assert b"MESSAGES 3" in data[0], data
+expect(b"MESSAGES 3" in data[0], data)
 m.close()
 m.logout()
 print("ok: imaplib over STARTTLS")
@@ -74,21 +85,28 @@ print("ok: imaplib over STARTTLS")
 # 2. imapclient over implicit TLS: MOVE, CONDSTORE, special-use, IDLE.
 c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
 c.login(user, password)
-assert c.find_special_folder(b"\\Sent") == "Sent", c.find_special_folder(b"\\Sent")
+expect(c.find_special_folder(b"\\Sent") == "Sent", c.find_special_folder(b"\\Sent"))
 info = c.select_folder("INBOX")
-assert info[b"EXISTS"] == 2, info
-assert b"HIGHESTMODSEQ" in info, info
+expect(info[b"EXISTS"] == 2, info)
+expect(b"HIGHESTMODSEQ" in info, info)
 msgs = c.search(["ALL"])
-assert msgs == [1, 2], msgs
+expect(msgs == [1, 2], msgs)
 fetched = c.fetch(msgs, ["ENVELOPE", "BODYSTRUCTURE", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"])
 subjects = sorted(f[b"ENVELOPE"].subject.decode() for f in fetched.values())
-assert subjects == ["m1", "m2"], subjects
+expect(subjects == ["m1", "m2"], subjects)
+# BODYSTRUCTURE as the client parsed it: each message is one text/plain
+# part of "Hello mN.\r\n" (11 octets, 1 line), never an empty structure.
+for n, f in fetched.items():
+    bs = f[b"BODYSTRUCTURE"]
+    expect(not bs.is_multipart, n, bs)
+    expect((bs[0].upper(), bs[1].upper()) == (b"TEXT", b"PLAIN"), n, bs)
+    expect(bs[5].upper() == b"7BIT" and bs[6] == 11 and bs[7] == 1, n, bs)
 c.add_flags([1], ["$Important"])
-assert b"$Important" in c.get_flags([1])[1], c.get_flags([1])
+expect(b"$Important" in c.get_flags([1])[1], c.get_flags([1]))
 c.move([2], "Archive")
-assert c.search(["ALL"]) == [1]
+expect(c.search(["ALL"]) == [1])
 c.select_folder("Archive")
-assert len(c.search(["ALL"])) == 1
+expect(len(c.search(["ALL"])) == 1)
 c.select_folder("INBOX")
 
 # IDLE: a second client appends to INBOX; the idling one hears EXISTS.
@@ -107,7 +125,7 @@ t.start()
 responses = c.idle_check(timeout=5)
 t.join()
 c.idle_done()
-assert any(r[1] == b"EXISTS" for r in responses), responses
+expect(any(r[1] == b"EXISTS" for r in responses), responses)
 other.logout()
 c.logout()
 print("ok: imapclient over implicit TLS with IDLE")
@@ -134,7 +152,7 @@ def scram_step(challenge):
 
 
 check(*m.authenticate("SCRAM-SHA-256", scram_step), "authenticate")
-assert len(steps) == 3, steps
+expect(len(steps) == 3, steps)
 typ, data = m.select("INBOX", readonly=True)
 check(typ, data, "examine")
 m.logout()
@@ -145,40 +163,40 @@ print("ok: SCRAM-SHA-256 via imaplib + scramp")
 #    CONDSTORE fetch modifiers, UID EXPUNGE (UIDPLUS), UNSELECT, ESEARCH.
 c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
 c.login(user, password)
-assert c.enable("CONDSTORE") == [b"CONDSTORE"]
+expect(c.enable("CONDSTORE") == [b"CONDSTORE"])
 ns = c.namespace()
-assert ns.personal[0][0] == "" and ns.personal[0][1] == "/", ns
+expect(ns.personal[0][0] == "" and ns.personal[0][1] == "/", ns)
 ident = c.id_({"name": "interop"})
 ident = ident[0] if len(ident) == 1 else ident  # a tuple holding the flat list
-assert dict(zip(ident[0::2], ident[1::2]))[b"name"] == b"Mailroom", ident
+expect(dict(zip(ident[0::2], ident[1::2]))[b"name"] == b"Mailroom", ident)
 roots, quotas = c.get_quota_root("INBOX")
-assert roots.mailbox == "INBOX", roots
+expect(roots.mailbox == "INBOX", roots)
 c.create_folder("Tmp/One")
-assert c.folder_exists("Tmp/One")
+expect(c.folder_exists("Tmp/One"))
 c.rename_folder("Tmp/One", "Tmp/Two")
-assert c.folder_exists("Tmp/Two") and not c.folder_exists("Tmp/One")
+expect(c.folder_exists("Tmp/Two") and not c.folder_exists("Tmp/One"))
 c.subscribe_folder("Tmp/Two")
-assert "Tmp/Two" in [f[2] for f in c.list_sub_folders()]
+expect("Tmp/Two" in [f[2] for f in c.list_sub_folders()])
 c.unsubscribe_folder("Tmp/Two")
-assert "Tmp/Two" not in [f[2] for f in c.list_sub_folders()]
+expect("Tmp/Two" not in [f[2] for f in c.list_sub_folders()])
 c.delete_folder("Tmp/Two")
-assert not c.folder_exists("Tmp/Two")
+expect(not c.folder_exists("Tmp/Two"))
 st = c.folder_status("INBOX", ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"])
-assert st[b"MESSAGES"] == 2, st
+expect(st[b"MESSAGES"] == 2, st)
 info = c.select_folder("INBOX")
 hms = info[b"HIGHESTMODSEQ"]
 c.add_flags([1], [imapclient.SEEN])
 changed = c.fetch(c.search(["ALL"]), ["FLAGS"], modifiers=[f"CHANGEDSINCE {hms}"])
-assert list(changed) == [1], changed
-assert changed[1][b"MODSEQ"][0] > hms, changed
+expect(list(changed) == [1], changed)
+expect(changed[1][b"MODSEQ"][0] > hms, changed)
 uid = c.search(["UNSEEN"])[0]
 c.add_flags([uid], [imapclient.DELETED])
 c.uid_expunge([uid])
-assert c.search(["ALL"]) == [1], c.search(["ALL"])
+expect(c.search(["ALL"]) == [1], c.search(["ALL"]))
 typ, data = c._imap._simple_command("UID", "SEARCH", "RETURN", "(COUNT MIN)", "ALL")
-assert typ == "OK", (typ, data)
+expect(typ == "OK", (typ, data))
 esearch = c._imap.untagged_responses.pop("ESEARCH", [b""])[0]
-assert b"COUNT 1" in esearch and b"MIN 1" in esearch, esearch
+expect(b"COUNT 1" in esearch and b"MIN 1" in esearch, esearch)
 c.unselect_folder()
 c.logout()
 print("ok: imapclient across the other commands and extensions")
@@ -193,16 +211,16 @@ payload = base64.encodebytes(os.urandom(2_300_000)).replace(b"\n", b"\r\n")
 big = (b"From: me@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
        + payload)
-assert len(big) > 3_000_000, len(big)
+expect(len(big) > 3_000_000, len(big))
 c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
 c.login(user, password)
 c.create_folder("Big")
 c.append("Big", big)
 c.select_folder("Big", readonly=True)
 got = c.fetch([1], ["BODY.PEEK[]", "RFC822.SIZE"])[1]
-assert got[b"BODY[]"] == big, len(got[b"BODY[]"])
-assert got[b"RFC822.SIZE"] == len(big), got[b"RFC822.SIZE"]
+expect(got[b"BODY[]"] == big, len(got[b"BODY[]"]))
+expect(got[b"RFC822.SIZE"] == len(big), got[b"RFC822.SIZE"])
 got = c.fetch([1], ["RFC822"])[1]
-assert got[b"RFC822"] == big, len(got[b"RFC822"])
+expect(got[b"RFC822"] == big, len(got[b"RFC822"]))
 c.logout()
 print("ok: imapclient fetches a 3 MiB message whole")

@@ -169,6 +169,8 @@ mailroom_tests::on_both!(
     copy_move_append_with_uidplus,
     condstore_and_qresync,
     large_messages_are_sent_whole,
+    fetch_never_describes_a_message_expunged_meanwhile_as_empty,
+    new_keywords_are_announced_before_use,
 );
 
 async fn select_fetch_store_search_expunge(r: &Running) {
@@ -219,10 +221,24 @@ async fn select_fetch_store_search_expunge(r: &Running) {
 
     // STORE forms.
     let s = c.ok("STORE 2 +FLAGS (\\Flagged $Work)").await;
-    assert_eq!(s, vec!["* 2 FETCH (FLAGS (\\Flagged $Work))".to_string()]);
+    // The new keyword is announced first (RFC 9051 §7.3.5).
+    assert_eq!(s.len(), 3, "{s:#?}");
+    assert_eq!(s[2], "* 2 FETCH (FLAGS (\\Flagged $Work))");
     assert!(c.ok("STORE 2 -FLAGS.SILENT ($Work)").await.is_empty());
     let s = c.ok("UID STORE 3 FLAGS (\\Deleted)").await;
     assert_eq!(s, vec!["* 3 FETCH (FLAGS (\\Deleted) UID 3)".to_string()]);
+    // DELETED-STORAGE: what EXPUNGE would free (RFC 9208 §4.2.3), the
+    // size of the one \Deleted message.
+    let f = c.ok("FETCH 3 (RFC822.SIZE)").await;
+    let size = f[0]
+        .trim_start_matches("* 3 FETCH (RFC822.SIZE ")
+        .trim_end_matches(')');
+    assert_eq!(
+        c.ok("STATUS INBOX (DELETED DELETED-STORAGE)").await,
+        [format!(
+            "* STATUS \"INBOX\" (DELETED 1 DELETED-STORAGE {size})"
+        )]
+    );
 
     // SEARCH, rev1 and ESEARCH forms.
     assert_eq!(c.ok("SEARCH FLAGGED").await, vec!["* SEARCH 2"]);
@@ -664,6 +680,47 @@ async fn condstore_and_qresync(r: &Running) {
     );
     let s = c.ok("SEARCH MODSEQ 1").await;
     assert!(s[0].starts_with("* SEARCH 1 2 (MODSEQ "), "{}", s[0]);
+    // ESEARCH with MODSEQ: the MODSEQ of the messages returned (RFC 7162
+    // §3.1.5): with MIN alone, of the first match; with MAX, of the last;
+    // with ALL, the highest of all.
+    let f = c.ok("FETCH 1:2 (MODSEQ)").await;
+    let modseq = |line: &str| {
+        line.split("MODSEQ (")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let (first, last) = (modseq(&f[0]), modseq(&f[1]));
+    assert_ne!(first, last, "{f:#?}");
+    let highest = first.max(last);
+    let e = c.ok("SEARCH RETURN (MIN) MODSEQ 1").await;
+    assert!(e[0].ends_with(&format!(" MIN 1 MODSEQ {first}")), "{e:#?}");
+    let e = c.ok("SEARCH RETURN (MAX) MODSEQ 1").await;
+    assert!(e[0].ends_with(&format!(" MAX 2 MODSEQ {last}")), "{e:#?}");
+    let e = c.ok("SEARCH RETURN (ALL) MODSEQ 1").await;
+    assert!(
+        e[0].ends_with(&format!(" ALL 1:2 MODSEQ {highest}")),
+        "{e:#?}"
+    );
+
+    // CONDSTORE enabled by a FETCH of MODSEQ after SELECT: HIGHESTMODSEQ
+    // is announced first, once (RFC 7162 §3.1).
+    let mut d = connect(imap(r)).await;
+    d.login().await;
+    let sel = d.ok("SELECT INBOX").await;
+    let announced = find(&sel, "* OK [HIGHESTMODSEQ ")
+        .split(']')
+        .next()
+        .unwrap();
+    let f = d.ok("FETCH 1 (MODSEQ)").await;
+    assert_eq!(f.len(), 2, "{f:#?}");
+    assert!(f[0].starts_with(&format!("{announced}]")), "{f:#?}");
+    assert!(f[1].starts_with("* 1 FETCH (MODSEQ ("), "{f:#?}");
+    assert_eq!(d.ok("FETCH 1 (MODSEQ)").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -881,6 +938,15 @@ async fn bodystructure_sections_and_binary_of_a_multipart_message() {
         "{:?}",
         f[0]
     );
+    // A partial BINARY names its origin octet (RFC 3516 §4.2), the other
+    // items around it as usual.
+    let f = c
+        .ok("FETCH 1 (UID BINARY.PEEK[1]<0.7> BINARY.PEEK[2]<1.2> FLAGS)")
+        .await;
+    assert_eq!(
+        f,
+        ["* 1 FETCH (UID 1 BINARY[1]<0> ~{7}\r\nGrüße BINARY[2]<1> ~{2}\r\n\u{1}\u{2} FLAGS ())"]
+    );
     let f = c.ok("FETCH 1 (BODY.PEEK[3])").await;
     assert!(f[0].contains("BODY[3] NIL"), "{}", f[0]);
     assert_eq!(
@@ -919,6 +985,18 @@ async fn noop_until(c: &mut Imap<tokio::net::TcpStream>, line: &str) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "NOOP never answered {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends NOOP until one line of its answer ends with `suffix`, for up to 10 s.
+async fn noop_until_one_ends(c: &mut Imap<tokio::net::TcpStream>, suffix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !c.ok("NOOP").await.iter().any(|l| l.ends_with(suffix)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NOOP never answered …{suffix}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1117,5 +1195,354 @@ async fn idle_hears_of_what_was_committed_while_listen_was_down() {
     a.send(b"DONE\r\n").await;
     assert_eq!(a.line().await, "i1 OK IDLE terminated");
     other.close().await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// A FETCH of a message that another process expunged after the session
+/// last synchronised (the session still lists it, and has no pending
+/// expunge for it) leaves that message out, whatever the items: it never
+/// describes it as an empty message (issue #13: under concurrent load on
+/// PostgreSQL, FETCH answered `BODYSTRUCTURE ("TEXT" "PLAIN" … 0 0 …)` and
+/// `ENVELOPE (NIL …)` for such messages, and clients cache those forever).
+/// The expunge goes through another store, as another process's would:
+/// nothing reaches the session before its FETCH, which sessions never
+/// precede with a sync (RFC 9051 §7.5.1 lets FETCH answer only for the
+/// messages that still exist).
+async fn fetch_never_describes_a_message_expunged_meanwhile_as_empty(r: &Running) {
+    use mailroom_store::{FlagOp, flag_bits};
+    with_accounts(r, &[ALICE]).await;
+    let (other, alice) = another_process(r).await;
+    let inbox = other
+        .mailbox_by_name(alice, "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut a = connect(imap(r)).await;
+    a.login().await;
+    a.ok("SELECT INBOX").await;
+    let rounds = [
+        "BODYSTRUCTURE",
+        "ENVELOPE",
+        "BODY",
+        "(FLAGS BODYSTRUCTURE ENVELOPE)",
+        "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+        "(BODYSTRUCTURE BODY.PEEK[]<0.10>)",
+        "(BINARY.PEEK[1] BINARY.SIZE[1])",
+        "(RFC822.HEADER BODY.PEEK[TEXT])",
+    ];
+    for (round, items) in rounds.iter().enumerate() {
+        let mut uids = Vec::new();
+        for which in ["gone", "kept"] {
+            let subject = format!("{which}{round}");
+            let (_, appended) = other
+                .append_message_to(alice, "INBOX", &message(&subject, "x"), 0, &[], 0, None)
+                .await
+                .unwrap();
+            uids.push(appended.uid);
+        }
+        let [gone, kept] = uids[..] else {
+            unreachable!()
+        };
+        // The session learns of both messages...
+        noop_until_one_ends(&mut a, " EXISTS").await;
+        // ...then the first goes, behind its back.
+        other
+            .store_flags(
+                inbox.id,
+                &[gone],
+                FlagOp::Add,
+                flag_bits::DELETED,
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            other
+                .expunge_deleted(inbox.id, Some(&[gone]))
+                .await
+                .unwrap(),
+            [gone]
+        );
+        let got = a.ok(&format!("UID FETCH {gone}:{kept} {items}")).await;
+        let fetches: Vec<&String> = got.iter().filter(|l| l.contains(" FETCH (")).collect();
+        assert_eq!(fetches.len(), 1, "{items}: {got:#?}");
+        assert!(fetches[0].contains(&format!("UID {kept}")), "{got:#?}");
+        assert!(
+            !fetches[0].contains("\"7bit\" 0 0") && !fetches[0].contains("ENVELOPE (NIL"),
+            "{got:#?}"
+        );
+        if items.contains("ENVELOPE") || items.contains("HEADER") {
+            assert!(fetches[0].contains(&format!("kept{round}")), "{got:#?}");
+        }
+        // The expunge is announced once a command allows it (UID FETCH
+        // does, when the session has heard of it by then).
+        if !got.iter().any(|l| l.ends_with(" EXPUNGE")) {
+            noop_until_one_ends(&mut a, " EXPUNGE").await;
+        }
+    }
+    other.close().await;
+}
+
+/// The position of the first line starting with `prefix`.
+fn position(lines: &[String], prefix: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+}
+
+/// Keywords new to the mailbox, set by the session itself or by another
+/// one, are announced with `* FLAGS` and `* OK [PERMANENTFLAGS (… \*)]`
+/// before any FETCH response names them (RFC 9051 §7.3.5, RFC 3501
+/// §7.2.6); SELECT lists the keywords in use.
+async fn new_keywords_are_announced_before_use(r: &Running) {
+    const SYSTEM: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+    setup(r, 2).await;
+    let mut a = connect(imap(r)).await;
+    a.login().await;
+    let sel = a.ok("SELECT INBOX").await;
+    assert!(sel.contains(&format!("* FLAGS ({SYSTEM})")), "{sel:#?}");
+    let got = a.ok("STORE 1 +FLAGS ($Label1)").await;
+    let flags = position(&got, &format!("* FLAGS ({SYSTEM} $Label1)"));
+    let permanent = position(
+        &got,
+        &format!("* OK [PERMANENTFLAGS ({SYSTEM} $Label1 \\*)]"),
+    );
+    let fetch = position(&got, "* 1 FETCH (FLAGS ($Label1))");
+    assert!(flags < fetch && permanent < fetch, "{got:#?}");
+    // Known already (keywords compare without case): nothing more.
+    let got = a.ok("STORE 2 +FLAGS ($label1)").await;
+    assert_eq!(got, ["* 2 FETCH (FLAGS ($label1))"]);
+    // Set by another session: announced before the FETCH that tells it.
+    let mut b = connect(imap(r)).await;
+    b.login().await;
+    b.ok("SELECT INBOX").await;
+    b.ok("STORE 2 +FLAGS.SILENT ($Junk)").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = a.ok("NOOP").await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no news of $Junk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let flags = position(&got, &format!("* FLAGS ({SYSTEM} $Label1 $Junk)"));
+    let fetch = position(&got, "* 2 FETCH (FLAGS ($label1 $Junk)");
+    assert!(flags < fetch, "{got:#?}");
+    // A later SELECT lists them; EXAMINE too, with nothing permanent.
+    let sel = a.ok("SELECT INBOX").await;
+    assert!(
+        sel.contains(&format!("* FLAGS ({SYSTEM} $Label1 $Junk)")),
+        "{sel:#?}"
+    );
+    let sel = a.ok("EXAMINE INBOX").await;
+    position(&sel, &format!("* FLAGS ({SYSTEM} $Label1 $Junk)"));
+    position(&sel, "* OK [PERMANENTFLAGS ()]");
+}
+
+/// LIST-EXTENDED (RFC 5258): an unknown selection option, or RECURSIVEMATCH
+/// alone, is refused with BAD and the session goes on; several patterns in
+/// parentheses list what any of them matches, once; a pattern of unusual
+/// atom characters (not valid modified UTF-7) is taken as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_extended_patterns_and_options() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE]).await;
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    c.ok("CREATE a/b/c").await;
+    c.ok("CREATE a/d").await;
+    for refused in [
+        "LIST (FOO) \"\" \"*\"",
+        "LIST (RECURSIVEMATCH) \"\" \"*\"",
+        "LIST (SUBSCRIBED FOO (BAR)) \"\" \"*\"",
+    ] {
+        let (_, done) = c.cmd(refused).await;
+        assert!(done.contains(" BAD "), "{refused}: {done}");
+    }
+    let l = c.ok("LIST \"\" (a/* a/b)").await;
+    assert_eq!(
+        l,
+        [
+            "* LIST (\\HasChildren) \"/\" \"a/b\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/b/c\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/d\"",
+        ]
+    );
+    let l = c.ok("LIST \"\" (\"a/d\" INBOX) RETURN (CHILDREN)").await;
+    assert_eq!(
+        l,
+        [
+            "* LIST (\\HasNoChildren) \"/\" \"INBOX\"",
+            "* LIST (\\HasNoChildren) \"/\" \"a/d\"",
+        ]
+    );
+    let l = c.ok("LIST (SUBSCRIBED) \"\" (a/b/c a/d)").await;
+    assert!(l.len() <= 2, "{l:#?}");
+    assert!(
+        c.ok("LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+            .await
+            .is_empty()
+    );
+    // LSUB with `%`: the unsubscribed parent of a subscribed mailbox the
+    // pattern does not reach is returned, \Noselect (RFC 3501 §6.3.9).
+    c.ok("SUBSCRIBE a/b/c").await;
+    let l = c.ok("LSUB \"\" %").await;
+    assert!(
+        l.contains(&"* LSUB (\\Noselect) \"/\" \"a\"".to_string()),
+        "{l:#?}"
+    );
+    assert!(!l.iter().any(|x| x.contains("\"a/")), "{l:#?}");
+    assert_eq!(
+        c.ok("LSUB \"\" a/%").await,
+        ["* LSUB (\\Noselect) \"/\" \"a/b\""]
+    );
+    assert_eq!(c.ok("LSUB \"\" a/*").await, ["* LSUB () \"/\" \"a/b/c\""]);
+    c.ok("NOOP").await;
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// ENVELOPE of group syntax: each group gives its start and end markers
+/// and its members only; a comment inside a group is no member (RFC 3501
+/// §7.4.2, RFC 9051 §7.5.2). SEARCH FROM/TO/CC/BCC finds an address
+/// written with comments inside it (RFC 5322 §3.4.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_of_groups_and_search_of_commented_addresses() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE]).await;
+    let msg = b"From: Sender <sender@remote.test>\r\nTo: Team: ann@example.com;\r\n\
+                Cc: group:;, group2: (foo) ;\r\nSubject: groups\r\n\r\nbody\r\n";
+    let mut c = connect(imap(&r)).await;
+    c.login().await;
+    let (_, done) = c.append_plus("a1", "INBOX", msg).await;
+    assert!(done.starts_with("a1 OK"), "{done}");
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1 (ENVELOPE)").await;
+    assert!(
+        f[0].contains(concat!(
+            " ((NIL NIL \"Team\" NIL)(NIL NIL \"ann\" \"example.com\")(NIL NIL NIL NIL))",
+            " ((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL))",
+            " NIL NIL NIL)"
+        )),
+        "{}",
+        f[0]
+    );
+    let commented = b"From: <user-from (comment)@ (comment) domain.org>\r\n\
+                      To: Ann <ann (x) @example.com>\r\nSubject: c\r\n\r\nbody\r\n";
+    let (_, done) = c.append_plus("a2", "INBOX", commented).await;
+    assert!(done.starts_with("a2 OK"), "{done}");
+    c.ok("NOOP").await;
+    assert_eq!(
+        c.ok("SEARCH FROM user-from@domain.org").await,
+        ["* SEARCH 2"]
+    );
+    assert_eq!(c.ok("SEARCH TO ann@example.com").await, ["* SEARCH 1 2"]);
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// A realistic message of about `kib` KiB: text and HTML alternatives and a
+/// base64 attachment.
+fn realistic_message(kib: usize) -> Vec<u8> {
+    let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.\r\n";
+    let text = line.repeat(kib * 4);
+    let attachment =
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2\r\n".repeat(kib * 12);
+    format!(
+        "From: Sender <sender@remote.test>\r\nTo: Team: ann@example.test;\r\n\
+         Subject: report\r\nDate: Tue, 03 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <report@remote.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"m\"\r\n\r\n\
+         --m\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n\
+         --a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\
+         --a\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>{text}</p>\r\n--a--\r\n\
+         --m\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{attachment}--m--\r\n"
+    )
+    .into_bytes()
+}
+
+/// Issue #13 at the concurrency it was seen at, on PostgreSQL: sessions in
+/// pairs on the same INBOXes of several accounts run a random mix of APPEND
+/// (the same realistic messages everywhere), FETCH of structures, headers
+/// and partial bodies, STORE, EXPUNGE, COPY, LIST and STATUS. No FETCH may
+/// describe a message as empty: every message appended is the realistic
+/// one, so an empty structure or envelope is a wrong answer, whatever the
+/// races between the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mix_never_describes_a_message_as_empty() {
+    let Some(r) = start(Backend::Postgres).await else {
+        return;
+    };
+    let accounts: Vec<String> = (0..4).map(|i| format!("u{i}@example.test")).collect();
+    let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    with_accounts(&r, &names).await;
+    let messages = [
+        realistic_message(1),
+        realistic_message(8),
+        realistic_message(40),
+    ];
+    let addr = imap(&r);
+    let mut tasks = Vec::new();
+    for session in 0..8u64 {
+        let account = accounts[session as usize % accounts.len()].clone();
+        let messages = messages.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            c.ok(&format!("LOGIN {account} \"{PASSWORD}\"")).await;
+            c.ok("SELECT INBOX").await;
+            let mut wrong = Vec::new();
+            let mut seed = session.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+            let mut n = 0;
+            while tokio::time::Instant::now() < deadline {
+                // xorshift64: a fixed, reproducible mix per session.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                n += 1;
+                let tag = format!("x{n}");
+                let (lines, done) = match seed % 10 {
+                    0 | 1 => {
+                        let msg = &messages[(seed >> 8) as usize % messages.len()];
+                        c.append_plus(&tag, "INBOX", msg).await
+                    }
+                    2 | 3 => c.cmd("UID FETCH 1:* (BODYSTRUCTURE ENVELOPE)").await,
+                    4 => {
+                        c.cmd("UID FETCH 1:* (BODY BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[1]<0.100>)")
+                            .await
+                    }
+                    5 => {
+                        let k = (seed >> 20) % 40 + 1;
+                        c.cmd(&format!("UID STORE {k}:{} +FLAGS ($Label1 \\Deleted)", k + 2))
+                            .await
+                    }
+                    6 => c.cmd("EXPUNGE").await,
+                    7 => c.cmd("UID COPY 1:3 INBOX").await,
+                    8 => c.cmd("STATUS INBOX (MESSAGES UNSEEN)").await,
+                    _ => c.cmd("LIST \"\" *").await,
+                };
+                assert!(!done.contains(" BAD "), "{done}");
+                for line in lines {
+                    if line.contains("\"7bit\" 0 0") || line.contains("ENVELOPE (NIL NIL NIL") {
+                        wrong.push(line);
+                    }
+                }
+            }
+            c.ok("LOGOUT").await;
+            wrong
+        }));
+    }
+    let mut wrong = Vec::new();
+    for t in tasks {
+        wrong.extend(t.await.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} FETCH responses described a message as empty: {:#?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
     r.stack.stop(Duration::from_secs(5)).await;
 }

@@ -14,6 +14,12 @@
 //! Reading a body without `.PEEK` sets `\Seen` (unless the mailbox is
 //! read-only) before the data is sent, and the response carries the new
 //! FLAGS.
+//!
+//! Invariant: a FETCH never describes a message it did not read. The
+//! session may list a message that another session or process expunged
+//! after its last sync; the reads then miss it, and it is left out of the
+//! answer (RFC 9051 §7.5.1), rather than described from an empty text as an
+//! empty message, which clients would cache for good (issue #13).
 
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -89,7 +95,7 @@ pub(crate) async fn fetch(
         ));
     }
     if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     if uid && !items.contains(&MessageDataItemName::Uid) {
         items.insert(0, MessageDataItemName::Uid);
@@ -186,7 +192,7 @@ pub(crate) async fn fetch(
             sel.own_write(outcome.highestmodseq, !outcome.updated.is_empty());
             for meta in outcome.updated {
                 flags_changed.insert(meta.uid);
-                replace_meta(sel, meta);
+                replace_meta(sel, meta, &mut io.out);
             }
         }
     }
@@ -242,56 +248,47 @@ pub(crate) async fn fetch(
                 continue; // removed meanwhile
             }
             let summary = if needs_summary {
-                let cached = caches
-                    .iter()
-                    .find(|(u, _)| *u == meta.uid)
-                    .and_then(|(_, c)| c.as_deref())
-                    .and_then(Summary::from_json);
-                Some(match cached {
-                    Some(s) => s,
-                    None => {
-                        let text = match text {
-                            Some(t) => t.to_vec(),
-                            None => server
-                                .store
-                                .read_message(sel.mailbox.id, meta.uid)
-                                .await?
-                                .unwrap_or_default(),
-                        };
-                        Summary::parse(&text)
-                    }
-                })
+                match summary_of(server, sel.mailbox.id, meta.uid, &caches, text).await? {
+                    Some(s) => Some(s),
+                    None => continue, // removed meanwhile
+                }
             } else {
                 None
             };
             let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
+            // The origin octet of each item that is a partial BINARY.
+            let mut origins: Vec<Option<u32>> = Vec::with_capacity(items.len() + 1);
             for name in &items {
                 if streaming.is_some() && wants_text(name) {
                     continue; // sent last, piece by piece
                 }
                 match item(name, meta, text, summary.as_ref()) {
-                    Ok(Some(it)) => out_items.push(it),
+                    Ok(Some(it)) => {
+                        out_items.push(it);
+                        origins.push(match name {
+                            MessageDataItemName::Binary {
+                                partial: Some((origin, _)),
+                                ..
+                            } => Some(*origin),
+                            _ => None,
+                        });
+                    }
                     Ok(None) => {}
                     Err(()) => unknown_cte = true,
                 }
             }
             if flags_changed.contains(&meta.uid) && !wants_flags {
                 out_items.push(MessageDataItem::Flags(flag_list(meta)));
+                origins.push(None);
             }
             if let Some(name) = streaming {
                 send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
                     .await?;
                 continue;
             }
-            let Ok(items1) = Vec1::try_from(out_items) else {
-                continue;
-            };
-            let response = Response::Data(Data::Fetch {
-                seq: nz(i + 1),
-                items: items1,
-            });
-            io.out
-                .extend_from_slice(&ResponseCodec::default().encode(&response).dump());
+            if let Some(encoded) = encode_fetch(i + 1, out_items, &origins) {
+                io.out.extend_from_slice(&encoded);
+            }
         }
         if io.out.len() > 1 << 20 {
             io.flush(server.settings.authenticated_idle_timeout)
@@ -308,6 +305,39 @@ pub(crate) async fn fetch(
         "OK {}FETCH completed",
         if uid { "UID " } else { "" }
     ))
+}
+
+/// The summary of a message (ENVELOPE, BODY, BODYSTRUCTURE): its parse
+/// cache as `caches` (this batch's read) holds it, else parsed from its text
+/// (`text`, or read now when the batch read none). `None` when the message
+/// is gone: missing from the read while no text of it is at hand, or
+/// missing when read. The session may still list a message another session
+/// (or process) expunged after its last sync; such a message is left out
+/// (RFC 9051 §7.5.1), never described as the empty text it reads as,
+/// which clients would cache for good (issue #13).
+async fn summary_of(
+    server: &ImapServer,
+    mailbox_id: i64,
+    uid: u32,
+    caches: &[(u32, Option<String>)],
+    text: Option<&[u8]>,
+) -> Result<Option<Summary>, Failure> {
+    let cache = caches.iter().find(|(u, _)| *u == uid).map(|(_, c)| c);
+    if let Some(summary) = cache
+        .and_then(|c| c.as_deref())
+        .and_then(Summary::from_json)
+    {
+        return Ok(Some(summary));
+    }
+    if let Some(text) = text {
+        return Ok(Some(Summary::parse(text)));
+    }
+    if cache.is_none() {
+        return Ok(None);
+    }
+    // Stored without a parse cache (or an unreadable one): from the text.
+    let text = server.store.read_message(mailbox_id, uid).await?;
+    Ok(text.map(|t| Summary::parse(&t)))
 }
 
 /// Sends one FETCH response whose last item, `name` (`BODY[]` or
@@ -327,22 +357,14 @@ async fn send_in_pieces(
     let Some(mut reader) = server.store.open_text(mailbox_id, uid, PIECE).await? else {
         return Ok(()); // removed meanwhile
     };
-    let mut head = match Vec1::try_from(items) {
-        Ok(items) => {
-            let response = Response::Data(Data::Fetch {
-                seq: nz(seq),
-                items,
-            });
-            let mut encoded = ResponseCodec::default().encode(&response).dump();
+    let mut head = match encode_fetch(seq, items, &[]) {
+        Some(mut encoded) => {
             // `* n FETCH (…)\r\n`: open the list again for one more item.
-            if !encoded.ends_with(b")\r\n") {
-                return Err(Failure::No("[SERVERBUG] unexpected FETCH encoding".into()));
-            }
             encoded.truncate(encoded.len() - 3);
             encoded.push(b' ');
             encoded
         }
-        Err(_) => format!("* {seq} FETCH (").into_bytes(),
+        None => format!("* {seq} FETCH (").into_bytes(),
     };
     head.extend_from_slice(format!("{name} {{{}}}\r\n", reader.len()).as_bytes());
     io.out.extend_from_slice(&head);
@@ -373,10 +395,54 @@ async fn send_in_pieces(
     Ok(())
 }
 
-/// Replaces the session's metadata of a message after a change it made.
-fn replace_meta(sel: &mut Selected, meta: MessageMeta) {
+/// `* seq FETCH (items)\r\n`, or `None` without items. `origins[i]` is
+/// the origin octet of item `i` when it is a partial BINARY: the codec has
+/// no place for it, so such an item is encoded alone and `<origin>` put
+/// after its section (`BINARY[1]<0> ~{7}`, RFC 3516 §4.2, as `BODY[]<0>`).
+fn encode_fetch(
+    seq: usize,
+    items: Vec<MessageDataItem<'_>>,
+    origins: &[Option<u32>],
+) -> Option<Vec<u8>> {
+    let encode = |items: Vec1<MessageDataItem<'_>>| {
+        let response = Response::Data(Data::Fetch {
+            seq: nz(seq),
+            items,
+        });
+        ResponseCodec::default().encode(&response).dump()
+    };
+    if origins.iter().all(Option::is_none) {
+        return Vec1::try_from(items).ok().map(encode);
+    }
+    let open = format!("* {seq} FETCH (");
+    let mut out = open.clone().into_bytes();
+    for (n, (it, origin)) in items.into_iter().zip(origins).enumerate() {
+        let alone = encode(Vec1::from(it));
+        debug_assert!(alone.starts_with(open.as_bytes()) && alone.ends_with(b")\r\n"));
+        // `* seq FETCH (` item `)\r\n`.
+        let mut it = alone[open.len()..alone.len() - 3].to_vec();
+        if let Some(origin) = origin
+            && let Some(at) = it.iter().position(|&b| b == b']')
+        {
+            let mark = format!("<{origin}>");
+            it.splice(at + 1..at + 1, mark.bytes());
+        }
+        if n > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(&it);
+    }
+    out.extend_from_slice(b")\r\n");
+    Some(out)
+}
+
+/// Replaces the session's metadata of a message after a change it made,
+/// announcing into `out` the keywords it brings that the client was not
+/// told of (its own, or another session's read back with it).
+fn replace_meta(sel: &mut Selected, meta: MessageMeta, out: &mut Vec<u8>) {
     if let Some(seq) = sel.seq_of(meta.uid) {
         sel.messages[seq - 1] = meta;
+        sel.announce_keywords([seq - 1], out);
     }
 }
 
@@ -437,7 +503,13 @@ fn item<'a>(
     text: Option<&[u8]>,
     summary: Option<&Summary>,
 ) -> Result<Option<MessageDataItem<'a>>, ()> {
-    let text = text.unwrap_or_default();
+    let text = match text {
+        Some(text) => text,
+        // Never cut from a text that was not read: the caller leaves out a
+        // message whose text it wanted and did not get (it is gone).
+        None if wants_text(name) => return Ok(None),
+        None => &[],
+    };
     Ok(Some(match name {
         MessageDataItemName::Flags => MessageDataItem::Flags(flag_list(meta)),
         MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid as usize)),
@@ -541,7 +613,7 @@ pub(crate) async fn store(
         unchanged_since = Some(*v);
     }
     if unchanged_since.is_some() {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     let condstore = state.condstore;
     let Phase::Selected(sel) = &mut state.phase else {
@@ -597,7 +669,7 @@ pub(crate) async fn store(
     // all there is to know, and the sync after it needs no query.
     sel.own_write(outcome.highestmodseq, !updated.is_empty());
     for meta in outcome.updated {
-        replace_meta(sel, meta);
+        replace_meta(sel, meta, &mut io.out);
     }
     let refused: std::collections::HashSet<u32> = outcome.modified.iter().copied().collect();
     for &u in &uids {

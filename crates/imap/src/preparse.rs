@@ -4,7 +4,9 @@
 //! `SEARCH criteria`, but not the RFC 9051 / RFC 5258 / RFC 5819 extras:
 //!
 //! * `LIST (selection-options) reference pattern RETURN (return-options)`
-//!   (LIST-EXTENDED; `SUBSCRIBED`, `SPECIAL-USE`, `CHILDREN`, `STATUS (...)`);
+//!   (LIST-EXTENDED; `SUBSCRIBED`, `SPECIAL-USE`, `CHILDREN`, `STATUS (...)`),
+//!   and several patterns in parentheses, `LIST "" (a/* b)` (RFC 5258 §3):
+//!   the codec is given the first, the session matches them all;
 //! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
 //!   RFC 4731, part of IMAP4rev2).
 //!
@@ -18,8 +20,13 @@
 /// Options lifted from a command.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lifted {
-    /// LIST selection options, upper case (`SUBSCRIBED`, `SPECIAL-USE`, …).
+    /// LIST selection options, upper case (`SUBSCRIBED`, `SPECIAL-USE`, …);
+    /// a parenthesised group among them reads `(…)` (no option known here
+    /// takes one).
     pub list_selection: Vec<String>,
+    /// `LIST reference (pattern …)`: the patterns, as sent (a quoted one
+    /// unquoted); empty for a LIST with one pattern.
+    pub list_patterns: Vec<Vec<u8>>,
     /// LIST return options, upper case; `STATUS` items go to `list_status`.
     pub list_return: Vec<String>,
     /// `RETURN (STATUS (...))` items, upper case.
@@ -98,13 +105,30 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
         let mut out = message.to_vec();
         let mut changed = false;
         if let Some((items, n)) = group(&out[at..]) {
-            lifted.list_selection = atoms(&items);
+            lifted.list_selection = items
+                .iter()
+                .map(|i| match i {
+                    Item::Atom(a) => a.clone(),
+                    Item::Group(_) => "(…)".to_string(),
+                })
+                .collect();
             let end = if out.get(at + n) == Some(&b' ') {
                 n + 1
             } else {
                 n
             };
             out.drain(at..at + end);
+            changed = true;
+        }
+        // reference (pattern …): the codec is given the first pattern.
+        if let Some(n) = astring_len(&out[at..])
+            && out.get(at + n) == Some(&b' ')
+            && let Some((patterns, len)) = pattern_group(&out[at + n + 1..])
+        {
+            let start = at + n + 1;
+            let first = patterns[0].1.clone();
+            lifted.list_patterns = patterns.into_iter().map(|(p, _)| p).collect();
+            out.splice(start..start + len, first);
             changed = true;
         }
         // RETURN (...) must end the command: find " RETURN (" whose group ends at CRLF.
@@ -147,6 +171,72 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
         return (Some(out), lifted);
     }
     (None, lifted)
+}
+
+/// The length of the quoted string or atom at the start of `s` (`None` for
+/// a literal, or nothing there).
+fn astring_len(s: &[u8]) -> Option<usize> {
+    if s.first() == Some(&b'"') {
+        let mut i = 1;
+        loop {
+            match s.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    }
+    let n = s.iter().take_while(|&&c| is_list_char(c)).count();
+    (n > 0).then_some(n)
+}
+
+/// A byte of an atom or a `list-mailbox` (RFC 9051 §9): `%`, `*` and `]`
+/// included.
+fn is_list_char(c: u8) -> bool {
+    c > b' ' && c < 0x7f && !b"(){\"\\".contains(&c)
+}
+
+/// `(pattern …)` at the start of `s`, each pattern a quoted string or a
+/// `list-mailbox` atom: each pattern (unquoted) with its text as sent, and
+/// the bytes consumed. `None` when `s` holds no such group (a literal in it
+/// is left to the codec to refuse).
+#[allow(clippy::type_complexity)]
+fn pattern_group(s: &[u8]) -> Option<(Vec<(Vec<u8>, Vec<u8>)>, usize)> {
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let mut patterns = Vec::new();
+    let mut i = 1;
+    loop {
+        match s.get(i)? {
+            b' ' if !patterns.is_empty() => i += 1,
+            b')' if !patterns.is_empty() => return Some((patterns, i + 1)),
+            _ => {
+                let n = astring_len(&s[i..])?;
+                let raw = &s[i..i + n];
+                let pattern = if raw[0] == b'"' {
+                    let mut out = Vec::with_capacity(n);
+                    let mut escaped = false;
+                    for &c in &raw[1..n - 1] {
+                        if c == b'\\' && !escaped {
+                            escaped = true;
+                            continue;
+                        }
+                        escaped = false;
+                        out.push(c);
+                    }
+                    out
+                } else {
+                    raw.to_vec()
+                };
+                patterns.push((pattern, raw.to_vec()));
+                i += n;
+                if !matches!(s.get(i), Some(b' ' | b')')) {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 fn atoms(items: &[Item]) -> Vec<String> {
@@ -195,6 +285,15 @@ mod tests {
         let (out, l) = lift(b"a2 list \"\" % return (special-use)\r\n");
         assert_eq!(text(out), "a2 list \"\" %\r\n");
         assert_eq!(l.list_return, vec!["SPECIAL-USE"]);
+
+        let (out, l) = lift(b"a4 LIST \"\" (a/* \"b c\" %) RETURN (CHILDREN)\r\n");
+        assert_eq!(text(out), "a4 LIST \"\" a/*\r\n");
+        assert_eq!(l.list_patterns, [&b"a/*"[..], b"b c", b"%"]);
+        assert_eq!(l.list_return, vec!["CHILDREN"]);
+        let (out, l) = lift(b"a5 LIST (FOO (BAR)) \"x\\\"y\" (\"b\")\r\n");
+        assert_eq!(text(out), "a5 LIST \"x\\\"y\" \"b\"\r\n");
+        assert_eq!(l.list_selection, ["FOO", "(…)"]);
+        assert_eq!(l.list_patterns, [b"b"]);
 
         // Nothing to lift: unchanged.
         let (out, l) = lift(b"a3 LIST \"\" \"RETURN (x)\"\r\n");

@@ -46,7 +46,7 @@ pub(crate) async fn search(
     let keys: Vec<SearchKey<'_>> = criteria.into_inner();
     let uses_modseq = keys.iter().any(has_modseq);
     if uses_modseq {
-        state.condstore = true;
+        state.enable_condstore(io);
     }
     let rev2 = state.rev2;
     let Phase::Selected(sel) = &state.phase else {
@@ -143,7 +143,22 @@ pub(crate) async fn search(
                     _ => return Err(Failure::Bad(format!("unknown SEARCH RETURN option {o}"))),
                 }
             }
-            if uses_modseq && let Some(m) = highest {
+            // RFC 7162 §3.1.5 (RFC 4731 §3.2): the MODSEQ of the messages
+            // returned; with only MIN and/or MAX, those are the first and
+            // last match, not every match.
+            let returned = if opts.iter().any(|o| o == "ALL" || o == "COUNT") {
+                highest
+            } else {
+                let first = opts.iter().any(|o| o == "MIN").then(|| matched.first());
+                let last = opts.iter().any(|o| o == "MAX").then(|| matched.last());
+                [first, last]
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|&i| sel.messages[i].modseq)
+                    .max()
+            };
+            if uses_modseq && let Some(m) = returned {
                 line.push_str(&format!(" MODSEQ {m}"));
             }
             io.line(&line);

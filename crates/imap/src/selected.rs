@@ -15,8 +15,15 @@
 //!   client), so there a removal stays pending, the message keeps its number
 //!   until a later command may announce it, and it reads as gone.
 //!
-//! Invariant: `messages` is sorted by UID, and contains every message the
-//! client was told about and not yet told was expunged.
+//! * keywords new to the session (set by its own STORE, or by another
+//!   session) are announced with `* FLAGS` and `* OK [PERMANENTFLAGS]`
+//!   before any FETCH response names them (RFC 9051 §7.3.5, RFC 3501
+//!   §7.2.6): [`Selected::announce_keywords`] runs wherever `messages`
+//!   takes new metadata, before its FETCH responses are written.
+//!
+//! Invariants: `messages` is sorted by UID, and contains every message the
+//! client was told about and not yet told was expunged; every keyword of
+//! `messages` is in `keywords`, which the client was told of.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
@@ -43,6 +50,8 @@ pub struct Selected {
     /// since is announced by the next sync, as it would be had it come a
     /// moment later.
     pub up_to_date: bool,
+    /// The keywords the client was told of in FLAGS (any case once).
+    pub keywords: Vec<String>,
 }
 
 /// How a sync may speak.
@@ -63,13 +72,42 @@ impl Selected {
     pub fn from_snapshot(snapshot: MailboxSnapshot, read_only: bool) -> Selected {
         let (mailbox, messages) = (snapshot.mailbox, snapshot.messages);
         let modseq = mailbox.highestmodseq;
-        Selected {
+        let mut selected = Selected {
             mailbox,
             read_only,
             messages,
             pending_expunge: BTreeSet::new(),
             modseq,
             up_to_date: true,
+            keywords: Vec::new(),
+        };
+        // SELECT's FLAGS response tells them (`write_flag_lines`).
+        selected.new_keywords(0..selected.messages.len());
+        selected
+    }
+
+    /// Takes the keywords of the messages at `idx` (0-based) into
+    /// [`Selected::keywords`]; whether any was new.
+    fn new_keywords(&mut self, idx: impl IntoIterator<Item = usize>) -> bool {
+        let mut grew = false;
+        for i in idx {
+            for k in &self.messages[i].keywords {
+                if !self.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                    self.keywords.push(k.clone());
+                    grew = true;
+                }
+            }
+        }
+        grew
+    }
+
+    /// Announces the keywords of the messages at `idx` (0-based) that the
+    /// client was not told of yet, with `* FLAGS` and `* OK
+    /// [PERMANENTFLAGS]` (see the module docs). Call before writing FETCH
+    /// responses about those messages.
+    pub fn announce_keywords(&mut self, idx: impl IntoIterator<Item = usize>, out: &mut Vec<u8>) {
+        if self.new_keywords(idx) {
+            write_flag_lines(out, &self.keywords, self.read_only);
         }
     }
 
@@ -196,6 +234,7 @@ impl Selected {
             }
         }
         let mut added = 0usize;
+        let mut flag_changes = Vec::new();
         for meta in changes.changed {
             if vanished.contains(&meta.uid) {
                 continue;
@@ -213,8 +252,14 @@ impl Selected {
             let changed_modseq = known.modseq != meta.modseq;
             *known = meta;
             if changed_flags || (mode.condstore && changed_modseq) {
-                write_flags_fetch(out, seq, &self.messages[seq - 1], true, mode.condstore);
+                flag_changes.push(seq);
             }
+        }
+        let count = self.messages.len();
+        let fresh = flag_changes.iter().map(|seq| seq - 1);
+        self.announce_keywords(fresh.chain(count - added..count), out);
+        for seq in flag_changes {
+            write_flags_fetch(out, seq, &self.messages[seq - 1], true, mode.condstore);
         }
         self.announce_pending_expunges(mode, out);
         if added > 0 {
@@ -253,6 +298,23 @@ impl Selected {
         if qresync && !removed.is_empty() {
             out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&removed)).as_bytes());
         }
+    }
+}
+
+/// `* FLAGS (…)` and `* OK [PERMANENTFLAGS (…)]` with the system flags
+/// and `keywords` (SELECT's, and again when the keywords grow); new
+/// keywords may be made (`\*`) unless the mailbox is read-only.
+pub fn write_flag_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
+    let mut all: Vec<&str> = SYSTEM_FLAGS.iter().map(|(_, name)| *name).collect();
+    all.extend(keywords.iter().map(String::as_str));
+    let all = all.join(" ");
+    out.extend_from_slice(format!("* FLAGS ({all})\r\n").as_bytes());
+    if read_only {
+        out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] read-only mailbox\r\n");
+    } else {
+        out.extend_from_slice(
+            format!("* OK [PERMANENTFLAGS ({all} \\*)] flags permitted\r\n").as_bytes(),
+        );
     }
 }
 

@@ -256,6 +256,21 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A command enabled CONDSTORE (ENABLE, or FETCH, STORE or SEARCH using
+    /// MODSEQ): with a mailbox selected, the client is told its
+    /// HIGHESTMODSEQ at once, the first time (RFC 7162 §3.1).
+    pub(crate) fn enable_condstore(&mut self, io: &mut Io) {
+        if std::mem::replace(&mut self.condstore, true) {
+            return;
+        }
+        if let Phase::Selected(sel) = &self.phase {
+            io.line(&format!(
+                "* OK [HIGHESTMODSEQ {}] CONDSTORE enabled",
+                sel.modseq.max(1)
+            ));
+        }
+    }
+
     pub(crate) fn account_id(&self) -> i64 {
         self.account.as_ref().map_or(0, |a| a.id)
     }
@@ -710,11 +725,11 @@ async fn execute(
                 let name = c.to_string().to_ascii_uppercase();
                 let known = match name.as_str() {
                     "CONDSTORE" => {
-                        state.condstore = true;
+                        state.enable_condstore(io);
                         true
                     }
                     "QRESYNC" => {
-                        state.condstore = true;
+                        state.enable_condstore(io);
                         state.qresync = true;
                         true
                     }
@@ -1193,14 +1208,7 @@ async fn select(
         },
         None => open_selected(server, state, &name, examine).await?,
     };
-    io.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
-    if examine {
-        io.line("* OK [PERMANENTFLAGS ()] read-only mailbox");
-    } else {
-        io.line(
-            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] flags permitted",
-        );
-    }
+    crate::selected::write_flag_lines(&mut io.out, &sel.keywords, sel.read_only);
     io.line(&format!("* {} EXISTS", sel.messages.len()));
     if !state.rev2 {
         io.line("* 0 RECENT");
@@ -1294,7 +1302,9 @@ pub(crate) async fn status_items(
             StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", fresh.uidvalidity),
             StatusDataItemName::Unseen => format!("UNSEEN {}", counts.unseen),
             StatusDataItemName::Deleted => format!("DELETED {}", counts.deleted),
-            StatusDataItemName::DeletedStorage => "DELETED-STORAGE 0".into(),
+            StatusDataItemName::DeletedStorage => {
+                format!("DELETED-STORAGE {}", counts.deleted_size)
+            }
             StatusDataItemName::Size => format!("SIZE {}", counts.size),
             StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", fresh.highestmodseq),
         });
@@ -1335,6 +1345,24 @@ async fn list(
     lsub: bool,
 ) -> Outcome {
     let verb = if lsub { "LSUB" } else { "LIST" };
+    // RFC 5258 §3: an unknown selection option is refused, and so is
+    // RECURSIVEMATCH without another option for it to modify.
+    for option in &lifted.list_selection {
+        if !matches!(
+            option.as_str(),
+            "SUBSCRIBED" | "REMOTE" | "RECURSIVEMATCH" | "SPECIAL-USE"
+        ) {
+            return Err(bad(format!("unknown LIST selection option {option}")));
+        }
+    }
+    if lifted.list_selection.iter().any(|o| o == "RECURSIVEMATCH")
+        && !lifted
+            .list_selection
+            .iter()
+            .any(|o| o == "SUBSCRIBED" || o == "SPECIAL-USE")
+    {
+        return Err(bad("RECURSIVEMATCH needs another selection option"));
+    }
     let reference = match reference {
         WireMailbox::Inbox => "INBOX".to_string(),
         WireMailbox::Other(o) => {
@@ -1350,19 +1378,29 @@ async fn list(
         ListMailbox::Token(t) => t.as_ref().to_vec(),
         ListMailbox::String(s) => s.as_ref().to_vec(),
     };
-    if pattern_raw.is_empty() {
+    if pattern_raw.is_empty() && lifted.list_patterns.is_empty() {
         // RFC 9051 §6.3.9: the delimiter and the root of the reference.
         io.line(&format!("* {verb} (\\Noselect) \"/\" \"\""));
         return Ok(format!("OK {verb} completed"));
     }
-    let pattern = decode_pattern(&pattern_raw, state.utf8)?;
-    let full = if reference.is_empty() || pattern.starts_with('/') {
-        pattern
-    } else if reference.ends_with('/') {
-        format!("{reference}{pattern}")
+    // One pattern, or several in parentheses (RFC 5258 §3): a name is
+    // listed once when any matches.
+    let raws = if lifted.list_patterns.is_empty() {
+        std::slice::from_ref(&pattern_raw)
     } else {
-        format!("{reference}/{pattern}")
+        lifted.list_patterns.as_slice()
     };
+    let mut fulls = Vec::with_capacity(raws.len());
+    for raw in raws.iter().filter(|r| !r.is_empty()) {
+        let pattern = decode_pattern(raw, state.utf8)?;
+        fulls.push(if reference.is_empty() || pattern.starts_with('/') {
+            pattern
+        } else if reference.ends_with('/') {
+            format!("{reference}{pattern}")
+        } else {
+            format!("{reference}/{pattern}")
+        });
+    }
     let subscribed_only = lsub || lifted.list_selection.iter().any(|s| s == "SUBSCRIBED");
     let special_only = lifted.list_selection.iter().any(|s| s == "SPECIAL-USE");
     let ret_subscribed = lifted.list_return.iter().any(|s| s == "SUBSCRIBED")
@@ -1383,11 +1421,21 @@ async fn list(
             .next()
             .is_some_and(|n| n.starts_with(name) && n.as_bytes().get(name.len()) == Some(&b'/'));
         let mb = existing.get(name).copied();
-        let matched = names::matches(&full, name);
+        let matched = fulls.iter().any(|full| names::matches(full, name));
         if !matched {
             continue;
         }
-        if subscribed_only && !mb.is_some_and(|m| m.subscribed) {
+        // RFC 3501 §6.3.9: LSUB (with `%`) returns an unsubscribed parent
+        // of a subscribed mailbox that the pattern does not reach, with
+        // \Noselect.
+        let parent_of_unreached = || {
+            lsub && boxes.iter().any(|m| {
+                m.subscribed
+                    && names::parents(&m.name).any(|p| p == *name)
+                    && !fulls.iter().any(|full| names::matches(full, &m.name))
+            })
+        };
+        if subscribed_only && !mb.is_some_and(|m| m.subscribed) && !parent_of_unreached() {
             // RFC 5258: a parent of subscribed children is returned only with
             // RECURSIVEMATCH, not offered here.
             continue;
@@ -1397,6 +1445,7 @@ async fn list(
         }
         let mut attrs: Vec<&str> = Vec::new();
         match mb {
+            _ if lsub && !mb.is_some_and(|m| m.subscribed) => attrs.push("\\Noselect"),
             None => {
                 attrs.push(if lsub || !state.rev2 {
                     "\\Noselect"
@@ -1438,13 +1487,15 @@ async fn list(
     Ok(format!("OK {verb} completed"))
 }
 
-/// A LIST pattern or reference from the wire (wildcards kept).
+/// A LIST pattern or reference from the wire (wildcards kept). One that
+/// is not valid modified UTF-7 (`&` among other atom characters) is taken
+/// as written: it matches what it spells, which is no name encoded amiss.
 fn decode_pattern(raw: &[u8], utf8: bool) -> Result<String, Failure> {
     let s = std::str::from_utf8(raw).map_err(|_| bad("the pattern is not valid UTF-8"))?;
     if utf8 && !s.is_ascii() {
         return Ok(s.to_string());
     }
-    names::decode_mutf7(s).ok_or_else(|| bad("the pattern is not valid modified UTF-7"))
+    Ok(names::decode_mutf7(s).unwrap_or_else(|| s.to_string()))
 }
 
 /// COPY and MOVE (RFC 9051 §6.4.7, RFC 6851, UIDPLUS RFC 4315).

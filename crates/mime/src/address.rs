@@ -350,7 +350,10 @@ fn addr_spec(words: &[Token]) -> (Option<Raw>, Vec<u8>, Vec<u8>) {
                 .collect();
             // Several words separated by white space are a display name
             // without an address; a single (dotted) word is a local part.
-            if content.iter().skip(1).any(|t| t.ws) {
+            if content.is_empty() {
+                // Only comments (`group: (foo) ;`): no address at all.
+                (None, Vec::new(), Vec::new())
+            } else if content.iter().skip(1).any(|t| t.ws) {
                 (non_empty(phrase(words)), Vec::new(), Vec::new())
             } else {
                 (comment, joined(words), Vec::new())
@@ -452,6 +455,16 @@ mod tests {
                 a(Some("Bob"), None, Some("bob"), Some("example.com")),
                 a(None, None, None, None),
                 a(None, None, Some("carl"), Some("example.com")),
+            ]
+        );
+        // A comment alone in a group is no member (RFC 3501 §7.4.2).
+        assert_eq!(
+            parse_list(b"group:;, group2: (foo) ;"),
+            vec![
+                a(None, None, Some("group"), None),
+                a(None, None, None, None),
+                a(None, None, Some("group2"), None),
+                a(None, None, None, None)
             ]
         );
         assert_eq!(

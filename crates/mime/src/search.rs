@@ -9,6 +9,7 @@
 use mail_parser::HeaderValue;
 use mail_parser::decoders::charsets::map::charset_decoder;
 
+use crate::address::{MISSING_DOMAIN, MISSING_MAILBOX, parse_list};
 use crate::entity::{self, Entity, Field, Kind, parse_structured};
 use crate::section::decode_transfer;
 
@@ -39,12 +40,43 @@ pub fn header_values(raw: &[u8], field: &str) -> Vec<String> {
 /// SEARCH HEADER / SUBJECT / FROM / TO / CC / BCC: whether a `field` value
 /// contains `needle` (case-insensitive, decoded). An empty needle matches
 /// every message that has the field.
+///
+/// An address field (From, Sender, Reply-To, To, Cc, Bcc) also matches on
+/// its addresses as `local@domain`, with the comments and white space that
+/// RFC 5322 §3.4.1 allows inside an address left out: `<user (c)@ (c)
+/// example.org>` matches `user@example.org`.
 pub fn header_contains(raw: &[u8], field: &str, needle: &str) -> bool {
     let values = header_values(raw, field);
     if needle.is_empty() {
         return !values.is_empty();
     }
     values.iter().any(|v| contains_ci(v, needle))
+        || (ADDRESS_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(field))
+            && addresses(raw, field).iter().any(|a| contains_ci(a, needle)))
+}
+
+/// The header fields that hold address lists.
+const ADDRESS_FIELDS: [&str; 6] = ["From", "Sender", "Reply-To", "To", "Cc", "Bcc"];
+
+/// The addresses of the top-level fields `field`, as `local@domain`
+/// (group markers and addresses missing a part left out).
+fn addresses(raw: &[u8], field: &str) -> Vec<String> {
+    entity::top_fields(raw)
+        .iter()
+        .filter(|f| f.is(field))
+        .flat_map(|f| parse_list(&entity::unfold(&raw[f.value.clone()])))
+        .filter_map(|a| {
+            let (local, domain) = (a.mailbox?.0, a.host?.0);
+            if local == MISSING_MAILBOX.as_bytes() || domain == MISSING_DOMAIN.as_bytes() {
+                return None;
+            }
+            Some(format!(
+                "{}@{}",
+                String::from_utf8_lossy(&local),
+                String::from_utf8_lossy(&domain)
+            ))
+        })
+        .collect()
 }
 
 /// The text of a text part: transfer encoding removed (left as it is when

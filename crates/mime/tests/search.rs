@@ -31,6 +31,18 @@ fn header_search_on_an_encoded_word_subject() {
     assert!(header_contains(&raw, "In-Reply-To", ""));
     assert!(!header_contains(&raw, "Bcc", ""));
     assert!(!header_contains(&raw, "Subject", "Inner"));
+    // Comments inside an address (RFC 5322 §3.4.1) do not hide it.
+    let commented = b"From: <user-from (comment)@ (comment) domain.org>\r\n\
+                      Cc: group:;, group2: (foo) ;\r\n\r\nbody\r\n";
+    assert!(header_contains(commented, "From", "user-from@domain.org"));
+    assert!(header_contains(commented, "FROM", "FROM@DOMAIN"));
+    assert!(header_contains(commented, "From", "comment"));
+    assert!(!header_contains(commented, "Cc", "MISSING"));
+    assert!(!header_contains(
+        commented,
+        "Subject",
+        "user-from@domain.org"
+    ));
 }
 
 #[test]

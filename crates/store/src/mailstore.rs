@@ -174,6 +174,9 @@ pub struct MailboxCounts {
     pub unseen: u32,
     /// Messages with `\Deleted`.
     pub deleted: u32,
+    /// Their total size, in bytes: what EXPUNGE would free (STATUS
+    /// DELETED-STORAGE, RFC 9208 §4.2.3).
+    pub deleted_size: u64,
     /// Total size of the messages, in bytes (STATUS SIZE, RFC 8438).
     pub size: u64,
 }
@@ -2020,22 +2023,27 @@ impl Store {
     /// Counts for STATUS. A mailbox that does not exist counts as empty.
     pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
         // The bit values are flag_bits::SEEN (1) and flag_bits::DELETED (8).
-        let (messages, unseen, deleted, size): (i64, i64, i64, i64) = on_backend!(self, |pool| {
-            sqlx::query_as(
+        let (messages, unseen, deleted, deleted_size, size): (i64, i64, i64, i64, i64) = on_backend!(
+            self,
+            |pool| {
+                sqlx::query_as(
                 "SELECT COUNT(*),
                         CAST(COALESCE(SUM(CASE WHEN (flags & 1) = 0 THEN 1 ELSE 0 END), 0) AS BIGINT),
                         CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN 1 ELSE 0 END), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN size ELSE 0 END), 0) AS BIGINT),
                         CAST(COALESCE(SUM(size), 0) AS BIGINT)
                  FROM messages WHERE mailbox_id = $1",
             )
             .bind(mailbox_id)
             .fetch_one(pool)
             .await?
-        });
+            }
+        );
         Ok(MailboxCounts {
             messages: messages as u32,
             unseen: unseen as u32,
             deleted: deleted as u32,
+            deleted_size: deleted_size.max(0) as u64,
             size: size.max(0) as u64,
         })
     }

@@ -722,6 +722,7 @@ async fn append_allocates_uids_and_charges_quota(store: &Store) {
             messages: 5,
             unseen: 4,
             deleted: 0,
+            deleted_size: 0,
             size: 6000
         }
     );
@@ -1324,6 +1325,7 @@ async fn expunge_removes_only_deleted_messages(store: &Store) {
             messages: 5,
             unseen: 5,
             deleted: 4,
+            deleted_size: 240,
             size: 300
         }
     );
@@ -1372,6 +1374,7 @@ async fn expunge_removes_only_deleted_messages(store: &Store) {
             messages: 1,
             unseen: 1,
             deleted: 0,
+            deleted_size: 0,
             size: 60
         }
     );
@@ -1436,6 +1439,7 @@ async fn long_uid_lists_are_handled_in_chunks(store: &Store) {
             messages: left.len() as u32,
             unseen: left.iter().filter(|u| *u % 2 == 0).count() as u32,
             deleted: 0,
+            deleted_size: 0,
             size: left.len() as u64 * 50
         }
     );
