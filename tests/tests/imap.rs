@@ -362,7 +362,13 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
     // the session's view, and it matches a fresh session's answer...
     let mut c = connect(imap(r)).await;
     c.login().await;
-    let again = a.ok("SELECT INBOX").await;
+    let mut again = a.ok("SELECT INBOX").await;
+    // Selecting again closes the mailbox first (RFC 9051 §6.3.1: [CLOSED]).
+    assert_eq!(
+        again.first().map(String::as_str),
+        Some("* OK [CLOSED] previous mailbox closed")
+    );
+    again.remove(0);
     assert_eq!(again, c.ok("SELECT INBOX").await);
     assert!(again.contains(&"* 3 EXISTS".to_string()), "{again:#?}");
     // ...after another session's change it reads the store again...

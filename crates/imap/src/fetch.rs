@@ -573,22 +573,33 @@ fn item<'a>(
             ..
         } => {
             let part: Vec<u32> = section.iter().map(|n| n.get()).collect();
-            let data = mailroom_mime::binary_section(text, &part).map_err(|_| ())?;
-            let data = partial(data, *range);
-            MessageDataItem::Binary {
-                section: section.clone(),
-                value: NString8::Literal8(Literal8 {
-                    data: data.into(),
+            // A part the message does not have is NIL, as for BODY[part]:
+            // only an undecodable encoding is `NO [UNKNOWN-CTE]` (RFC 3516 §4.3).
+            let value = match mailroom_mime::binary_section(text, &part) {
+                Ok(data) => NString8::Literal8(Literal8 {
+                    data: partial(data, *range).into(),
                     mode: imap_types::core::LiteralMode::Sync,
                 }),
+                Err(mailroom_mime::BinaryError::NoSuchPart) => {
+                    NString8::NString(imap_types::core::NString(None))
+                }
+                Err(_) => return Err(()),
+            };
+            MessageDataItem::Binary {
+                section: section.clone(),
+                value,
             }
         }
         MessageDataItemName::BinarySize { section } => {
             let part: Vec<u32> = section.iter().map(|n| n.get()).collect();
-            let data = mailroom_mime::binary_section(text, &part).map_err(|_| ())?;
+            let size = match mailroom_mime::binary_section(text, &part) {
+                Ok(data) => u32::try_from(data.len()).unwrap_or(u32::MAX),
+                Err(mailroom_mime::BinaryError::NoSuchPart) => 0,
+                Err(_) => return Err(()),
+            };
             MessageDataItem::BinarySize {
                 section: section.clone(),
-                size: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                size,
             }
         }
     }))

@@ -1153,7 +1153,10 @@ async fn select(
     parameters: Vec<SelectParameter>,
     examine: bool,
 ) -> Outcome {
-    if state.qresync && matches!(state.phase, Phase::Selected(_)) {
+    // Required for IMAP4rev2 (RFC 9051 §6.3.1) and QRESYNC (RFC 7162
+    // §3.2.11); sent to IMAP4rev1 clients as well, as Dovecot does: they
+    // ignore response codes they do not know (RFC 3501 §7.1).
+    if matches!(state.phase, Phase::Selected(_)) {
         io.line("* OK [CLOSED] previous mailbox closed");
     }
     // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).

@@ -260,10 +260,11 @@ impl Parser {
         match self.special() {
             Some(b'<') => {
                 self.i += 1;
-                let (adl, local, domain, comment) = self.angle_addr();
+                let (adl, local, domain) = self.angle_addr();
                 let words = &self.toks[start..stop];
-                let name =
-                    non_empty(phrase(words)).or_else(|| last_comment(words).or(comment).map(Raw));
+                // A comment inside the brackets is no name (Dovecot agrees:
+                // `<user (c)@ (c) host>` has a NIL name).
+                let name = non_empty(phrase(words)).or_else(|| last_comment(words).map(Raw));
                 self.push(name, adl, local, domain);
                 self.skip_to_separator(in_group);
             }
@@ -301,8 +302,8 @@ impl Parser {
     }
 
     /// After `<`: optional route, addr-spec, `>`. Returns the route, local
-    /// part, domain and a comment inside the brackets.
-    fn angle_addr(&mut self) -> (Option<Raw>, Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+    /// part and domain (comments inside are dropped).
+    fn angle_addr(&mut self) -> (Option<Raw>, Vec<u8>, Vec<u8>) {
         let mut adl = None;
         if self.special() == Some(b'@') {
             let end = self.find(b":>");
@@ -313,13 +314,12 @@ impl Parser {
         }
         let end = self.find(b">");
         let spec = &self.toks[self.i..end];
-        let comment = last_comment(spec);
         let (local, domain) = match spec.iter().rposition(|t| t.tok == Tok::Special(b'@')) {
             Some(at) => (joined(&spec[..at]), joined(&spec[at + 1..])),
             None => (joined(spec), Vec::new()),
         };
         self.i = (end + 1).min(self.toks.len());
-        (adl, local, domain, comment)
+        (adl, local, domain)
     }
 
     /// Skips anything up to and including the next `,` (or up to a `;`
