@@ -240,15 +240,7 @@ DOCUMENTED = {
 # Differences allowed everywhere, as a normalisation applied to both sides
 # (printed on every run, so that none is forgotten): (what, reason, pattern,
 # replacement).
-KNOWN = [
-    (
-        "\\Recent",
-        "known gap, issue #13: Mailroom does not implement \\Recent yet (RFC 3501 §2.3.2); "
-        "IMAP4rev2 (RFC 9051 §2.3.2) removed it",
-        r" ?\\Recent|^\* \d+ RECENT$",
-        "",
-    ),
-]
+KNOWN = []
 
 # ---------------------------------------------------------------------------
 # A raw IMAP connection that reads literals.

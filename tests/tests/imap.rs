@@ -152,6 +152,20 @@ async fn setup(r: &Running, n: usize) {
         )
         .await;
     }
+    claim_recent(r).await;
+}
+
+/// Selects INBOX once in an IMAP4rev1 session, as a client that already
+/// looked at the mailbox would: the messages are then no longer `\Recent`
+/// for the sessions a test opens (see `recent_is_seen_by_one_rev1_session_only`).
+async fn claim_recent(r: &Running) {
+    let mut c = connect(imap(r)).await;
+    // (A stack that refuses LOGIN before TLS leaves them recent.)
+    let (_, done) = c.cmd(&format!("LOGIN {ALICE} \"{PASSWORD}\"")).await;
+    if done.contains(" OK") {
+        c.ok("SELECT INBOX").await;
+    }
+    c.ok("LOGOUT").await;
 }
 
 fn find<'a>(lines: &'a [String], prefix: &str) -> &'a str {
@@ -171,7 +185,68 @@ mailroom_tests::on_both!(
     large_messages_are_sent_whole,
     fetch_never_describes_a_message_expunged_meanwhile_as_empty,
     new_keywords_are_announced_before_use,
+    recent_is_seen_by_one_rev1_session_only,
 );
+
+/// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
+/// mailbox read-write gets its new messages as recent, and no other
+/// session does; EXAMINE shows unclaimed ones without claiming them; rev2
+/// sessions never see it.
+async fn recent_is_seen_by_one_rev1_session_only(r: &Running) {
+    with_accounts(r, &[ALICE]).await;
+    for i in 1..=2 {
+        deliver_message(r, i, ALICE, &message(&format!("m{i}"), "body")).await;
+    }
+    let mut status = connect(imap(r)).await;
+    status.login().await;
+    let st = status.ok("STATUS INBOX (MESSAGES RECENT)").await;
+    assert_eq!(st, vec!["* STATUS \"INBOX\" (MESSAGES 2 RECENT 2)"]);
+    // EXAMINE sees them as recent and leaves them so.
+    let ex = status.ok("EXAMINE INBOX").await;
+    assert!(ex.contains(&"* 2 RECENT".to_string()), "{ex:#?}");
+    status.ok("CLOSE").await;
+    let mut rev2 = connect(imap(r)).await;
+    rev2.login().await;
+    rev2.ok("ENABLE IMAP4rev2").await;
+    let sel = rev2.ok("SELECT INBOX").await;
+    assert!(!sel.iter().any(|l| l.contains("RECENT")), "{sel:#?}");
+    let mut a = connect(imap(r)).await;
+    let mut b = connect(imap(r)).await;
+    a.login().await;
+    b.login().await;
+    let sa = a.ok("SELECT INBOX").await;
+    assert!(sa.contains(&"* 2 RECENT".to_string()), "{sa:#?}");
+    let sb = b.ok("SELECT INBOX").await;
+    assert!(sb.contains(&"* 0 RECENT".to_string()), "{sb:#?}");
+    assert_eq!(
+        a.ok("FETCH 1 (FLAGS)").await,
+        vec!["* 1 FETCH (FLAGS (\\Recent))"]
+    );
+    assert_eq!(b.ok("FETCH 1 (FLAGS)").await, vec!["* 1 FETCH (FLAGS ())"]);
+    assert_eq!(a.ok("SEARCH RECENT").await, vec!["* SEARCH 1 2"]);
+    a.ok("STORE 1 +FLAGS.SILENT (\\Seen)").await;
+    assert_eq!(a.ok("SEARCH NEW").await, vec!["* SEARCH 2"]);
+    assert_eq!(b.ok("SEARCH OLD").await[0], "* SEARCH 1 2");
+    // A message delivered while both have the mailbox selected is recent
+    // in exactly one of them.
+    deliver_message(r, 3, ALICE, &message("m3", "body 3")).await;
+    let na = a.ok("NOOP").await;
+    let nb = b.ok("NOOP").await;
+    assert!(na.contains(&"* 3 EXISTS".to_string()), "{na:#?}");
+    assert!(nb.contains(&"* 3 EXISTS".to_string()), "{nb:#?}");
+    let recent_in = |lines: &[String]| lines.iter().any(|l| l == "* 3 RECENT" || l == "* 1 RECENT");
+    assert!(recent_in(&na) != recent_in(&nb), "a: {na:#?}\nb: {nb:#?}");
+    let fa = a.ok("FETCH 3 (FLAGS)").await;
+    let fb = b.ok("FETCH 3 (FLAGS)").await;
+    assert_eq!(
+        fa[0].contains("\\Recent") as u8 + fb[0].contains("\\Recent") as u8,
+        1,
+        "{fa:?} {fb:?}"
+    );
+    // Nobody's left to claim: STATUS RECENT is 0.
+    let st = status.ok("STATUS INBOX (RECENT)").await;
+    assert_eq!(st, vec!["* STATUS \"INBOX\" (RECENT 0)"]);
+}
 
 async fn select_fetch_store_search_expunge(r: &Running) {
     setup(r, 3).await;
@@ -312,7 +387,7 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
     // A delivery shows up as EXISTS.
     deliver_message(r, 10, ALICE, &message("new", "new")).await;
     let after = a.ok("NOOP").await;
-    assert_eq!(after, vec!["* 3 EXISTS"]);
+    assert_eq!(after, vec!["* 3 EXISTS", "* 1 RECENT"]);
     // A STORE right after someone else's change reports that change too
     // (a's write did not get the next MODSEQ, so a reads what it missed)...
     b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)").await;
@@ -369,7 +444,16 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
         Some("* OK [CLOSED] previous mailbox closed")
     );
     again.remove(0);
-    assert_eq!(again, c.ok("SELECT INBOX").await);
+    // (a keeps the message delivered earlier as \Recent; c is not the
+    // first to see anything.)
+    let no_recent = |v: Vec<String>| -> Vec<String> {
+        v.into_iter().filter(|l| !l.ends_with(" RECENT")).collect()
+    };
+    assert!(again.contains(&"* 1 RECENT".to_string()), "{again:#?}");
+    assert_eq!(
+        no_recent(again.clone()),
+        no_recent(c.ok("SELECT INBOX").await)
+    );
     assert!(again.contains(&"* 3 EXISTS".to_string()), "{again:#?}");
     // ...after another session's change it reads the store again...
     b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
@@ -392,7 +476,7 @@ async fn two_sessions_see_each_others_changes(r: &Running) {
     let again = a.ok("SELECT INBOX").await;
     assert!(again.contains(&"* 1 EXISTS".to_string()), "{again:#?}");
     assert_eq!(a.ok("FETCH 1:* (UID)").await, vec!["* 1 FETCH (UID 4)"]);
-    assert_eq!(again, c.ok("SELECT INBOX").await);
+    assert_eq!(no_recent(again), no_recent(c.ok("SELECT INBOX").await));
 }
 
 async fn idle_pushes_new_mail_and_expunges(r: &Running) {
@@ -408,6 +492,7 @@ async fn idle_pushes_new_mail_and_expunges(r: &Running) {
     let sent = std::time::Instant::now();
     deliver_message(r, 20, ALICE, &message("pushed", "x")).await;
     assert_eq!(a.line().await, "* 2 EXISTS");
+    assert_eq!(a.line().await, "* 1 RECENT");
     assert!(
         sent.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -562,7 +647,8 @@ async fn copy_move_append_with_uidplus(r: &Running) {
     );
     c.ok("EXAMINE Drafts").await;
     let f = c.ok("FETCH 1 (FLAGS INTERNALDATE BODY.PEEK[])").await;
-    assert!(f[0].contains("FLAGS (\\Seen \\Draft)"), "{}", f[0]);
+    // Nobody selected Drafts since: EXAMINE shows it \Recent (RFC 3501 §6.3.2).
+    assert!(f[0].contains("FLAGS (\\Seen \\Draft \\Recent)"), "{}", f[0]);
     assert!(
         f[0].contains("INTERNALDATE \"05-Nov-2026 07:00:00 +0000\""),
         "{}",
@@ -595,12 +681,17 @@ async fn copy_move_append_with_uidplus(r: &Running) {
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|s| s.parse().ok())
         .expect("APPENDUID");
-    assert_eq!(untagged, vec![format!("* {} EXISTS", exists + 1)]);
+    // Appended into the selected mailbox: this session is the first to see
+    // it, so it is \Recent here (RFC 3501 §2.3.2).
+    assert_eq!(
+        untagged,
+        vec![format!("* {} EXISTS", exists + 1), "* 1 RECENT".to_string()]
+    );
     assert_eq!(
         c.ok(&format!("FETCH {} (UID FLAGS RFC822.SIZE)", exists + 1))
             .await,
         vec![format!(
-            "* {} FETCH (UID {uid} FLAGS (\\Flagged) RFC822.SIZE {})",
+            "* {} FETCH (UID {uid} FLAGS (\\Flagged \\Recent) RFC822.SIZE {})",
             exists + 1,
             msg.len()
         )]
@@ -951,7 +1042,9 @@ async fn bodystructure_sections_and_binary_of_a_multipart_message() {
         .await;
     assert_eq!(
         f,
-        ["* 1 FETCH (UID 1 BINARY[1]<0> ~{7}\r\nGrüße BINARY[2]<1> ~{2}\r\n\u{1}\u{2} FLAGS ())"]
+        [
+            "* 1 FETCH (UID 1 BINARY[1]<0> ~{7}\r\nGrüße BINARY[2]<1> ~{2}\r\n\u{1}\u{2} FLAGS (\\Recent))"
+        ]
     );
     let f = c.ok("FETCH 1 (BODY.PEEK[3])").await;
     assert!(f[0].contains("BODY[3] NIL"), "{}", f[0]);
@@ -1141,7 +1234,7 @@ async fn large_messages_are_sent_whole(r: &Running) {
     assert_eq!(
         got[0],
         format!(
-            "* 1 FETCH (UID 1 FLAGS () BODY[] {{{}}}\r\n{text})",
+            "* 1 FETCH (UID 1 FLAGS (\\Recent) BODY[] {{{}}}\r\n{text})",
             big.len()
         )
     );
@@ -1150,7 +1243,7 @@ async fn large_messages_are_sent_whole(r: &Running) {
     assert_eq!(
         got,
         vec![format!(
-            "* 1 FETCH (FLAGS (\\Seen) RFC822 {{{}}}\r\n{text})",
+            "* 1 FETCH (FLAGS (\\Seen \\Recent) RFC822 {{{}}}\r\n{text})",
             big.len()
         )]
     );
@@ -1198,6 +1291,7 @@ async fn idle_hears_of_what_was_committed_while_listen_was_down() {
         .unwrap();
     // The listener comes back after about a second; `line` waits up to 10.
     assert_eq!(a.line().await, "* 3 EXISTS");
+    assert_eq!(a.line().await, "* 1 RECENT");
     a.send(b"DONE\r\n").await;
     assert_eq!(a.line().await, "i1 OK IDLE terminated");
     other.close().await;

@@ -262,7 +262,8 @@ pub(crate) async fn fetch(
                 if streaming.is_some() && wants_text(name) {
                     continue; // sent last, piece by piece
                 }
-                match item(name, meta, text, summary.as_ref()) {
+                let recent = sel.is_recent(meta.uid);
+                match item(name, meta, recent, text, summary.as_ref()) {
                     Ok(Some(it)) => {
                         out_items.push(it);
                         origins.push(match name {
@@ -278,7 +279,10 @@ pub(crate) async fn fetch(
                 }
             }
             if flags_changed.contains(&meta.uid) && !wants_flags {
-                out_items.push(MessageDataItem::Flags(flag_list(meta)));
+                out_items.push(MessageDataItem::Flags(flag_list(
+                    meta,
+                    sel.is_recent(meta.uid),
+                )));
                 origins.push(None);
             }
             if let Some(name) = streaming {
@@ -447,7 +451,8 @@ fn replace_meta(sel: &mut Selected, meta: MessageMeta, out: &mut Vec<u8>) {
 }
 
 /// The FLAGS of a message for the codec.
-fn flag_list(meta: &MessageMeta) -> Vec<FlagFetch<'static>> {
+/// The flags of a message for FETCH; `recent`: `\Recent` in this session.
+fn flag_list(meta: &MessageMeta, recent: bool) -> Vec<FlagFetch<'static>> {
     let mut out = Vec::new();
     for (bit, _) in SYSTEM_FLAGS {
         if meta.flags & bit != 0 {
@@ -459,6 +464,9 @@ fn flag_list(meta: &MessageMeta) -> Vec<FlagFetch<'static>> {
                 _ => Flag::Draft,
             }));
         }
+    }
+    if recent {
+        out.push(FlagFetch::Recent);
     }
     for k in &meta.keywords {
         if let Ok(atom) = Atom::try_from(k.clone()) {
@@ -500,6 +508,7 @@ fn partial(data: Vec<u8>, range: Option<(u32, NonZeroU32)>) -> Vec<u8> {
 fn item<'a>(
     name: &MessageDataItemName<'a>,
     meta: &MessageMeta,
+    recent: bool,
     text: Option<&[u8]>,
     summary: Option<&Summary>,
 ) -> Result<Option<MessageDataItem<'a>>, ()> {
@@ -511,7 +520,7 @@ fn item<'a>(
         None => &[],
     };
     Ok(Some(match name {
-        MessageDataItemName::Flags => MessageDataItem::Flags(flag_list(meta)),
+        MessageDataItemName::Flags => MessageDataItem::Flags(flag_list(meta, recent)),
         MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid as usize)),
         MessageDataItemName::Rfc822Size => {
             MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
@@ -690,7 +699,10 @@ pub(crate) async fn store(
         let Some(seq) = sel.seq_of(u) else { continue };
         let meta = &sel.messages[seq - 1];
         match response {
-            StoreResponse::Answer => write_flags_fetch(&mut io.out, seq, meta, uid, condstore),
+            StoreResponse::Answer => {
+                let recent = sel.is_recent(meta.uid);
+                write_flags_fetch(&mut io.out, seq, meta, recent, uid, condstore)
+            }
             StoreResponse::Silent => {
                 // RFC 7162 §3.1.3: with CONDSTORE the new MODSEQ is reported even for .SILENT.
                 if condstore && updated.contains(&u) {

@@ -79,6 +79,7 @@ pub(crate) async fn search(
                 seq: i + 1,
                 count,
                 last_uid,
+                recent: sel.is_recent(meta.uid),
                 meta,
                 text,
             };
@@ -174,6 +175,8 @@ struct Ctx<'m> {
     seq: usize,
     count: usize,
     last_uid: u32,
+    /// `\Recent` in this session (IMAP4rev1 only; never for rev2).
+    recent: bool,
     meta: &'m MessageMeta,
     text: Option<&'m [u8]>,
 }
@@ -257,9 +260,10 @@ fn eval(k: &SearchKey<'_>, c: &Ctx<'_>) -> bool {
         K::Unflagged => !flag(flag_bits::FLAGGED),
         K::Seen => flag(flag_bits::SEEN),
         K::Unseen => !flag(flag_bits::SEEN),
-        // No message is \Recent here (IMAP4rev2 dropped it; rev1 allows none).
-        K::Recent | K::New => false,
-        K::Old => true,
+        // RFC 3501 §6.4.4: NEW is RECENT and UNSEEN; OLD is NOT RECENT.
+        K::Recent => c.recent,
+        K::New => c.recent && !flag(flag_bits::SEEN),
+        K::Old => !c.recent,
         K::Keyword(a) => m
             .keywords
             .iter()

@@ -52,6 +52,12 @@ pub struct Selected {
     pub up_to_date: bool,
     /// The keywords the client was told of in FLAGS (any case once).
     pub keywords: Vec<String>,
+    /// The UIDs this session claimed as `\Recent` (half-open ranges; see
+    /// [`Store::claim_recent`]), for IMAP4rev1 sessions that selected the
+    /// mailbox read-write.
+    pub recent: Vec<std::ops::Range<u32>>,
+    /// Whether this session claims `\Recent` for new messages it learns of.
+    pub claims_recent: bool,
 }
 
 /// How a sync may speak.
@@ -80,10 +86,47 @@ impl Selected {
             modseq,
             up_to_date: true,
             keywords: Vec::new(),
+            recent: Vec::new(),
+            claims_recent: false,
         };
         // SELECT's FLAGS response tells them (`write_flag_lines`).
         selected.new_keywords(0..selected.messages.len());
         selected
+    }
+
+    /// Whether the message with `uid` is `\Recent` in this session.
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.iter().any(|r| r.contains(&uid))
+    }
+
+    /// How many messages in the view are `\Recent` in this session.
+    pub fn recent_count(&self) -> usize {
+        if self.recent.is_empty() {
+            return 0;
+        }
+        self.messages
+            .iter()
+            .filter(|m| self.is_recent(m.uid))
+            .count()
+    }
+
+    /// Claims `\Recent` for the UIDs up to the mailbox's UIDNEXT that no
+    /// session has claimed yet (IMAP4rev1, read-write only; a no-op
+    /// otherwise). Returns whether anything was claimed.
+    pub async fn claim_recent(&mut self, store: &Store) -> Result<bool> {
+        if !self.claims_recent {
+            return Ok(false);
+        }
+        let upto = self.mailbox.uidnext;
+        if self.recent.last().is_some_and(|r| r.end >= upto) {
+            return Ok(false); // claimed up to UIDNEXT already: nothing new
+        }
+        let first = store.claim_recent(self.mailbox.id, upto).await?;
+        if first >= upto {
+            return Ok(false);
+        }
+        self.recent.push(first..upto);
+        Ok(true)
     }
 
     /// Takes the keywords of the messages at `idx` (0-based) into
@@ -259,7 +302,15 @@ impl Selected {
         let fresh = flag_changes.iter().map(|seq| seq - 1);
         self.announce_keywords(fresh.chain(count - added..count), out);
         for seq in flag_changes {
-            write_flags_fetch(out, seq, &self.messages[seq - 1], true, mode.condstore);
+            let meta = &self.messages[seq - 1];
+            write_flags_fetch(
+                out,
+                seq,
+                meta,
+                self.is_recent(meta.uid),
+                true,
+                mode.condstore,
+            );
         }
         self.announce_pending_expunges(mode, out);
         if added > 0 {
@@ -268,6 +319,19 @@ impl Selected {
         self.modseq = self.modseq.max(changes.highestmodseq);
         self.mailbox.highestmodseq = self.modseq;
         self.mailbox.uidnext = self.mailbox.uidnext.max(changes.uidnext);
+        if added > 0 {
+            self.announce_recent(store, out).await?;
+        }
+        Ok(())
+    }
+
+    /// After new messages were announced (EXISTS): claims `\Recent` for
+    /// them and sends `* n RECENT` when this session got any (RFC 3501
+    /// §7.3.2: the count changed).
+    pub async fn announce_recent(&mut self, store: &Store, out: &mut Vec<u8>) -> Result<()> {
+        if self.claim_recent(store).await? {
+            out.extend_from_slice(format!("* {} RECENT\r\n", self.recent_count()).as_bytes());
+        }
         Ok(())
     }
 
@@ -298,6 +362,10 @@ impl Selected {
         if qresync && !removed.is_empty() {
             out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&removed)).as_bytes());
         }
+        // The number of recent messages changed (RFC 3501 §7.3.2).
+        if removed.iter().any(|&u| self.is_recent(u)) {
+            out.extend_from_slice(format!("* {} RECENT\r\n", self.recent_count()).as_bytes());
+        }
     }
 }
 
@@ -323,10 +391,11 @@ pub fn write_flags_fetch(
     out: &mut Vec<u8>,
     seq: usize,
     meta: &MessageMeta,
+    recent: bool,
     with_uid: bool,
     condstore: bool,
 ) {
-    let mut line = format!("* {seq} FETCH (FLAGS ({})", flags_text(meta));
+    let mut line = format!("* {seq} FETCH (FLAGS ({})", flags_text(meta, recent));
     if with_uid {
         line.push_str(&format!(" UID {}", meta.uid));
     }
@@ -338,12 +407,15 @@ pub fn write_flags_fetch(
 }
 
 /// The flags of a message as IMAP writes them (`\Seen \Flagged $Label1`).
-pub fn flags_text(meta: &MessageMeta) -> String {
+pub fn flags_text(meta: &MessageMeta, recent: bool) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for (bit, name) in SYSTEM_FLAGS {
         if meta.flags & bit != 0 {
             parts.push(name);
         }
+    }
+    if recent {
+        parts.push("\\Recent");
     }
     for k in &meta.keywords {
         parts.push(k);

@@ -937,6 +937,7 @@ async fn execute(
                         io.line(&format!("* {} EXISTS", sel.messages.len()));
                         sel.mailbox.uidnext = sel.mailbox.uidnext.max(a.uid.saturating_add(1));
                         sel.own_write(a.modseq, true);
+                        sel.announce_recent(&server.store, &mut io.out).await?;
                     }
                     Ok(format!(
                         "OK [APPENDUID {} {}] APPEND completed",
@@ -1186,6 +1187,12 @@ async fn select(
             }
         }
     }
+    // What this session already holds as \Recent stays so when it selects
+    // the same mailbox again.
+    let carried = previous
+        .as_ref()
+        .filter(|p| p.mailbox.name == name)
+        .map(|p| (p.mailbox.id, p.mailbox.uidvalidity, p.recent.clone()));
     let sel = match previous.filter(|p| p.mailbox.name == name) {
         // SELECT of the mailbox already selected (clients do it to refresh):
         // when it is the same mailbox and nothing changed since the session
@@ -1211,10 +1218,31 @@ async fn select(
         },
         None => open_selected(server, state, &name, examine).await?,
     };
+    let mut sel = sel;
+    // IMAP4rev1 sessions that may change the mailbox claim \Recent
+    // (RFC 3501 §2.3.2; rev2 has none, and EXAMINE leaves it alone).
+    sel.recent = match carried {
+        Some((id, validity, recent))
+            if id == sel.mailbox.id && validity == sel.mailbox.uidvalidity =>
+        {
+            recent
+        }
+        _ => Vec::new(),
+    };
+    sel.claims_recent = !state.rev2 && !sel.read_only;
+    sel.claim_recent(&server.store).await?;
+    if !state.rev2 && sel.read_only && sel.recent.is_empty() {
+        // EXAMINE shows what nobody claimed yet as \Recent without claiming
+        // it (RFC 3501 §6.3.2: EXAMINE must not make messages lose it).
+        let mark = server.store.recent_mark(sel.mailbox.id).await?;
+        if mark < sel.mailbox.uidnext {
+            sel.recent.push(mark..sel.mailbox.uidnext);
+        }
+    }
     crate::selected::write_flag_lines(&mut io.out, &sel.keywords, sel.read_only);
     io.line(&format!("* {} EXISTS", sel.messages.len()));
     if !state.rev2 {
-        io.line("* 0 RECENT");
+        io.line(&format!("* {} RECENT", sel.recent_count()));
         if let Some(seq) = sel.first_unseen() {
             io.line(&format!("* OK [UNSEEN {seq}] first unseen message"));
         }
@@ -1256,7 +1284,8 @@ async fn select(
         }
         for meta in &changes.changed {
             if let Some(seq) = sel.seq_of(meta.uid) {
-                crate::selected::write_flags_fetch(&mut io.out, seq, meta, true, true);
+                let recent = sel.is_recent(meta.uid);
+                crate::selected::write_flags_fetch(&mut io.out, seq, meta, recent, true, true);
             }
         }
     }
@@ -1300,7 +1329,9 @@ pub(crate) async fn status_items(
     for item in items {
         out.push(match item {
             StatusDataItemName::Messages => format!("MESSAGES {}", counts.messages),
-            StatusDataItemName::Recent => "RECENT 0".into(),
+            StatusDataItemName::Recent => {
+                format!("RECENT {}", server.store.unclaimed_recent(mb.id).await?)
+            }
             StatusDataItemName::UidNext => format!("UIDNEXT {}", fresh.uidnext),
             StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", fresh.uidvalidity),
             StatusDataItemName::Unseen => format!("UNSEEN {}", counts.unseen),

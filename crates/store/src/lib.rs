@@ -40,6 +40,7 @@ mod mailstore;
 mod migrate;
 mod queue;
 mod reader;
+mod recent;
 pub mod testing;
 
 pub use blobs::BlobHash;
