@@ -271,6 +271,38 @@ async fn the_relay_recovers_from_a_failure_to_record_the_result() {
     relay_survives(Backend::Postgres, Fault::Record).await;
 }
 
+/// A process that died holding leases (kill -9) on the embedded store: the
+/// next start takes them back at once instead of waiting out the 300 s
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_embedded_store_takes_back_a_dead_process_leases() {
+    let (store, db) = TestDb::sqlite().await;
+    store
+        .add_domain(&Domain::parse("example.test").unwrap())
+        .await
+        .unwrap();
+    store
+        .create_account(&Address::parse(BOB).unwrap(), "long enough password", 0)
+        .await
+        .unwrap();
+    let id = enqueue(&store, BOB, &message("orphan")).await;
+    // The dead process's lease, as it left it.
+    let held = store
+        .lease_local_recipients("dead-1234", 300, 10)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let (stack, _dir) = serve(&db, |_| {}).await;
+    wait_for(
+        "the orphaned entry delivered",
+        Duration::from_secs(20),
+        async || store.queue_entry(id).await.unwrap().is_none(),
+    )
+    .await;
+    assert_eq!(inbox_len(&store).await, 1);
+    stack.stop(Duration::from_secs(5)).await;
+}
+
 /// The scenario of issue 20: clients keep sending to a local user on port
 /// 25 while the database goes away for 10 s and comes back. Every message
 /// that got a 250 is delivered, once, and the queue is empty within 60 s of

@@ -418,6 +418,17 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         })
     };
     if runs(ServiceName::Mta) {
+        // The embedded store's leases at start are a dead process's.
+        match store.reclaim_leases_at_start().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recipients = n,
+                "took back the queue leases of a previous run"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take back old queue leases; they will expire")
+            }
+        }
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
         let wake = Arc::new(mailroom_mta::QueueWake::default());
         local_queue = Some(Arc::new(mailroom_mta::QueueService::new(

@@ -58,7 +58,7 @@
 use mailroom_address::Domain;
 use sqlx::Row;
 
-use crate::{BlobHash, Result, Store, StoreError, now, on_backend, write_tx};
+use crate::{Backend, BlobHash, Result, Store, StoreError, now, on_backend, write_tx};
 
 /// The domain a recipient is routed by: canonical A-label form when it
 /// parses, else the text after the last `@`, lower-cased.
@@ -719,6 +719,26 @@ impl Store {
                 .await?
                 .rows_affected()
         }))
+    }
+
+    /// At the start of a process on the embedded SQLite store: gives back
+    /// every lease still recorded. That store belongs to one process (see
+    /// the crate docs), so a lease found at start was held by a process that
+    /// died, and its recipients are due again at once instead of after
+    /// `mta.lease_secs`. Returns how many; on PostgreSQL, where other live
+    /// processes may hold leases, it does nothing and returns 0 (their
+    /// leases lapse when their renewals stop).
+    pub async fn reclaim_leases_at_start(&self) -> Result<u64> {
+        match self.backend() {
+            Backend::Postgres(_) => Ok(0),
+            Backend::Sqlite(pool) => Ok(sqlx::query(
+                "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL
+                 WHERE lease_owner IS NOT NULL AND state IN ('pending', 'deferred')",
+            )
+            .execute(pool)
+            .await?
+            .rows_affected()),
+        }
     }
 
     /// The DSN parameters (RFC 3461 `ORCPT`, `NOTIFY`) of each recipient of a
