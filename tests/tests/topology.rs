@@ -1,4 +1,5 @@
-//! `docker-compose.yml` as written delivers mail (issue 16): each Mailroom
+//! `docker-compose.yml` and `deploy/kubernetes/` as written deliver mail
+//! (issue 16): each Mailroom
 //! service of the file is started as its own stack (`mailroom serve
 //! <service>`) with exactly the environment the file gives it, on
 //! PostgreSQL, each on a loopback address of its own standing for its
@@ -14,7 +15,10 @@
 //! the test database's; `/run/secrets/<name>` becomes the test's secrets
 //! directory; each service gets a data directory of its own (the image
 //! sets `MAILROOM_SERVER__DATA_DIR`); and the MTA is pointed at the test's
-//! DNS server and sink port for the remote domain.
+//! DNS server and sink port for the remote domain. For Kubernetes, the
+//! Services' names stand for their components, a Secret's value is the
+//! test's (the store URL, the generated secrets, a self-signed pair for
+//! `mailroom-tls`), and mounted files live under a directory per pod.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +36,17 @@ const HOSTS: &[(&str, &str)] = &[
     ("msa", "127.0.0.34"),
     ("pop3", "127.0.0.35"),
     ("imap", "127.0.0.36"),
+];
+
+/// Kubernetes Service names and the component behind each.
+const K8S_SERVICES: &[(&str, &str)] = &[
+    ("mailroom-admin", "admin"),
+    ("mailroom-delivery", "mda"),
+    ("mailroom-queue", "mta"),
+    ("mailroom-smtp", "mta"),
+    ("mailroom-submission", "msa"),
+    ("mailroom-pop3", "pop3"),
+    ("mailroom-imap", "imap"),
 ];
 
 const PASSWORD: &str = "a long passphrase";
@@ -85,6 +100,97 @@ fn compose_services() -> BTreeMap<String, (Vec<String>, BTreeMap<String, String>
     out
 }
 
+/// One Deployment's container: its arguments, its environment (ConfigMap
+/// and `env`; a secret reference as `secret:<name>/<key>`) and the secret
+/// files it mounts (path → (secret, key)).
+struct Manifest {
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    files: BTreeMap<String, (String, String)>,
+}
+
+/// The Mailroom Deployments of `deploy/kubernetes/`, by component.
+fn kubernetes_services() -> BTreeMap<String, Manifest> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+    let script = r#"
+import glob, json, sys, yaml
+docs = [d for f in sorted(glob.glob(sys.argv[1] + "/*.yaml")) for d in yaml.safe_load_all(open(f)) if d]
+maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+secrets = {d["metadata"]["name"]: d.get("stringData", {}) for d in docs if d["kind"] == "Secret"}
+out = {}
+for d in docs:
+    if d["kind"] != "Deployment" or d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "mailroom":
+        continue
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {}
+    for src in c.get("envFrom", []):
+        env.update(maps[src["configMapRef"]["name"]])
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = "secret:%s/%s" % (ref["name"], ref["key"])
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files = {}
+    for m in c.get("volumeMounts", []):
+        v = volumes[m["name"]]
+        if "secret" not in v:
+            continue
+        name = v["secret"]["secretName"]
+        keys = secrets.get(name) or {"tls.crt": "", "tls.key": ""}
+        items = v["secret"].get("items") or [{"key": k, "path": k} for k in keys]
+        for it in items:
+            files[m["mountPath"] + "/" + it["path"]] = [name, it["key"]]
+    out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = {"command": c["args"], "env": env, "files": files}
+print(json.dumps(out))
+"#;
+    let json = run_tool(
+        "python3 with PyYAML (.ci/run installs yamllint, which brings it)",
+        Command::new("python3").args(["-c", script, dir]),
+        &[0],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    doc.as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, m)| {
+            let env = m["env"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let files = m["files"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(path, v)| {
+                    let v = strings(v);
+                    (path.clone(), (v[0].clone(), v[1].clone()))
+                })
+                .collect();
+            let command = strings(&m["command"]);
+            (
+                name.clone(),
+                Manifest {
+                    command,
+                    env,
+                    files,
+                },
+            )
+        })
+        .collect()
+}
+
 /// The file's environment of `service` as it applies on loopback.
 fn localise(
     service: &str,
@@ -103,7 +209,15 @@ fn localise(
             for (name, addr) in HOSTS {
                 v = v.replace(&format!("://{name}:"), &format!("://{addr}:"));
             }
-            v = v.replace("/run/secrets/", &format!("{}/", secrets.display()));
+            for (k8s, name) in K8S_SERVICES {
+                v = v.replace(
+                    &format!("://{k8s}.mailroom.svc:"),
+                    &format!("://{}:", host(name)),
+                );
+            }
+            if let Some(name) = v.strip_prefix("/run/secrets/") {
+                v = secrets.join(name).display().to_string();
+            }
             (k.clone(), v)
         })
         .collect();
@@ -124,39 +238,150 @@ fn curl(what: &str, args: &[&str]) -> String {
     )
 }
 
+/// One Mailroom service of a deployment file: its `serve` arguments and
+/// its environment, localised (see the module docs).
+struct Service {
+    name: &'static str,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// The secrets a deployment needs, made as the README says: the admin
+/// token, the internal secret and the MSA's credential derived from it.
+struct Secrets {
+    admin_token: String,
+    internal_secret: String,
+    msa_credential: String,
+}
+
+async fn make_secrets() -> Secrets {
+    let internal = mailroom_rpc::internal::InternalSecret::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("internal-secret");
+    std::fs::write(&path, internal.to_text()).unwrap();
+    let msa_credential = cli(
+        &[
+            "internal",
+            "token",
+            "msa",
+            "--secret-file",
+            path.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    Secrets {
+        admin_token: hex32(),
+        internal_secret: internal.to_text(),
+        msa_credential,
+    }
+}
+
+const ORDER: [&str; 6] = ["admin", "mda", "mta", "msa", "pop3", "imap"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_file_delivers_local_and_remote_mail_as_written() {
     let Some((store, db)) = TestDb::postgres().await else {
         return;
     };
     store.close().await;
-    let services = tokio::task::spawn_blocking(compose_services).await.unwrap();
-    for name in ["admin", "mda", "mta", "msa", "pop3", "imap"] {
-        assert!(
-            services.contains_key(name),
-            "the compose file has no {name} service"
-        );
+    let secrets = make_secrets().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    std::fs::write(s.join("admin-token"), &secrets.admin_token).unwrap();
+    std::fs::write(s.join("internal-secret"), &secrets.internal_secret).unwrap();
+    std::fs::write(s.join("msa-credential"), &secrets.msa_credential).unwrap();
+    let compose = tokio::task::spawn_blocking(compose_services).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut services = Vec::new();
+    for name in ORDER {
+        let (command, env) = compose
+            .get(name)
+            .unwrap_or_else(|| panic!("the compose file has no {name} service"));
+        let own = data.path().join(name);
+        services.push(Service {
+            name,
+            command: command.clone(),
+            env: localise(name, env, &db.url, s, &own),
+        });
     }
-    // The secrets, made as the README says.
-    let secrets = tempfile::tempdir().unwrap();
-    let s = secrets.path();
-    std::fs::write(s.join("admin-token"), hex32()).unwrap();
-    let internal = mailroom_rpc::internal::InternalSecret::generate();
-    std::fs::write(s.join("internal-secret"), internal.to_text()).unwrap();
-    let token = cli(
-        &[
-            "internal",
-            "token",
-            "msa",
-            "--secret-file",
-            s.join("internal-secret").to_str().unwrap(),
-        ],
-        "",
-    )
-    .await
-    .unwrap();
-    std::fs::write(s.join("msa-credential"), token).unwrap();
+    prove(services, &db, &s.join("admin-token")).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_manifests_deliver_local_and_remote_mail_as_written() {
+    let Some((store, db)) = TestDb::postgres().await else {
+        return;
+    };
+    store.close().await;
+    let secrets = make_secrets().await;
+    let root = tempfile::tempdir().unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        mailroom_net::tls::ensure_self_signed(tls.path(), "mail.example.com").unwrap();
+    let content = |secret: &str, key_name: &str| -> Vec<u8> {
+        match (secret, key_name) {
+            ("mailroom-secrets", "admin-token") => secrets.admin_token.clone().into_bytes(),
+            ("mailroom-internal", "secret") => secrets.internal_secret.clone().into_bytes(),
+            ("mailroom-internal", "msa-credential") => secrets.msa_credential.clone().into_bytes(),
+            ("mailroom-tls", "tls.crt") => std::fs::read(&cert).unwrap(),
+            ("mailroom-tls", "tls.key") => std::fs::read(&key).unwrap(),
+            other => panic!("the test has no value for the secret {other:?}"),
+        }
+    };
+    let manifests = tokio::task::spawn_blocking(kubernetes_services)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut services = Vec::new();
+    let mut admin_token = None;
+    for name in ORDER {
+        let m = manifests
+            .get(name)
+            .unwrap_or_else(|| panic!("the manifests have no {name} Deployment"));
+        // The pod's mounted secret files, under a directory of its own.
+        let pod = root.path().join(name);
+        for (path, (secret, key_name)) in &m.files {
+            let at = pod.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(&at, content(secret, key_name)).unwrap();
+            if key_name == "admin-token" {
+                admin_token = Some(at.clone());
+            }
+        }
+        let mounted = |v: &str| {
+            m.files
+                .keys()
+                .any(|f| f.rsplit_once('/').is_some_and(|(d, _)| v.starts_with(d)))
+        };
+        let mut env = BTreeMap::new();
+        for (k, v) in &m.env {
+            let v = match v.strip_prefix("secret:") {
+                Some("mailroom-secrets/store-url") => db.url.clone(),
+                Some(other) => panic!("{name}: no test value for the secret {other}"),
+                None if mounted(v) => pod.join(v.trim_start_matches('/')).display().to_string(),
+                None => v.clone(),
+            };
+            env.insert(k.clone(), v);
+        }
+        let own = data.path().join(name);
+        services.push(Service {
+            name,
+            command: m.command.clone(),
+            env: localise(name, &env, &db.url, root.path(), &own),
+        });
+    }
+    let token = admin_token.expect("the admin Deployment mounts its token");
+    prove(services, &db, &token).await;
+}
+
+/// The two topologies use the same addresses and ports: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Starts `services` in order, then sends and reads mail through them.
+async fn prove(services: Vec<Service>, db: &TestDb, token_file: &Path) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     // The remote domain: its MX is a sink on 127.0.0.2.
     let sink = SmtpSink::bind("127.0.0.2", 0, SinkScript::default()).await;
     let dns = TestDns::start(
@@ -167,15 +392,15 @@ async fn the_compose_file_delivers_local_and_remote_mail_as_written() {
         ],
     )
     .await;
-
     // Start in the file's dependency order.
     let mut stacks = Vec::new();
-    let mut dirs = Vec::new();
-    for name in ["admin", "mda", "mta", "msa", "pop3", "imap"] {
-        let (command, env) = &services[name];
+    for Service {
+        name,
+        command,
+        mut env,
+    } in services
+    {
         assert_eq!(command[0], "serve", "{name}: {command:?}");
-        let data = tempfile::tempdir().unwrap();
-        let mut env = localise(name, env, &db.url, s, data.path());
         if name == "mta" {
             env.push((
                 "MAILROOM_MTA__DNS_SERVERS".into(),
@@ -193,12 +418,10 @@ async fn the_compose_file_delivers_local_and_remote_mail_as_written() {
             .await
             .unwrap_or_else(|e| panic!("{name} does not start: {e:#}"));
         stacks.push(stack);
-        dirs.push(data);
     }
 
     // The operator's first steps, through the admin service.
     let admin = format!("http://{}:9425", host("admin"));
-    let token_file = s.join("admin-token");
     let run = |args: &[&str], stdin: &str| {
         let mut all = vec![
             "--admin-url".to_string(),
@@ -307,7 +530,6 @@ async fn the_compose_file_delivers_local_and_remote_mail_as_written() {
     for stack in stacks {
         stack.stop(Duration::from_secs(5)).await;
     }
-    drop(dirs);
 }
 
 fn hex32() -> String {
