@@ -10,9 +10,9 @@
 //! an IP over its limit is refused (`NO [UNAVAILABLE]`) before any
 //! credential is checked.
 
-use mailroom_address::Address;
+use mailroom_login::{Answer, Challenger, Failures, Login, Verdict};
 use mailroom_net::CancellationToken;
-use mailroom_sasl::{Mechanism, SaslError, ServerExchange, Step, encode_challenge};
+use mailroom_sasl::{Mechanism, SaslError, encode_challenge};
 use mailroom_store::Account;
 
 use crate::ImapServer;
@@ -29,22 +29,27 @@ fn reply_for(e: &SaslError) -> &'static str {
     }
 }
 
+/// The failure policy of this server's settings.
+fn failures(server: &ImapServer) -> Failures {
+    let s = &server.settings;
+    Failures {
+        delay: s.auth_failure_delay,
+        max_per_session: s.max_auth_failures,
+        max_per_ip: s.max_auth_failures_per_ip,
+        window: s.auth_failure_window,
+    }
+}
+
 /// What must hold before credentials are looked at. `false` when a
 /// refusal was written.
 fn may_try(server: &ImapServer, io: &mut Io, state: &State, tag: &str) -> bool {
-    let s = &server.settings;
     if !server.auth_permitted(state) {
         io.line(&format!(
             "{tag} NO [PRIVACYREQUIRED] plaintext authentication disallowed: use STARTTLS first"
         ));
         return false;
     }
-    let ip = state.peer.ip();
-    if server
-        .throttle
-        .is_blocked(ip, s.max_auth_failures_per_ip, s.auth_failure_window)
-    {
-        tracing::warn!(%ip, "IMAP login refused: too many recent failures from this address");
+    if failures(server).blocked(&server.throttle, state.peer.ip()) {
         io.line(&format!(
             "{tag} NO [UNAVAILABLE] too many failed logins from your address, try again later"
         ));
@@ -65,25 +70,38 @@ pub(crate) async fn login(
     if !may_try(server, io, state, tag) {
         return None;
     }
-    let account = match Address::parse(user) {
-        Ok(address) => match server.store.verify_password(&address, password).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "password check failed");
-                io.line(&format!(
-                    "{tag} NO [UNAVAILABLE] temporary authentication failure"
-                ));
-                return None;
-            }
-        },
-        Err(_) => None,
-    };
-    match account {
-        Some(account) => {
+    match mailroom_login::password(&server.store, user, password).await {
+        Login::Account(account) => {
             logged_in(server, io, state, tag, account);
             None
         }
-        None => fail(server, io, state, tag, SaslError::AuthenticationFailed).await,
+        Login::Failed(e) => fail(server, io, state, tag, e).await,
+        Login::Unavailable(_) | Login::Ended(_) => {
+            io.line(&format!(
+                "{tag} NO [UNAVAILABLE] temporary authentication failure"
+            ));
+            None
+        }
+    }
+}
+
+/// Challenges are `+ base64` continuations; answers are lines (RFC 9051
+/// §6.2.2).
+struct ImapChallenger<'a> {
+    io: &'a mut Io,
+    idle: std::time::Duration,
+    shutdown: &'a CancellationToken,
+}
+
+impl Challenger for ImapChallenger<'_> {
+    type End = End;
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<Answer, End> {
+        self.io.line(&format!("+ {}", encode_challenge(data)));
+        Ok(match self.io.next(self.idle, self.shutdown).await? {
+            Input::Message(line) => Answer::Line(strip_crlf(&line).to_vec()),
+            Input::Refused { .. } => Answer::TooLong,
+        })
     }
 }
 
@@ -112,83 +130,23 @@ pub(crate) async fn authenticate(
         }
     };
     // The codec already decoded the base64 initial response ("=" is empty).
-    let (mut exchange, mut step) = ServerExchange::start(mech, initial, &server.sasl);
     let idle = server.settings.idle_timeout;
-    loop {
-        step = match step {
-            Step::Challenge(data) => {
-                io.line(&format!("+ {}", encode_challenge(&data)));
-                match io.next(idle, shutdown).await {
-                    Ok(Input::Message(line)) => {
-                        let line = strip_crlf(&line);
-                        exchange.respond_line(line)
-                    }
-                    Ok(Input::Refused { .. }) => {
-                        io.line(&format!(
-                            "{tag} {}",
-                            reply_for(&SaslError::Malformed("line too long"))
-                        ));
-                        return None;
-                    }
-                    Err(end) => return Some(end),
-                }
-            }
-            Step::NeedCredentials(request) => {
-                match server.store.answer_sasl(&mut exchange, request).await {
-                    Ok(next) => next,
-                    Err(e) => {
-                        tracing::error!(error = %e, "credential check failed");
-                        io.line(&format!(
-                            "{tag} NO [UNAVAILABLE] temporary authentication failure"
-                        ));
-                        return None;
-                    }
-                }
-            }
-            Step::Success {
-                authcid,
-                authzid,
-                final_data,
-            } => {
-                let Ok(address) = Address::parse(&authcid) else {
-                    return fail(server, io, state, tag, SaslError::AuthenticationFailed).await;
-                };
-                if let Some(z) = authzid.filter(|z| !z.is_empty())
-                    && Address::parse(&z).ok().as_ref() != Some(&address)
-                {
-                    return fail(server, io, state, tag, SaslError::AuthenticationFailed).await;
-                }
-                if let Some(data) = final_data {
-                    // RFC 9051 §6.2.2: success data in a last continuation,
-                    // answered by an empty line.
-                    io.line(&format!("+ {}", encode_challenge(&data)));
-                    match io.next(idle, shutdown).await {
-                        Ok(Input::Message(line)) if strip_crlf(&line) == b"*" => {
-                            io.line(&format!("{tag} {}", reply_for(&SaslError::Cancelled)));
-                            return None;
-                        }
-                        Ok(_) => {}
-                        Err(end) => return Some(end),
-                    }
-                }
-                let account: Option<Account> = match server.store.get_account(&address).await {
-                    Ok(a) => a.filter(|a| !a.disabled),
-                    Err(e) => {
-                        tracing::error!(error = %e, "account lookup failed");
-                        io.line(&format!(
-                            "{tag} NO [UNAVAILABLE] temporary authentication failure"
-                        ));
-                        return None;
-                    }
-                };
-                let Some(account) = account else {
-                    return fail(server, io, state, tag, SaslError::AuthenticationFailed).await;
-                };
-                logged_in(server, io, state, tag, account);
-                return None;
-            }
-            Step::Failure(e) => return fail(server, io, state, tag, e).await,
-        };
+    let mut challenger = ImapChallenger { io, idle, shutdown };
+    let login =
+        mailroom_login::sasl(&server.store, &server.sasl, mech, initial, &mut challenger).await;
+    match login {
+        Login::Account(account) => {
+            logged_in(server, io, state, tag, account);
+            None
+        }
+        Login::Failed(e) => fail(server, io, state, tag, e).await,
+        Login::Unavailable(_) => {
+            io.line(&format!(
+                "{tag} NO [UNAVAILABLE] temporary authentication failure"
+            ));
+            None
+        }
+        Login::Ended(end) => Some(end),
     }
 }
 
@@ -215,27 +173,16 @@ async fn fail(
     tag: &str,
     e: SaslError,
 ) -> Option<End> {
-    let s = &server.settings;
-    if matches!(
-        e,
-        SaslError::Cancelled | SaslError::Malformed(_) | SaslError::UnsupportedMechanism
-    ) {
-        io.line(&format!("{tag} {}", reply_for(&e)));
-        return None;
-    }
-    state.auth_failures += 1;
-    server
-        .throttle
-        .record_failure(state.peer.ip(), s.auth_failure_window);
-    tracing::warn!(ip = %state.peer.ip(), failures = state.auth_failures, "IMAP login failed");
-    tokio::time::sleep(s.auth_failure_delay * state.auth_failures as u32).await;
-    if state.auth_failures >= s.max_auth_failures {
-        io.line(&format!("{tag} {}", reply_for(&e)));
-        return Some(
+    let ip = state.peer.ip();
+    let verdict = failures(server)
+        .failed(&server.throttle, ip, &mut state.auth_failures, &e)
+        .await;
+    io.line(&format!("{tag} {}", reply_for(&e)));
+    match verdict {
+        Verdict::Close => Some(
             io.close_with("* BYE too many authentication failures, closing")
                 .await,
-        );
+        ),
+        Verdict::Answer => None,
     }
-    io.line(&format!("{tag} {}", reply_for(&e)));
-    None
 }

@@ -10,12 +10,9 @@
 //! is closed, and an IP over its limit is refused before any credential is
 //! checked.
 
-use mailroom_address::Address;
+use mailroom_login::{Answer, Challenger, Failures, Login, Verdict};
 use mailroom_net::CancellationToken;
-use mailroom_sasl::{
-    Mechanism, SaslError, ServerExchange, Step, decode_client_response, encode_challenge,
-};
-use mailroom_store::Account;
+use mailroom_sasl::{Mechanism, SaslError, decode_client_response, encode_challenge};
 
 use crate::Pop3Server;
 use crate::session::{End, Io, MAX_SASL_LINE, State, enter_transaction};
@@ -32,20 +29,25 @@ fn reply_for(e: &SaslError) -> &'static str {
     }
 }
 
+/// The failure policy of this server's settings.
+fn failures(server: &Pop3Server) -> Failures {
+    let s = &server.settings;
+    Failures {
+        delay: s.auth_failure_delay,
+        max_per_session: s.max_auth_failures,
+        max_per_ip: s.max_auth_failures_per_ip,
+        window: s.auth_failure_window,
+    }
+}
+
 /// Checks what must hold before credentials are looked at: TLS policy and
 /// the per-IP throttle. `false` when a refusal was written.
 fn may_try(server: &Pop3Server, io: &mut Io, state: &State) -> bool {
-    let s = &server.settings;
     if !server.auth_permitted(state) {
         io.err("[AUTH] plaintext authentication disallowed: use STLS first");
         return false;
     }
-    let ip = state.peer.ip();
-    if server
-        .throttle
-        .is_blocked(ip, s.max_auth_failures_per_ip, s.auth_failure_window)
-    {
-        tracing::warn!(%ip, "POP3 login refused: too many recent failures from this address");
+    if failures(server).blocked(&server.throttle, state.peer.ip()) {
         io.err("[SYS/TEMP] too many failed logins from your address, try again later");
         return false;
     }
@@ -63,23 +65,37 @@ pub(crate) async fn pass(
     if !may_try(server, io, state) {
         return None;
     }
-    let account = match Address::parse(name) {
-        Ok(address) => match server.store.verify_password(&address, password).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "password check failed");
-                io.err("[SYS/TEMP] temporary authentication failure");
-                return None;
-            }
-        },
-        Err(_) => None,
-    };
-    match account {
-        Some(account) => {
+    match mailroom_login::password(&server.store, name, password).await {
+        Login::Account(account) => {
             enter_transaction(server, io, state, account).await;
             None
         }
-        None => fail(server, io, state, SaslError::AuthenticationFailed).await,
+        Login::Failed(e) => fail(server, io, state, e).await,
+        Login::Unavailable(_) | Login::Ended(_) => {
+            io.err("[SYS/TEMP] temporary authentication failure");
+            None
+        }
+    }
+}
+
+/// Challenges are `+ base64` lines, answers lines of at most
+/// `MAX_SASL_LINE` (RFC 5034 §4).
+struct Pop3Challenger<'a> {
+    io: &'a mut Io,
+    shutdown: &'a CancellationToken,
+}
+
+impl Challenger for Pop3Challenger<'_> {
+    type End = End;
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<Answer, End> {
+        self.io.line(&format!("+ {}", encode_challenge(data)));
+        Ok(
+            match self.io.read_line(MAX_SASL_LINE, self.shutdown).await? {
+                Some(line) => Answer::Line(line),
+                None => Answer::TooLong,
+            },
+        )
     }
 }
 
@@ -113,98 +129,37 @@ pub(crate) async fn sasl(
             return None;
         }
     };
-    let (mut exchange, mut step) = ServerExchange::start(mech, initial, &server.sasl);
-    loop {
-        step = match step {
-            Step::Challenge(data) => {
-                io.line(&format!("+ {}", encode_challenge(&data)));
-                match io.read_line(MAX_SASL_LINE, shutdown).await {
-                    Ok(Some(line)) => exchange.respond_line(&line),
-                    Ok(None) => {
-                        io.line(reply_for(&SaslError::Malformed("line too long")));
-                        return None;
-                    }
-                    Err(end) => return Some(end),
-                }
-            }
-            Step::NeedCredentials(request) => {
-                match server.store.answer_sasl(&mut exchange, request).await {
-                    Ok(next) => next,
-                    Err(e) => {
-                        tracing::error!(error = %e, "credential check failed");
-                        io.err("[SYS/TEMP] temporary authentication failure");
-                        return None;
-                    }
-                }
-            }
-            Step::Success {
-                authcid,
-                authzid,
-                final_data,
-            } => {
-                let Ok(address) = Address::parse(&authcid) else {
-                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                };
-                // Acting as someone else is not offered: an authzid must name the same account.
-                if let Some(z) = authzid.filter(|z| !z.is_empty())
-                    && Address::parse(&z).ok().as_ref() != Some(&address)
-                {
-                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                }
-                if let Some(data) = final_data {
-                    // RFC 5034 §4: success data goes in a last challenge,
-                    // which the client answers with an empty line.
-                    io.line(&format!("+ {}", encode_challenge(&data)));
-                    match io.read_line(MAX_SASL_LINE, shutdown).await {
-                        Ok(Some(line)) if line.trim_ascii() == b"*" => {
-                            io.line(reply_for(&SaslError::Cancelled));
-                            return None;
-                        }
-                        Ok(_) => {}
-                        Err(end) => return Some(end),
-                    }
-                }
-                let account: Option<Account> = match server.store.get_account(&address).await {
-                    Ok(a) => a.filter(|a| !a.disabled),
-                    Err(e) => {
-                        tracing::error!(error = %e, "account lookup failed");
-                        io.err("[SYS/TEMP] temporary authentication failure");
-                        return None;
-                    }
-                };
-                let Some(account) = account else {
-                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                };
-                enter_transaction(server, io, state, account).await;
-                return None;
-            }
-            Step::Failure(e) => return fail(server, io, state, e).await,
-        };
+    let mut challenger = Pop3Challenger { io, shutdown };
+    let login =
+        mailroom_login::sasl(&server.store, &server.sasl, mech, initial, &mut challenger).await;
+    match login {
+        Login::Account(account) => {
+            enter_transaction(server, io, state, account).await;
+            None
+        }
+        Login::Failed(e) => fail(server, io, state, e).await,
+        Login::Unavailable(_) => {
+            io.err("[SYS/TEMP] temporary authentication failure");
+            None
+        }
+        Login::Ended(end) => Some(end),
     }
 }
 
 /// Answers a failed login, slowing the client down and counting the failure.
 async fn fail(server: &Pop3Server, io: &mut Io, state: &mut State, e: SaslError) -> Option<End> {
-    let s = &server.settings;
-    if matches!(
-        e,
-        SaslError::Cancelled | SaslError::Malformed(_) | SaslError::UnsupportedMechanism
-    ) {
-        io.line(reply_for(&e));
-        return None;
-    }
-    state.auth_failures += 1;
-    server
-        .throttle
-        .record_failure(state.peer.ip(), s.auth_failure_window);
-    tracing::warn!(ip = %state.peer.ip(), failures = state.auth_failures, "POP3 login failed");
-    tokio::time::sleep(s.auth_failure_delay * state.auth_failures as u32).await;
-    if state.auth_failures >= s.max_auth_failures {
-        return Some(
+    let ip = state.peer.ip();
+    match failures(server)
+        .failed(&server.throttle, ip, &mut state.auth_failures, &e)
+        .await
+    {
+        Verdict::Close => Some(
             io.close_with("-ERR [AUTH] authentication failed; too many failures, closing")
                 .await,
-        );
+        ),
+        Verdict::Answer => {
+            io.line(reply_for(&e));
+            None
+        }
     }
-    io.line(reply_for(&e));
-    None
 }

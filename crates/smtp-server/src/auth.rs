@@ -6,10 +6,8 @@
 //! `max_auth_failures`, and an IP with too many recent failures across all
 //! its connections gets `454 4.7.0` without its credentials being checked.
 
-use mailroom_address::Address;
-use mailroom_sasl::{
-    Mechanism, SaslError, ServerExchange, Step, decode_client_response, encode_challenge,
-};
+use mailroom_login::{Answer, Challenger, Failures, Login, Verdict};
+use mailroom_sasl::{Mechanism, SaslError, decode_client_response, encode_challenge};
 use mailroom_smtp_proto::Reply;
 
 use crate::SmtpServer;
@@ -28,7 +26,6 @@ pub(crate) async fn authenticate(
     mechanism: &str,
     initial_response: Option<String>,
 ) -> Option<End> {
-    let s = &server.settings;
     if server.mode != crate::Mode::Submission {
         io.reply(&Reply::new(
             503,
@@ -58,12 +55,7 @@ pub(crate) async fn authenticate(
         ));
         return None;
     }
-    let ip = state.peer.ip();
-    if server
-        .throttle
-        .is_blocked(ip, s.max_auth_failures_per_ip, s.auth_failure_window)
-    {
-        tracing::warn!(%ip, "AUTH refused: too many recent failures from this address");
+    if failures(server).blocked(&server.throttle, state.peer.ip()) {
         io.reply(&Reply::new(
             454,
             "4.7.0",
@@ -88,92 +80,74 @@ pub(crate) async fn authenticate(
             return None;
         }
     };
-    let (mut exchange, mut step) = ServerExchange::start(mech, initial, &server.sasl);
-    loop {
-        step = match step {
-            Step::Challenge(data) => {
-                io.raw(format!("334 {}\r\n", encode_challenge(&data)).as_bytes());
-                match read_line(io, s).await {
-                    Ok(line) => exchange.respond_line(&line),
-                    Err(end) => return Some(end),
-                }
-            }
-            Step::NeedCredentials(request) => {
-                match server.store.answer_sasl(&mut exchange, request).await {
-                    Ok(next) => next,
-                    Err(e) => {
-                        tracing::error!(error = %e, "credential check failed");
-                        io.reply(&Reply::new(
-                            454,
-                            "4.7.0",
-                            "temporary authentication failure",
-                        ));
-                        return None;
-                    }
-                }
-            }
-            Step::Success {
-                authcid,
-                authzid,
-                final_data,
-            } => {
-                let Ok(account) = Address::parse(&authcid) else {
-                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                };
-                // Acting as someone else is not offered: an authzid must name the same account.
-                if let Some(z) = authzid.filter(|z| !z.is_empty())
-                    && Address::parse(&z).ok().as_ref() != Some(&account)
-                {
-                    return fail(server, io, state, SaslError::AuthenticationFailed).await;
-                }
-                if let Some(data) = final_data {
-                    io.raw(format!("334 {}\r\n", encode_challenge(&data)).as_bytes());
-                    match read_line(io, s).await {
-                        Ok(line) if line.trim_ascii() == b"*" => {
-                            io.reply(&reply_for(&SaslError::Cancelled));
-                            return None;
-                        }
-                        Ok(_) => {}
-                        Err(end) => return Some(end),
-                    }
-                }
-                tracing::info!(account = %account, mechanism = mech.name(), "authenticated");
-                state.account = Some(account.to_string());
-                io.reply(&Reply::new(235, "2.7.0", "authentication successful"));
-                return None;
-            }
-            Step::Failure(e) => return fail(server, io, state, e).await,
-        };
+    let mut challenger = SmtpChallenger { io, server };
+    let login =
+        mailroom_login::sasl(&server.store, &server.sasl, mech, initial, &mut challenger).await;
+    match login {
+        Login::Account(account) => {
+            tracing::info!(account = %account.address, mechanism = mech.name(), "authenticated");
+            state.account = Some(account.address.to_string());
+            io.reply(&Reply::new(235, "2.7.0", "authentication successful"));
+            None
+        }
+        Login::Failed(e) => fail(server, io, state, e).await,
+        Login::Unavailable(_) => {
+            io.reply(&Reply::new(
+                454,
+                "4.7.0",
+                "temporary authentication failure",
+            ));
+            None
+        }
+        Login::Ended(end) => Some(end),
+    }
+}
+
+/// Challenges are `334 base64` replies; answers are lines (RFC 4954 §4).
+struct SmtpChallenger<'a> {
+    io: &'a mut Io,
+    server: &'a SmtpServer,
+}
+
+impl Challenger for SmtpChallenger<'_> {
+    type End = End;
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<Answer, End> {
+        self.io
+            .raw(format!("334 {}\r\n", encode_challenge(data)).as_bytes());
+        read_line(self.io, &self.server.settings)
+            .await
+            .map(Answer::Line)
+    }
+}
+
+/// The failure policy of this server's settings.
+fn failures(server: &SmtpServer) -> Failures {
+    let s = &server.settings;
+    Failures {
+        delay: s.auth_failure_delay,
+        max_per_session: s.max_auth_failures,
+        max_per_ip: s.max_auth_failures_per_ip,
+        window: s.auth_failure_window,
     }
 }
 
 /// Answers a failed AUTH, slowing the client down and counting the failure.
 async fn fail(server: &SmtpServer, io: &mut Io, state: &mut State, e: SaslError) -> Option<End> {
-    let s = &server.settings;
-    if matches!(
-        e,
-        SaslError::Cancelled | SaslError::Malformed(_) | SaslError::UnsupportedMechanism
-    ) {
-        io.reply(&reply_for(&e));
-        return None;
-    }
-    state.auth_failures += 1;
-    server
-        .throttle
-        .record_failure(state.peer.ip(), s.auth_failure_window);
-    tracing::warn!(ip = %state.peer.ip(), failures = state.auth_failures, "authentication failed");
-    tokio::time::sleep(s.auth_failure_delay * state.auth_failures as u32).await;
-    if state.auth_failures >= s.max_auth_failures {
-        io.reply(&reply_for(&e));
-        return Some(
+    let ip = state.peer.ip();
+    let verdict = failures(server)
+        .failed(&server.throttle, ip, &mut state.auth_failures, &e)
+        .await;
+    io.reply(&reply_for(&e));
+    match verdict {
+        Verdict::Close => Some(
             io.close_with(Reply::new(
                 421,
                 "4.7.0",
                 "too many failed authentications, closing",
             ))
             .await,
-        );
+        ),
+        Verdict::Answer => None,
     }
-    io.reply(&reply_for(&e));
-    None
 }
