@@ -258,6 +258,9 @@ section! {
         pub otlp_endpoint: Option<String> = None,
         /// The `service.name` resource of exported traces.
         pub service_name: String = "mailroom".to_string(),
+        /// Address of the Prometheus endpoint (`GET /metrics`). Unset: no metrics listener.
+        /// Keep it on loopback or a private network.
+        pub metrics_listen: Option<SocketAddr> = None,
     }
 }
 

@@ -582,7 +582,11 @@ async fn command_loop(
                     // Only the command about to run may vouch for the store.
                     sel.up_to_date = false;
                 }
+                let command = body.name();
+                let started = std::time::Instant::now();
                 let result = execute(server, io, state, &tag, body, &lifted).await;
+                metrics::histogram!("mailroom_imap_command_duration_seconds", "command" => command)
+                    .record(started.elapsed().as_secs_f64());
                 match result {
                     Ok(done) => {
                         sync_selected(server, io, state, expunge_allowed).await;

@@ -201,6 +201,7 @@ impl Failures {
             return Verdict::Answer;
         }
         *session_failures += 1;
+        metrics::counter!("mailroom_auth_failures_total").increment(1);
         throttle.record_failure(ip, self.window);
         tracing::warn!(%ip, failures = *session_failures, "login failed");
         tokio::time::sleep(self.delay * u32::try_from(*session_failures).unwrap_or(u32::MAX)).await;

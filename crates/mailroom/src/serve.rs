@@ -262,6 +262,37 @@ fn spawn_sessions<S: mailroom_net::Session>(
     });
 }
 
+/// Keeps `mailroom_queue_recipients{state}` and
+/// `mailroom_queue_oldest_age_seconds` current (every 15 s) while the
+/// metrics endpoint is on.
+async fn queue_gauges(store: Store, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Ok(s) = store.queue_summary().await {
+            for (state, n) in [
+                ("pending", s.pending),
+                ("deferred", s.deferred),
+                ("delivered", s.delivered),
+                ("failed", s.failed),
+            ] {
+                metrics::gauge!("mailroom_queue_recipients", "state" => state).set(n as f64);
+            }
+            let age = s.oldest_created_at.map_or(0, |t| (unix_now() - t).max(0));
+            metrics::gauge!("mailroom_queue_oldest_age_seconds").set(age as f64);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// How often queue workers look for due work when nothing woke them.
 const QUEUE_POLL: Duration = Duration::from_secs(1);
 
@@ -342,6 +373,22 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
 
     let shutdown = Shutdown::new();
     let mut listeners = Vec::new();
+    if let Some(addr) = config.telemetry.metrics_listen {
+        let listener = Listener::bind("metrics", addr, TlsMode::Plain).await?;
+        listeners.push(ListenerInfo {
+            service: "metrics",
+            addr: listener.local_addr(),
+            mode: "HTTP, Prometheus GET /metrics".into(),
+        });
+        let stop = shutdown.token();
+        shutdown.spawn(mailroom_telemetry::metrics_endpoint::serve(
+            listener.into_tcp(),
+            async move { stop.cancelled().await },
+        ));
+        if runs(ServiceName::Mta) {
+            shutdown.spawn(queue_gauges(store.clone(), shutdown.token()));
+        }
+    }
     if runs(ServiceName::Admin) {
         let listener = Listener::bind("admin", config.admin.listen, TlsMode::Plain).await?;
         listeners.push(ListenerInfo {

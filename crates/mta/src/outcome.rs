@@ -158,6 +158,20 @@ pub(crate) async fn record(
             }
         })
         .collect();
+    let kind = if reporting.reports_success {
+        "local"
+    } else {
+        "relay"
+    };
+    for r in &input {
+        let result = match r.result {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::Deferred { .. } => "deferred",
+            AttemptResult::Failed { .. } => "failed",
+        };
+        metrics::counter!("mailroom_delivery_results_total", "kind" => kind, "result" => result)
+            .increment(1);
+    }
     let finished = store
         .finish_attempts(worker, queue_id, &input, |recorded| {
             owed_reports(reporting, queued, recipients, &input, recorded, now)

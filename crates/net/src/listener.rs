@@ -183,10 +183,14 @@ pub async fn serve<S: Session>(
         };
         let _ = tcp.set_nodelay(true);
         let span = info_span!("connection", service = listener.service, %peer);
+        let service = listener.service;
+        metrics::counter!("mailroom_connections_total", "service" => service).increment(1);
         let permit = match ctx.limiter.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(why) => {
                 debug!(parent: &span, ?why, "connection refused by a cap");
+                metrics::counter!("mailroom_connections_refused_total", "service" => service)
+                    .increment(1);
                 if listener.mode != TlsMode::Implicit {
                     let session = session.clone();
                     shutdown.spawn(async move {
@@ -207,6 +211,7 @@ pub async fn serve<S: Session>(
         shutdown.spawn(
             async move {
                 let _permit = permit;
+                let _open = OpenSession::new(service);
                 let mut stream = MailStream::Plain(tcp);
                 if mode == TlsMode::Implicit {
                     let Some(acceptor) = &ctx.tls else { return };
@@ -214,6 +219,8 @@ pub async fn serve<S: Session>(
                         Ok(s) => s,
                         Err(e) => {
                             debug!(error = %e, "TLS handshake failed");
+                            metrics::counter!("mailroom_tls_handshake_failures_total", "service" => service)
+                                .increment(1);
                             return;
                         }
                     };
@@ -230,5 +237,22 @@ pub async fn serve<S: Session>(
             }
             .instrument(span),
         );
+    }
+}
+
+/// Counts a session in `mailroom_sessions_open` while it lives (also when
+/// it panics).
+struct OpenSession(&'static str);
+
+impl OpenSession {
+    fn new(service: &'static str) -> OpenSession {
+        metrics::gauge!("mailroom_sessions_open", "service" => service).increment(1.0);
+        OpenSession(service)
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        metrics::gauge!("mailroom_sessions_open", "service" => self.0).decrement(1.0);
     }
 }

@@ -785,7 +785,29 @@ impl LocalPartWire for Path {
 }
 
 /// Checks, completes and enqueues a received message; returns the final reply.
+/// Decides on a received message (see [`decide_message`]) and counts the
+/// outcome: `mailroom_smtp_messages_total{service, outcome}` and how long
+/// the decision took (checks and the durable enqueue).
 async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) -> Reply {
+    let started = std::time::Instant::now();
+    let reply = decide_message(server, state, message).await;
+    let service = match server.mode {
+        Mode::Submission => "submission",
+        Mode::Inbound => "inbound",
+    };
+    let outcome = match reply.code / 100 {
+        2 => "accepted",
+        4 => "deferred",
+        _ => "refused",
+    };
+    metrics::counter!("mailroom_smtp_messages_total", "service" => service, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("mailroom_smtp_accept_duration_seconds", "service" => service)
+        .record(started.elapsed().as_secs_f64());
+    reply
+}
+
+async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) -> Reply {
     let tx = state.transaction.as_ref().expect("a transaction is open");
     if count_received_headers(&message) > MAX_RECEIVED {
         return r(554, "5.4.6", "too many Received headers: mail loop");

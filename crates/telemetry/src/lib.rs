@@ -186,3 +186,5 @@ impl tonic::service::Interceptor for TraceContextInterceptor {
         Ok(request)
     }
 }
+
+pub mod metrics_endpoint;

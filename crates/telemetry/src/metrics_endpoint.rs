@@ -1,0 +1,97 @@
+//! Prometheus metrics: one recorder per process (the `metrics` facade, so
+//! every crate records with `metrics::counter!` and friends, and nothing is
+//! recorded until a recorder is installed), rendered in the Prometheus text
+//! format on `GET /metrics` of its own listener (`telemetry.metrics_listen`,
+//! off by default; keep it on loopback or a private network).
+//!
+//! Conventions: names start with `mailroom_`, counters end in `_total`,
+//! durations are `_seconds` histograms, and labels take a few fixed values
+//! (a service, an outcome, a command), never an address or a user.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use (a second stack in the
+/// same process, as in tests, shares it).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ])
+                .expect("fixed buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder was installed first; this
+            // handle then simply stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` completes. Anything
+/// else gets 404; requests are read up to 8 KiB and answered once.
+pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
+    let handle = handle();
+    let accept = async {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                let read = async {
+                    while n < buf.len() {
+                        match tcp.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                n += k;
+                                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                };
+                if tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if request.starts_with("GET /metrics ")
+                    || request.starts_with("GET /metrics?")
+                {
+                    ("200 OK", handle.render())
+                } else {
+                    (
+                        "404 Not Found",
+                        "only GET /metrics is served here\n".to_string(),
+                    )
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = stop => {}
+    }
+}
