@@ -368,14 +368,17 @@ pub async fn run_with(
         Command::Mail(args) => {
             let env = |name: &str| std::env::var(name).ok();
             let mut stderr = std::io::stderr();
+            let mut printed = Vec::new();
             let mut io = crate::mail_cli::MailIo {
                 stdin: &mut std::io::empty(),
-                stdout: out,
+                stdout: &mut printed,
                 stderr: &mut stderr,
                 env: &env,
                 interactive: false,
             };
-            Ok(ExitCode::from(crate::mail_cli::run(args, &mut io).await))
+            let code = crate::mail_cli::run(args, &mut io).await;
+            out.write_all(&printed)?;
+            Ok(ExitCode::from(code))
         }
         Command::Domain(_) | Command::User(_) | Command::Alias(_) | Command::Queue(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -319,11 +319,11 @@ pub enum AccountCommand {
 /// `mailroom`, buffers in tests.
 pub struct MailIo<'a> {
     /// Message bodies for `send`.
-    pub stdin: &'a mut dyn Read,
+    pub stdin: &'a mut (dyn Read + Send),
     /// Results.
-    pub stdout: &'a mut dyn Write,
+    pub stdout: &'a mut (dyn Write + Send),
     /// Errors and warnings.
-    pub stderr: &'a mut dyn Write,
+    pub stderr: &'a mut (dyn Write + Send),
     /// Environment variables.
     pub env: Env<'a>,
     /// Whether a password may be prompted for on the terminal.
@@ -332,7 +332,9 @@ pub struct MailIo<'a> {
 
 /// Runs a mail command; returns its exit code after printing any error.
 pub async fn run(args: &MailArgs, io: &mut MailIo<'_>) -> u8 {
-    match dispatch(args, io).await {
+    // Boxed: the futures of the protocol clients are large, and a deep
+    // stack of them must not overflow a small thread stack.
+    match Box::pin(dispatch(args, io)).await {
         Ok(()) => exit::OK,
         Err(e) => {
             let _ = writeln!(io.stderr, "error: {e}");

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 
 /// The environment as the library sees it (injected so tests can run in
 /// parallel without touching the process environment).
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Send + Sync);
 
 /// Environment variable read when a profile names no password source.
 pub const PASSWORD_ENV: &str = "MAILROOM_MAIL_PASSWORD";

@@ -316,11 +316,14 @@ impl Connection {
     /// Reads once more from the socket into the input buffer; an error when
     /// the server closed the connection.
     pub async fn fill(&mut self) -> Result<()> {
-        let mut chunk = [0u8; READ_CHUNK];
+        // Read straight into the spare capacity of the input buffer (no
+        // large array in the future's state).
+        let start = self.input.len();
+        self.input.reserve(READ_CHUNK);
         let read = async {
             match &mut self.stream {
-                Stream::Plain(s) => s.read(&mut chunk).await,
-                Stream::Tls(s) => s.read(&mut chunk).await,
+                Stream::Plain(s) => s.read_buf(&mut self.input).await,
+                Stream::Tls(s) => s.read_buf(&mut self.input).await,
                 Stream::Gone => Ok(0),
             }
         };
@@ -336,7 +339,7 @@ impl Connection {
         if n == 0 {
             return Err(Error::protocol("the server closed the connection"));
         }
-        self.input.extend_from_slice(&chunk[..n]);
+        debug_assert_eq!(self.input.len(), start + n);
         Ok(())
     }
 
