@@ -57,7 +57,7 @@ pub enum Command {
     #[command(subcommand)]
     Internal(InternalCommand),
     /// Send and read mail over SMTP submission, IMAP or POP3, with any server.
-    Mail(crate::mail_cli::MailArgs),
+    Mail(Box<crate::mail_cli::MailArgs>),
 }
 
 /// `mailroom internal …`

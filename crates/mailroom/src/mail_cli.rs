@@ -821,7 +821,7 @@ async fn list(
         uids.reverse();
         let page: Vec<u32> = uids.into_iter().skip(skip).take(args.limit).collect();
         let mut summaries = imap.summaries(&page).await?;
-        summaries.sort_by(|a, b| b.uid.cmp(&a.uid));
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.uid));
         imap.logout().await;
         for s in summaries {
             let head = message::headline(&s.header);

@@ -207,6 +207,8 @@ pub struct Connection {
     host: String,
     tls: Arc<ClientConfig>,
     trace: bool,
+    /// Whether the server's address is a loopback one.
+    loopback: bool,
     /// Bound on each read, write and handshake.
     pub timeout: Duration,
 }
@@ -240,7 +242,11 @@ impl Connection {
                 });
             }
         };
+        let loopback = tcp
+            .peer_addr()
+            .is_ok_and(|a| mailroom_net::is_loopback(a.ip()));
         let mut conn = Connection {
+            loopback,
             stream: Stream::Plain(tcp),
             input: Vec::new(),
             server,
@@ -266,6 +272,20 @@ impl Connection {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Refuses to go on with a login over a cleartext connection to
+    /// anything but a loopback address: a password (or a SCRAM exchange an
+    /// eavesdropper could attack offline) must not cross a network in the
+    /// clear.
+    pub fn check_login_allowed(&self) -> Result<()> {
+        if self.is_tls() || self.loopback {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "refusing to log in to {} without TLS (use --security tls or starttls)",
+            self.server
+        )))
     }
 
     /// Runs the TLS handshake on the plain connection (after the server

@@ -181,6 +181,7 @@ impl ImapClient {
     /// Logs in: AUTHENTICATE SCRAM-SHA-256 when offered, else AUTHENTICATE
     /// PLAIN, else LOGIN (unless LOGINDISABLED).
     pub async fn login(&mut self, user: &str, password: &str) -> Result<()> {
+        self.conn.check_login_allowed()?;
         let outcome = if self.has("AUTH=SCRAM-SHA-256") {
             self.scram(user, password).await
         } else if self.has("AUTH=PLAIN") {

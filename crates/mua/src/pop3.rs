@@ -101,6 +101,7 @@ impl Pop3Client {
     /// Logs in: SASL SCRAM-SHA-256 when offered, else USER/PASS (or SASL
     /// PLAIN when USER is not offered).
     pub async fn login(&mut self, user: &str, password: &str) -> Result<()> {
+        self.conn.check_login_allowed()?;
         if self.sasl_offers("SCRAM-SHA-256") {
             return self.scram(user, password).await;
         }

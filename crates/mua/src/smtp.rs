@@ -65,6 +65,7 @@ impl SmtpClient {
 
     /// Authenticates with SCRAM-SHA-256 when offered, else PLAIN.
     pub async fn login(&mut self, user: &str, password: &str) -> Result<()> {
+        self.conn.check_login_allowed()?;
         let mechanisms = self.capabilities.auth_mechanisms();
         let offers = |m: &str| mechanisms.iter().any(|o| o.eq_ignore_ascii_case(m));
         if offers("SCRAM-SHA-256") {
