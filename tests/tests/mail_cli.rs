@@ -775,3 +775,95 @@ async fn hostile_servers_cannot_make_the_client_allocate_without_bound() {
         assert!(out.stderr.contains(expected), "{protocol}: {}", out.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_and_forward_keep_the_thread_the_flags_and_the_attachments() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE, BOB]).await;
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("plan.txt");
+    std::fs::write(&path, "step 1\nstep 2\n").unwrap();
+    let path = path.to_str().unwrap();
+    let args = [
+        "send",
+        "--to",
+        ALICE,
+        "--subject",
+        "Plans",
+        "--attach",
+        path,
+    ];
+    let args = [&args[..], &["--sent-folder", "Sent"]].concat();
+    mail(&r, BOB, &args, b"Shall we?\n").await.ok();
+    assert_eq!(
+        count(&r, BOB, &["-m", "Sent"]).await,
+        1,
+        "a copy is filed in Sent"
+    );
+    wait_for_messages(&r, ALICE, 1).await;
+    let uid = mail(&r, ALICE, &["list", "--json"], b"").await.ok();
+    let uid: serde_json::Value = serde_json::from_slice(&uid.stdout).unwrap();
+    let uid = uid["messages"][0]["id"].as_u64().unwrap().to_string();
+
+    let dry = mail(&r, ALICE, &["reply", &uid, "--dry-run"], b"Yes!\n")
+        .await
+        .ok();
+    let seen = python_reads(&dry.stdout);
+    assert_eq!(seen["subject"], "Re: Plans");
+    assert_eq!(seen["to"], BOB);
+    let text = seen["parts"][0]["text"]
+        .as_str()
+        .unwrap()
+        .replace("\r\n", "\n");
+    assert!(
+        text.starts_with("Yes!\n\nOn ") && text.contains("> Shall we?"),
+        "{text}"
+    );
+    mail(&r, ALICE, &["reply", &uid], b"Yes!\n").await.ok();
+    mail(&r, ALICE, &["forward", &uid, "--to", BOB], b"FYI\n")
+        .await
+        .ok();
+    let flags = mail(&r, ALICE, &["list", "--json"], b"").await.ok();
+    let flags: serde_json::Value = serde_json::from_slice(&flags.stdout).unwrap();
+    let flags = flags["messages"][0]["flags"].to_string();
+    assert!(
+        flags.contains("Answered") && flags.contains("$Forwarded"),
+        "{flags}"
+    );
+
+    wait_for_messages(&r, BOB, 2).await;
+    let listed = mail(&r, BOB, &["list"], b"").await.ok().out();
+    assert!(
+        listed.contains("Re: Plans") && listed.contains("Fwd: Plans"),
+        "{listed}"
+    );
+    let reply = mail(&r, BOB, &["list", "--json", "--subject", "Re:"], b"")
+        .await
+        .ok();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
+    let reply_uid = reply["messages"][0]["id"].as_u64().unwrap().to_string();
+    let raw = mail(&r, BOB, &["read", &reply_uid, "--raw"], b"")
+        .await
+        .ok()
+        .stdout;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.contains("In-Reply-To: <") && raw.contains("References: <"),
+        "{raw}"
+    );
+    let forward = mail(&r, BOB, &["list", "--json", "--subject", "Fwd:"], b"")
+        .await
+        .ok();
+    let forward: serde_json::Value = serde_json::from_slice(&forward.stdout).unwrap();
+    let forward_uid = forward["messages"][0]["id"].as_u64().unwrap().to_string();
+    let saved = tempfile::tempdir().unwrap();
+    let dir = saved.path().to_str().unwrap();
+    mail(&r, BOB, &["attachments", &forward_uid, "--dir", dir], b"")
+        .await
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(saved.path().join("plan.txt")).unwrap(),
+        "step 1\nstep 2\n"
+    );
+    r.stack.stop(Duration::from_secs(5)).await;
+}

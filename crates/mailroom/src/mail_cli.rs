@@ -108,6 +108,37 @@ pub struct MailOptions {
 pub enum MailCommand {
     /// Send a message read from standard input through SMTP submission.
     Send(SendArgs),
+    /// Reply to a message; your text from standard input, the original quoted below it.
+    Reply {
+        /// IMAP UID, or POP3 message number.
+        id: u32,
+        /// Also to the original's To and Cc recipients.
+        #[arg(long)]
+        all: bool,
+        /// IMAP folder.
+        #[arg(long, short = 'm', default_value = "INBOX")]
+        mailbox: String,
+        /// Print the exact message instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Forward a message with its attachments; your text from standard input.
+    Forward {
+        /// IMAP UID, or POP3 message number.
+        id: u32,
+        /// Recipients.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Copy recipients.
+        #[arg(long, value_delimiter = ',')]
+        cc: Vec<String>,
+        /// IMAP folder.
+        #[arg(long, short = 'm', default_value = "INBOX")]
+        mailbox: String,
+        /// Print the exact message instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// One line per message, newest first.
     List(ListArgs),
     /// Show a message: headers, decoded text, attachments (marks it \Seen unless --peek).
@@ -478,6 +509,41 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
     match &args.command {
         MailCommand::Send(send_args) => send(send_args, &mut session, json, io).await,
         MailCommand::List(list_args) => list(list_args, &mut session, json, io).await,
+        MailCommand::Reply {
+            id,
+            all,
+            mailbox,
+            dry_run,
+        } => {
+            let me = sender(None, &session)?;
+            let body = read_body(&session, io)?;
+            let original = fetch_whole(*id, mailbox, false, &mut session, io).await?;
+            let draft = message::reply_draft(&original, &me, *all, &body)?;
+            submit(&draft, *dry_run, None, &mut session, json, io).await?;
+            if !dry_run {
+                mark_original(*id, mailbox, "\\Answered", &mut session, io).await?;
+            }
+            Ok(())
+        }
+        MailCommand::Forward {
+            id,
+            to,
+            cc,
+            mailbox,
+            dry_run,
+        } => {
+            let me = sender(None, &session)?;
+            let body = read_body(&session, io)?;
+            let original = fetch_whole(*id, mailbox, false, &mut session, io).await?;
+            let mut draft = message::forward_draft(&original, &me, &body);
+            draft.to = parse_all(to)?;
+            draft.cc = parse_all(cc)?;
+            submit(&draft, *dry_run, None, &mut session, json, io).await?;
+            if !dry_run {
+                mark_original(*id, mailbox, "$Forwarded", &mut session, io).await?;
+            }
+            Ok(())
+        }
         MailCommand::Read {
             id,
             mailbox,
@@ -573,6 +639,24 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
     }
 }
 
+/// Flags the message replied to or forwarded (IMAP; POP3 has no flags).
+async fn mark_original(
+    id: u32,
+    mailbox: &str,
+    flag: &str,
+    session: &mut Session,
+    io: &mut MailIo<'_>,
+) -> Result<()> {
+    if session.reads_pop3() {
+        return Ok(());
+    }
+    let mut imap = session.imap(io).await?;
+    imap.select(mailbox, false).await?;
+    imap.store(&[id], true, &[flag.to_string()]).await?;
+    imap.logout().await;
+    Ok(())
+}
+
 fn done(io: &mut MailIo<'_>, json: bool, what: &str, ids: &[u32]) -> Result<()> {
     if json {
         print_json(io, &json!({"version": 1, what: ids}))
@@ -586,20 +670,17 @@ fn print_json(io: &mut MailIo<'_>, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-async fn send(
-    args: &SendArgs,
-    session: &mut Session,
-    json: bool,
-    io: &mut MailIo<'_>,
-) -> Result<()> {
-    let parse_all = |list: &[String]| -> Result<Vec<Mailbox>> {
-        list.iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| Mailbox::parse(s))
-            .collect()
-    };
-    let from = match &args.from {
-        Some(f) => Mailbox::parse(f)?,
+fn parse_all(list: &[String]) -> Result<Vec<Mailbox>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Mailbox::parse(s))
+        .collect()
+}
+
+/// The sender: `--from`, else the account's address and name.
+fn sender(from: Option<&str>, session: &Session) -> Result<Mailbox> {
+    match from {
+        Some(f) => Mailbox::parse(f),
         None => {
             let mut m = Mailbox::parse(&session.account.email).map_err(|_| {
                 Error::Usage(
@@ -607,9 +688,13 @@ async fn send(
                 )
             })?;
             m.name = session.account.name.clone();
-            m
+            Ok(m)
         }
-    };
+    }
+}
+
+/// The message text from standard input, at most `--max-size` bytes of UTF-8.
+fn read_body(session: &Session, io: &mut MailIo<'_>) -> Result<String> {
     let mut body = Vec::new();
     io.stdin
         .take(session.options.max_message as u64 + 1)
@@ -618,8 +703,18 @@ async fn send(
     if body.len() > session.options.max_message {
         return Err(Error::Usage("the body is larger than --max-size".into()));
     }
-    let body = String::from_utf8(body)
-        .map_err(|_| Error::Usage("the body on standard input is not UTF-8 text".into()))?;
+    String::from_utf8(body)
+        .map_err(|_| Error::Usage("the body on standard input is not UTF-8 text".into()))
+}
+
+async fn send(
+    args: &SendArgs,
+    session: &mut Session,
+    json: bool,
+    io: &mut MailIo<'_>,
+) -> Result<()> {
+    let from = sender(args.from.as_deref(), session)?;
+    let body = read_body(session, io)?;
     let draft = Draft {
         from: Some(from.clone()),
         to: parse_all(&args.to)?,
@@ -634,6 +729,31 @@ async fn send(
             .collect::<Result<_>>()?,
         ..Draft::default()
     };
+    submit(
+        &draft,
+        args.dry_run,
+        args.sent_folder.as_deref(),
+        session,
+        json,
+        io,
+    )
+    .await
+}
+
+/// Sends a draft (or prints it with `dry_run`) and files a copy in the
+/// Sent folder over IMAP.
+async fn submit(
+    draft: &Draft,
+    dry_run: bool,
+    sent_folder: Option<&str>,
+    session: &mut Session,
+    json: bool,
+    io: &mut MailIo<'_>,
+) -> Result<()> {
+    let from = draft
+        .from
+        .clone()
+        .ok_or_else(|| Error::Usage("no sender".into()))?;
     let recipients = draft.recipients();
     if recipients.is_empty() {
         return Err(Error::Usage(
@@ -641,7 +761,7 @@ async fn send(
         ));
     }
     let raw = draft.compose()?;
-    if args.dry_run {
+    if dry_run {
         io.stdout.write_all(&raw)?;
         return Ok(());
     }
@@ -651,9 +771,8 @@ async fn send(
     smtp.login(session.account.login(), &password).await?;
     smtp.send(&from.address, &recipients, &raw).await?;
     smtp.quit().await;
-    let sent_folder = args
-        .sent_folder
-        .clone()
+    let sent_folder = sent_folder
+        .map(str::to_string)
         .or_else(|| session.account.sent_folder.clone())
         .unwrap_or_else(|| "Sent".into());
     let mut saved = None;

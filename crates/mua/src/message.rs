@@ -394,6 +394,135 @@ pub fn decode_part(raw: &[u8]) -> (Option<String>, Vec<u8>) {
     )
 }
 
+fn mailboxes_of(address: Option<&mail_parser::Address<'_>>) -> Vec<Mailbox> {
+    address
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    let address = m.address()?.to_string();
+                    Mailbox::parse(&address).ok().map(|mut parsed| {
+                        parsed.name = m
+                            .name()
+                            .filter(|n| !n.chars().any(char::is_control))
+                            .map(str::to_string);
+                        parsed
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `prefix` + subject, unless the subject already starts with it (any
+/// case, e.g. `RE:`): replies to replies do not pile up `Re: Re:`.
+fn prefixed(prefix: &str, subject: &str) -> String {
+    let trimmed = subject.trim_start();
+    if trimmed
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    {
+        trimmed.to_string()
+    } else {
+        format!("{prefix} {trimmed}")
+    }
+}
+
+/// A reply to `original` (RFC 5322 §3.6.4): to its Reply-To or From (with
+/// `all`, also its To and Cc, without `me`), `Re:` subject, In-Reply-To and
+/// References set, the original text quoted under `body`.
+pub fn reply_draft(original: &[u8], me: &Mailbox, all: bool, body: &str) -> Result<Draft> {
+    let message = MessageParser::default()
+        .parse(original)
+        .ok_or_else(|| Error::protocol("the original message cannot be read"))?;
+    let mut to = mailboxes_of(message.reply_to());
+    if to.is_empty() {
+        to = mailboxes_of(message.from());
+    }
+    let mut cc = Vec::new();
+    if all {
+        cc.extend(mailboxes_of(message.to()));
+        cc.extend(mailboxes_of(message.cc()));
+    }
+    let is_me = |m: &Mailbox| m.address.eq_ignore_ascii_case(&me.address);
+    if to.iter().all(is_me) && all {
+        // Replying to one's own message: to its recipients.
+        to = std::mem::take(&mut cc);
+    }
+    cc.retain(|m| {
+        !is_me(m)
+            && !to
+                .iter()
+                .any(|t| t.address.eq_ignore_ascii_case(&m.address))
+    });
+    if to.is_empty() {
+        return Err(Error::Usage(
+            "the original message names nobody to reply to".into(),
+        ));
+    }
+    let mut references: Vec<String> = message
+        .references()
+        .as_text_list()
+        .map(|l| l.iter().map(|r| r.to_string()).collect())
+        .unwrap_or_default();
+    let id = message.message_id().map(str::to_string);
+    references.extend(id.clone());
+    let shown = render(original);
+    let mut text = body.trim_end().to_string();
+    text.push_str(&format!(
+        "\n\nOn {}, {} wrote:\n",
+        shown.headline.date.as_deref().unwrap_or("an unknown date"),
+        shown.headline.from
+    ));
+    for line in shown.text.lines() {
+        text.push_str(if line.starts_with('>') { ">" } else { "> " });
+        text.push_str(line);
+        text.push('\n');
+    }
+    Ok(Draft {
+        from: Some(me.clone()),
+        to,
+        cc,
+        subject: prefixed("Re:", message.subject().unwrap_or("")),
+        body: text,
+        in_reply_to: id,
+        references,
+        ..Draft::default()
+    })
+}
+
+/// A forward of `original`: `Fwd:` subject, the original's headline and
+/// text under `body`, its attachments attached again. Recipients are the
+/// caller's.
+pub fn forward_draft(original: &[u8], me: &Mailbox, body: &str) -> Draft {
+    let shown = render(original);
+    let mut text = body.trim_end().to_string();
+    text.push_str("\n\n---------- Forwarded message ----------\n");
+    text.push_str(&format!("From: {}\n", shown.headline.from));
+    if let Some(date) = &shown.headline.date {
+        text.push_str(&format!("Date: {date}\n"));
+    }
+    text.push_str(&format!("Subject: {}\n", shown.headline.subject));
+    if !shown.to.is_empty() {
+        text.push_str(&format!("To: {}\n", shown.to.join(", ")));
+    }
+    text.push('\n');
+    text.push_str(&shown.text);
+    Draft {
+        from: Some(me.clone()),
+        subject: prefixed("Fwd:", &shown.headline.subject),
+        body: text,
+        attachments: extract_attachments(original)
+            .into_iter()
+            .map(|(info, content)| Attachment {
+                file_name: info.name,
+                content_type: info.content_type,
+                content,
+            })
+            .collect(),
+        ..Draft::default()
+    }
+}
+
 /// A file name that is safe to create inside a directory: the last path
 /// component only (no `/`, `\`), no control characters, no leading dots
 /// (no hidden files, no `..`), at most 150 bytes; `attachment` when nothing
@@ -551,6 +680,42 @@ mod tests {
             draft.recipients(),
             ["ann@example.test", "hidden@example.test"]
         );
+    }
+
+    #[test]
+    fn replies_and_forwards() {
+        let original = b"From: Ann <ann@example.test>\r\nTo: me@example.test, bob@example.test\r\nCc: Carol <carol@example.test>\r\nSubject: RE: plans\r\nMessage-ID: <m2@example.test>\r\nReferences: <m0@example.test> <m1@example.test>\r\nDate: Thu, 3 Dec 2026 10:00:00 +0000\r\n\r\nline one\r\n> older\r\n";
+        let me = Mailbox::parse("me@example.test").unwrap();
+        let reply = reply_draft(original, &me, false, "Yes.").unwrap();
+        assert_eq!(
+            reply.to,
+            [Mailbox::parse("Ann <ann@example.test>").unwrap()]
+        );
+        assert!(reply.cc.is_empty());
+        assert_eq!(reply.subject, "RE: plans");
+        assert_eq!(reply.in_reply_to.as_deref(), Some("m2@example.test"));
+        assert_eq!(
+            reply.references,
+            ["m0@example.test", "m1@example.test", "m2@example.test"]
+        );
+        assert!(reply.body.starts_with("Yes.\n\nOn 2026-12-03T10:00:00Z, Ann <ann@example.test> wrote:\n> line one\n>> older"), "{}", reply.body);
+        let all = reply_draft(original, &me, true, "").unwrap();
+        let cc: Vec<&str> = all.cc.iter().map(|m| m.address.as_str()).collect();
+        assert_eq!(cc, ["bob@example.test", "carol@example.test"]);
+        let raw = all.compose().unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.contains("In-Reply-To: <m2@example.test>"), "{text}");
+        assert!(text.contains("References: <m0@example.test>"), "{text}");
+
+        let forward = forward_draft(original, &me, "FYI");
+        assert_eq!(forward.subject, "Fwd: RE: plans");
+        assert!(
+            forward
+                .body
+                .contains("---------- Forwarded message ----------\nFrom: Ann <ann@example.test>")
+        );
+        assert_eq!(prefixed("Re:", "re: x"), "re: x");
+        assert_eq!(prefixed("Re:", "Rex"), "Re: Rex");
     }
 
     #[test]
