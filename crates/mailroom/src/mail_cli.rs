@@ -515,15 +515,11 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
             mailbox,
             dry_run,
         } => {
-            let me = sender(None, &session)?;
-            let body = read_body(&session, io)?;
-            let original = fetch_whole(*id, mailbox, false, &mut session, io).await?;
-            let draft = message::reply_draft(&original, &me, *all, &body)?;
-            submit(&draft, *dry_run, None, &mut session, json, io).await?;
-            if !dry_run {
-                mark_original(*id, mailbox, "\\Answered", &mut session, io).await?;
-            }
-            Ok(())
+            let draft = |original: &[u8], me: &Mailbox, body: &str| {
+                message::reply_draft(original, me, *all, body)
+            };
+            let flag = "\\Answered";
+            respond(*id, mailbox, *dry_run, flag, draft, &mut session, json, io).await
         }
         MailCommand::Forward {
             id,
@@ -532,17 +528,14 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
             mailbox,
             dry_run,
         } => {
-            let me = sender(None, &session)?;
-            let body = read_body(&session, io)?;
-            let original = fetch_whole(*id, mailbox, false, &mut session, io).await?;
-            let mut draft = message::forward_draft(&original, &me, &body);
-            draft.to = parse_all(to)?;
-            draft.cc = parse_all(cc)?;
-            submit(&draft, *dry_run, None, &mut session, json, io).await?;
-            if !dry_run {
-                mark_original(*id, mailbox, "$Forwarded", &mut session, io).await?;
-            }
-            Ok(())
+            let draft = |original: &[u8], me: &Mailbox, body: &str| {
+                let mut draft = message::forward_draft(original, me, body);
+                draft.to = parse_all(to)?;
+                draft.cc = parse_all(cc)?;
+                Ok(draft)
+            };
+            let flag = "$Forwarded";
+            respond(*id, mailbox, *dry_run, flag, draft, &mut session, json, io).await
         }
         MailCommand::Read {
             id,
@@ -637,6 +630,30 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
         } => watch(mailbox, *count, *interval, &mut session, json, io).await,
         MailCommand::Account(_) => unreachable!("handled above"),
     }
+}
+
+/// Reply and forward: fetches the original (peeking), drafts the new
+/// message around the text on stdin, sends it and flags the original.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    id: u32,
+    mailbox: &str,
+    dry_run: bool,
+    flag: &str,
+    draft: impl FnOnce(&[u8], &Mailbox, &str) -> Result<Draft>,
+    session: &mut Session,
+    json: bool,
+    io: &mut MailIo<'_>,
+) -> Result<()> {
+    let me = sender(None, session)?;
+    let body = read_body(session, io)?;
+    let original = fetch_whole(id, mailbox, false, session, io).await?;
+    let draft = draft(&original, &me, &body)?;
+    submit(&draft, dry_run, None, session, json, io).await?;
+    if !dry_run {
+        mark_original(id, mailbox, flag, session, io).await?;
+    }
+    Ok(())
 }
 
 /// Flags the message replied to or forwarded (IMAP; POP3 has no flags).
