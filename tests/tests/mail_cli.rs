@@ -867,3 +867,65 @@ async fn reply_and_forward_keep_the_thread_the_flags_and_the_attachments() {
     );
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// A TCP proxy to `upstream` whose open connections can be cut at once
+/// (the server "closing the connection" as the client sees it).
+async fn cutting_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let task = tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+            tasks.lock().unwrap().push(task.abort_handle());
+        }
+    });
+    (port, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_when_the_server_closes_the_connection() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE, BOB]).await;
+    let (port, open) = cutting_proxy(r.stack.addr("imap").unwrap()).await;
+    let mut args = server_args(&r, ALICE);
+    let at = args.iter().position(|a| a == "--imap-port").unwrap();
+    args[at + 1] = port.to_string();
+    args.extend(["watch", "--count", "1"].map(str::to_string));
+    let watcher = tokio::spawn(mail_raw(args, b"", Some(PASSWORD)));
+    wait_for(
+        "the watch to connect",
+        Duration::from_secs(10),
+        async || !open.lock().unwrap().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for task in open.lock().unwrap().drain(..) {
+        task.abort();
+    }
+    mail(
+        &r,
+        BOB,
+        &["send", "--to", ALICE, "--subject", "after the cut"],
+        b"hi",
+    )
+    .await
+    .ok();
+    let out = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("watch saw the message after reconnecting")
+        .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.out().contains("after the cut"), "{}", out.out());
+    assert!(out.stderr.contains("reconnecting"), "{}", out.stderr);
+    r.stack.stop(Duration::from_secs(5)).await;
+}

@@ -336,40 +336,36 @@ impl Connection {
     /// Reads once more from the socket into the input buffer; an error when
     /// the server closed the connection.
     pub async fn fill(&mut self) -> Result<()> {
+        let limit = self.timeout;
+        match tokio::time::timeout(limit, self.read_some()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::protocol(format!(
+                "no answer within {}s",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    /// Like [`Connection::fill`] without a timeout: for IDLE, where the
+    /// caller bounds the wait itself (dropping this future loses nothing:
+    /// bytes are only ever appended to the input buffer).
+    pub async fn fill_untimed(&mut self) -> Result<()> {
+        self.read_some().await
+    }
+
+    async fn read_some(&mut self) -> Result<()> {
         // Read straight into the spare capacity of the input buffer (no
         // large array in the future's state).
-        let start = self.input.len();
         self.input.reserve(READ_CHUNK);
-        let read = async {
-            match &mut self.stream {
-                Stream::Plain(s) => s.read_buf(&mut self.input).await,
-                Stream::Tls(s) => s.read_buf(&mut self.input).await,
-                Stream::Gone => Ok(0),
-            }
-        };
-        let n = match tokio::time::timeout(self.timeout, read).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::protocol(format!(
-                    "no answer within {}s",
-                    self.timeout.as_secs()
-                )));
-            }
+        let n = match &mut self.stream {
+            Stream::Plain(s) => s.read_buf(&mut self.input).await?,
+            Stream::Tls(s) => s.read_buf(&mut self.input).await?,
+            Stream::Gone => 0,
         };
         if n == 0 {
             return Err(Error::protocol("the server closed the connection"));
         }
-        debug_assert_eq!(self.input.len(), start + n);
         Ok(())
-    }
-
-    /// Like [`Connection::fill`] without a timeout: for IDLE, where the
-    /// caller bounds the wait itself.
-    pub async fn fill_untimed(&mut self) -> Result<()> {
-        let timeout = std::mem::replace(&mut self.timeout, Duration::from_secs(u32::MAX as u64));
-        let result = self.fill().await;
-        self.timeout = timeout;
-        result
     }
 
     /// The unread input.
