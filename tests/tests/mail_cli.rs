@@ -516,6 +516,32 @@ async fn bad_input_gives_clear_errors_and_exit_codes() {
         out.stderr
     );
 
+    // Implicit TLS (RFC 8314) on the submissions, imaps and pop3s ports.
+    let port = |s: &str| r.stack.addr(s).unwrap().port().to_string();
+    let cert = r.data_dir.path().join("tls/cert.pem");
+    let implicit = strings(&[
+        "mail",
+        "--server",
+        "localhost",
+        "--user",
+        ALICE,
+        "--security",
+        "tls",
+        "--smtp-port",
+        &port("submissions"),
+        "--imap-port",
+        &port("imaps"),
+        "--pop3-port",
+        &port("pop3s"),
+        "--ca-file",
+        cert.to_str().unwrap(),
+    ]);
+    for command in [&["list"][..], &["--pop3", "list"], &["send", "--to", ALICE]] {
+        let all = [implicit.clone(), strings(command)].concat();
+        let out = mail_raw(all, b"over TLS", Some(PASSWORD)).await;
+        assert_eq!(out.code, 0, "{command:?}: {}", out.stderr);
+    }
+
     // Missing profile: 2.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("accounts.toml");
