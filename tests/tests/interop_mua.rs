@@ -1,0 +1,251 @@
+//! `mailroom mail …` against a server nobody on this project wrote: a
+//! throw-away Dovecot (IMAP with STARTTLS, POP3 with STLS, SCRAM-SHA-256 and
+//! PLAIN) in a temporary directory. `.ci/run` installs `dovecot-imapd` and
+//! `dovecot-pop3d`; a missing Dovecot fails the test.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mailroom::mail_cli::{MailIo, run};
+use mailroom_tests::wait_for;
+
+const USER: &str = "ann@interop.test";
+const PASS: &str = "dovecot pass";
+
+/// Dovecot running until dropped.
+struct Dovecot {
+    child: Child,
+    imap: u16,
+    pop3: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_dovecot() -> Dovecot {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("tls")).unwrap();
+    let (cert, key) =
+        mailroom_net::tls::ensure_self_signed(&root.join("tls"), "localhost").unwrap();
+    let home = root.join("home");
+    std::fs::create_dir_all(home.join("Maildir/new")).unwrap();
+    std::fs::create_dir_all(home.join("Maildir/cur")).unwrap();
+    std::fs::create_dir_all(home.join("Maildir/tmp")).unwrap();
+    // The mail processes run as nobody; Dovecot's own directories are root's.
+    let chown = |p: &Path| {
+        Command::new("chown")
+            .args(["-R", "nobody:nogroup", p.to_str().unwrap()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(
+        root.join("passwd"),
+        format!("{USER}:{{PLAIN}}{PASS}::::::\n"),
+    )
+    .unwrap();
+    let (imap, pop3) = (free_port(), free_port());
+    let config = format!(
+        r#"
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = required
+ssl_cert = <{cert}
+ssl_key = <{key}
+disable_plaintext_auth = yes
+auth_mechanisms = plain scram-sha-256
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={home}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"#,
+        root = root.display(),
+        cert = cert.display(),
+        key = key.display(),
+        home = home.display(),
+    );
+    let conf = root.join("dovecot.conf");
+    std::fs::write(&conf, config).unwrap();
+    // A message for the maildrop, with a non-ASCII attachment name.
+    let message = b"From: Bob <bob@interop.test>\r\nTo: ann@interop.test\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <d1@interop.test>\r\nDate: Thu, 3 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo Ann.\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=utf-8''%C3%9Cbersicht.bin\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n--b--\r\n";
+    std::fs::write(home.join("Maildir/new/1.interop:2,"), message).unwrap();
+    chown(&home);
+    let child = Command::new("dovecot")
+        .args(["-F", "-c", conf.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("dovecot could not be run ({e}); .ci/run installs it"));
+    Dovecot {
+        child,
+        imap,
+        pop3,
+        dir,
+    }
+}
+
+async fn mail(d: &Dovecot, args: &[&str]) -> (u8, Vec<u8>, String) {
+    mail_as(d, USER, args).await
+}
+
+async fn mail_as(d: &Dovecot, user: &str, args: &[&str]) -> (u8, Vec<u8>, String) {
+    use clap::Parser;
+    let cert = d.dir.path().join("tls/cert.pem");
+    let imap = d.imap.to_string();
+    let pop3 = d.pop3.to_string();
+    let mut argv = vec![
+        "mailroom",
+        "mail",
+        "--server",
+        "localhost",
+        "--user",
+        user,
+        "--security",
+        "starttls",
+        "--imap-port",
+        &imap,
+        "--pop3-port",
+        &pop3,
+        "--ca-file",
+        cert.to_str().unwrap(),
+        "--timeout",
+        "20",
+    ];
+    argv.extend(args);
+    let cli = mailroom::Cli::try_parse_from(argv).unwrap();
+    let mailroom::cli::Command::Mail(args) = cli.command else {
+        panic!()
+    };
+    let env = |name: &str| (name == "MAILROOM_MAIL_PASSWORD").then(|| PASS.to_string());
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = run(
+        &args,
+        &mut MailIo {
+            stdin: &mut &b""[..],
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            env: &env,
+            interactive: false,
+        },
+    )
+    .await;
+    (code, stdout, String::from_utf8_lossy(&stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_read_save_flag_and_folders_against_dovecot() {
+    let d = start_dovecot();
+    wait_for("dovecot to listen", Duration::from_secs(20), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", d.imap))
+            .await
+            .is_ok()
+            && tokio::net::TcpStream::connect(("127.0.0.1", d.pop3))
+                .await
+                .is_ok()
+    })
+    .await;
+    let log = || std::fs::read_to_string(d.dir.path().join("dovecot.log")).unwrap_or_default();
+
+    for protocol in [&[][..], &["--pop3"]] {
+        let with = |args: &[&'static str]| [protocol, args].concat();
+        let (code, out, err) = mail(&d, &with(&["list", "--json"])).await;
+        assert_eq!(code, 0, "{protocol:?} {err}\n{}", log());
+        let listed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(listed["messages"][0]["subject"], "Grüße", "{listed}");
+        let id = listed["messages"][0]["id"].to_string();
+        let (code, out, err) = mail(&d, &[protocol, &["read", &id, "--peek"]].concat()).await;
+        assert_eq!(code, 0, "{err}");
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            out.contains("Hallo Ann.") && out.contains("Übersicht.bin"),
+            "{out}"
+        );
+        let saved = tempfile::tempdir().unwrap();
+        let dir = saved.path().to_str().unwrap();
+        let (code, _, err) = mail(
+            &d,
+            &[protocol, &["attachments", &id, "--dir", dir]].concat(),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            std::fs::read(saved.path().join("Übersicht.bin")).unwrap(),
+            [0, 1, 2, 255]
+        );
+    }
+
+    // Our SCRAM-SHA-256 client against Dovecot's server (checked both ways:
+    // Dovecot verified our proof, we verified its signature).
+    let logins = log();
+    assert!(
+        logins.contains("imap-login: Info: Login: user=<ann@interop.test>, method=SCRAM-SHA-256"),
+        "{logins}"
+    );
+    assert!(
+        logins.contains("pop3-login: Info: Login: user=<ann@interop.test>, method=SCRAM-SHA-256"),
+        "{logins}"
+    );
+
+    // IMAP's write side: STORE, CREATE, MOVE.
+    let (code, _, err) = mail(&d, &["flag", "1", "--add", "\\Flagged"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mail(&d, &["folders", "create", "Projects"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mail(&d, &["move", "1", "--to", "Projects"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = mail(&d, &["list", "-m", "Projects", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        listed["messages"][0]["flags"]
+            .to_string()
+            .contains("Flagged"),
+        "{listed}"
+    );
+
+    // An unknown user against Dovecot: exit code 5.
+    let (code, _, err) = mail_as(&d, "nobody@interop.test", &["list"]).await;
+    assert_eq!(code, 5, "{err}");
+}
