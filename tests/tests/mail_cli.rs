@@ -955,3 +955,55 @@ async fn watch_reconnects_when_the_server_closes_the_connection() {
     assert!(out.stderr.contains("reconnecting"), "{}", out.stderr);
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_body_comes_from_the_editor() {
+    use clap::Parser;
+    let argv = [
+        "mailroom",
+        "mail",
+        "--server",
+        "localhost",
+        "--user",
+        BOB,
+        "send",
+        "--to",
+        ALICE,
+        "--dry-run",
+    ];
+    for (editor, expected) in [
+        ("printf 'edited body' >", Some("edited body")),
+        ("true", None), // left empty: cancelled
+        ("false", None),
+    ] {
+        let cli = mailroom::Cli::try_parse_from(argv).unwrap();
+        let mailroom::cli::Command::Mail(args) = cli.command else {
+            panic!()
+        };
+        let env = move |name: &str| (name == "EDITOR").then(|| editor.to_string());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let code = run(
+            &args,
+            &mut MailIo {
+                stdin: &mut &b"not this"[..],
+                stdout: &mut stdout,
+                stderr: &mut stderr,
+                env: &env,
+                interactive: true,
+            },
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&stderr);
+        match expected {
+            Some(text) => {
+                assert_eq!(code, 0, "{stderr}");
+                let seen = python_reads(&stdout);
+                assert_eq!(seen["parts"][0]["text"].as_str().unwrap().trim_end(), text);
+            }
+            None => {
+                assert_eq!(code, 2, "{editor}: {stderr}");
+                assert!(stderr.contains("nothing sent"), "{stderr}");
+            }
+        }
+    }
+}

@@ -106,7 +106,7 @@ pub struct MailOptions {
 /// The mail commands.
 #[derive(Debug, Subcommand)]
 pub enum MailCommand {
-    /// Send a message read from standard input through SMTP submission.
+    /// Send a message (its text from standard input, or $EDITOR on a terminal) through SMTP submission.
     Send(SendArgs),
     /// Reply to a message; your text from standard input, the original quoted below it.
     Reply {
@@ -710,18 +710,70 @@ fn sender(from: Option<&str>, session: &Session) -> Result<Mailbox> {
     }
 }
 
-/// The message text from standard input, at most `--max-size` bytes of UTF-8.
+/// The message text: from `$VISUAL`/`$EDITOR` when standard input is a
+/// terminal and one is set, else from standard input; at most
+/// `--max-size` bytes of UTF-8.
 fn read_body(session: &Session, io: &mut MailIo<'_>) -> Result<String> {
-    let mut body = Vec::new();
-    io.stdin
-        .take(session.options.max_message as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| Error::File(format!("cannot read the body from standard input: {e}")))?;
+    let editor = (io.interactive)
+        .then(|| (io.env)("VISUAL").or_else(|| (io.env)("EDITOR")))
+        .flatten()
+        .filter(|e| !e.trim().is_empty());
+    let body = match editor {
+        Some(editor) => edit(&editor)?,
+        None => {
+            let mut body = Vec::new();
+            io.stdin
+                .take(session.options.max_message as u64 + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| {
+                    Error::File(format!("cannot read the body from standard input: {e}"))
+                })?;
+            body
+        }
+    };
     if body.len() > session.options.max_message {
         return Err(Error::Usage("the body is larger than --max-size".into()));
     }
-    String::from_utf8(body)
-        .map_err(|_| Error::Usage("the body on standard input is not UTF-8 text".into()))
+    String::from_utf8(body).map_err(|_| Error::Usage("the body is not UTF-8 text".into()))
+}
+
+/// Runs the user's editor on a new private file, as git does (`$EDITOR` is
+/// a shell command line, the file its last argument); an empty result
+/// cancels.
+fn edit(editor: &str) -> Result<Vec<u8>> {
+    use rand::Rng as _;
+    let path = std::env::temp_dir().join(format!(
+        "mailroom-{}-{:016x}.txt",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&path)
+        .map_err(|e| Error::File(format!("cannot create {}: {e}", path.display())))?;
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("{editor} \"$1\""), "editor"])
+        .arg(&path)
+        .status();
+    let body = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            return Err(Error::Usage(format!(
+                "the editor failed ({s}); nothing sent"
+            )));
+        }
+        Err(e) => return Err(Error::Usage(format!("cannot run the editor: {e}"))),
+    }
+    let body = body.map_err(|e| Error::File(format!("cannot read the edited text: {e}")))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Usage("empty message: nothing sent".into()));
+    }
+    Ok(body)
 }
 
 async fn send(

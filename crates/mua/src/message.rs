@@ -719,6 +719,18 @@ mod tests {
     }
 
     #[test]
+    fn html_only_messages_are_reduced_to_text() {
+        let raw = b"Subject: h\r\nContent-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<html><body><p>Gr=FC=DFe</p><script>x</script><b>bold</b></body></html>\r\n";
+        let shown = render(raw);
+        assert!(shown.text.contains("Grüße"), "{}", shown.text);
+        assert!(
+            shown.text.contains("bold") && !shown.text.contains("<b>"),
+            "{}",
+            shown.text
+        );
+    }
+
+    #[test]
     fn broken_mime_still_renders() {
         let raw = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/octet-stream; name=\"../../.bashrc\"\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64";
         let shown = render(raw);
