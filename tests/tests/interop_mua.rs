@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mailroom::mail_cli::{MailIo, run};
-use mailroom_tests::wait_for;
+use mailroom_tests::{mail_command, wait_for};
 
 const USER: &str = "ann@interop.test";
 const PASS: &str = "dovecot pass";
@@ -131,12 +130,10 @@ async fn mail(d: &Dovecot, args: &[&str]) -> (u8, Vec<u8>, String) {
 }
 
 async fn mail_as(d: &Dovecot, user: &str, args: &[&str]) -> (u8, Vec<u8>, String) {
-    use clap::Parser;
     let cert = d.dir.path().join("tls/cert.pem");
     let imap = d.imap.to_string();
     let pop3 = d.pop3.to_string();
     let mut argv = vec![
-        "mailroom",
         "mail",
         "--server",
         "localhost",
@@ -154,24 +151,10 @@ async fn mail_as(d: &Dovecot, user: &str, args: &[&str]) -> (u8, Vec<u8>, String
         "20",
     ];
     argv.extend(args);
-    let cli = mailroom::Cli::try_parse_from(argv).unwrap();
-    let mailroom::cli::Command::Mail(args) = cli.command else {
-        panic!()
-    };
+    let argv = argv.into_iter().map(str::to_string).collect();
     let env = |name: &str| (name == "MAILROOM_MAIL_PASSWORD").then(|| PASS.to_string());
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let code = run(
-        &args,
-        &mut MailIo {
-            stdin: &mut &b""[..],
-            stdout: &mut stdout,
-            stderr: &mut stderr,
-            env: &env,
-            interactive: false,
-        },
-    )
-    .await;
-    (code, stdout, String::from_utf8_lossy(&stderr).into_owned())
+    let out = mail_command(argv, b"", &env, false).await;
+    (out.code, out.stdout, out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

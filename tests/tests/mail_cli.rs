@@ -4,59 +4,20 @@
 
 use std::time::Duration;
 
-use mailroom::mail_cli::{MailIo, run};
-use mailroom_tests::{Backend, PASSWORD, Running, start, wait_for, with_accounts};
-
-/// What one command did.
-#[derive(Debug)]
-struct Outcome {
-    code: u8,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Outcome {
-    fn out(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "failed: {}", self.stderr);
-        self
-    }
-}
+use mailroom_tests::{
+    Backend, MailOutcome as Outcome, PASSWORD, Running, mail_command, start, wait_for,
+    with_accounts,
+};
 
 /// Runs `mailroom <args>` in-process with `password` in the environment.
 async fn mail_raw(args: Vec<String>, stdin: &[u8], password: Option<&str>) -> Outcome {
-    use clap::Parser;
-    let cli = mailroom::Cli::try_parse_from(std::iter::once("mailroom".to_string()).chain(args))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mailroom::cli::Command::Mail(args) = cli.command else {
-        panic!("not a mail command")
-    };
     let password = password.map(str::to_string);
     let env = move |name: &str| {
         (name == mailroom_mua::account::PASSWORD_ENV)
             .then(|| password.clone())
             .flatten()
     };
-    let mut input = stdin;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let code = {
-        let mut io = MailIo {
-            stdin: &mut input,
-            stdout: &mut stdout,
-            stderr: &mut stderr,
-            env: &env,
-            interactive: false,
-        };
-        run(&args, &mut io).await
-    };
-    Outcome {
-        code,
-        stdout,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    mail_command(args, stdin, &env, false).await
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -958,9 +919,7 @@ async fn watch_reconnects_when_the_server_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_the_body_comes_from_the_editor() {
-    use clap::Parser;
-    let argv = [
-        "mailroom",
+    let argv = strings(&[
         "mail",
         "--server",
         "localhost",
@@ -970,30 +929,16 @@ async fn on_a_terminal_the_body_comes_from_the_editor() {
         "--to",
         ALICE,
         "--dry-run",
-    ];
+    ]);
     for (editor, expected) in [
         ("printf 'edited body' >", Some("edited body")),
         ("true", None), // left empty: cancelled
         ("false", None),
     ] {
-        let cli = mailroom::Cli::try_parse_from(argv).unwrap();
-        let mailroom::cli::Command::Mail(args) = cli.command else {
-            panic!()
-        };
         let env = move |name: &str| (name == "EDITOR").then(|| editor.to_string());
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let code = run(
-            &args,
-            &mut MailIo {
-                stdin: &mut &b"not this"[..],
-                stdout: &mut stdout,
-                stderr: &mut stderr,
-                env: &env,
-                interactive: true,
-            },
-        )
-        .await;
-        let stderr = String::from_utf8_lossy(&stderr);
+        let out = mail_command(argv.clone(), b"not this", &env, true).await;
+        let (code, stdout) = (out.code, out.stdout);
+        let stderr = out.stderr;
         match expected {
             Some(text) => {
                 assert_eq!(code, 0, "{stderr}");
