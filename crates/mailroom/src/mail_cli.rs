@@ -616,9 +616,27 @@ async fn dispatch(args: &MailArgs, io: &mut MailIo<'_>) -> Result<()> {
                         }
                     }
                 }
-                Some(FolderAction::Create { name }) => imap.create(name).await?,
-                Some(FolderAction::Rename { from, to }) => imap.rename(from, to).await?,
-                Some(FolderAction::Delete { name }) => imap.delete_folder(name).await?,
+                Some(FolderAction::Create { name }) => {
+                    imap.create(name).await?;
+                    if json {
+                        print_json(io, &json!({"version": 1, "created": name}))?;
+                    }
+                }
+                Some(FolderAction::Rename { from, to }) => {
+                    imap.rename(from, to).await?;
+                    if json {
+                        print_json(
+                            io,
+                            &json!({"version": 1, "renamed": {"from": from, "to": to}}),
+                        )?;
+                    }
+                }
+                Some(FolderAction::Delete { name }) => {
+                    imap.delete_folder(name).await?;
+                    if json {
+                        print_json(io, &json!({"version": 1, "deleted": name}))?;
+                    }
+                }
             }
             imap.logout().await;
             Ok(())
@@ -1379,7 +1397,11 @@ async fn account_command(
                 accounts.default = Some(name.clone());
             }
             accounts.save(&path)?;
-            writeln!(io.stdout, "account {name} written to {}", path.display())?;
+            if opts.json {
+                print_json(io, &json!({"version": 1, "account": name, "file": path}))?;
+            } else {
+                writeln!(io.stdout, "account {name} written to {}", path.display())?;
+            }
             Ok(())
         }
         AccountCommand::List => {
