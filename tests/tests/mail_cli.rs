@@ -323,6 +323,19 @@ async fn send_then_list_read_and_save_over_imap_and_pop3() {
     mail(&r, ALICE, &["folders", "delete", "Done"], b"")
         .await
         .ok();
+    // Non-ASCII folder names, with UTF8=ACCEPT enabled.
+    mail(&r, ALICE, &["folders", "create", "Entwürfe ✓"], b"")
+        .await
+        .ok();
+    let folders = mail(&r, ALICE, &["folders", "--json"], b"")
+        .await
+        .ok()
+        .out();
+    assert!(folders.contains("Entwürfe ✓"), "{folders}");
+    let listed = mail(&r, ALICE, &["list", "-m", "Entwürfe ✓"], b"")
+        .await
+        .ok();
+    assert!(listed.stdout.is_empty());
     let again = mail(&r, ALICE, &["folders", "create", "Archive"], b"").await;
     assert_eq!(again.code, 6, "{}", again.stderr);
     assert!(

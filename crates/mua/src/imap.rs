@@ -96,6 +96,8 @@ pub struct ImapClient {
     next_tag: u32,
     capabilities: Vec<String>,
     max_message: usize,
+    /// UTF8=ACCEPT is enabled: non-ASCII mailbox names may be sent.
+    utf8: bool,
 }
 
 impl ImapClient {
@@ -109,6 +111,7 @@ impl ImapClient {
             next_tag: 1,
             capabilities: Vec::new(),
             max_message: options.max_message,
+            utf8: false,
         };
         client.greeting().await?;
         if client.capabilities.is_empty() {
@@ -197,7 +200,21 @@ impl ImapClient {
             ));
         };
         match outcome {
-            Ok(()) => self.refresh_capabilities().await,
+            Ok(()) => {
+                self.refresh_capabilities().await?;
+                // RFC 6855: with UTF8=ACCEPT, mailbox names and headers are
+                // UTF-8 both ways, so non-ASCII folder names work as typed.
+                if self.has("UTF8=ACCEPT") {
+                    use imap_types::extensions::enable::CapabilityEnable;
+                    use imap_types::extensions::utf8::Utf8Kind;
+                    let body = CommandBody::Enable {
+                        capabilities: Vec1::from(CapabilityEnable::Utf8(Utf8Kind::Accept)),
+                    };
+                    self.run(body, "ENABLE").await?;
+                    self.utf8 = true;
+                }
+                Ok(())
+            }
             Err(Error::Refused { reply, .. }) => Err(Error::Auth(format!("\"{reply}\""))),
             Err(e) => Err(e),
         }
@@ -270,7 +287,7 @@ impl ImapClient {
 
     /// Opens a mailbox (EXAMINE when `read_only`); returns EXISTS.
     pub async fn select(&mut self, mailbox: &str, read_only: bool) -> Result<u32> {
-        let name = mailbox_name(mailbox)?;
+        let name = self.mailbox_name(mailbox)?;
         let body = if read_only {
             CommandBody::examine(name)
         } else {
@@ -513,7 +530,7 @@ impl ImapClient {
     /// Moves messages: MOVE (RFC 6851) where offered, else COPY, STORE
     /// \Deleted and (UID) EXPUNGE.
     pub async fn move_to(&mut self, uids: &[u32], mailbox: &str) -> Result<()> {
-        let target = mailbox_name(mailbox)?;
+        let target = self.mailbox_name(mailbox)?;
         if self.has("MOVE") {
             let body = CommandBody::Move {
                 sequence_set: uid_set(uids)?,
@@ -565,21 +582,21 @@ impl ImapClient {
 
     /// CREATE.
     pub async fn create(&mut self, mailbox: &str) -> Result<()> {
-        let body = CommandBody::create(mailbox_name(mailbox)?)
+        let body = CommandBody::create(self.mailbox_name(mailbox)?)
             .map_err(|_| Error::Usage(format!("invalid mailbox name {mailbox:?}")))?;
         self.run(body, "CREATE").await.map(|_| ())
     }
 
     /// RENAME.
     pub async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let body = CommandBody::rename(mailbox_name(from)?, mailbox_name(to)?)
+        let body = CommandBody::rename(self.mailbox_name(from)?, self.mailbox_name(to)?)
             .map_err(|_| Error::Usage("invalid mailbox name".into()))?;
         self.run(body, "RENAME").await.map(|_| ())
     }
 
     /// DELETE (the folder).
     pub async fn delete_folder(&mut self, mailbox: &str) -> Result<()> {
-        let body = CommandBody::delete(mailbox_name(mailbox)?)
+        let body = CommandBody::delete(self.mailbox_name(mailbox)?)
             .map_err(|_| Error::Usage(format!("invalid mailbox name {mailbox:?}")))?;
         self.run(body, "DELETE").await.map(|_| ())
     }
@@ -593,7 +610,7 @@ impl ImapClient {
         let literal = Literal::try_from(message.to_vec())
             .map_err(|_| Error::Usage("the message cannot be sent as an IMAP literal".into()))?;
         let body = CommandBody::Append {
-            mailbox: mailbox_name(mailbox)?,
+            mailbox: self.mailbox_name(mailbox)?,
             flags,
             date: None,
             message: imap_types::extensions::binary::LiteralOrLiteral8::Literal(literal),
@@ -826,6 +843,18 @@ impl ImapClient {
         text.chars().take(300).collect()
     }
 
+    /// A mailbox name for the wire: non-ASCII names only once UTF8=ACCEPT
+    /// is enabled (modified UTF-7 is not implemented here).
+    fn mailbox_name(&self, name: &str) -> Result<Mailbox<'static>> {
+        if !name.is_ascii() && !self.utf8 {
+            return Err(Error::Usage(format!(
+                "the server does not accept UTF-8 mailbox names (no UTF8=ACCEPT): {name:?}"
+            )));
+        }
+        Mailbox::try_from(name.to_string())
+            .map_err(|_| Error::Usage(format!("invalid mailbox name {name:?}")))
+    }
+
     fn too_long(&self) -> Error {
         Error::protocol(format!(
             "a response is longer than {} bytes (--max-size)",
@@ -842,11 +871,6 @@ impl ImapClient {
 
 fn astring(s: &str) -> Result<AString<'static>> {
     AString::try_from(s.to_string()).map_err(|_| Error::Usage(format!("cannot search for {s:?}")))
-}
-
-fn mailbox_name(name: &str) -> Result<Mailbox<'static>> {
-    Mailbox::try_from(name.to_string())
-        .map_err(|_| Error::Usage(format!("invalid mailbox name {name:?}")))
 }
 
 fn mailbox_to_string(mailbox: &Mailbox<'_>) -> String {
