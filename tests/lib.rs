@@ -883,3 +883,58 @@ pub fn run_tool(what: &str, cmd: &mut std::process::Command, codes: &[i32]) -> S
     );
     text
 }
+
+/// What one `mailroom mail …` command did.
+#[derive(Debug)]
+pub struct MailOutcome {
+    /// Its exit code.
+    pub code: u8,
+    /// What it printed on stdout.
+    pub stdout: Vec<u8>,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+impl MailOutcome {
+    /// Stdout as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics with stderr unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "failed: {}", self.stderr);
+        self
+    }
+}
+
+/// Runs `mailroom <argv>` (a `mail` command) in-process with `stdin`, the
+/// environment `env` and, when `interactive`, as if on a terminal.
+pub async fn mail_command(
+    argv: Vec<String>,
+    stdin: &[u8],
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    interactive: bool,
+) -> MailOutcome {
+    use clap::Parser;
+    let cli = mailroom::Cli::try_parse_from(std::iter::once("mailroom".to_string()).chain(argv))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mailroom::cli::Command::Mail(args) = cli.command else {
+        panic!("not a mail command")
+    };
+    let mut input = stdin;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut io = mailroom::mail_cli::MailIo {
+        stdin: &mut input,
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        env,
+        interactive,
+    };
+    let code = mailroom::mail_cli::run(&args, &mut io).await;
+    MailOutcome {
+        code,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}

@@ -411,7 +411,7 @@ pub async fn run(
                 writeln!(out, "oldest:    {}", unix_time(s.oldest_created_at))?;
             }
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Internal(_) => {
+        Command::Serve { .. } | Command::Config(_) | Command::Internal(_) | Command::Mail(_) => {
             unreachable!("not an admin command")
         }
     }

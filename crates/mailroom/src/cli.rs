@@ -56,6 +56,8 @@ pub enum Command {
     /// Credentials of the internal gRPC links (Queue, Delivery).
     #[command(subcommand)]
     Internal(InternalCommand),
+    /// Send and read mail over SMTP submission, IMAP or POP3, with any server.
+    Mail(Box<crate::mail_cli::MailArgs>),
 }
 
 /// `mailroom internal …`
@@ -262,6 +264,21 @@ pub fn load_config(cli: &Cli) -> Result<Config, mailroom_config::ConfigErrors> {
 
 /// Runs a parsed command line as the binary does (stdin, stdout, signals).
 pub async fn run(cli: Cli) -> ExitCode {
+    if let Command::Mail(args) = &cli.command {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut stdin = std::io::stdin();
+        let interactive = stdin.is_terminal();
+        let mut stdout = std::io::stdout();
+        let mut stderr = std::io::stderr();
+        let mut io = crate::mail_cli::MailIo {
+            stdin: &mut stdin,
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            env: &env,
+            interactive,
+        };
+        return ExitCode::from(crate::mail_cli::run(args, &mut io).await);
+    }
     let stdin = std::io::stdin();
     let mut lock = stdin.lock();
     let mut passwords = if std::io::stdin().is_terminal() {
@@ -347,6 +364,21 @@ pub async fn run_with(
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             writeln!(out, "{}", secret.credential(role).expose())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Mail(args) => {
+            let env = |name: &str| std::env::var(name).ok();
+            let mut stderr = std::io::stderr();
+            let mut printed = Vec::new();
+            let mut io = crate::mail_cli::MailIo {
+                stdin: &mut std::io::empty(),
+                stdout: &mut printed,
+                stderr: &mut stderr,
+                env: &env,
+                interactive: false,
+            };
+            let code = crate::mail_cli::run(args, &mut io).await;
+            out.write_all(&printed)?;
+            Ok(ExitCode::from(code))
         }
         Command::Domain(_) | Command::User(_) | Command::Alias(_) | Command::Queue(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;

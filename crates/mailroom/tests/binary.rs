@@ -195,3 +195,132 @@ fn serve_on_a_fresh_directory_then_add_a_user_then_stop_on_sigterm() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(rest.contains("shutting down"), "{rest}");
 }
+
+/// A one-session SMTP server on a thread: offers AUTH PLAIN, accepts
+/// everything, and returns what the client sent.
+fn fake_submission() -> (u16, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(socket.try_clone().unwrap());
+        let mut writer = socket;
+        let mut seen = String::new();
+        writer.write_all(b"220 fake ESMTP\r\n").unwrap();
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            let reply: &[u8] = if in_data {
+                if line != ".\r\n" {
+                    continue;
+                }
+                in_data = false;
+                b"250 queued\r\n"
+            } else if line.starts_with("EHLO") {
+                b"250-fake\r\n250 AUTH PLAIN\r\n"
+            } else if line.starts_with("AUTH") {
+                b"235 ok\r\n"
+            } else if line.starts_with("DATA") {
+                in_data = true;
+                b"354 go\r\n"
+            } else if line.starts_with("QUIT") {
+                writer.write_all(b"221 bye\r\n").unwrap();
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            writer.write_all(reply).unwrap();
+        }
+        seen
+    });
+    (port, server)
+}
+
+#[test]
+fn mail_send_traces_without_secrets_and_errors_go_to_stderr_with_exit_codes() {
+    let (port, server) = fake_submission();
+    let port = port.to_string();
+    let args = [
+        "mail",
+        "--server",
+        "127.0.0.1",
+        "--user",
+        "ann@example.test",
+        "--security",
+        "none",
+        "--smtp-port",
+        &port,
+        "--trace",
+        "send",
+        "--to",
+        "bob@example.test",
+        "--subject",
+        "Hi",
+    ];
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("MAILROOM_MAIL_PASSWORD", "hunter2-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"body\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        text(&out.stdout).starts_with("sent <"),
+        "{}",
+        text(&out.stdout)
+    );
+    let seen = server.join().unwrap();
+    assert!(seen.contains("AUTH PLAIN "), "{seen}");
+    // The trace shows the exchange but never the credentials.
+    assert!(stderr.contains("C: AUTH PLAIN <redacted>"), "{stderr}");
+    assert!(
+        stderr.contains("C: MAIL FROM:<ann@example.test>"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("S: 250 queued"), "{stderr}");
+    let auth_line = seen.lines().find(|l| l.starts_with("AUTH PLAIN")).unwrap();
+    let secret = auth_line.trim_start_matches("AUTH PLAIN ");
+    assert!(
+        !stderr.contains(secret) && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+
+    // A refused connection: one line on stderr, exit code 3, nothing on stdout.
+    let out = mailroom(
+        &[
+            "mail",
+            "--server",
+            "127.0.0.1",
+            "--user",
+            "a@b.test",
+            "--imap-port",
+            "1",
+            "list",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot connect to 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // The exit codes are documented in --help.
+    let help = text(&mailroom(&["mail", "--help"], "").stdout);
+    assert!(
+        help.contains("Exit codes:") && help.contains("5  login refused"),
+        "{help}"
+    );
+}

@@ -1,4 +1,4 @@
-//! Server side of the SASL mechanisms shared by Mailroom's SMTP submission
+//! Server side (and, in [`client`], the client side) of the SASL mechanisms shared by Mailroom's SMTP submission
 //! (RFC 4954 `AUTH`), IMAP (RFC 9051 `AUTHENTICATE`, RFC 4959 SASL-IR) and
 //! POP3 (RFC 5034 `AUTH`) services: PLAIN (RFC 4616), LOGIN
 //! (draft-murchison-sasl-login) and SCRAM-SHA-256 (RFC 5802, RFC 7677).
@@ -90,6 +90,7 @@
 //! - An exchange is single-use: after `Success` or `Failure` every call
 //!   returns [`SaslError::OutOfSequence`].
 
+pub mod client;
 mod credentials;
 mod error;
 mod exchange;
