@@ -40,6 +40,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0004_postgres_imap_writes_leaner.sql"),
         true,
     ),
+    (
+        5,
+        "sender authentication",
+        include_str!("../migrations/0005_sender_auth.sql"),
+        false,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.
