@@ -1,4 +1,5 @@
-//! The admin commands (`domain`, `user`, `alias`): a gRPC client of Admin.
+//! The admin commands (`domain`, `user`, `alias`, `queue`, `dkim`): a gRPC
+//! client of Admin.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
-    AdminTarget, AliasCommand, Command, DomainCommand, PasswordInput, QueueCommand, UserCommand,
+    AdminTarget, AliasCommand, Command, DkimCommand, DomainCommand, PasswordInput, QueueCommand,
+    UserCommand,
 };
 
 /// Adds the bearer token and the trace context to every call.
@@ -299,6 +301,60 @@ pub async fn run(
                 .map_err(failed)?;
             writeln!(out, "alias {source} -> {target} deleted")?;
         }
+        Command::Dkim(DkimCommand::Generate { domain, rotate }) => {
+            let keys = client
+                .generate_dkim_keys(pb::GenerateDkimKeysRequest {
+                    domain: domain.clone(),
+                    rotate: *rotate,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for k in &keys.keys {
+                writeln!(
+                    out,
+                    "generated {} key {} for {}",
+                    k.algorithm, k.selector, k.domain
+                )?;
+            }
+            writeln!(
+                out,
+                "\nPublish these DNS records (`mailroom dkim record {domain}` prints them again):\n"
+            )?;
+            print_records(&mut client, domain, out).await?;
+        }
+        Command::Dkim(DkimCommand::List { domain }) => {
+            let keys = client
+                .list_dkim_keys(pb::ListDkimKeysRequest {
+                    domain: domain.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for k in keys.keys {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    k.domain,
+                    k.selector,
+                    k.algorithm,
+                    if k.active { "signing" } else { "retired" }
+                )?;
+            }
+        }
+        Command::Dkim(DkimCommand::Record { domain }) => {
+            print_records(&mut client, domain, out).await?;
+        }
+        Command::Dkim(DkimCommand::Remove { domain, selector }) => {
+            client
+                .remove_dkim_key(pb::RemoveDkimKeyRequest {
+                    domain: domain.clone(),
+                    selector: selector.clone(),
+                })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "DKIM key {selector} of {domain} removed")?;
+        }
         Command::Queue(QueueCommand::List {
             state,
             domain,
@@ -445,4 +501,24 @@ mod tests {
         assert_eq!(unix_time(1_795_860_000), "2026-11-28T10:00:00Z");
         assert_eq!(show_size(12), "12 B");
     }
+}
+
+/// Prints a domain's DNS records as zone-file lines, each after a comment
+/// saying what it is for.
+async fn print_records(
+    client: &mut Client,
+    domain: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let records = client
+        .dns_records(pb::DnsRecordsRequest {
+            domain: domain.to_string(),
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    for r in records.records {
+        writeln!(out, "; {}\n{}", r.purpose, r.zone_line)?;
+    }
+    Ok(())
 }

@@ -123,7 +123,7 @@ impl QueueService {
                 domain: &k.info.domain,
                 selector: &k.info.selector,
                 algorithm: &k.info.algorithm,
-                private_key: &k.private_key,
+                private_key_pem: &k.private_key,
             })
             .collect();
         match mailroom_sender_auth::signing::sign(&message, &keys, self.dkim_expiry) {

@@ -73,15 +73,56 @@ pub fn next_selectors(year: i32, taken: &[String]) -> Option<(String, String)> {
     })
 }
 
-/// The TXT record value for a key (RFC 6376 §3.6.1, RFC 8463 §4.2).
-pub fn dkim_record(algorithm: &str, public_key: &[u8]) -> String {
+impl GeneratedKey {
+    /// The private key as stored: PKCS#8 PEM.
+    pub fn private_pem(&self) -> String {
+        to_pem(&self.private_key)
+    }
+
+    /// The record's `p=` value.
+    pub fn public_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.public_key)
+    }
+}
+
+const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
+const PEM_END: &str = "-----END PRIVATE KEY-----";
+
+/// PKCS#8 DER as PEM (RFC 7468 §10).
+pub fn to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("{PEM_BEGIN}\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(PEM_END);
+    out.push('\n');
+    out
+}
+
+/// PKCS#8 PEM back to DER.
+pub fn from_pem(pem: &str) -> Result<Vec<u8>, String> {
+    let body = pem
+        .trim()
+        .strip_prefix(PEM_BEGIN)
+        .and_then(|s| s.strip_suffix(PEM_END))
+        .ok_or("not a PKCS#8 PEM private key")?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("bad PEM: {e}"))
+}
+
+/// The TXT record value for a key (RFC 6376 §3.6.1, RFC 8463 §4.2), given
+/// its `p=` value (base64).
+pub fn dkim_record(algorithm: &str, public_key: &str) -> String {
     let k = if algorithm == ED25519_SHA256 {
         "ed25519"
     } else {
         "rsa"
     };
-    let p = base64::engine::general_purpose::STANDARD.encode(public_key);
-    format!("v=DKIM1; k={k}; p={p}")
+    format!("v=DKIM1; k={k}; p={public_key}")
 }
 
 /// A zone-file line publishing `value` at `name`, split into strings of at
@@ -125,11 +166,15 @@ mod tests {
     fn generated_keys_have_the_published_shapes() {
         let ed = generate_ed25519().unwrap();
         assert_eq!(ed.public_key.len(), 32);
-        assert!(dkim_record(ed.algorithm, &ed.public_key).starts_with("v=DKIM1; k=ed25519; p="));
+        assert!(
+            dkim_record(ed.algorithm, &ed.public_base64()).starts_with("v=DKIM1; k=ed25519; p=")
+        );
+        assert_eq!(from_pem(&ed.private_pem()).unwrap(), ed.private_key);
         let rsa = generate_rsa().unwrap();
         // SubjectPublicKeyInfo of a 2048-bit key is 294 bytes.
         assert_eq!(rsa.public_key.len(), 294);
-        let record = dkim_record(rsa.algorithm, &rsa.public_key);
+        let record = dkim_record(rsa.algorithm, &rsa.public_base64());
+        assert_eq!(from_pem(&rsa.private_pem()).unwrap(), rsa.private_key);
         let line = zone_line("2026a-rsa._domainkey.example.test", &record);
         assert!(
             line.starts_with("2026a-rsa._domainkey.example.test. IN TXT \"v=DKIM1; k=rsa; p=MIIB")

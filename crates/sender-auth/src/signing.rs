@@ -48,8 +48,8 @@ pub struct SigningKey<'a> {
     pub selector: &'a str,
     /// `rsa-sha256` or `ed25519-sha256`.
     pub algorithm: &'a str,
-    /// PKCS#8 DER.
-    pub private_key: &'a [u8],
+    /// PKCS#8 PEM.
+    pub private_key_pem: &'a str,
 }
 
 impl std::fmt::Debug for SigningKey<'_> {
@@ -85,16 +85,18 @@ pub fn sign(message: &[u8], keys: &[SigningKey<'_>], expiry: Duration) -> Result
                 key.selector, key.domain
             )
         };
+        let der = crate::keys::from_pem(key.private_key_pem)
+            .map_err(|e| format!("DKIM key {} of {}: {e}", key.selector, key.domain))?;
         let signature = match key.algorithm {
             RSA_SHA256 => {
-                let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.private_key));
+                let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_slice()));
                 let k = RsaKey::<Sha256>::from_key_der(der).map_err(fail)?;
                 signer(DkimSigner::from_key(k), key, expiry)
                     .sign(message)
                     .map_err(fail)?
             }
             ED25519_SHA256 => {
-                let k = Ed25519Key::from_pkcs8_der(key.private_key).map_err(fail)?;
+                let k = Ed25519Key::from_pkcs8_der(&der).map_err(fail)?;
                 signer(DkimSigner::from_key(k), key, expiry)
                     .sign(message)
                     .map_err(fail)?

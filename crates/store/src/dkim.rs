@@ -6,8 +6,11 @@
 //! * the private key is read only by [`Store::dkim_signing_keys`], for the
 //!   signer; listings ([`Store::dkim_keys`]) never carry it, so the Admin API
 //!   cannot return it after creation;
-//! * a retired key no longer signs but stays listed, so its DNS record can
-//!   stay published while mail it signed is still in flight.
+//! * a retired key (`active` false) no longer signs but stays listed, so its
+//!   DNS record can stay published while mail it signed is still in flight.
+//!
+//! The table is `dkim_keys` of the initial schema: the private key as
+//! PKCS#8 PEM, the public key as the base64 text of the record's `p=`.
 
 use mailroom_address::Domain;
 use sqlx::Row;
@@ -23,12 +26,13 @@ pub struct DkimKeyInfo {
     pub selector: String,
     /// `rsa-sha256` or `ed25519-sha256` (the `a=` tag).
     pub algorithm: String,
-    /// The `p=` value's bytes (SubjectPublicKeyInfo DER for RSA, raw for Ed25519).
-    pub public_key: Vec<u8>,
+    /// The record's `p=` value: base64 of SubjectPublicKeyInfo DER (RSA) or
+    /// of the raw key (Ed25519).
+    pub public_key: String,
     /// Seconds since the epoch.
     pub created_at: i64,
-    /// When it stopped signing, if it did.
-    pub retired_at: Option<i64>,
+    /// Whether it signs (false once retired by a rotation).
+    pub active: bool,
 }
 
 /// A key to sign with.
@@ -36,8 +40,8 @@ pub struct DkimKeyInfo {
 pub struct DkimSigningKey {
     /// Its public description.
     pub info: DkimKeyInfo,
-    /// PKCS#8 DER.
-    pub private_key: Vec<u8>,
+    /// PKCS#8 PEM.
+    pub private_key: String,
 }
 
 impl std::fmt::Debug for DkimSigningKey {
@@ -64,7 +68,7 @@ macro_rules! key_info {
             algorithm: $row.try_get("algorithm")?,
             public_key: $row.try_get("public_key")?,
             created_at: $row.try_get("created_at")?,
-            retired_at: $row.try_get("retired_at")?,
+            active: $row.try_get("active")?,
         }
     };
 }
@@ -76,8 +80,8 @@ impl Store {
         domain: &Domain,
         selector: &str,
         algorithm: &str,
-        private_key: &[u8],
-        public_key: &[u8],
+        private_key_pem: &str,
+        public_key: &str,
     ) -> Result<DkimKeyInfo> {
         let created_at = now();
         on_backend!(self, |pool| {
@@ -88,7 +92,7 @@ impl Store {
             .bind(domain.as_str())
             .bind(selector)
             .bind(algorithm)
-            .bind(private_key)
+            .bind(private_key_pem)
             .bind(public_key)
             .bind(created_at)
             .execute(pool)
@@ -109,9 +113,9 @@ impl Store {
             domain: domain.to_string(),
             selector: selector.to_string(),
             algorithm: algorithm.to_string(),
-            public_key: public_key.to_vec(),
+            public_key: public_key.to_string(),
             created_at,
-            retired_at: None,
+            active: true,
         })
     }
 
@@ -119,7 +123,7 @@ impl Store {
     pub async fn dkim_keys(&self, domain: Option<&Domain>) -> Result<Vec<DkimKeyInfo>> {
         Ok(on_backend!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT d.name AS domain, k.selector, k.algorithm, k.public_key, k.created_at, k.retired_at
+                "SELECT d.name AS domain, k.selector, k.algorithm, k.public_key, k.created_at, k.active
                  FROM dkim_keys k JOIN domains d ON d.id = k.domain_id
                  WHERE $1 IS NULL OR d.name = $1
                  ORDER BY d.name, k.created_at, k.selector",
@@ -140,10 +144,10 @@ impl Store {
     pub async fn dkim_signing_keys(&self, domain: &Domain) -> Result<Vec<DkimSigningKey>> {
         Ok(on_backend!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT d.name AS domain, k.selector, k.algorithm, k.public_key, k.created_at, k.retired_at,
+                "SELECT d.name AS domain, k.selector, k.algorithm, k.public_key, k.created_at, k.active,
                         k.private_key
                  FROM dkim_keys k JOIN domains d ON d.id = k.domain_id
-                 WHERE d.name = $1 AND k.retired_at IS NULL
+                 WHERE d.name = $1 AND k.active
                  ORDER BY k.algorithm DESC, k.selector",
             )
             .bind(domain.as_str())
@@ -160,20 +164,28 @@ impl Store {
         }))
     }
 
-    /// Stops the active keys of `domain` from signing (rotation): they stay
-    /// listed until removed. Returns how many were retired.
-    pub async fn retire_dkim_keys(&self, domain: &Domain) -> Result<u64> {
-        Ok(on_backend!(self, |pool| {
-            sqlx::query(
-                "UPDATE dkim_keys SET retired_at = $2
-                 WHERE retired_at IS NULL AND domain_id = (SELECT id FROM domains WHERE name = $1)",
-            )
-            .bind(domain.as_str())
-            .bind(now())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }))
+    /// Stops the active keys of `domain` other than `keep` from signing
+    /// (rotation): they stay listed until removed. Returns how many.
+    pub async fn retire_dkim_keys(&self, domain: &Domain, keep: &[String]) -> Result<u64> {
+        let keys = self.dkim_keys(Some(domain)).await?;
+        let mut retired = 0;
+        for key in keys
+            .iter()
+            .filter(|k| k.active && !keep.contains(&k.selector))
+        {
+            retired += on_backend!(self, |pool| {
+                sqlx::query(
+                    "UPDATE dkim_keys SET active = FALSE
+                     WHERE selector = $2 AND domain_id = (SELECT id FROM domains WHERE name = $1)",
+                )
+                .bind(domain.as_str())
+                .bind(&key.selector)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+        }
+        Ok(retired)
     }
 
     /// Removes one key; `NotFound` when there is none by that selector.
