@@ -37,8 +37,9 @@ use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcResult, Error,
-    MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
+    MessageAuthenticator, ReceivedSpf,
 };
+pub use mail_auth::{SpfOutput, SpfResult};
 
 /// What to do with mail whose SPF check fails when its domain has no DMARC record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,30 +160,10 @@ impl Checker {
         let helo = helo_domain(envelope.helo);
         let host = self.hostname.as_str();
 
-        // SPF, HELO identity (RFC 7208 §2.3): only a domain name can be checked.
-        let spf_helo = match helo {
-            Some(h) => self.spf(SpfParameters::verify_ehlo(ip, h, host), h).await,
-            None => SpfOutput::new(envelope.helo.to_string()).with_result(SpfResult::None),
-        };
-        // MAIL FROM identity (§2.4); the null sender is postmaster@<helo>.
-        let mail_from_domain = match envelope.mail_from.rsplit_once('@') {
-            Some((_, d)) => d.to_ascii_lowercase(),
-            None => helo.unwrap_or_default().to_ascii_lowercase(),
-        };
-        let spf_mail_from = if envelope.mail_from.is_empty() {
-            spf_helo.clone()
-        } else {
-            self.spf(
-                SpfParameters::verify_mail_from(
-                    ip,
-                    helo.unwrap_or(envelope.helo),
-                    host,
-                    envelope.mail_from,
-                ),
-                &mail_from_domain,
-            )
-            .await
-        };
+        let (spf_helo, spf_mail_from) = self
+            .spf_identities(ip, envelope.helo, envelope.mail_from)
+            .await;
+        let mail_from_domain = mail_from_domain(envelope.mail_from, helo);
 
         let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
             // Not a message a DKIM or DMARC check can read: SPF still stands.
@@ -273,6 +254,35 @@ impl Checker {
         Verdict { headers, action }
     }
 
+    /// SPF for the HELO identity (RFC 7208 §2.3) and the MAIL FROM identity
+    /// (§2.4; for the null sender, `postmaster@<helo>`, i.e. the HELO
+    /// result), as the checks of a message find them.
+    pub async fn spf_identities(
+        &self,
+        ip: IpAddr,
+        helo_as_sent: &str,
+        mail_from: &str,
+    ) -> (SpfOutput, SpfOutput) {
+        let host = self.hostname.as_str();
+        let helo = helo_domain(helo_as_sent);
+        // Only a domain name can be checked.
+        let spf_helo = match helo {
+            Some(h) => self.spf(SpfParameters::verify_ehlo(ip, h, host), h).await,
+            None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+        };
+        let spf_mail_from = if mail_from.is_empty() {
+            spf_helo.clone()
+        } else {
+            let domain = mail_from_domain(mail_from, helo);
+            self.spf(
+                SpfParameters::verify_mail_from(ip, helo.unwrap_or(helo_as_sent), host, mail_from),
+                &domain,
+            )
+            .await
+        };
+        (spf_helo, spf_mail_from)
+    }
+
     /// The decision when no DMARC policy applies: SPF alone.
     fn without_dmarc(&self, spf: &SpfOutput) -> Action {
         match (spf.result(), self.policy.spf_fail_without_dmarc) {
@@ -300,6 +310,15 @@ impl Checker {
             return SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError);
         }
         self.auth.verify_spf(params).await
+    }
+}
+
+/// The domain SPF checks for MAIL FROM and DMARC aligns with: the
+/// sender's, or the HELO name for the null sender.
+fn mail_from_domain(mail_from: &str, helo: Option<&str>) -> String {
+    match mail_from.rsplit_once('@') {
+        Some((_, d)) => d.to_ascii_lowercase(),
+        None => helo.unwrap_or_default().to_ascii_lowercase(),
     }
 }
 
