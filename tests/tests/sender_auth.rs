@@ -683,3 +683,77 @@ async fn hostile_records_and_signatures_give_rfc_results_quickly() {
     );
     r.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// RFC 8463 Appendix A: the Ed25519 and RSA signatures of the RFC's example
+/// message verify against its example keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc8463_appendix_a_vectors_verify() {
+    let dns = TestDns::start(
+        "example.com",
+        &[
+            (
+                "brisbane._domainkey.football",
+                txt("v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="),
+            ),
+            (
+                "test._domainkey.football",
+                txt(concat!(
+                    "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWRiGs5V6Np",
+                    "P3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBsCR",
+                    "+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB"
+                )),
+            ),
+        ],
+    )
+    .await;
+    let message = "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;
+ d=football.example.com; i=@football.example.com;
+ q=dns/txt; s=brisbane; t=1528637909; h=from : to :
+ subject : date : message-id : from : subject : date;
+ bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
+ b=/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11Bus
+ Fa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==
+DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;
+ d=football.example.com; i=@football.example.com;
+ q=dns/txt; s=test; t=1528637909; h=from : to : subject :
+ date : message-id : from : subject : date;
+ bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
+ b=F45dVWDfMbQDGHJFlXUNB2HKfbCeLRyhDXgFpEL8GwpsRe0IeIixNTe3
+ DhCVlUrSjV4BwcVcOF6+FF3Zo9Rpo1tFOeS9mPYQTnGdaSGsgeefOsk2Jz
+ dA+L10TeYt9BgDfQNZtKdN1WO//KgIqXP7OdEFE4LjFYNcUxZQ4FADY+8=
+From: Joe SixPack <joe@football.example.com>
+To: Suzie Q <suzie@shopping.example.net>
+Subject: Is dinner ready?
+Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
+Message-ID: <20030712040037.46341.5F8J@football.example.com>
+
+Hi.
+
+We lost the game.  Are you hungry yet?
+
+Joe.
+"
+    .replace('\n', "\r\n");
+    let checker = mailroom_sender_auth::Checker::new(
+        mailroom_sender_auth::dns::resolver(&[dns.addr], Duration::from_secs(5)).unwrap(),
+        "mx.shopping.example.net",
+        Default::default(),
+    );
+    let verdict = checker
+        .check(
+            mailroom_sender_auth::inbound::Envelope {
+                ip: "192.0.2.1".parse().unwrap(),
+                helo: "mx.football.example.com",
+                mail_from: "joe@football.example.com",
+            },
+            message.as_bytes(),
+        )
+        .await;
+    let ar = verdict.headers.replace("\r\n\t", " ");
+    assert_eq!(ar.matches("dkim=pass").count(), 2, "{ar}");
+    assert!(
+        ar.contains("header.s=brisbane") && ar.contains("header.s=test"),
+        "{ar}"
+    );
+    assert!(ar.contains("dmarc=none"), "{ar}");
+}
