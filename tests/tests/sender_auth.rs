@@ -551,6 +551,11 @@ async fn dkim_keys_from_the_cli_sign_submitted_mail() {
         DnsRecord::A("127.0.0.1".parse().unwrap()),
     ));
     let dns = start_dns(records).await;
+    let dns_addr = dns.addr.to_string();
+    let checked = run(&["dkim", "check", "example.test", "--dns", &dns_addr])
+        .await
+        .unwrap();
+    assert_eq!(checked.matches("): ok").count(), 4, "{checked}");
     let checker = mailroom_sender_auth::Checker::new(
         mailroom_sender_auth::dns::resolver(&[dns.addr], Duration::from_secs(5)).unwrap(),
         "mx.remote.test",
@@ -577,6 +582,14 @@ async fn dkim_keys_from_the_cli_sign_submitted_mail() {
         .await
         .unwrap();
     assert!(rotated.contains("b-rsa for example.test"), "{rotated}");
+    // The new keys are not published yet: check says so.
+    let unpublished = run(&["dkim", "check", "example.test", "--dns", &dns_addr])
+        .await
+        .unwrap_err();
+    assert!(
+        unpublished.contains("2 record(s) of example.test are not published"),
+        "{unpublished}"
+    );
     let list = run(&["dkim", "list", "example.test"]).await.unwrap();
     assert_eq!(list.matches("\tretired").count(), 2, "{list}");
     assert_eq!(list.matches("\tsigning").count(), 2, "{list}");

@@ -345,6 +345,47 @@ pub async fn run(
         Command::Dkim(DkimCommand::Record { domain }) => {
             print_records(&mut client, domain, out).await?;
         }
+        Command::Dkim(DkimCommand::Check { domain, dns }) => {
+            let records = client
+                .dns_records(pb::DnsRecordsRequest {
+                    domain: domain.clone(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .records;
+            let servers = match dns {
+                Some(server) => vec![*server],
+                None => config.mta.dns_servers.clone(),
+            };
+            let resolver = mailroom_sender_auth::dns::resolver(
+                &servers,
+                Duration::from_secs(config.sender_auth.dns_timeout_secs),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let mut problems = 0;
+            for r in &records {
+                let found = mailroom_sender_auth::dns::txt_records(&resolver, &r.name).await;
+                let (ok, verdict) = match found {
+                    Err(e) => (false, format!("cannot check: {e}")),
+                    Ok(found) => {
+                        let found: Vec<String> = found
+                            .iter()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .collect();
+                        published(r, &found)
+                    }
+                };
+                if !ok {
+                    problems += 1;
+                }
+                writeln!(out, "{} ({}): {verdict}", r.name, r.purpose)?;
+            }
+            anyhow::ensure!(
+                problems == 0,
+                "{problems} record(s) of {domain} are not published as they should be"
+            );
+        }
         Command::Dkim(DkimCommand::Remove { domain, selector }) => {
             client
                 .remove_dkim_key(pb::RemoveDkimKeyRequest {
@@ -521,4 +562,47 @@ async fn print_records(
         writeln!(out, "; {}\n{}", r.purpose, r.zone_line)?;
     }
     Ok(())
+}
+
+/// Whether what the DNS has at `expected.name` (`found`) does the job of
+/// `expected`, and what to tell the operator. DKIM: the same key (spaces
+/// aside); a retired key may be gone. SPF and DMARC: exactly one record of
+/// the kind (two are a permerror, RFC 7208 §4.5, RFC 7489 §6.6.3); any
+/// policy is the operator's to choose, the suggestion is only shown.
+fn published(expected: &pb::DnsRecord, found: &[String]) -> (bool, String) {
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    if expected.name.contains("._domainkey.") {
+        let retired = expected.purpose.contains("retired");
+        return if found.iter().any(|f| squeeze(f) == squeeze(&expected.value)) {
+            (true, "ok".into())
+        } else if found.is_empty() {
+            (
+                retired,
+                "MISSING: publish the line `mailroom dkim record` prints".into(),
+            )
+        } else {
+            (
+                retired,
+                format!("DIFFERS: published {:?}", found.join(" | ")),
+            )
+        };
+    }
+    let kind = if expected.name.starts_with("_dmarc.") {
+        "v=DMARC1"
+    } else {
+        "v=spf1"
+    };
+    let of_kind: Vec<&String> = found
+        .iter()
+        .filter(|f| f.len() >= kind.len() && f[..kind.len()].eq_ignore_ascii_case(kind))
+        .collect();
+    match of_kind.as_slice() {
+        [] => (false, format!("MISSING (suggested: {})", expected.value)),
+        [one] if squeeze(one) == squeeze(&expected.value) => (true, "ok".into()),
+        [one] => (true, format!("ok, published {one:?}")),
+        many => (
+            false,
+            format!("ERROR: {} records, receivers ignore them all", many.len()),
+        ),
+    }
 }

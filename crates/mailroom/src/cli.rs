@@ -248,6 +248,16 @@ pub enum DkimCommand {
         /// The domain.
         domain: String,
     },
+    /// Look the domain's records up in the DNS and say whether they are
+    /// published as `record` prints them (exit status 1 when not).
+    Check {
+        /// The domain.
+        domain: String,
+        /// The DNS server to ask (`ip:port`); default: `mta.dns_servers`, else
+        /// the system resolver.
+        #[arg(long)]
+        dns: Option<std::net::SocketAddr>,
+    },
     /// Remove a key (unpublish its record afterwards).
     Remove {
         /// The domain.

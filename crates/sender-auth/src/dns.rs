@@ -64,3 +64,29 @@ pub fn resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolv
         .build()
         .map_err(|e| format!("cannot build the DNS resolver: {e}"))
 }
+
+/// The TXT records at `name`, each with its strings joined (RFC 7208 §3.3,
+/// RFC 6376 §3.6.2.2); none for NXDOMAIN or no records, an error for any
+/// other failure (a timeout, SERVFAIL, REFUSED).
+pub async fn txt_records(resolver: &TokioResolver, name: &str) -> Result<Vec<Vec<u8>>, String> {
+    let fqdn =
+        hickory_resolver::proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+            .map_err(|e| format!("{name:?} is not a domain name: {e}"))?;
+    match resolver.txt_lookup(fqdn).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(format!("TXT lookup of {name} failed: {e}")),
+    }
+}

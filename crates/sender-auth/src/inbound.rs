@@ -28,7 +28,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::common::crypto::Algorithm;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimError;
@@ -334,27 +333,10 @@ fn temp_dmarc(domain: &str) -> Action {
 /// §4.5) `domain` publishes; lookup failures count as none (the evaluation
 /// that follows meets them again and says temperror).
 async fn spf_records(resolver: &TokioResolver, domain: &str) -> usize {
-    let Ok(name) = Name::from_ascii(format!("{}.", domain.trim_end_matches('.'))) else {
-        return 0;
-    };
-    let Ok(lookup) = resolver.txt_lookup(name).await else {
-        return 0;
-    };
-    lookup
-        .answers()
-        .iter()
-        .filter(|r| match &r.data {
-            RData::TXT(txt) => {
-                let text: Vec<u8> = txt
-                    .txt_data
-                    .iter()
-                    .flat_map(|s| s.iter().copied())
-                    .collect();
-                is_spf_record(&text)
-            }
-            _ => false,
-        })
-        .count()
+    crate::dns::txt_records(resolver, domain)
+        .await
+        .map(|records| records.iter().filter(|r| is_spf_record(r)).count())
+        .unwrap_or(0)
 }
 
 /// Whether a TXT string is an SPF record (RFC 7208 §4.5: `v=spf1`, case
