@@ -521,29 +521,6 @@ pub fn unix_time(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quotas_parse_in_binary_units() {
-        assert_eq!(parse_quota("0").unwrap(), 0);
-        assert_eq!(parse_quota("unlimited").unwrap(), 0);
-        assert_eq!(parse_quota("1024").unwrap(), 1024);
-        assert_eq!(parse_quota("500M").unwrap(), 500 << 20);
-        assert_eq!(parse_quota("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_quota("1.5g").unwrap(), 3 << 29);
-        assert_eq!(parse_quota("10KB").unwrap(), 10 << 10);
-        for bad in ["", "-1", "lots", "1X", "NaN", "1e30"] {
-            assert!(parse_quota(bad).is_err(), "{bad}");
-        }
-        assert_eq!(show_size(1536), "1.5 KiB");
-        assert_eq!(unix_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(unix_time(1_795_860_000), "2026-11-28T10:00:00Z");
-        assert_eq!(show_size(12), "12 B");
-    }
-}
-
 /// Prints a domain's DNS records as zone-file lines, each after a comment
 /// saying what it is for.
 async fn print_records(
@@ -604,5 +581,28 @@ fn published(expected: &pb::DnsRecord, found: &[String]) -> (bool, String) {
             false,
             format!("ERROR: {} records, receivers ignore them all", many.len()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_parse_in_binary_units() {
+        assert_eq!(parse_quota("0").unwrap(), 0);
+        assert_eq!(parse_quota("unlimited").unwrap(), 0);
+        assert_eq!(parse_quota("1024").unwrap(), 1024);
+        assert_eq!(parse_quota("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_quota("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_quota("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_quota("10KB").unwrap(), 10 << 10);
+        for bad in ["", "-1", "lots", "1X", "NaN", "1e30"] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+        assert_eq!(show_size(1536), "1.5 KiB");
+        assert_eq!(unix_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(unix_time(1_795_860_000), "2026-11-28T10:00:00Z");
+        assert_eq!(show_size(12), "12 B");
     }
 }

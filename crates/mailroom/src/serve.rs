@@ -606,20 +606,6 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::describe_store;
-
-    #[test]
-    fn store_passwords_are_not_shown() {
-        assert_eq!(
-            describe_store("postgres://mail:s3cret@db:5432/mail"),
-            "postgres (postgres://mail@db:5432/mail)"
-        );
-        assert_eq!(describe_store("sqlite://data/m.db"), "sqlite (data/m.db)");
-    }
-}
-
 /// The inbound sender checks as configured (`[sender_auth]`), asking the
 /// configured DNS servers.
 fn sender_auth(config: &Config) -> anyhow::Result<mailroom_smtp_server::SenderAuth> {
@@ -645,4 +631,18 @@ fn sender_auth(config: &Config) -> anyhow::Result<mailroom_smtp_server::SenderAu
         )),
         trusted_relays: sa.trusted_relays.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_store;
+
+    #[test]
+    fn store_passwords_are_not_shown() {
+        assert_eq!(
+            describe_store("postgres://mail:s3cret@db:5432/mail"),
+            "postgres (postgres://mail@db:5432/mail)"
+        );
+        assert_eq!(describe_store("sqlite://data/m.db"), "sqlite (data/m.db)");
+    }
 }
