@@ -770,3 +770,54 @@ Joe.
     );
     assert!(ar.contains("dmarc=none"), "{ar}");
 }
+
+/// `spf_fail_without_dmarc = "reject"` refuses SPF failures of domains
+/// without DMARC (550 5.7.23); a trusted relay's mail is not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spf_reject_policy_and_trusted_relays() {
+    let dns = start_dns(vec![
+        ("nodmarc".into(), txt("v=spf1 -all")),
+        ("spoofed".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
+        ("_dmarc.spoofed".into(), txt("v=DMARC1; p=reject")),
+    ])
+    .await;
+    let addr = dns.addr;
+    let strict = start_with(Backend::Sqlite, None, move |c| {
+        c.mta.dns_servers = vec![addr];
+        c.sender_auth.check_inbound = true;
+        c.sender_auth.spf_fail_without_dmarc = mailroom_config::SpfFailPolicy::Reject;
+    })
+    .await
+    .unwrap();
+    with_accounts(&strict, &["alice@example.test"]).await;
+    let (code, text) = send(
+        &strict,
+        "x@nodmarc.test",
+        &message("x@nodmarc.test", "strict"),
+    )
+    .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.23 "), "{text}");
+    strict.stack.stop(Duration::from_secs(5)).await;
+
+    let trusting = start_with(Backend::Sqlite, None, move |c| {
+        c.mta.dns_servers = vec![addr];
+        c.sender_auth.check_inbound = true;
+        c.sender_auth.trusted_relays = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await
+    .unwrap();
+    let store = with_accounts(&trusting, &["alice@example.test"]).await;
+    let inbox = inbox_id(&store, "alice@example.test").await;
+    let (code, text) = send(
+        &trusting,
+        "ceo@spoofed.test",
+        &message("ceo@spoofed.test", "relayed"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, inbox, "relayed").await;
+    assert!(results_of(&text, "mx.example.test").is_empty(), "{text}");
+    assert!(!text.contains("Received-SPF"), "{text}");
+    trusting.stack.stop(Duration::from_secs(5)).await;
+}
