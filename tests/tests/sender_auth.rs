@@ -821,3 +821,96 @@ async fn spf_reject_policy_and_trusted_relays() {
     assert!(!text.contains("Received-SPF"), "{text}");
     trusting.stack.stop(Duration::from_secs(5)).await;
 }
+
+/// DMARC alignment and policy selection (mail-auth's DMARCbis): relaxed and
+/// strict SPF alignment, the subdomain policy `sp=` of an existing
+/// subdomain, `np=` for a non-existent one, multiple or missing `From:`
+/// (exempt, RFC 7489 §6.6.1: SPF alone decides) and two DMARC records (no
+/// policy applies, RFC 7489 §6.6.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmarc_alignment_and_policy_selection() {
+    let dns = start_dns(vec![
+        ("mail.relaxed".into(), txt("v=spf1 ip4:127.0.0.1 -all")),
+        ("_dmarc.relaxed".into(), txt("v=DMARC1; p=reject")),
+        ("mail.strict".into(), txt("v=spf1 ip4:127.0.0.1 -all")),
+        ("_dmarc.strict".into(), txt("v=DMARC1; p=reject; aspf=s")),
+        (
+            "_dmarc.parent".into(),
+            txt("v=DMARC1; p=none; sp=reject; np=quarantine"),
+        ),
+        ("parent".into(), DnsRecord::A("192.0.2.9".parse().unwrap())),
+        (
+            "sub.parent".into(),
+            DnsRecord::A("192.0.2.9".parse().unwrap()),
+        ),
+        ("_dmarc.multi".into(), txt("v=DMARC1; p=reject")),
+        ("_dmarc.multi".into(), txt("v=DMARC1; p=none")),
+    ])
+    .await;
+    let (r, store) = receiver(Backend::Sqlite, &dns).await.unwrap();
+    let inbox = mailbox_id(&store, "alice@example.test", "INBOX").await;
+    let junk = mailbox_id(&store, "alice@example.test", "Junk").await;
+
+    // Relaxed (the default): mail.relaxed.test aligns with relaxed.test.
+    let (code, text) = send(
+        &r,
+        "b@mail.relaxed.test",
+        &message("x@relaxed.test", "relaxed"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, inbox, "relaxed").await;
+    assert!(
+        results_of(&text, "mx.example.test")[0].contains("dmarc=pass"),
+        "{text}"
+    );
+    // Strict: it does not.
+    let (code, text) = send(
+        &r,
+        "b@mail.strict.test",
+        &message("x@strict.test", "strict"),
+    )
+    .await;
+    assert_eq!((code, &text[..5]), (550, "5.7.1"), "{text}");
+    // An existing subdomain gets sp= (reject), a non-existent one np= (quarantine).
+    let (code, text) = send(
+        &r,
+        "x@sub.parent.test",
+        &message("x@sub.parent.test", "sub"),
+    )
+    .await;
+    assert_eq!(code, 550, "{text}");
+    let (code, text) = send(
+        &r,
+        "x@ghost.parent.test",
+        &message("x@ghost.parent.test", "ghost"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, junk, "ghost").await;
+    // The organisational domain itself: p=none, delivered.
+    let (code, text) = send(&r, "x@parent.test", &message("x@parent.test", "org")).await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, inbox, "org").await;
+    // Authors of two domains: exempt from DMARC.
+    let two = message("x@relaxed.test, y@parent.test", "two-froms");
+    let (code, text) = send(&r, "x@nowhere.test", &two).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, inbox, "two-froms").await;
+    assert!(
+        results_of(&text, "mx.example.test")[0].contains("dmarc=none"),
+        "{text}"
+    );
+    // No From at all: nothing to align with.
+    let (code, text) = send(
+        &r,
+        "x@nowhere.test",
+        b"To: alice@example.test\r\nSubject: no-from\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    // Two DMARC records: no policy applies.
+    let (code, text) = send(&r, "x@multi.test", &message("x@multi.test", "multi")).await;
+    assert_eq!(code, 250, "{text}");
+    r.stack.stop(Duration::from_secs(5)).await;
+}

@@ -8,6 +8,8 @@
 //!   the message that claims our authserv-id is removed first
 //!   ([`strip_our_results`], RFC 8601 §5), so what a filter or a client
 //!   trusts is only ever what we found;
+//! * several DMARC records at the author domain mean no DMARC policy
+//!   applies (RFC 7489 §6.6.3; `mail-auth` would take the first);
 //! * SPF is checked for HELO and MAIL FROM (RFC 7208 §2.3, §2.4; for the
 //!   null sender the HELO result stands for MAIL FROM); a domain publishing
 //!   two SPF records is a `permerror` (§4.5), which `mail-auth` would not
@@ -224,7 +226,12 @@ impl Checker {
                 .to_header()
         );
 
+        // RFC 7489 §6.6.3: several records at the author domain mean no
+        // policy applies (mail-auth would take the first).
+        let several =
+            dmarc.dmarc_record().is_some() && dmarc_records(&self.auth.0, dmarc.domain()).await > 1;
         let action = match dmarc.result() {
+            _ if several => self.without_dmarc(&spf_mail_from),
             DmarcResult::Pass => Action::Accept,
             // No record, or no single author domain (RFC 7489 §6.6.1).
             DmarcResult::None => self.without_dmarc(&spf_mail_from),
@@ -336,6 +343,19 @@ async fn spf_records(resolver: &TokioResolver, domain: &str) -> usize {
     crate::dns::txt_records(resolver, domain)
         .await
         .map(|records| records.iter().filter(|r| is_spf_record(r)).count())
+        .unwrap_or(0)
+}
+
+/// How many DMARC records (`v=DMARC1`) `_dmarc.<domain>` publishes.
+async fn dmarc_records(resolver: &TokioResolver, domain: &str) -> usize {
+    crate::dns::txt_records(resolver, &format!("_dmarc.{domain}"))
+        .await
+        .map(|records| {
+            records
+                .iter()
+                .filter(|r| r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
