@@ -59,6 +59,9 @@ pub fn test_config(data_dir: &std::path::Path, store_url: &str) -> Config {
     // that tests can call Delivery and Queue as services run apart do.
     // Tests of the embedded default's closed ports turn this off.
     config.internal.expose = true;
+    // Sender authentication needs a DNS server with the senders' records;
+    // the tests of it (tests/sender_auth.rs) run one and turn this on.
+    config.sender_auth.check_inbound = false;
     config
 }
 
@@ -341,6 +344,11 @@ pub async fn with_accounts(running: &Running, accounts: &[&str]) -> mailroom_sto
 
 /// The id of `account`'s INBOX.
 pub async fn inbox_id(store: &mailroom_store::Store, account: &str) -> i64 {
+    mailbox_id(store, account, "INBOX").await
+}
+
+/// The id of `account`'s mailbox `name`.
+pub async fn mailbox_id(store: &mailroom_store::Store, account: &str, name: &str) -> i64 {
     let acc = store
         .get_account(&mailroom_address::Address::parse(account).unwrap())
         .await
@@ -351,9 +359,20 @@ pub async fn inbox_id(store: &mailroom_store::Store, account: &str) -> i64 {
         .await
         .unwrap()
         .into_iter()
-        .find(|m| m.name == "INBOX")
+        .find(|m| m.name == name)
         .unwrap()
         .id
+}
+
+/// Serves `account`'s domain in `store` and creates the account (password
+/// [`PASSWORD`]).
+pub async fn serve_account(store: &mailroom_store::Store, account: &str) {
+    let address = mailroom_address::Address::parse(account).unwrap();
+    match store.add_domain(address.domain()).await {
+        Ok(_) | Err(mailroom_store::StoreError::AlreadyExists(_)) => {}
+        Err(e) => panic!("add domain: {e}"),
+    }
+    store.create_account(&address, PASSWORD, 0).await.unwrap();
 }
 
 /// The password of accounts made by [`with_accounts`].
@@ -384,6 +403,8 @@ pub enum DnsRecord {
     Mx(u16, String),
     /// `A address`.
     A(std::net::Ipv4Addr),
+    /// `TXT "..."`: one record, split into strings of at most 255 bytes.
+    Txt(String),
 }
 
 /// An authoritative DNS server on 127.0.0.1 (UDP and TCP, one port) for one
@@ -399,7 +420,7 @@ impl TestDns {
     /// `(name relative to the zone or "@", record)`. Names not listed get
     /// NXDOMAIN, since the server is authoritative for the whole zone.
     pub async fn start(zone: &str, records: &[(&str, DnsRecord)]) -> TestDns {
-        use hickory_proto::rr::rdata::{A, MX, SOA};
+        use hickory_proto::rr::rdata::{A, MX, SOA, TXT};
         use hickory_proto::rr::{LowerName, Name, RData, Record};
         use hickory_server::store::in_memory::InMemoryZoneHandler;
         use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -433,6 +454,12 @@ impl TestDns {
                     RData::MX(MX::new(*preference, exchange))
                 }
                 DnsRecord::A(ip) => RData::A(A(*ip)),
+                DnsRecord::Txt(text) => RData::TXT(TXT::new(
+                    text.as_bytes()
+                        .chunks(255)
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect(),
+                )),
             };
             assert!(handler.upsert_mut(Record::from_rdata(owner, 60, data), 1));
         }

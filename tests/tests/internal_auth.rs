@@ -70,6 +70,7 @@ fn enqueue_request(to: &str, authenticated_as: &str) -> EnqueueRequest {
         message: b"From: ceo@bigbank.example\r\nSubject: wire money\r\n\r\nnow\r\n".to_vec(),
         authenticated_as: authenticated_as.into(),
         client_ip: "192.0.2.1".into(),
+        ..Default::default()
     }
 }
 

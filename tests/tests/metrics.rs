@@ -8,7 +8,11 @@ use std::time::Duration;
 use mailroom_tests::{Backend, SmtpClient, run_tool, start_with, wait_for, with_accounts};
 
 fn scrape(url: &str) -> String {
-    run_tool("curl", Command::new("curl").args(["-sS", "--max-time", "10", url]), &[0])
+    run_tool(
+        "curl",
+        Command::new("curl").args(["-sS", "--max-time", "10", url]),
+        &[0],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +43,8 @@ async fn a_scrape_shows_sessions_messages_deliveries_and_login_failures() {
         let mut lines = BufReader::new(s.try_clone().unwrap());
         let mut greeting = String::new();
         lines.read_line(&mut greeting).unwrap();
-        s.write_all(b"a NOOP\r\nb LOGIN bob@example.test wrong\r\n").unwrap();
+        s.write_all(b"a NOOP\r\nb LOGIN bob@example.test wrong\r\n")
+            .unwrap();
         let mut out = String::new();
         while !out.contains("b NO") {
             let mut l = String::new();
@@ -54,7 +59,9 @@ async fn a_scrape_shows_sessions_messages_deliveries_and_login_failures() {
     .unwrap();
     assert!(text.contains("b NO [AUTHENTICATIONFAILED]"), "{text}");
     let u = url.clone();
-    let page = tokio::task::spawn_blocking(move || scrape(&u)).await.unwrap();
+    let page = tokio::task::spawn_blocking(move || scrape(&u))
+        .await
+        .unwrap();
     for want in [
         "mailroom_smtp_messages_total{service=\"inbound\",outcome=\"accepted\"} 1",
         "mailroom_delivery_results_total{kind=\"local\",result=\"delivered\"} 1",

@@ -22,11 +22,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailroom_address::{Address, Domain};
+use mailroom_address::Address;
 use mailroom_store::{QueueEnvelope, QueueRecipient, Store};
 use mailroom_tests::{
     Backend, DnsRecord, PASSWORD, Running, SinkReply, SinkScript, SmtpClient, TestDns, first_sink,
-    open_store, start_with, wait_for, with_accounts,
+    open_store, serve_account, start_with, wait_for, with_accounts,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
@@ -354,14 +354,7 @@ async fn remote_mailroom() -> (Running, Store, TestDns, u16) {
     .await
     .unwrap();
     let remote_store = open_store(&remote).await;
-    remote_store
-        .add_domain(&Domain::parse("remote.test").unwrap())
-        .await
-        .unwrap();
-    remote_store
-        .create_account(&Address::parse("carol@remote.test").unwrap(), PASSWORD, 0)
-        .await
-        .unwrap();
+    serve_account(&remote_store, "carol@remote.test").await;
     let port = remote.stack.addr("smtp").unwrap().port();
     let dns = TestDns::start(
         "remote.test",

@@ -78,6 +78,9 @@ async fn inbound_accepts_only_our_users_in_every_tricky_form() {
     // Nothing accepted yet: DATA has no valid recipients.
     assert_eq!(c.cmd("DATA").await.0, 554);
     assert_eq!(c.cmd("RCPT TO:<Bob@Example.Test>").await.0, 250);
+    // RFC 5321 §4.5.1: postmaster@ is always deliverable (without an
+    // alias, to the domain's first account: bob).
+    assert_eq!(c.cmd("RCPT TO:<PostMaster@Example.Test>").await.0, 250);
     assert_eq!(c.cmd("DATA").await.0, 354);
     c.send(b"From: x@remote.test\r\nSubject: hello\r\n\r\nhi\r\n.\r\n")
         .await;

@@ -1,4 +1,5 @@
-//! The Admin gRPC service: domains, accounts, aliases and the queue.
+//! The Admin gRPC service: domains, accounts, aliases, the queue and DKIM
+//! keys.
 //!
 //! Every call must carry `authorization: Bearer <token>`; the token is
 //! compared in constant time and a missing or wrong one is `UNAUTHENTICATED`
@@ -8,6 +9,9 @@
 //! only ever sees valid, normalised values; store errors become the gRPC
 //! codes the contract (`proto/mailroom/admin/v1/admin.proto`) promises, and
 //! internal causes are logged, not sent to the client.
+//!
+//! DKIM private keys are generated here and go straight into the store; no
+//! call returns one (the store's listings do not even read them).
 
 use std::sync::Arc;
 
@@ -399,4 +403,155 @@ impl Admin for AdminService {
         tracing::info!(source = %source.key(), %target, "alias deleted");
         Ok(Response::new(pb::DeleteAliasResponse {}))
     }
+
+    async fn generate_dkim_keys(
+        &self,
+        r: Request<pb::GenerateDkimKeysRequest>,
+    ) -> Result<Response<pb::DkimKeys>, Status> {
+        let r = r.into_inner();
+        let d = domain(&r.domain)?;
+        let taken: Vec<String> = self
+            .store
+            .dkim_keys(Some(&d))
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|k| k.selector)
+            .collect();
+        use chrono::Datelike as _;
+        let year = chrono::Utc::now().year();
+        let (rsa_selector, ed_selector) = mailroom_sender_auth::keys::next_selectors(year, &taken)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "{d} has used every selector of {year}; remove old keys first"
+                ))
+            })?;
+        // RSA generation takes a while: off the async threads.
+        let (rsa, ed) = tokio::task::spawn_blocking(|| {
+            Ok::<_, String>((
+                mailroom_sender_auth::keys::generate_rsa()?,
+                mailroom_sender_auth::keys::generate_ed25519()?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("key generation failed: {e}")))?
+        .map_err(Status::internal)?;
+        let mut keys = Vec::new();
+        for (selector, key) in [(&rsa_selector, &rsa), (&ed_selector, &ed)] {
+            let info = self
+                .store
+                .add_dkim_key(
+                    &d,
+                    selector,
+                    key.algorithm,
+                    &key.private_pem(),
+                    &key.public_base64(),
+                )
+                .await
+                .map_err(status)?;
+            keys.push(dkim_key_pb(info));
+        }
+        if r.rotate {
+            let retired = self
+                .store
+                .retire_dkim_keys(&d, &[rsa_selector.clone(), ed_selector.clone()])
+                .await
+                .map_err(status)?;
+            tracing::info!(domain = %d, retired, "DKIM keys rotated");
+        }
+        tracing::info!(domain = %d, rsa = %rsa_selector, ed25519 = %ed_selector, "DKIM keys generated");
+        Ok(Response::new(pb::DkimKeys { keys }))
+    }
+
+    async fn list_dkim_keys(
+        &self,
+        r: Request<pb::ListDkimKeysRequest>,
+    ) -> Result<Response<pb::DkimKeys>, Status> {
+        let d = optional_domain(&r.get_ref().domain)?;
+        let keys = self.store.dkim_keys(d.as_ref()).await.map_err(status)?;
+        Ok(Response::new(pb::DkimKeys {
+            keys: keys.into_iter().map(dkim_key_pb).collect(),
+        }))
+    }
+
+    async fn dns_records(
+        &self,
+        r: Request<pb::DnsRecordsRequest>,
+    ) -> Result<Response<pb::DnsRecordsResponse>, Status> {
+        let d = domain(&r.get_ref().domain)?;
+        if !self.store.serves_domain(&d).await.map_err(status)? {
+            return Err(Status::not_found(format!("domain {d} is not served here")));
+        }
+        let keys = self.store.dkim_keys(Some(&d)).await.map_err(status)?;
+        Ok(Response::new(pb::DnsRecordsResponse {
+            records: dns_records(d.as_str(), &keys),
+        }))
+    }
+
+    async fn remove_dkim_key(
+        &self,
+        r: Request<pb::RemoveDkimKeyRequest>,
+    ) -> Result<Response<pb::RemoveDkimKeyResponse>, Status> {
+        let r = r.into_inner();
+        let d = domain(&r.domain)?;
+        self.store
+            .remove_dkim_key(&d, &r.selector)
+            .await
+            .map_err(status)?;
+        tracing::info!(domain = %d, selector = %r.selector, "DKIM key removed");
+        Ok(Response::new(pb::RemoveDkimKeyResponse {}))
+    }
+}
+
+fn dkim_key_pb(k: mailroom_store::DkimKeyInfo) -> pb::DkimKey {
+    pb::DkimKey {
+        domain: k.domain,
+        selector: k.selector,
+        algorithm: k.algorithm,
+        public_key: k.public_key,
+        created_at: k.created_at,
+        active: k.active,
+    }
+}
+
+/// What to publish for `domain`: one TXT record per DKIM key (retired keys
+/// too, while they are listed: mail they signed may still be in flight),
+/// and the suggested SPF (RFC 7208: only the domain's MX hosts send) and
+/// DMARC (RFC 7489: quarantine what fails, aggregate reports to postmaster)
+/// records.
+pub fn dns_records(domain: &str, keys: &[mailroom_store::DkimKeyInfo]) -> Vec<pb::DnsRecord> {
+    use mailroom_sender_auth::keys::{dkim_record, record_name, zone_line};
+    let record = |name: String, value: String, purpose: String| pb::DnsRecord {
+        zone_line: zone_line(&name, &value),
+        name,
+        r#type: "TXT".into(),
+        value,
+        purpose,
+    };
+    let mut out: Vec<pb::DnsRecord> = keys
+        .iter()
+        .map(|k| {
+            record(
+                record_name(&k.selector, domain),
+                dkim_record(&k.algorithm, &k.public_key),
+                format!(
+                    "DKIM key {} ({}, {})",
+                    k.selector,
+                    k.algorithm,
+                    if k.active { "signing" } else { "retired" }
+                ),
+            )
+        })
+        .collect();
+    out.push(record(
+        domain.to_string(),
+        "v=spf1 mx -all".into(),
+        "SPF (suggested): only the domain's MX hosts send its mail".into(),
+    ));
+    out.push(record(
+        format!("_dmarc.{domain}"),
+        format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"),
+        "DMARC (suggested): failing mail to Junk, aggregate reports to postmaster".into(),
+    ));
+    out
 }

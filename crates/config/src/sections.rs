@@ -157,8 +157,9 @@ section! {
         /// The MDA's Delivery gRPC endpoint, when the MTA runs apart from the MDA
         /// (`mailroom serve mta`); `mailroom serve` connects the two itself.
         pub delivery_endpoint: String = "http://127.0.0.1:9426".to_string(),
-        /// DNS servers for MX and address lookups of outbound mail (`ip:port`). Empty: the
-        /// system resolver (`/etc/resolv.conf`).
+        /// DNS servers (`ip:port`) for every lookup: MX and addresses of outbound mail, and the
+        /// SPF, DKIM and DMARC records of inbound mail. Empty: the system resolver
+        /// (`/etc/resolv.conf`).
         pub dns_servers: Vec<SocketAddr> = Vec::new(),
         /// TCP port of remote MX hosts. Always 25 in production; tests point it elsewhere.
         pub outbound_port: u16 = 25,
@@ -236,6 +237,43 @@ section! {
     }
 }
 
+/// What SPF `fail` does to mail from a domain without a DMARC record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpfFailPolicy {
+    /// Deliver it, with the result in `Authentication-Results`.
+    Mark,
+    /// Refuse it with `550 5.7.23`.
+    Reject,
+}
+
+section! {
+    /// Sender authentication: SPF, DKIM and DMARC checks of mail arriving on the inbound SMTP
+    /// listeners, and DKIM signing of submitted mail leaving for other domains.
+    pub struct SenderAuthConfig = "sender_auth" {
+        /// Check SPF, DKIM and DMARC of mail arriving on `mta.listen` (port 25).
+        pub check_inbound: bool = true,
+        /// Client IP addresses whose mail is not checked (relays of ours in front of this
+        /// server). Authenticated submission is never checked.
+        pub trusted_relays: Vec<std::net::IpAddr> = Vec::new(),
+        /// SPF `fail` from a domain with no DMARC record: `mark` (deliver, with the result in
+        /// Authentication-Results) or `reject` (550 5.7.23). DMARC policies always apply:
+        /// `p=reject` is refused with 550 5.7.1, `p=quarantine` is delivered to Junk.
+        pub spf_fail_without_dmarc: SpfFailPolicy = SpfFailPolicy::Mark,
+        /// DKIM signatures checked per message; further ones are ignored (RSA-SHA1 ones are
+        /// never verified, RFC 8301).
+        pub max_dkim_signatures: usize = 5,
+        /// Seconds all checks of one message may take; past that the sender is told to retry
+        /// (451 4.7.0).
+        pub check_timeout_secs: u64 = 30,
+        /// Seconds one DNS query may take, per server and attempt (every lookup, inbound and
+        /// outbound).
+        pub dns_timeout_secs: u64 = 5,
+        /// Seconds the DKIM signatures of our mail stay valid (`x=`). 0: no expiry.
+        pub dkim_expiry_secs: u64 = 7 * 24 * 3600,
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -291,6 +329,8 @@ pub struct Config {
     pub pop3: Pop3Config,
     /// `[imap]`
     pub imap: ImapConfig,
+    /// `[sender_auth]`
+    pub sender_auth: SenderAuthConfig,
     /// `[telemetry]`
     pub telemetry: TelemetryConfig,
 }
@@ -310,6 +350,7 @@ impl Config {
         InternalConfig::NAME,
         Pop3Config::NAME,
         ImapConfig::NAME,
+        SenderAuthConfig::NAME,
         TelemetryConfig::NAME,
     ];
 
@@ -331,6 +372,7 @@ impl Config {
         keys::<InternalConfig>(&mut out);
         keys::<Pop3Config>(&mut out);
         keys::<ImapConfig>(&mut out);
+        keys::<SenderAuthConfig>(&mut out);
         keys::<TelemetryConfig>(&mut out);
         out
     }
@@ -352,6 +394,7 @@ impl Config {
             internal: take(raw, errors),
             pop3: take(raw, errors),
             imap: take(raw, errors),
+            sender_auth: take(raw, errors),
             telemetry: take(raw, errors),
         }
     }
@@ -460,6 +503,14 @@ impl Config {
             ("mta.data_timeout_secs", self.mta.data_timeout_secs),
             ("mta.first_retry_secs", self.mta.first_retry_secs),
             ("mta.lease_secs", self.mta.lease_secs),
+            (
+                "sender_auth.check_timeout_secs",
+                self.sender_auth.check_timeout_secs,
+            ),
+            (
+                "sender_auth.dns_timeout_secs",
+                self.sender_auth.dns_timeout_secs,
+            ),
         ] {
             if value == 0 {
                 err(key, "must be at least 1".into());

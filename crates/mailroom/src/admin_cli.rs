@@ -1,4 +1,5 @@
-//! The admin commands (`domain`, `user`, `alias`): a gRPC client of Admin.
+//! The admin commands (`domain`, `user`, `alias`, `queue`, `dkim`): a gRPC
+//! client of Admin.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
-    AdminTarget, AliasCommand, Command, DomainCommand, PasswordInput, QueueCommand, UserCommand,
+    AdminTarget, AliasCommand, Command, DkimCommand, DomainCommand, PasswordInput, QueueCommand,
+    UserCommand,
 };
 
 /// Adds the bearer token and the trace context to every call.
@@ -299,6 +301,101 @@ pub async fn run(
                 .map_err(failed)?;
             writeln!(out, "alias {source} -> {target} deleted")?;
         }
+        Command::Dkim(DkimCommand::Generate { domain, rotate }) => {
+            let keys = client
+                .generate_dkim_keys(pb::GenerateDkimKeysRequest {
+                    domain: domain.clone(),
+                    rotate: *rotate,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for k in &keys.keys {
+                writeln!(
+                    out,
+                    "generated {} key {} for {}",
+                    k.algorithm, k.selector, k.domain
+                )?;
+            }
+            writeln!(
+                out,
+                "\nPublish these DNS records (`mailroom dkim record {domain}` prints them again):\n"
+            )?;
+            print_records(&mut client, domain, out).await?;
+        }
+        Command::Dkim(DkimCommand::List { domain }) => {
+            let keys = client
+                .list_dkim_keys(pb::ListDkimKeysRequest {
+                    domain: domain.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            for k in keys.keys {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    k.domain,
+                    k.selector,
+                    k.algorithm,
+                    if k.active { "signing" } else { "retired" }
+                )?;
+            }
+        }
+        Command::Dkim(DkimCommand::Record { domain }) => {
+            print_records(&mut client, domain, out).await?;
+        }
+        Command::Dkim(DkimCommand::Check { domain, dns }) => {
+            let records = client
+                .dns_records(pb::DnsRecordsRequest {
+                    domain: domain.clone(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .records;
+            let servers = match dns {
+                Some(server) => vec![*server],
+                None => config.mta.dns_servers.clone(),
+            };
+            let resolver = mailroom_sender_auth::dns::resolver(
+                &servers,
+                Duration::from_secs(config.sender_auth.dns_timeout_secs),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let mut problems = 0;
+            for r in &records {
+                let found = mailroom_sender_auth::dns::txt_records(&resolver, &r.name).await;
+                let (ok, verdict) = match found {
+                    Err(e) => (false, format!("cannot check: {e}")),
+                    Ok(found) => {
+                        let found: Vec<String> = found
+                            .iter()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .collect();
+                        published(r, &found)
+                    }
+                };
+                if !ok {
+                    problems += 1;
+                }
+                writeln!(out, "{} ({}): {verdict}", r.name, r.purpose)?;
+            }
+            anyhow::ensure!(
+                problems == 0,
+                "{problems} record(s) of {domain} are not published as they should be"
+            );
+        }
+        Command::Dkim(DkimCommand::Remove { domain, selector }) => {
+            client
+                .remove_dkim_key(pb::RemoveDkimKeyRequest {
+                    domain: domain.clone(),
+                    selector: selector.clone(),
+                })
+                .await
+                .map_err(failed)?;
+            writeln!(out, "DKIM key {selector} of {domain} removed")?;
+        }
         Command::Queue(QueueCommand::List {
             state,
             domain,
@@ -422,6 +519,69 @@ pub async fn run(
 pub fn unix_time(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Prints a domain's DNS records as zone-file lines, each after a comment
+/// saying what it is for.
+async fn print_records(
+    client: &mut Client,
+    domain: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let records = client
+        .dns_records(pb::DnsRecordsRequest {
+            domain: domain.to_string(),
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    for r in records.records {
+        writeln!(out, "; {}\n{}", r.purpose, r.zone_line)?;
+    }
+    Ok(())
+}
+
+/// Whether what the DNS has at `expected.name` (`found`) does the job of
+/// `expected`, and what to tell the operator. DKIM: the same key (spaces
+/// aside); a retired key may be gone. SPF and DMARC: exactly one record of
+/// the kind (two are a permerror, RFC 7208 §4.5, RFC 7489 §6.6.3); any
+/// policy is the operator's to choose, the suggestion is only shown.
+fn published(expected: &pb::DnsRecord, found: &[String]) -> (bool, String) {
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    if expected.name.contains("._domainkey.") {
+        let retired = expected.purpose.contains("retired");
+        return if found.iter().any(|f| squeeze(f) == squeeze(&expected.value)) {
+            (true, "ok".into())
+        } else if found.is_empty() {
+            (
+                retired,
+                "MISSING: publish the line `mailroom dkim record` prints".into(),
+            )
+        } else {
+            (
+                retired,
+                format!("DIFFERS: published {:?}", found.join(" | ")),
+            )
+        };
+    }
+    let kind = if expected.name.starts_with("_dmarc.") {
+        "v=DMARC1"
+    } else {
+        "v=spf1"
+    };
+    let of_kind: Vec<&String> = found
+        .iter()
+        .filter(|f| f.len() >= kind.len() && f[..kind.len()].eq_ignore_ascii_case(kind))
+        .collect();
+    match of_kind.as_slice() {
+        [] => (false, format!("MISSING (suggested: {})", expected.value)),
+        [one] if squeeze(one) == squeeze(&expected.value) => (true, "ok".into()),
+        [one] => (true, format!("ok, published {one:?}")),
+        many => (
+            false,
+            format!("ERROR: {} records, receivers ignore them all", many.len()),
+        ),
+    }
 }
 
 #[cfg(test)]

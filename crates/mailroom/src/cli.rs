@@ -53,6 +53,9 @@ pub enum Command {
     /// Inspect and manage the mail queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// DKIM signing keys and the DNS records to publish (SPF, DKIM, DMARC).
+    #[command(subcommand)]
+    Dkim(DkimCommand),
     /// Credentials of the internal gRPC links (Queue, Delivery).
     #[command(subcommand)]
     Internal(InternalCommand),
@@ -223,6 +226,49 @@ pub enum AliasCommand {
     },
 }
 
+/// `mailroom dkim …`
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Generate a domain's next RSA-2048 and Ed25519 keys (selectors like
+    /// 2026a-rsa, 2026a-ed); prints the DNS records to publish.
+    Generate {
+        /// The domain (must be served here).
+        domain: String,
+        /// Stop the domain's other keys from signing (they stay listed, and
+        /// their records should stay published a few days, until removed).
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// List keys (never the private keys).
+    List {
+        /// Only this domain's keys.
+        domain: Option<String>,
+    },
+    /// Print the DNS records to publish for a domain: DKIM TXT records,
+    /// and suggested SPF and DMARC records.
+    Record {
+        /// The domain.
+        domain: String,
+    },
+    /// Look the domain's records up in the DNS and say whether they are
+    /// published as `record` prints them (exit status 1 when not).
+    Check {
+        /// The domain.
+        domain: String,
+        /// The DNS server to ask (`ip:port`); default: `mta.dns_servers`, else
+        /// the system resolver.
+        #[arg(long)]
+        dns: Option<std::net::SocketAddr>,
+    },
+    /// Remove a key (unpublish its record afterwards).
+    Remove {
+        /// The domain.
+        domain: String,
+        /// The key's selector, e.g. 2026a-rsa.
+        selector: String,
+    },
+}
+
 /// Where passwords come from: a terminal prompt, or lines of a reader.
 pub enum PasswordInput<'a> {
     /// Ask on the terminal, without echo, twice.
@@ -380,7 +426,11 @@ pub async fn run_with(
             out.write_all(&printed)?;
             Ok(ExitCode::from(code))
         }
-        Command::Domain(_) | Command::User(_) | Command::Alias(_) | Command::Queue(_) => {
+        Command::Domain(_)
+        | Command::User(_)
+        | Command::Alias(_)
+        | Command::Queue(_)
+        | Command::Dkim(_) => {
             let config = load_config(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;
             admin_cli::run(&cli.command, &cli.admin, &config, passwords, out).await?;
             Ok(ExitCode::SUCCESS)

@@ -478,11 +478,9 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         }
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
         let wake = Arc::new(mailroom_mta::QueueWake::default());
-        local_queue = Some(Arc::new(mailroom_mta::QueueService::new(
-            store.clone(),
-            max_age,
-            wake.clone(),
-        )));
+        let queue_service = mailroom_mta::QueueService::new(store.clone(), max_age, wake.clone())
+            .with_dkim_expiry(Duration::from_secs(config.sender_auth.dkim_expiry_secs));
+        local_queue = Some(Arc::new(queue_service.clone()));
         if exposes {
             let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
             queue_endpoint = format!("http://{}", listener.local_addr());
@@ -492,12 +490,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 mode: "plaintext gRPC (Queue; msa and inbound roles only)".into(),
             });
             let mut routes = RoutesBuilder::default();
-            routes.add_service(mailroom_mta::service(
-                store.clone(),
-                max_age,
-                wake.clone(),
-                internal.secret()?,
-            ));
+            routes.add_service(mailroom_mta::service(queue_service, internal.secret()?));
             spawn_grpc(
                 &shutdown,
                 "queue",
@@ -538,13 +531,17 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         let relay = mailroom_mta::Relay::new(store.clone(), queue_settings, QUEUE_POLL, wake)
             .map_err(|e| anyhow::anyhow!("outbound relay: {e}"))?;
         shutdown.spawn(relay.run(shutdown.token()));
-        let server = Arc::new(SmtpServer::new(
+        let mut server = SmtpServer::new(
             Mode::Inbound,
             smtp_settings(&config),
             store.clone(),
             queue_handle(&local_queue, &queue_endpoint, Role::Inbound)?,
             throttle.clone(),
-        ));
+        );
+        if config.sender_auth.check_inbound {
+            server = server.with_sender_auth(sender_auth(&config)?);
+        }
+        let server = Arc::new(server);
         for addr in &config.mta.listen {
             let listener = Listener::bind("smtp", *addr, TlsMode::StartTls).await?;
             listeners.push(ListenerInfo {
@@ -664,6 +661,33 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         store_description: describe_store(&url),
         token_file,
         shutdown,
+    })
+}
+
+/// The inbound sender checks as configured (`[sender_auth]`), asking the
+/// configured DNS servers.
+fn sender_auth(config: &Config) -> anyhow::Result<mailroom_smtp_server::SenderAuth> {
+    let sa = &config.sender_auth;
+    let resolver = mailroom_sender_auth::dns::resolver(
+        &config.mta.dns_servers,
+        Duration::from_secs(sa.dns_timeout_secs),
+    )
+    .map_err(|e| anyhow::anyhow!("sender authentication: {e}"))?;
+    let policy = mailroom_sender_auth::InboundPolicy {
+        spf_fail_without_dmarc: match sa.spf_fail_without_dmarc {
+            mailroom_config::SpfFailPolicy::Mark => mailroom_sender_auth::SpfFailAction::Mark,
+            mailroom_config::SpfFailPolicy::Reject => mailroom_sender_auth::SpfFailAction::Reject,
+        },
+        max_dkim_signatures: sa.max_dkim_signatures,
+        deadline: Duration::from_secs(sa.check_timeout_secs),
+    };
+    Ok(mailroom_smtp_server::SenderAuth {
+        checker: Arc::new(mailroom_sender_auth::Checker::new(
+            resolver,
+            &config.server.hostname,
+            policy,
+        )),
+        trusted_relays: sa.trusted_relays.clone(),
     })
 }
 

@@ -356,6 +356,7 @@ pub fn envelope_for(envelope: &QueueEnvelope, report: &[u8]) -> QueueEnvelope {
         authenticated_as: None,
         client_ip: None,
         trace_context: envelope.trace_context.clone(),
+        quarantine: false,
     }
 }
 

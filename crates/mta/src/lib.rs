@@ -10,6 +10,7 @@
 //! answers 451 and the client keeps the message.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mailroom_rpc::internal::{Caller, InternalSecret, RequireRole, Role};
 use mailroom_rpc::queue as pb;
@@ -67,18 +68,11 @@ pub type QueueGrpc = InterceptedService<QueueServer<QueueService>, RequireRole>;
 /// The roles that may call `Enqueue`.
 pub const ENQUEUE_ROLES: &[Role] = &[Role::Msa, Role::Inbound];
 
-/// Builds the service; `max_age_secs` is how long a message may stay queued;
-/// `wake` is signalled after each enqueue (the workers of this process);
-/// callers must prove the MSA or inbound role under `secret`.
-pub fn service(
-    store: Store,
-    max_age_secs: i64,
-    wake: Arc<QueueWake>,
-    secret: InternalSecret,
-) -> QueueGrpc {
+/// Serves `queue` over gRPC; callers must prove the MSA or inbound role
+/// under `secret`.
+pub fn service(queue: QueueService, secret: InternalSecret) -> QueueGrpc {
     InterceptedService::new(
-        QueueServer::new(QueueService::new(store, max_age_secs, wake))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        QueueServer::new(queue).max_decoding_message_size(MAX_MESSAGE_BYTES),
         RequireRole::new(secret, "Queue.Enqueue", ENQUEUE_ROLES),
     )
 }
@@ -86,13 +80,78 @@ pub fn service(
 impl QueueService {
     /// The Queue implementation, for [`service`] or for callers in the same
     /// process that call it directly (`Queue::enqueue`), skipping gRPC.
+    /// `max_age_secs` is how long a message may stay queued; `wake` is
+    /// signalled after each enqueue (the workers of this process).
     pub fn new(store: Store, max_age_secs: i64, wake: Arc<QueueWake>) -> Self {
         QueueService {
             store,
             max_age_secs,
             wake,
+            dkim_expiry: DKIM_EXPIRY,
         }
     }
+
+    /// How long the DKIM signatures it makes stay valid (`x=`); zero: no `x=`.
+    pub fn with_dkim_expiry(mut self, expiry: Duration) -> Self {
+        self.dkim_expiry = expiry;
+        self
+    }
+
+    /// The submitted message with `DKIM-Signature` fields on top, one per
+    /// active key of its author (`From:`) domain, when that domain has keys.
+    ///
+    /// Signing happens here, once, as the message enters the queue, and not
+    /// at each relay attempt: every retry and every destination then gets
+    /// the same bytes, the signing key is read once per message, and the
+    /// signature's `t=` is the submission time (see docs/ARCHITECTURE.md,
+    /// departure 33). A key that cannot be used is logged and the message
+    /// goes unsigned rather than stuck.
+    async fn dkim_sign(&self, message: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let Some(domain) = author_domain(&message) else {
+            return Ok(message);
+        };
+        let keys = self.store.dkim_signing_keys(&domain).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the DKIM keys");
+            Status::unavailable("the queue is unavailable; try again later")
+        })?;
+        if keys.is_empty() {
+            return Ok(message);
+        }
+        let keys: Vec<mailroom_sender_auth::signing::SigningKey<'_>> = keys
+            .iter()
+            .map(|k| mailroom_sender_auth::signing::SigningKey {
+                domain: &k.info.domain,
+                selector: &k.info.selector,
+                algorithm: &k.info.algorithm,
+                private_key_pem: &k.private_key,
+            })
+            .collect();
+        match mailroom_sender_auth::signing::sign(&message, &keys, self.dkim_expiry) {
+            Ok(headers) => {
+                let mut signed = Vec::with_capacity(headers.len() + message.len());
+                signed.extend_from_slice(headers.as_bytes());
+                signed.extend_from_slice(&message);
+                Ok(signed)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %domain, "DKIM signing failed; the message goes unsigned");
+                Ok(message)
+            }
+        }
+    }
+}
+
+/// The default `x=` of our DKIM signatures: 7 days.
+pub const DKIM_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The domain of the (first) `From:` address, which DKIM must align with for
+/// DMARC (RFC 7489 §3.1.1).
+fn author_domain(message: &[u8]) -> Option<mailroom_address::Domain> {
+    let headers = mailroom_smtp_proto::header_section(message);
+    let parsed = mail_parser::MessageParser::default().parse_headers(headers)?;
+    let address = parsed.from()?.first()?.address()?;
+    let domain = address.rsplit_once('@')?.1;
+    mailroom_address::Domain::parse(domain).ok()
 }
 
 /// The Queue implementation over the store.
@@ -101,6 +160,8 @@ pub struct QueueService {
     store: Store,
     max_age_secs: i64,
     wake: Arc<QueueWake>,
+    /// `x=` of the DKIM signatures made at submission.
+    dkim_expiry: Duration,
 }
 
 fn single_line(field: &str, value: &str) -> Result<(), Status> {
@@ -177,6 +238,7 @@ fn envelope(request: &pb::EnqueueRequest) -> Result<QueueEnvelope, Status> {
         authenticated_as: non_empty(&request.authenticated_as),
         client_ip: non_empty(&request.client_ip),
         trace_context: mailroom_telemetry::current_traceparent(),
+        quarantine: request.quarantine,
     })
 }
 
@@ -264,9 +326,17 @@ impl Queue for QueueService {
             }
         };
         let role = Self::authorise(caller, &request, to)?;
+        // Mail of an authenticated submission leaving for other domains is
+        // signed (issue 14); `authorise` let only such mail have remote
+        // recipients.
+        let message = if to.remote && role == Role::Msa && !request.authenticated_as.is_empty() {
+            self.dkim_sign(request.message).await?
+        } else {
+            request.message
+        };
         match self
             .store
-            .enqueue(&envelope, &request.message, self.max_age_secs)
+            .enqueue(&envelope, &message, self.max_age_secs)
             .await
         {
             Ok(queue_id) => {
@@ -275,7 +345,7 @@ impl Queue for QueueService {
                     caller_role = %role,
                     sender = %envelope.sender,
                     recipients = envelope.recipients.len(),
-                    size = request.message.len(),
+                    size = message.len(),
                     "queued"
                 );
                 if to.local {

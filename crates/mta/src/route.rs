@@ -19,9 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use hickory_proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use rand::seq::SliceRandom;
 
 /// One mail exchanger of a domain, in the order it should be tried.
@@ -133,41 +131,16 @@ impl Router {
     /// A router asking `servers` (`ip:port`), or the system's resolvers
     /// (`/etc/resolv.conf`) when the list is empty.
     pub fn new(servers: &[SocketAddr]) -> Result<Router, String> {
-        let provider = TokioRuntimeProvider::default();
-        let builder = if servers.is_empty() {
-            match TokioResolver::builder(provider.clone()) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Local delivery must keep working on a machine without
-                    // /etc/resolv.conf; remote mail is deferred with this
-                    // reason in the logs until DNS is configured.
-                    tracing::warn!(error = %e, "cannot read the system DNS configuration; set mta.dns_servers");
-                    TokioResolver::builder_with_config(
-                        ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
-                        provider,
-                    )
-                }
-            }
-        } else {
-            let name_servers = servers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, Vec::new(), name_servers),
-                provider,
-            )
-        };
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
-        Ok(Router { resolver })
+        Ok(Router::with_resolver(mailroom_sender_auth::dns::resolver(
+            servers,
+            mailroom_sender_auth::dns::DEFAULT_TIMEOUT,
+        )?))
+    }
+
+    /// A router asking `resolver` (the process's shared one, see
+    /// `mailroom_sender_auth::dns`).
+    pub fn with_resolver(resolver: TokioResolver) -> Router {
+        Router { resolver }
     }
 
     /// The mail exchangers of `domain`, in the order to try them.

@@ -219,8 +219,10 @@ impl LocalDelivery {
                 sender: queued.envelope.sender.clone(),
                 recipients: recipients.iter().map(|r| r.address.clone()).collect(),
                 message: queued.message.clone(),
+                // Authentication-Results went on top of the message when
+                // it was received (crates/sender-auth).
                 authentication_results: String::new(),
-                quarantine: false,
+                quarantine: queued.envelope.quarantine,
             });
             mailroom_telemetry::inject(request.metadata_mut());
             let now = outcome::unix_now();

@@ -6,7 +6,13 @@
 //!   any recipient may be addressed, and the MSA adds `Message-ID`/`Date` when
 //!   missing.
 //! * **Inbound** (MTA, port 25): no AUTH; recipients are accepted only for
-//!   our own domains and existing users, so the server is never an open relay.
+//!   our own domains and existing users, so the server is never an open relay;
+//!   each message's sender is checked (SPF, DKIM, DMARC, see
+//!   `mailroom-sender-auth`) unless it comes from a trusted relay, and the
+//!   `Authentication-Results` goes on top of it before it is queued.
+//!
+//! In both modes an `Authentication-Results` field claiming our host name as
+//! authserv-id is removed from what arrives (RFC 8601 §5).
 //!
 //! Syntax comes from `mailroom-smtp-proto` (no parsing here); this crate is
 //! the I/O and the policy. One session is one task; see [`session`] for the
@@ -118,6 +124,17 @@ pub struct SmtpServer {
     pub(crate) queue: QueueHandle,
     pub(crate) sasl: SaslConfig,
     pub(crate) throttle: Arc<AuthThrottle>,
+    /// Inbound only: SPF/DKIM/DMARC checks (`None`: not checked).
+    pub(crate) sender_auth: Option<SenderAuth>,
+}
+
+/// Sender authentication of an inbound server (see `mailroom-sender-auth`).
+#[derive(Debug, Clone)]
+pub struct SenderAuth {
+    /// Runs the checks.
+    pub checker: Arc<mailroom_sender_auth::Checker>,
+    /// Clients whose mail is not checked (our own relays in front of us).
+    pub trusted_relays: Vec<std::net::IpAddr>,
 }
 
 /// Where accepted messages go: the MTA's `Queue` service.
@@ -167,7 +184,15 @@ impl SmtpServer {
             queue,
             sasl: SaslConfig::default(),
             throttle,
+            sender_auth: None,
         }
+    }
+
+    /// Checks the sender authentication of what arrives (inbound mode; a
+    /// submission server ignores it: its users are authenticated).
+    pub fn with_sender_auth(mut self, sender_auth: SenderAuth) -> Self {
+        self.sender_auth = Some(sender_auth);
+        self
     }
 }
 

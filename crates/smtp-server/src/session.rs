@@ -851,7 +851,17 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         },
         now,
     );
-    let mut full = Vec::with_capacity(received.len() + added.len() + message.len());
+    // RFC 8601 §5: only we may speak for our authserv-id.
+    let message = mailroom_sender_auth::inbound::strip_our_results(
+        &message,
+        &server.settings.hostname.to_ascii_lowercase(),
+    );
+    let (results, quarantine) = match check_sender(server, state, tx, &message).await {
+        Ok(checked) => checked,
+        Err(refusal) => return refusal,
+    };
+    let mut full = Vec::with_capacity(results.len() + received.len() + added.len() + message.len());
+    full.extend_from_slice(results.as_bytes());
     full.extend_from_slice(received.as_bytes());
     full.extend_from_slice(added.as_bytes());
     full.extend_from_slice(&message);
@@ -861,6 +871,7 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         message: full,
         authenticated_as: state.account.clone().unwrap_or_default(),
         client_ip: state.peer.ip().to_string(),
+        quarantine,
     };
     let span =
         tracing::info_span!("smtp.message", session = %state.id, recipients = tx.recipients.len());
@@ -893,6 +904,43 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         Err(status) => {
             tracing::error!(error = %status.message(), code = ?status.code(), "enqueue failed");
             r(451, "4.3.0", "temporary local problem, try again later")
+        }
+    }
+}
+
+/// Inbound sender authentication: the `Authentication-Results` and
+/// `Received-SPF` fields to put on top and whether the message goes to
+/// Junk, or the refusal (`550 5.7.1` for DMARC `p=reject`, `451 4.7.x` when
+/// a DNS failure leaves the outcome open).
+async fn check_sender(
+    server: &SmtpServer,
+    state: &State,
+    tx: &Transaction,
+    message: &[u8],
+) -> Result<(String, bool), Reply> {
+    use mailroom_sender_auth::Action;
+    let Some(auth) = server.sender_auth.as_ref() else {
+        return Ok((String::new(), false));
+    };
+    if server.mode != Mode::Inbound || auth.trusted_relays.contains(&state.peer.ip()) {
+        return Ok((String::new(), false));
+    }
+    let mail_from = match &tx.from {
+        ReversePath::Null => String::new(),
+        ReversePath::Path(p) => p.mailbox(),
+    };
+    let envelope = mailroom_sender_auth::inbound::Envelope {
+        ip: state.peer.ip(),
+        helo: state.helo.as_ref().map_or("", |h| h.as_sent.as_str()),
+        mail_from: &mail_from,
+    };
+    let verdict = auth.checker.check(envelope, message).await;
+    tracing::info!(session = %state.id, action = ?verdict.action, "sender authentication");
+    match verdict.action {
+        Action::Accept => Ok((verdict.headers, false)),
+        Action::Quarantine => Ok((verdict.headers, true)),
+        Action::Reject(code, status, text) | Action::TempFail(code, status, text) => {
+            Err(r(code, status, text))
         }
     }
 }

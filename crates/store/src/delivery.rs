@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
-use mailroom_address::Address;
+use mailroom_address::{Address, Domain};
 use sqlx::Row;
 use tokio::sync::broadcast;
 
@@ -285,7 +285,8 @@ impl Store {
     /// Resolves a recipient to the accounts that receive it and the remote
     /// addresses it forwards to: exact account, aliases (followed
     /// transitively, loops detected), plus-addressing, then the domain's
-    /// catch-all.
+    /// catch-all; `postmaster@` with none of these reaches the domain's
+    /// first account (RFC 5321 §4.5.1).
     pub async fn resolve_recipient(
         &self,
         address: &Address,
@@ -335,9 +336,18 @@ impl Store {
             }
             if !found {
                 let (_, targets) = self.lookup_exact(&format!("@{}", addr.domain())).await?;
+                found = !targets.is_empty();
                 for t in targets {
                     queue.push_back((t, depth + 1));
                 }
+            }
+            // RFC 5321 §4.5.1: postmaster@ every domain of ours is deliverable;
+            // without an alias (or catch-all) it reaches the domain's first account.
+            if !found
+                && addr.local_part().eq_ignore_ascii_case("postmaster")
+                && let Some((a, first)) = self.first_account(addr.domain()).await?
+            {
+                reached.account(a, first, None);
             }
         }
         resolved.local = reached.local.into_iter().collect();
@@ -352,6 +362,32 @@ impl Store {
             }));
         }
         Ok(Ok(resolved))
+    }
+
+    /// The domain's first account (the postmaster of last resort) and its address.
+    async fn first_account(&self, domain: &Domain) -> Result<Option<(AccountRow, String)>> {
+        on_backend!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT a.id, a.address, a.disabled,
+                        (a.quota_bytes > 0 AND a.used_bytes >= a.quota_bytes) AS full
+                   FROM accounts a JOIN domains d ON d.id = a.domain_id
+                  WHERE d.name = $1 ORDER BY a.id LIMIT 1",
+            )
+            .bind(domain.as_str())
+            .fetch_optional(pool)
+            .await?;
+            Ok(match row {
+                Some(row) => Some((
+                    AccountRow {
+                        id: row.try_get("id")?,
+                        disabled: row.try_get("disabled")?,
+                        full: row.try_get("full")?,
+                    },
+                    row.try_get("address")?,
+                )),
+                None => None,
+            })
+        })
     }
 
     /// The account with exactly this address (id, disabled) and the alias

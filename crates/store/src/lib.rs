@@ -32,6 +32,7 @@ use sqlx::sqlite::{
 mod blobs;
 mod delivery;
 mod directory;
+mod dkim;
 mod known;
 #[macro_use]
 mod lane;
@@ -46,6 +47,7 @@ pub mod testing;
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
 pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
+pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
 pub use queue::*;

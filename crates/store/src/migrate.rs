@@ -46,6 +46,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0005_recent.sql"),
         false,
     ),
+    (
+        6,
+        "sender authentication",
+        include_str!("../migrations/0006_sender_auth.sql"),
+        false,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.

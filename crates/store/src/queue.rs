@@ -201,6 +201,8 @@ pub struct QueueEnvelope {
     pub client_ip: Option<String>,
     /// W3C `traceparent` of the accepting session, so delivery continues its trace.
     pub trace_context: Option<String>,
+    /// DMARC `p=quarantine` failed on arrival: local delivery goes to Junk.
+    pub quarantine: bool,
 }
 
 /// Inserts one queue entry (blob, message row, recipients) inside the
@@ -244,8 +246,8 @@ async fn enqueue_pg(
          ), entry AS (
              INSERT INTO queue_messages (sender, blob_hash, size, env_id, ret, body_type, smtputf8,
                                          requiretls, authenticated_as, client_ip, trace_context,
-                                         created_at, expires_at)
-             SELECT $5, blob.hash, $2, $6, $7, $8, $9, $10, $11, $12, $13, $4, $14 FROM blob
+                                         created_at, expires_at, quarantine)
+             SELECT $5, blob.hash, $2, $6, $7, $8, $9, $10, $11, $12, $13, $4, $14, $19 FROM blob
              RETURNING id
          ), rcpts AS (
              INSERT INTO queue_recipients (queue_message_id, address, domain, orcpt, notify,
@@ -274,6 +276,7 @@ async fn enqueue_pg(
     .bind(&domains)
     .bind(&orcpts)
     .bind(&notifies)
+    .bind(envelope.quarantine)
     .fetch_one(pool)
     .await?;
     Ok(id)
@@ -322,8 +325,8 @@ macro_rules! insert_entry {
         let id: i64 = sqlx::query(
             "INSERT INTO queue_messages (sender, blob_hash, size, env_id, ret, body_type, smtputf8,
                                          requiretls, authenticated_as, client_ip, trace_context,
-                                         created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                                         created_at, expires_at, quarantine)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(&envelope.sender)
         .bind(&hash.0)
@@ -338,6 +341,7 @@ macro_rules! insert_entry {
         .bind(envelope.trace_context.as_deref())
         .bind(created)
         .bind(created.saturating_add($max_age))
+        .bind(envelope.quarantine)
         .fetch_one(&mut *$tx)
         .await?
         .try_get("id")?;
@@ -996,7 +1000,7 @@ impl Store {
             // One round trip: a row per recipient, the content in the first.
             let rows = sqlx::query(
                 "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, q.created_at, q.expires_at,
+                        q.client_ip, q.trace_context, q.created_at, q.expires_at, q.quarantine,
                         r.address, r.orcpt, r.notify,
                         CASE WHEN r.id IS NULL
                                OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
@@ -1022,6 +1026,7 @@ impl Store {
                 authenticated_as: row.try_get("authenticated_as")?,
                 client_ip: row.try_get("client_ip")?,
                 trace_context: row.try_get("trace_context")?,
+                quarantine: row.try_get("quarantine")?,
             };
             for r in &rows {
                 if let Some(address) = r.try_get::<Option<String>, _>("address")? {

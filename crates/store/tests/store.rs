@@ -30,6 +30,8 @@ on_both!(
     aliases,
     blobs,
     concurrent_writers,
+    postmaster_is_always_deliverable,
+    dkim_keys,
 );
 
 fn d(s: &str) -> Domain {
@@ -599,4 +601,117 @@ mod queue_leases {
         };
         an_expired_lease_is_taken_over(&store).await;
     }
+}
+
+/// RFC 5321 §4.5.1: postmaster@ reaches the alias when there is one, else
+/// the domain's first account; a domain without accounts has no postmaster.
+async fn postmaster_is_always_deliverable(store: &Store) {
+    store.add_domain(&d("example.test")).await.unwrap();
+    let none = store
+        .resolve_recipient(&a("postmaster@example.test"))
+        .await
+        .unwrap();
+    assert!(none.is_err(), "{none:?}");
+    store
+        .create_account(&a("first@example.test"), PW, 0)
+        .await
+        .unwrap();
+    store
+        .create_account(&a("second@example.test"), PW, 0)
+        .await
+        .unwrap();
+    let to = |r: mailroom_store::Resolved| {
+        r.local
+            .iter()
+            .map(|t| t.address.clone())
+            .collect::<Vec<_>>()
+    };
+    let r = store
+        .resolve_recipient(&a("PostMaster@Example.Test"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(to(r), ["first@example.test"]);
+    store
+        .add_alias(
+            &AliasSource::parse("postmaster@example.test").unwrap(),
+            &a("second@example.test"),
+        )
+        .await
+        .unwrap();
+    let r = store
+        .resolve_recipient(&a("postmaster@example.test"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(to(r), ["second@example.test"]);
+    // Other unknown users stay unknown.
+    assert!(
+        store
+            .resolve_recipient(&a("nobody@example.test"))
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
+/// DKIM keys: listed without private keys, only active ones sign,
+/// rotation retires, removal and the domain's deletion take them away.
+async fn dkim_keys(store: &Store) {
+    let example = d("example.test");
+    assert!(matches!(
+        store
+            .add_dkim_key(&example, "s1", "rsa-sha256", "PEM", "cHVi")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.add_domain(&example).await.unwrap();
+    store
+        .add_dkim_key(&example, "s1", "rsa-sha256", "PEM1", "cHViMQ==")
+        .await
+        .unwrap();
+    store
+        .add_dkim_key(&example, "s2", "ed25519-sha256", "PEM2", "cHViMg==")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .add_dkim_key(&example, "s1", "rsa-sha256", "PEM", "cHVi")
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let listed = store.dkim_keys(None).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|k| k.active && k.domain == "example.test")
+    );
+    assert_eq!(listed[0].public_key, "cHViMQ==");
+    let signing = store.dkim_signing_keys(&example).await.unwrap();
+    let mut pems: Vec<&str> = signing.iter().map(|k| k.private_key.as_str()).collect();
+    pems.sort();
+    assert_eq!(pems, ["PEM1", "PEM2"]);
+    store
+        .add_dkim_key(&example, "s3", "rsa-sha256", "PEM3", "cHViMw==")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .retire_dkim_keys(&example, &["s3".to_string()])
+            .await
+            .unwrap(),
+        2
+    );
+    let signing = store.dkim_signing_keys(&example).await.unwrap();
+    assert_eq!(signing.len(), 1);
+    assert_eq!(signing[0].info.selector, "s3");
+    assert_eq!(store.dkim_keys(Some(&example)).await.unwrap().len(), 3);
+    store.remove_dkim_key(&example, "s1").await.unwrap();
+    assert!(matches!(
+        store.remove_dkim_key(&example, "s1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.delete_domain(&example).await.unwrap();
+    assert!(store.dkim_keys(None).await.unwrap().is_empty());
 }

@@ -1,0 +1,529 @@
+//! Checks of mail arriving on port 25: SPF, DKIM, ARC, DMARC and the
+//! decision they lead to.
+//!
+//! Invariants:
+//! * exactly one `Authentication-Results` field (RFC 8601 §2.2) with our
+//!   host name as authserv-id, and one `Received-SPF` (RFC 7208 §9.1), go on
+//!   top of every checked message; any `Authentication-Results` already in
+//!   the message that claims our authserv-id is removed first
+//!   ([`strip_our_results`], RFC 8601 §5), so what a filter or a client
+//!   trusts is only ever what we found;
+//! * several DMARC records at the author domain mean no DMARC policy
+//!   applies (RFC 7489 §6.6.3; `mail-auth` would take the first);
+//! * SPF is checked for HELO and MAIL FROM (RFC 7208 §2.3, §2.4; for the
+//!   null sender the HELO result stands for MAIL FROM); a domain publishing
+//!   two SPF records is a `permerror` (§4.5), which `mail-auth` would not
+//!   say, so the records are counted before it evaluates; its limits are
+//!   the RFC's (10 DNS-querying terms, 2 void lookups, §4.6.4);
+//! * DKIM: RSA-SHA1 signatures are never verified and count as `permerror`
+//!   (RFC 8301 §3.1); at most `max_dkim_signatures` others are checked, so
+//!   a message with a thousand signatures costs no more than one with five;
+//! * the decision (see [`Action`]): DMARC `p=reject` failing → refused with
+//!   `550 5.7.1`; `p=quarantine` → delivered to Junk; a DNS temporary error
+//!   on a check that decides the outcome → `451` (the sender retries),
+//!   never a silent pass; SPF `fail` without a DMARC record → per policy
+//!   (default: delivered, marked); `softfail`/`neutral` → marked only;
+//! * all lookups go through one resolver with a per-query timeout, and the
+//!   whole check has a deadline: past it, the answer is `451 4.7.0`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use mail_auth::common::crypto::Algorithm;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimError;
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcResult, Error,
+    MessageAuthenticator, ReceivedSpf,
+};
+pub use mail_auth::{SpfOutput, SpfResult};
+
+/// What to do with mail whose SPF check fails when its domain has no DMARC record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpfFailAction {
+    /// Deliver it, with the result in `Authentication-Results`.
+    #[default]
+    Mark,
+    /// Refuse it (`550 5.7.23`, RFC 7372).
+    Reject,
+}
+
+/// The receiving policy.
+#[derive(Debug, Clone)]
+pub struct InboundPolicy {
+    /// SPF `fail` with no DMARC record.
+    pub spf_fail_without_dmarc: SpfFailAction,
+    /// DKIM signatures checked per message (RFC 6376 §6.1 lets a verifier
+    /// limit them); more are ignored.
+    pub max_dkim_signatures: usize,
+    /// The longest all checks of one message may take.
+    pub deadline: Duration,
+}
+
+impl Default for InboundPolicy {
+    fn default() -> Self {
+        InboundPolicy {
+            spf_fail_without_dmarc: SpfFailAction::Mark,
+            max_dkim_signatures: 5,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the session does with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Accept and deliver.
+    Accept,
+    /// Accept and deliver to the recipients' Junk mailboxes (DMARC quarantine).
+    Quarantine,
+    /// Refuse permanently: `code status text`.
+    Reject(u16, &'static str, String),
+    /// Refuse for now; the sender retries: `code status text`.
+    TempFail(u16, &'static str, String),
+}
+
+/// The result of the checks.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `Authentication-Results` and `Received-SPF`, folded, CRLF-terminated,
+    /// to put on top of the message.
+    pub headers: String,
+    /// The decision.
+    pub action: Action,
+}
+
+/// The SMTP facts the checks need.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The EHLO/HELO argument as sent.
+    pub helo: &'a str,
+    /// The MAIL FROM mailbox, `""` for the null sender.
+    pub mail_from: &'a str,
+}
+
+/// Runs the checks; one per process (it holds the resolver).
+#[derive(Clone)]
+pub struct Checker {
+    auth: MessageAuthenticator,
+    hostname: String,
+    policy: InboundPolicy,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("hostname", &self.hostname)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checker {
+    /// A checker asking `resolver`, writing `hostname` as authserv-id.
+    pub fn new(resolver: TokioResolver, hostname: &str, policy: InboundPolicy) -> Self {
+        Checker {
+            auth: MessageAuthenticator(resolver),
+            hostname: hostname.to_ascii_lowercase(),
+            policy,
+        }
+    }
+
+    /// Our authserv-id.
+    pub fn authserv_id(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Checks `message` (our forged-results removal already done, see
+    /// [`strip_our_results`]) received with `envelope`.
+    pub async fn check(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
+        match tokio::time::timeout(self.policy.deadline, self.evaluate(envelope, message)).await {
+            Ok(verdict) => verdict,
+            Err(_) => Verdict {
+                headers: String::new(),
+                action: Action::TempFail(
+                    451,
+                    "4.7.0",
+                    "sender authentication checks timed out, try again later".into(),
+                ),
+            },
+        }
+    }
+
+    async fn evaluate(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
+        let ip = envelope.ip;
+        let helo = helo_domain(envelope.helo);
+        let host = self.hostname.as_str();
+
+        let (spf_helo, spf_mail_from) = self
+            .spf_identities(ip, envelope.helo, envelope.mail_from)
+            .await;
+        let mail_from_domain = mail_from_domain(envelope.mail_from, helo);
+
+        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
+            // Not a message a DKIM or DMARC check can read: SPF still stands.
+            let headers = format!(
+                "{}{}",
+                AuthenticationResults::new(host)
+                    .with_spf_ehlo_result(&spf_helo, ip, envelope.helo)
+                    .with_spf_mailfrom_result(&spf_mail_from, ip, envelope.mail_from, envelope.helo)
+                    .to_header(),
+                ReceivedSpf::new(&spf_mail_from, ip, envelope.helo, envelope.mail_from, host)
+                    .to_header()
+            );
+            let action = self.without_dmarc(&spf_mail_from);
+            return Verdict { headers, action };
+        };
+
+        // RFC 8301 §3.1: RSA-SHA1 is not verified; the cap bounds the work.
+        let (refused, mut checked): (Vec<_>, Vec<_>) = std::mem::take(&mut parsed.dkim_headers)
+            .into_iter()
+            .partition(|h| h.header.a == Algorithm::RsaSha1);
+        if checked.len() > self.policy.max_dkim_signatures {
+            tracing::info!(
+                signatures = checked.len(),
+                checked = self.policy.max_dkim_signatures,
+                "only the first DKIM signatures are checked"
+            );
+            checked.truncate(self.policy.max_dkim_signatures);
+        }
+        parsed.dkim_headers = checked;
+        let parsed = parsed;
+        let mut dkim = self.auth.verify_dkim(&parsed).await;
+        for h in &refused {
+            dkim.push(
+                DkimOutput::perm_err(Error::Dkim(DkimError::UnsupportedAlgorithm))
+                    .with_signature(&h.header),
+            );
+        }
+        let arc = self.auth.verify_arc(&parsed).await;
+        let dmarc = self
+            .auth
+            .verify_dmarc(DmarcParameters::new(
+                &parsed,
+                &dkim,
+                &mail_from_domain,
+                &spf_mail_from,
+            ))
+            .await;
+
+        let results = AuthenticationResults::new(host)
+            .with_dkim_results(&dkim, parsed.from())
+            .with_spf_ehlo_result(&spf_helo, ip, envelope.helo)
+            .with_spf_mailfrom_result(&spf_mail_from, ip, envelope.mail_from, envelope.helo)
+            .with_arc_result(&arc, ip)
+            .with_dmarc_result(&dmarc);
+        let headers = format!(
+            "{}{}",
+            results.to_header(),
+            ReceivedSpf::new(&spf_mail_from, ip, envelope.helo, envelope.mail_from, host)
+                .to_header()
+        );
+
+        // RFC 7489 §6.6.3: several records at the author domain mean no
+        // policy applies (mail-auth would take the first).
+        let several =
+            dmarc.dmarc_record().is_some() && dmarc_records(&self.auth.0, dmarc.domain()).await > 1;
+        let action = match dmarc.result() {
+            _ if several => self.without_dmarc(&spf_mail_from),
+            DmarcResult::Pass => Action::Accept,
+            // No record, or no single author domain (RFC 7489 §6.6.1).
+            DmarcResult::None => self.without_dmarc(&spf_mail_from),
+            // The policy record itself could not be read: it may say reject.
+            DmarcResult::TempError(_) if dmarc.dmarc_record().is_none() => {
+                temp_dmarc(dmarc.domain())
+            }
+            DmarcResult::TempError(_) => match dmarc.policy() {
+                // A retry could turn it into a pass: only then may it decide.
+                Policy::Reject | Policy::Quarantine => temp_dmarc(dmarc.domain()),
+                Policy::None | Policy::Unspecified => Action::Accept,
+            },
+            DmarcResult::Fail(_) | DmarcResult::PermError(_) => match dmarc.policy() {
+                Policy::Reject => Action::Reject(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "message refused: it fails the DMARC policy (p=reject) of {}",
+                        dmarc.domain()
+                    ),
+                ),
+                Policy::Quarantine => Action::Quarantine,
+                Policy::None | Policy::Unspecified => Action::Accept,
+            },
+        };
+        Verdict { headers, action }
+    }
+
+    /// SPF for the HELO identity (RFC 7208 §2.3) and the MAIL FROM identity
+    /// (§2.4; for the null sender, `postmaster@<helo>`, i.e. the HELO
+    /// result), as the checks of a message find them.
+    pub async fn spf_identities(
+        &self,
+        ip: IpAddr,
+        helo_as_sent: &str,
+        mail_from: &str,
+    ) -> (SpfOutput, SpfOutput) {
+        let host = self.hostname.as_str();
+        let helo = helo_domain(helo_as_sent);
+        // Only a domain name can be checked.
+        let spf_helo = match helo {
+            Some(h) => self.spf(SpfParameters::verify_ehlo(ip, h, host), h).await,
+            None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+        };
+        let spf_mail_from = if mail_from.is_empty() {
+            spf_helo.clone()
+        } else {
+            let domain = mail_from_domain(mail_from, helo);
+            self.spf(
+                SpfParameters::verify_mail_from(ip, helo.unwrap_or(helo_as_sent), host, mail_from),
+                &domain,
+            )
+            .await
+        };
+        (spf_helo, spf_mail_from)
+    }
+
+    /// The decision when no DMARC policy applies: SPF alone.
+    fn without_dmarc(&self, spf: &SpfOutput) -> Action {
+        match (spf.result(), self.policy.spf_fail_without_dmarc) {
+            (SpfResult::Fail, SpfFailAction::Reject) => Action::Reject(
+                550,
+                "5.7.23",
+                format!("message refused: SPF check of {} failed", spf.domain()),
+            ),
+            (SpfResult::TempError, SpfFailAction::Reject) => Action::TempFail(
+                451,
+                "4.7.24",
+                format!(
+                    "SPF check of {} could not be completed, try again later",
+                    spf.domain()
+                ),
+            ),
+            _ => Action::Accept,
+        }
+    }
+
+    /// SPF through `mail-auth`, after the record count it does not check.
+    async fn spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
+        if spf_records(&self.auth.0, domain).await > 1 {
+            // RFC 7208 §4.5: more than one record is a permerror.
+            return SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError);
+        }
+        self.auth.verify_spf(params).await
+    }
+}
+
+/// The domain SPF checks for MAIL FROM and DMARC aligns with: the
+/// sender's, or the HELO name for the null sender.
+fn mail_from_domain(mail_from: &str, helo: Option<&str>) -> String {
+    match mail_from.rsplit_once('@') {
+        Some((_, d)) => d.to_ascii_lowercase(),
+        None => helo.unwrap_or_default().to_ascii_lowercase(),
+    }
+}
+
+fn temp_dmarc(domain: &str) -> Action {
+    Action::TempFail(
+        451,
+        "4.7.0",
+        format!("DMARC check of {domain} could not be completed, try again later"),
+    )
+}
+
+/// How many SPF records (`v=spf1` alone or followed by a space, RFC 7208
+/// §4.5) `domain` publishes; lookup failures count as none (the evaluation
+/// that follows meets them again and says temperror).
+async fn spf_records(resolver: &TokioResolver, domain: &str) -> usize {
+    crate::dns::txt_records(resolver, domain)
+        .await
+        .map(|records| records.iter().filter(|r| is_spf_record(r)).count())
+        .unwrap_or(0)
+}
+
+/// How many DMARC records (`v=DMARC1`) `_dmarc.<domain>` publishes.
+async fn dmarc_records(resolver: &TokioResolver, domain: &str) -> usize {
+    crate::dns::txt_records(resolver, &format!("_dmarc.{domain}"))
+        .await
+        .map(|records| {
+            records
+                .iter()
+                .filter(|r| r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether a TXT string is an SPF record (RFC 7208 §4.5: `v=spf1`, case
+/// insensitive, then a space or the end).
+pub fn is_spf_record(text: &[u8]) -> bool {
+    text.len() >= 6
+        && text[..6].eq_ignore_ascii_case(b"v=spf1")
+        && (text.len() == 6 || text[6] == b' ')
+}
+
+/// The HELO argument when it is a domain name (not an address literal).
+fn helo_domain(helo: &str) -> Option<&str> {
+    let h = helo.trim_end_matches('.');
+    (!h.is_empty() && !h.starts_with('[') && h.contains('.') && h.parse::<IpAddr>().is_err())
+        .then_some(h)
+}
+
+/// Removes every `Authentication-Results` header field whose authserv-id is
+/// `authserv_id` (RFC 8601 §5: a forged one would be trusted downstream).
+/// Fields of other authserv-ids and everything else are kept byte for byte.
+pub fn strip_our_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
+    let end = header_end(message);
+    let mut out = Vec::with_capacity(message.len());
+    let mut i = 0;
+    let mut removed = 0;
+    while i < end {
+        // One field: its first line and every continuation line.
+        let mut j = next_line(message, i, end);
+        while j < end && matches!(message[j], b' ' | b'\t') {
+            j = next_line(message, j, end);
+        }
+        let field = &message[i..j];
+        if claims(field, authserv_id) {
+            removed += 1;
+        } else {
+            out.extend_from_slice(field);
+        }
+        i = j;
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed Authentication-Results claiming our authserv-id"
+        );
+    }
+    out.extend_from_slice(&message[end..]);
+    out
+}
+
+/// Where the header section ends (the start of the blank line, or the end).
+fn header_end(message: &[u8]) -> usize {
+    let mut i = 0;
+    while i < message.len() {
+        if message[i..].starts_with(b"\r\n") || message[i] == b'\n' {
+            return i;
+        }
+        i = next_line(message, i, message.len());
+    }
+    message.len()
+}
+
+fn next_line(message: &[u8], from: usize, end: usize) -> usize {
+    match message[from..end].iter().position(|&b| b == b'\n') {
+        Some(p) => from + p + 1,
+        None => end,
+    }
+}
+
+/// Whether one raw header field is an `Authentication-Results` of `id`.
+fn claims(field: &[u8], id: &str) -> bool {
+    const NAME: &[u8] = b"authentication-results";
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    if !field[..colon].trim_ascii().eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    // The authserv-id is the first token of the value, after any CFWS
+    // (RFC 8601 §2.2), up to `;`, whitespace or a comment.
+    let value = strip_cfws(&field[colon + 1..]);
+    let token_end = value
+        .iter()
+        .position(|&b| matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n' | b'('))
+        .unwrap_or(value.len());
+    let token = &value[..token_end];
+    let token = token.strip_suffix(b".").unwrap_or(token);
+    token.eq_ignore_ascii_case(id.trim_end_matches('.').as_bytes())
+}
+
+/// Leading whitespace and (nested) comments removed.
+fn strip_cfws(mut s: &[u8]) -> &[u8] {
+    loop {
+        s = s.trim_ascii_start();
+        if s.first() != Some(&b'(') {
+            return s;
+        }
+        let mut depth = 0usize;
+        let mut k = 0;
+        while k < s.len() {
+            match s[k] {
+                b'\\' => k += 1,
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            k += 1;
+        }
+        s = s.get(k + 1..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spf_record_detection_follows_rfc7208_4_5() {
+        assert!(is_spf_record(b"v=spf1"));
+        assert!(is_spf_record(b"V=SPF1 -all"));
+        assert!(!is_spf_record(b"v=spf10 -all"));
+        assert!(!is_spf_record(b"v=spf"));
+        assert!(!is_spf_record(b"spf2.0/pra -all"));
+    }
+
+    #[test]
+    fn only_our_authentication_results_are_removed() {
+        let msg = b"Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=a@b\r\n\
+Subject: hi\r\n\
+authentication-results: (forged) MX.Example.Test.; dkim=pass\r\n\
+Authentication-Results: other.example; dmarc=pass\r\n\
+Authentication-Results: mx.example.test.evil; dmarc=pass\r\n\
+\r\n\
+Authentication-Results: mx.example.test; in the body\r\n";
+        let out = strip_our_results(msg, "mx.example.test");
+        assert_eq!(
+            out,
+            b"Subject: hi\r\n\
+Authentication-Results: other.example; dmarc=pass\r\n\
+Authentication-Results: mx.example.test.evil; dmarc=pass\r\n\
+\r\n\
+Authentication-Results: mx.example.test; in the body\r\n"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_message_without_body_or_our_results_is_unchanged() {
+        for msg in [
+            &b"Subject: x\r\n"[..],
+            b"",
+            b"Subject: x\r\n\r\n",
+            b"\r\nbody",
+        ] {
+            assert_eq!(strip_our_results(msg, "mx.example.test"), msg.to_vec());
+        }
+    }
+
+    #[test]
+    fn helo_must_be_a_domain_to_be_checked() {
+        assert_eq!(helo_domain("mx.example.test"), Some("mx.example.test"));
+        assert_eq!(helo_domain("[192.0.2.1]"), None);
+        assert_eq!(helo_domain("192.0.2.1"), None);
+        assert_eq!(helo_domain("localhost"), None);
+    }
+}
