@@ -568,6 +568,7 @@ def main():
     for name in SERVERS:
         if name == "mailroom-pg":
             servers.append(mixed.MailroomServer("postgres", fill))
+            servers[-1].name = "mailroom-pg"
         elif name == "mailroom-sqlite":
             servers.append(mixed.MailroomServer("sqlite", fill))
         elif name == "dovecot":
