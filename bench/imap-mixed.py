@@ -646,7 +646,7 @@ class MailroomServer:
             self.proc.terminate(); self.proc.wait()
             errors = open(f"{self.work}/stderr.log").read()
             if errors.strip():
-                log("mailroom's log (warnings and errors):\n" + errors[-4000:])
+                log(f"{self.name}'s log (warnings and errors):\n" + errors[-4000:])
             self.proc = None
         if getattr(self, "db", None):
             psql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
