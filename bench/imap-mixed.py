@@ -76,7 +76,9 @@ builds the release binary), dovecot-core + dovecot-imapd for the peer
 Usage: CARGO_TARGET_DIR=/work/target-bench nice -n 19 python3 bench/imap-mixed.py
 Knobs: IMAP_BENCH_SECS, IMAP_BENCH_ROUNDS, IMAP_BENCH_IDLE (0: skip the IDLE
 phase), IMAP_BENCH_LOGIN_CONCURRENCY, IMAP_BENCH_SKIP_PEER=1,
-IMAP_BENCH_PEER_IDLE=0, IMAP_BENCH_STORE_PARAMS (appended to Mailroom's
+IMAP_BENCH_PEER_IDLE=0, IMAP_BENCH_STORE=sqlite (Mailroom on its embedded
+store, the default without store.url, instead of PostgreSQL),
+IMAP_BENCH_STORE_PARAMS (appended to Mailroom's
 database URL, e.g. sslmode=disable: by default sqlx negotiates TLS with the
 local PostgreSQL when it offers it, as Debian's does), IMAP_BENCH_KEEP=1
 (after the measurements, wait for Enter with both servers up, e.g. to
@@ -92,6 +94,7 @@ LOGIN_CONCURRENCY = int(os.environ.get("IMAP_BENCH_LOGIN_CONCURRENCY", "50"))
 SKIP_PEER = os.environ.get("IMAP_BENCH_SKIP_PEER") == "1"
 PEER_IDLE = os.environ.get("IMAP_BENCH_PEER_IDLE", "1") != "0"
 SOURCES = [f"127.0.0.{i}" for i in range(2, 22)]
+STORE = os.environ.get("IMAP_BENCH_STORE", "postgres")
 STORE_PARAMS = ("?" + os.environ["IMAP_BENCH_STORE_PARAMS"]) if os.environ.get("IMAP_BENCH_STORE_PARAMS") else ""
 PUSH_USERS = 10
 UID_BASE = 40000  # Dovecot's users run as uids UID_BASE..UID_BASE+99
@@ -373,13 +376,15 @@ def mib(b):
 
 # ---------------------------------------------------------------- mixed load
 
-def measure(server, label):
+def measure(server, label, client=client, clients=CLIENTS, secs=SECS):
     """One measurement of `server`; prints it and returns (ops/s, server and
-    database CPU µs per op)."""
+    database CPU µs per op, protocol errors). `client` runs in `clients`
+    processes (see client() for its protocol); a result may carry an 8th
+    item, a list of protocol errors counted (not raised) by the client."""
     port, db = server.port, server.db
     ctx = mp.get_context("fork")
     start, may_quit, ready, results = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=client, args=(i, port, start, may_quit, ready, results)) for i in range(CLIENTS)]
+    procs = [ctx.Process(target=client, args=(i, port, start, may_quit, ready, results)) for i in range(clients)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -396,7 +401,7 @@ def measure(server, label):
     m0 = machine_cpu()
     st0 = pg_stats(db) if db else None
     start.set()
-    res = [results.get(timeout=SECS + 600) for _ in procs]
+    res = [results.get(timeout=secs + 600) for _ in procs]
     s1 = sum(proc_cpu(p) for p in spids)
     g1 = sum(proc_cpu(p) for p in ppids)
     m1 = machine_cpu()
@@ -404,7 +409,7 @@ def measure(server, label):
     may_quit.set()
     for p in procs:
         p.join(60)
-    errors = [e for *_, e in res if e]
+    errors = [x[6] for x in res if x[6]]
     if errors:
         raise Failed("; ".join(errors))
     ops = sum(x[1] for x in res)
@@ -413,7 +418,9 @@ def measure(server, label):
     client_cpu = sum(x[4] for x in res)
     wall = (m1[0] - m0[0])
     busy = wall - (m1[1] - m0[1])
-    lat = {n: sorted(v for x in res for v in x[5][n]) for n in NAMES}
+    names = list(dict.fromkeys(n for x in res for n in x[5]))
+    lat = {n: sorted(v for x in res for v in x[5][n]) for n in names}
+    protocol = [e for x in res for e in (x[7] if len(x) > 7 else [])]
     pct = lambda v, q: v[min(len(v) - 1, int(q * len(v)))] * 1000 if v else 0
     other = busy - (s1 - s0) - (g1 - g0) - client_cpu
     print(f"  {label}: {ops} ops in {elapsed:.1f} s = {rate:.0f} ops/s; CPU s: server {s1 - s0:.1f}, "
@@ -421,13 +428,15 @@ def measure(server, label):
           f"{wall:.0f} s on {os.cpu_count()} cores, busy {100 * busy / wall:.0f}%); load {load[0]:.2f}", flush=True)
     print("    per op, µs CPU: server %.0f, postgres %.0f, clients %.0f; latency ms p50/p99: %s" % (
         1e6 * (s1 - s0) / ops, 1e6 * (g1 - g0) / ops, 1e6 * client_cpu / ops,
-        ", ".join(f"{n} {pct(lat[n], .5):.2f}/{pct(lat[n], .99):.1f}" for n in NAMES)), flush=True)
+        ", ".join(f"{n} {pct(lat[n], .5):.2f}/{pct(lat[n], .99):.1f}" for n in names)), flush=True)
+    if protocol:
+        print(f"    PROTOCOL ERRORS: {len(protocol)}; first: " + " | ".join(protocol[:5]), flush=True)
     if db:
         time.sleep(1.5)  # backends report their statistics within a second
         d = [b - a for a, b in zip(st0, pg_stats(db))]
         print("    PostgreSQL per op: %.2f commits, %.1f tuples returned, %.1f fetched, %.2f inserted, "
               "%.2f updated, %.2f deleted" % tuple(x / ops for x in d), flush=True)
-    return rate, 1e6 * ((s1 - s0) + (g1 - g0)) / ops
+    return rate, 1e6 * ((s1 - s0) + (g1 - g0)) / ops, len(protocol)
 
 
 def fill(port):
@@ -575,18 +584,27 @@ def report_idle(name, o):
 # --------------------------------------------------------------- the servers
 
 class MailroomServer:
-    name = "mailroom"
+    """`mailroom serve` on a fresh PostgreSQL database, or with store="sqlite"
+    on the embedded store (no store.url: the default); `fill(port)` puts the
+    mailboxes' contents in once the users exist."""
+
+    def __init__(self, store="postgres", fill=None):
+        self.store, self.fill = store, fill or globals()["fill"]
+        self.name = "mailroom" if store == "postgres" else f"mailroom-{store}"
+        self.db = None
 
     def start(self):
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "mailroom"], cwd=root, check=True,
                        env={**os.environ, "CARGO_TARGET_DIR": target}, stdout=sys.stderr)
         binary = os.path.join(target, "release", "mailroom")
         self.work = tempfile.mkdtemp(prefix="imap-bench-")
-        self.db = f"mailroom_bench_{os.getpid()}"
-        psql(f"CREATE DATABASE {self.db}")
+        store = {}
+        if self.store == "postgres":
+            self.db = f"mailroom_bench_{os.getpid()}"
+            psql(f"CREATE DATABASE {self.db}")
+            store = {"MAILROOM_STORE__URL": f"postgres://postgres@127.0.0.1:5432/{self.db}" + STORE_PARAMS}
         smtp, admin, self.port = free_port(), free_port(), free_port()
-        env = {**os.environ,
-               "MAILROOM_STORE__URL": f"postgres://postgres@127.0.0.1:5432/{self.db}" + STORE_PARAMS,
+        env = {**os.environ, **store,
                "MAILROOM_MTA__LISTEN": f'["127.0.0.1:{smtp}"]', "MAILROOM_MTA__GRPC_LISTEN": "127.0.0.1:0",
                "MAILROOM_ADMIN__LISTEN": f"127.0.0.1:{admin}", "MAILROOM_MDA__LISTEN": "127.0.0.1:0",
                "MAILROOM_SUBMISSION__LISTEN": "[]", "MAILROOM_SUBMISSION__LISTEN_TLS": "[]",
@@ -604,9 +622,10 @@ class MailroomServer:
         for u in users():
             subprocess.run(cli + ["user", "add", u], input=PASSWORD + "\n", text=True, check=True,
                            stdout=subprocess.DEVNULL)
-        fill(self.port)
-        log(f"mailroom: filled ({psql('SELECT count(*) FROM messages', self.db)} messages), pid {self.proc.pid}, "
-            f"127.0.0.1:{self.port}, database {self.db}")
+        self.fill(self.port)
+        count = psql('SELECT count(*) FROM messages', self.db) if self.db else "?"
+        log(f"{self.name}: filled ({count} messages), pid {self.proc.pid}, "
+            f"127.0.0.1:{self.port}, database {self.db or self.work + '/data'}")
 
     def pids(self):
         return [self.proc.pid]
@@ -615,7 +634,8 @@ class MailroomServer:
         return proc_cpu(self.proc.pid)
 
     def mem(self):
-        backends = [int(x) for x in psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.db}'").split()]
+        backends = [int(x) for x in psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.db}'").split()
+                    ] if self.db else []
         return {"mailroom VmRSS": proc_status(self.proc.pid, "VmRSS"),
                 "mailroom VmHWM (peak)": proc_status(self.proc.pid, "VmHWM"),
                 "PostgreSQL backends of the bench database, PSS": sum(proc_pss(p) for p in backends),
@@ -626,17 +646,22 @@ class MailroomServer:
             self.proc.terminate(); self.proc.wait()
             errors = open(f"{self.work}/stderr.log").read()
             if errors.strip():
-                log("mailroom's log (warnings and errors):\n" + errors[-4000:])
+                log(f"{self.name}'s log (warnings and errors):\n" + errors[-4000:])
             self.proc = None
         if getattr(self, "db", None):
             psql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
-            shutil.rmtree(self.work, ignore_errors=True)
             self.db = None
+        if getattr(self, "work", None):
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
 
 
 class DovecotServer:
     name = "dovecot"
     db = None
+
+    def __init__(self, fill=None):
+        self.fill = fill or globals()["fill"]
 
     @staticmethod
     def available():
@@ -718,7 +743,7 @@ service anvil {{
                 break
             except (OSError, IndexError, ValueError):
                 time.sleep(0.1)
-        fill(port)
+        self.fill(port)
         log(f"dovecot: filled, master pid {self.master}, 127.0.0.1:{port}")
 
     def pids(self):
@@ -761,6 +786,11 @@ def raise_fd_limit():
                          f"(ulimit -n) or set IMAP_BENCH_IDLE lower")
 
 
+def print_finished():
+    print(f"finished {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
 def main():
     raise_fd_limit()
     started = time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())
@@ -769,7 +799,8 @@ def main():
     print(f"IMAP mixed workload: {CLIENTS} clients x {USERS // CLIENTS} kept-open sessions, {USERS} users x "
           f"{MESSAGES} messages of {SIZE} bytes, {SECS:.0f} s per measurement, best of {ROUNDS}; "
           f"{os.cpu_count()} cores; mailroom source {root} {commit}; started {started}", flush=True)
-    servers = [MailroomServer()]
+    servers = [MailroomServer(STORE)]
+    mr = servers[0].name
     if SKIP_PEER:
         log("dovecot: skipped (IMAP_BENCH_SKIP_PEER=1)")
     elif not DovecotServer.available():
@@ -788,13 +819,13 @@ def main():
         if os.environ.get("IMAP_BENCH_KEEP") == "1":
             log("servers are still up; press Enter to go on")
             sys.stdin.readline()
-        m = max(rates["mailroom"])
-        print(f"== best: mailroom {m[0]:.0f} ops/s", flush=True)
+        m = max(rates[mr])
+        print(f"== best: {mr} {m[0]:.0f} ops/s", flush=True)
         if "dovecot" in rates:
             v = max(rates["dovecot"])
-            pairs = [f"{a[0] / b[0]:.2f}" for a, b in zip(rates["mailroom"], rates["dovecot"])]
-            cpu = [f"{a[1] / b[1]:.1f}" for a, b in zip(rates["mailroom"], rates["dovecot"])]
-            print(f"== best: dovecot  {v[0]:.0f} ops/s; ratio mailroom/dovecot {m[0] / v[0]:.2f} (target >= 1.5); "
+            pairs = [f"{a[0] / b[0]:.2f}" for a, b in zip(rates[mr], rates["dovecot"])]
+            cpu = [f"{a[1] / b[1]:.1f}" for a, b in zip(rates[mr], rates["dovecot"])]
+            print(f"== best: dovecot  {v[0]:.0f} ops/s; ratio {mr}/dovecot {m[0] / v[0]:.2f} (target >= {1.5 if STORE == 'postgres' else 1.0}); "
                   f"ratio in each pair of measurements {', '.join(pairs)}; server CPU per op, mailroom+postgres over "
                   f"dovecot: {', '.join(cpu)}", flush=True)
         if IDLE:
@@ -802,10 +833,10 @@ def main():
                 if s.name == "dovecot" and not PEER_IDLE:
                     continue
                 o = asyncio.run(idle_phase(s.port, s.name, s.mem, s.cpu))
-                threads = proc_status(s.proc.pid, "Threads") // 1024 if s.name == "mailroom" else None
+                threads = proc_status(s.proc.pid, "Threads") // 1024 if s.name == mr else None
                 s.stop()
                 report_idle(s.name, o)
-                if s.name == "mailroom":
+                if s.name == mr:
                     rss = o["with"]["mailroom VmRSS"]
                     print(f"  mailroom threads with the sessions: {threads}", flush=True)
                     print(f"== mailroom resident with {o['opened']} IDLE sessions: {mib(rss)} "
@@ -815,8 +846,7 @@ def main():
     finally:
         for s in servers:
             s.stop()
-    print(f"finished {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}; load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print_finished()
 
 
 if __name__ == "__main__":
