@@ -286,9 +286,10 @@ async fn a_restart_on_the_embedded_store_takes_back_a_dead_process_leases() {
         .await
         .unwrap();
     let id = enqueue(&store, BOB, &message("orphan")).await;
-    // The dead process's lease, as it left it.
+    // The dead process's lease, as it left it (a pid above Linux's pid_max:
+    // no process has it).
     let held = store
-        .lease_local_recipients("dead-1234", 300, 10)
+        .lease_local_recipients("4194999-0000dead", 300, 10)
         .await
         .unwrap();
     assert_eq!(held.len(), 1);

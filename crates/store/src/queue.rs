@@ -726,23 +726,50 @@ impl Store {
     }
 
     /// At the start of a process on the embedded SQLite store: gives back
-    /// every lease still recorded. That store belongs to one process (see
-    /// the crate docs), so a lease found at start was held by a process that
-    /// died, and its recipients are due again at once instead of after
-    /// `mta.lease_secs`. Returns how many; on PostgreSQL, where other live
-    /// processes may hold leases, it does nothing and returns 0 (their
-    /// leases lapse when their renewals stop).
+    /// the leases of workers whose process is gone (a worker's id names its
+    /// process: `<pid>-…` or `relay-<pid>-…`), so that a process killed
+    /// mid-delivery has its recipients due again at once on restart instead
+    /// of after `mta.lease_secs`. A lease whose process still runs (another
+    /// process on the same file, or this one) is left alone, as is one whose
+    /// owner names no process or where `/proc` cannot tell. Returns how many
+    /// recipients came back. On PostgreSQL, where the processes may run on
+    /// other hosts, it does nothing (their leases lapse when their renewals
+    /// stop).
     pub async fn reclaim_leases_at_start(&self) -> Result<u64> {
-        match self.backend() {
-            Backend::Postgres(_) => Ok(0),
-            Backend::Sqlite(pool) => Ok(sqlx::query(
+        let Backend::Sqlite(pool) = self.backend() else {
+            return Ok(0);
+        };
+        if !std::path::Path::new("/proc/self").exists() {
+            return Ok(0);
+        }
+        let owners: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM queue_recipients
+              WHERE lease_owner IS NOT NULL AND state IN ('pending', 'deferred')",
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut reclaimed = 0;
+        for owner in owners {
+            let pid = owner
+                .strip_prefix("relay-")
+                .unwrap_or(&owner)
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue; // that process lives: its leases are its own
+            }
+            reclaimed += sqlx::query(
                 "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL
-                 WHERE lease_owner IS NOT NULL AND state IN ('pending', 'deferred')",
+                  WHERE lease_owner = $1 AND state IN ('pending', 'deferred')",
             )
+            .bind(&owner)
             .execute(pool)
             .await?
-            .rows_affected()),
+            .rows_affected();
         }
+        Ok(reclaimed)
     }
 
     /// The DSN parameters (RFC 3461 `ORCPT`, `NOTIFY`) of each recipient of a
