@@ -90,7 +90,10 @@ async fn the_queue_can_be_listed_shown_retried_and_dropped() {
     )
     .await;
     let before = carol().await;
-    assert!(before.next_attempt_at > now() + 60, "{before:?}");
+    assert!(
+        before.next_attempt_at > mailroom_store::now() + 60,
+        "{before:?}"
+    );
     let retried = run(&["queue", "retry", &remote.to_string()]).await.unwrap();
     assert!(
         retried.starts_with(&format!("queue entry {remote}:")),
@@ -100,7 +103,7 @@ async fn the_queue_can_be_listed_shown_retried_and_dropped() {
     // than in five minutes.
     mailroom_tests::wait_for("the retried attempt", Duration::from_secs(30), async || {
         let c = carol().await;
-        c.attempts > before.attempts || c.next_attempt_at <= now()
+        c.attempts > before.attempts || c.next_attempt_at <= mailroom_store::now()
     })
     .await;
 
@@ -127,11 +130,4 @@ async fn the_queue_can_be_listed_shown_retried_and_dropped() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     r.stack.stop(Duration::from_secs(5)).await;
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }

@@ -9,7 +9,7 @@
 //! every test, so a recovery that waited for the lease to run out would
 //! time out here.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mailroom_address::{Address, Domain};
 use mailroom_store::testing::TestDb;
@@ -70,13 +70,6 @@ impl Fault {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 async fn database(backend: Backend) -> Option<(Store, TestDb)> {
     match backend {
         Backend::Sqlite => Some(TestDb::sqlite().await),
@@ -117,8 +110,25 @@ async fn recipient(store: &Store, id: i64) -> Option<(String, u32, Option<i64>)>
 async fn given_back(store: &Store, id: i64) -> bool {
     matches!(
         recipient(store, id).await,
-        Some((state, 0, Some(until))) if state == "pending" && until < now() + 30
+        Some((state, 0, Some(until))) if state == "pending" && until < mailroom_store::now() + 30
     )
+}
+
+/// Makes `example.test` one of our domains.
+async fn our_domain(store: &Store) {
+    store
+        .add_domain(&Domain::parse("example.test").unwrap())
+        .await
+        .unwrap();
+}
+
+/// Makes `example.test` ours with bob's account in it.
+async fn with_bob(store: &Store) {
+    our_domain(store).await;
+    store
+        .create_account(&Address::parse(BOB).unwrap(), "long enough password", 0)
+        .await
+        .unwrap();
 }
 
 async fn inbox_len(store: &Store) -> usize {
@@ -176,14 +186,7 @@ async fn local_delivery_survives(backend: Backend, fault: Fault) {
     let Some((store, db)) = database(backend).await else {
         return;
     };
-    store
-        .add_domain(&Domain::parse("example.test").unwrap())
-        .await
-        .unwrap();
-    store
-        .create_account(&Address::parse(BOB).unwrap(), "long enough password", 0)
-        .await
-        .unwrap();
+    with_bob(&store).await;
     // Queued before any worker runs, so the fault is in place for its
     // first attempt.
     let id = enqueue(&store, BOB, &message("fault")).await;
@@ -225,10 +228,7 @@ async fn relay_survives(backend: Backend, fault: Fault) {
     let Some((store, db)) = database(backend).await else {
         return;
     };
-    store
-        .add_domain(&Domain::parse("example.test").unwrap())
-        .await
-        .unwrap();
+    our_domain(&store).await;
     let sink = first_sink(SinkScript::default()).await;
     let dns = TestDns::start(
         "faults.test",
@@ -277,14 +277,7 @@ async fn the_relay_recovers_from_a_failure_to_record_the_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_the_embedded_store_takes_back_a_dead_process_leases() {
     let (store, db) = TestDb::sqlite().await;
-    store
-        .add_domain(&Domain::parse("example.test").unwrap())
-        .await
-        .unwrap();
-    store
-        .create_account(&Address::parse(BOB).unwrap(), "long enough password", 0)
-        .await
-        .unwrap();
+    with_bob(&store).await;
     let id = enqueue(&store, BOB, &message("orphan")).await;
     // The dead process's lease, as it left it (a pid above Linux's pid_max:
     // no process has it).
@@ -313,14 +306,7 @@ async fn a_database_outage_under_load_loses_no_acknowledged_mail() {
     let Some((store, db)) = TestDb::postgres().await else {
         return;
     };
-    store
-        .add_domain(&Domain::parse("example.test").unwrap())
-        .await
-        .unwrap();
-    store
-        .create_account(&Address::parse(BOB).unwrap(), "long enough password", 0)
-        .await
-        .unwrap();
+    with_bob(&store).await;
     let (stack, _dir) = serve(&db, |c| c.store.connect_timeout_secs = 2).await;
     let smtp = stack.addr("smtp").unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

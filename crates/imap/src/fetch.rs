@@ -258,11 +258,11 @@ pub(crate) async fn fetch(
             let mut out_items: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
             // The origin octet of each item that is a partial BINARY.
             let mut origins: Vec<Option<u32>> = Vec::with_capacity(items.len() + 1);
+            let recent = sel.is_recent(meta.uid);
             for name in &items {
                 if streaming.is_some() && wants_text(name) {
                     continue; // sent last, piece by piece
                 }
-                let recent = sel.is_recent(meta.uid);
                 match item(name, meta, recent, text, summary.as_ref()) {
                     Ok(Some(it)) => {
                         out_items.push(it);
@@ -279,10 +279,7 @@ pub(crate) async fn fetch(
                 }
             }
             if flags_changed.contains(&meta.uid) && !wants_flags {
-                out_items.push(MessageDataItem::Flags(flag_list(
-                    meta,
-                    sel.is_recent(meta.uid),
-                )));
+                out_items.push(MessageDataItem::Flags(flag_list(meta, recent)));
                 origins.push(None);
             }
             if let Some(name) = streaming {

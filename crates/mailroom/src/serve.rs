@@ -276,7 +276,9 @@ async fn queue_gauges(store: Store, stop: tokio_util::sync::CancellationToken) {
             ] {
                 metrics::gauge!("mailroom_queue_recipients", "state" => state).set(n as f64);
             }
-            let age = s.oldest_created_at.map_or(0, |t| (unix_now() - t).max(0));
+            let age = s
+                .oldest_created_at
+                .map_or(0, |t| (mailroom_store::now() - t).max(0));
             metrics::gauge!("mailroom_queue_oldest_age_seconds").set(age as f64);
         }
         tokio::select! {
@@ -284,13 +286,6 @@ async fn queue_gauges(store: Store, stop: tokio_util::sync::CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// How often queue workers look for due work when nothing woke them.

@@ -44,6 +44,8 @@ pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output 
     let accept = async {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
+                // Out of descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let handle = handle.clone();
