@@ -2,7 +2,8 @@
 //!
 //! The store keeps full names in UTF-8 with `/` as the hierarchy delimiter,
 //! and `INBOX` in that spelling. On the wire a name is modified UTF-7
-//! (RFC 3501 §5.1.3) unless the client enabled UTF-8 (`UTF8=ACCEPT`,
+//! (RFC 3501 §5.1.3, coded by `mailroom-imap-utf7`, which the client
+//! shares) unless the client enabled UTF-8 (`UTF8=ACCEPT`,
 //! RFC 6855, or `IMAP4rev2`, RFC 9051 §5.1), in which case it is UTF-8.
 //!
 //! Refused names (RFC 9051 §5.1 leaves the policy to the server; these are
@@ -29,7 +30,7 @@ pub fn from_wire(raw: &[u8], utf8: bool) -> Result<String, BadName> {
         // UTF-8 clients may still send a modified UTF-7 name (RFC 9051 §5.1 SHOULD accept).
         let s = std::str::from_utf8(raw).map_err(|_| BadName("the name is not valid UTF-8"))?;
         if s.is_ascii() && s.contains('&') {
-            decode_mutf7(s).unwrap_or_else(|| s.to_string())
+            mailroom_imap_utf7::decode(s).unwrap_or_else(|| s.to_string())
         } else {
             s.to_string()
         }
@@ -38,7 +39,7 @@ pub fn from_wire(raw: &[u8], utf8: bool) -> Result<String, BadName> {
             .ok()
             .filter(|s| s.is_ascii())
             .ok_or(BadName("8-bit mailbox names need ENABLE UTF8=ACCEPT"))?;
-        decode_mutf7(s).ok_or(BadName("the name is not valid modified UTF-7"))?
+        mailroom_imap_utf7::decode(s).ok_or(BadName("the name is not valid modified UTF-7"))?
     };
     let name = canonical(&text);
     validate(&name)?;
@@ -94,7 +95,7 @@ pub fn to_wire(name: &str, utf8: bool) -> String {
     if utf8 {
         name.to_string()
     } else {
-        encode_mutf7(name)
+        mailroom_imap_utf7::encode(name)
     }
 }
 
@@ -118,112 +119,6 @@ pub fn quote(s: &str, utf8: bool) -> String {
     } else {
         format!("{{{}}}\r\n{}", s.len(), s)
     }
-}
-
-/// Decodes modified UTF-7 (RFC 3501 §5.1.3); `None` when malformed
-/// (including non-shortest forms such as an encoded ASCII character).
-pub fn decode_mutf7(s: &str) -> Option<String> {
-    let mut out = String::with_capacity(s.len());
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if !(0x20..0x7f).contains(&b) {
-            return None;
-        }
-        if b != b'&' {
-            out.push(b as char);
-            i += 1;
-            continue;
-        }
-        let end = bytes[i + 1..].iter().position(|&c| c == b'-')? + i + 1;
-        let run = &bytes[i + 1..end];
-        i = end + 1;
-        if run.is_empty() {
-            out.push('&');
-            continue;
-        }
-        // Modified base64 of UTF-16BE: ',' for '/', no padding.
-        let mut bits: u32 = 0;
-        let mut nbits = 0;
-        let mut units: Vec<u16> = Vec::new();
-        for &c in run {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b',' => 63,
-                _ => return None,
-            };
-            bits = (bits << 6) | u32::from(v);
-            nbits += 6;
-            if nbits >= 16 {
-                nbits -= 16;
-                units.push((bits >> nbits) as u16);
-                bits &= (1 << nbits) - 1;
-            }
-        }
-        // Leftover bits must be zero padding shorter than one base64 digit... or two.
-        if nbits >= 6 || bits != 0 {
-            return None;
-        }
-        let decoded = String::from_utf16(&units).ok()?;
-        // A run must not encode printable ASCII (it would have been sent as is).
-        if decoded.chars().any(|c| (' '..='~').contains(&c)) {
-            return None;
-        }
-        out.push_str(&decoded);
-        // Two adjacent encoded runs are not the shortest form either.
-        if bytes.get(i) == Some(&b'&') && bytes.get(i + 1) != Some(&b'-') {
-            return None;
-        }
-    }
-    Some(out)
-}
-
-/// Encodes a name in modified UTF-7.
-pub fn encode_mutf7(s: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
-    let mut out = String::with_capacity(s.len());
-    let mut pending: Vec<u16> = Vec::new();
-    let flush = |pending: &mut Vec<u16>, out: &mut String| {
-        if pending.is_empty() {
-            return;
-        }
-        out.push('&');
-        let mut bits: u32 = 0;
-        let mut nbits = 0;
-        for &u in pending.iter() {
-            bits = (bits << 16) | u32::from(u);
-            nbits += 16;
-            while nbits >= 6 {
-                nbits -= 6;
-                out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
-            }
-            bits &= (1 << nbits) - 1;
-        }
-        if nbits > 0 {
-            out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
-        }
-        out.push('-');
-        pending.clear();
-    };
-    for c in s.chars() {
-        if (' '..='~').contains(&c) {
-            flush(&mut pending, &mut out);
-            if c == '&' {
-                out.push_str("&-");
-            } else {
-                out.push(c);
-            }
-        } else {
-            let mut buf = [0u16; 2];
-            pending.extend_from_slice(c.encode_utf16(&mut buf));
-        }
-    }
-    flush(&mut pending, &mut out);
-    out
 }
 
 /// Whether `name` matches a LIST pattern (RFC 9051 §6.3.9): `*` matches
@@ -269,29 +164,6 @@ pub fn parents(name: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mutf7_round_trips_rfc_examples() {
-        // RFC 3501 §5.1.3's example.
-        let wire = "~peter/mail/&U,BTFw-/&ZeVnLIqe-";
-        let name = decode_mutf7(wire).unwrap();
-        assert_eq!(name, "~peter/mail/台北/日本語");
-        assert_eq!(encode_mutf7(&name), wire);
-        assert_eq!(decode_mutf7("A&-B").unwrap(), "A&B");
-        assert_eq!(encode_mutf7("A&B"), "A&-B");
-        assert_eq!(encode_mutf7("Entwürfe"), "Entw&APw-rfe");
-        assert_eq!(decode_mutf7("Entw&APw-rfe").unwrap(), "Entwürfe");
-        // An emoji needs a surrogate pair.
-        assert_eq!(decode_mutf7(&encode_mutf7("x😀y")).unwrap(), "x😀y");
-    }
-
-    #[test]
-    fn invalid_mutf7_is_refused() {
-        assert_eq!(decode_mutf7("&U,BTFw"), None, "unterminated");
-        assert_eq!(decode_mutf7("&AGE-"), None, "encodes ASCII 'a'");
-        assert_eq!(decode_mutf7("&Jjo!-"), None, "bad base64 digit");
-        assert_eq!(decode_mutf7("a\u{7f}"), None);
-    }
 
     #[test]
     fn names_are_validated() {

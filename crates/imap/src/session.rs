@@ -1533,7 +1533,7 @@ fn decode_pattern(raw: &[u8], utf8: bool) -> Result<String, Failure> {
     if utf8 && !s.is_ascii() {
         return Ok(s.to_string());
     }
-    Ok(names::decode_mutf7(s).unwrap_or_else(|| s.to_string()))
+    Ok(mailroom_imap_utf7::decode(s).unwrap_or_else(|| s.to_string()))
 }
 
 /// COPY and MOVE (RFC 9051 §6.4.7, RFC 6851, UIDPLUS RFC 4315).
