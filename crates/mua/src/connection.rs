@@ -199,6 +199,30 @@ enum Stream {
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Bytes written to the socket at a time when progress is reported.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Told how far a long transfer got. The library draws nothing; the CLI
+/// shows a bar on a terminal.
+pub trait Progress: Send {
+    /// A transfer of `total` bytes starts (`what` names it for the user).
+    fn start(&mut self, what: &str, total: u64);
+    /// `n` more bytes went through.
+    fn advance(&mut self, n: u64);
+    /// The transfer ended (whole or not).
+    fn finish(&mut self);
+}
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
 /// One connection to a server.
 pub struct Connection {
     stream: Stream,
@@ -383,6 +407,32 @@ impl Connection {
         std::mem::take(&mut self.input)
     }
 
+    /// Passes the next `n` bytes of input to `sink` as they arrive, a
+    /// buffer at a time (never more than one read in memory), and reports
+    /// them to `progress`.
+    pub async fn stream_exact(
+        &mut self,
+        n: u64,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            if self.input.is_empty() {
+                self.fill().await?;
+            }
+            let take = self
+                .input
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            sink(&self.input[..take])?;
+            self.consume(take);
+            left -= take as u64;
+            progress.advance(take as u64);
+        }
+        Ok(())
+    }
+
     /// Reads one line (without its line ending), at most `max` bytes
     /// including it.
     pub async fn read_line(&mut self, max: usize) -> Result<Vec<u8>> {
@@ -436,6 +486,22 @@ impl Connection {
             eprintln!("C: <{} bytes of message content>", data.len());
         }
         self.write(data).await
+    }
+
+    /// Writes message content in pieces, reporting each to `progress`.
+    pub async fn send_content_progress(
+        &mut self,
+        data: &[u8],
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        if self.trace {
+            eprintln!("C: <{} bytes of message content>", data.len());
+        }
+        for piece in data.chunks(WRITE_CHUNK) {
+            self.write(piece).await?;
+            progress.advance(piece.len() as u64);
+        }
+        Ok(())
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<()> {

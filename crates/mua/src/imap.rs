@@ -21,6 +21,7 @@ use std::num::NonZeroU32;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use imap_codec::decode::Decoder as _;
 use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
@@ -39,7 +40,7 @@ use imap_types::search::SearchKey;
 use imap_types::sequence::SequenceSet;
 use mailroom_sasl::client::{ScramClient, plain_response};
 
-use crate::connection::{ClientOptions, Connection, Endpoint, Security};
+use crate::connection::{ClientOptions, Connection, Endpoint, NoProgress, Progress, Security};
 use crate::error::{Error, Result};
 
 /// What `list` shows of a message: enough for one line, without its body.
@@ -456,17 +457,190 @@ impl ImapClient {
         Err(Error::NotFound(format!("no message with UID {uid}")))
     }
 
-    /// One body part by its path (`[2, 1]` is part `2.1`): its MIME header
-    /// (`BODY.PEEK[2.1.MIME]`) followed by its content, which together
-    /// parse as a message of its own. Always peeks.
-    pub async fn part(&mut self, uid: u32, path: &[u32]) -> Result<Vec<u8>> {
-        let numbers: Vec<NonZeroU32> = path.iter().filter_map(|&n| NonZeroU32::new(n)).collect();
-        let part = Part(Vec1::try_from(numbers).map_err(|_| Error::Usage("empty part".into()))?);
-        let mut out = self
-            .section(uid, Some(Section::Mime(part.clone())), true)
-            .await?;
-        out.extend(self.section(uid, Some(Section::Part(part)), true).await?);
-        Ok(out)
+    /// The MIME header of one body part (`BODY.PEEK[2.1.MIME]` for
+    /// `[2, 1]`), at most `max_message` bytes like any response.
+    pub async fn part_header(&mut self, uid: u32, path: &[u32]) -> Result<Vec<u8>> {
+        self.section(uid, Some(Section::Mime(part_of(path)?)), true)
+            .await
+    }
+
+    /// Streams one body part's content as the server sends it
+    /// (`BODY.PEEK[2.1]`, still transfer-encoded) to `sink`, a read buffer
+    /// at a time, and returns its size.
+    ///
+    /// The content literal is never held whole: only the response around
+    /// it is buffered (with the literal replaced by an empty one, then
+    /// decoded by imap-codec like any response), within `max_message`. The
+    /// literal itself may be as long as the larger of `max_message` and
+    /// the part's size as BODYSTRUCTURE gave it (`part.size`); a longer
+    /// announcement fails before a byte of it is read.
+    pub async fn stream_part(
+        &mut self,
+        uid: u32,
+        part: &PartInfo,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
+        progress: &mut dyn Progress,
+    ) -> Result<u64> {
+        let section = Section::Part(part_of(&part.path)?);
+        let wanted = format!(
+            "BODY[{}]",
+            part.path
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(".")
+        );
+        let limit = (self.max_message as u64).max(u64::from(part.size));
+        self.settle().await?;
+        let item = MessageDataItemName::BodyExt {
+            section: Some(section.clone()),
+            partial: None,
+            peek: true,
+        };
+        let body = CommandBody::fetch(uid_set(&[uid])?, vec![MessageDataItemName::Uid, item], true)
+            .map_err(|_| Error::Usage("bad UID".into()))?;
+        let tag = self.send(body).await?;
+        // The response being read, literals replaced by `{0}`.
+        let mut skeleton: Vec<u8> = Vec::new();
+        let mut streamed: Option<u64> = None;
+        let mut streamed_here = false;
+        loop {
+            let line = self.conn.read_line(self.max_message).await?;
+            if skeleton.len() + line.len() + 8 > self.max_message {
+                return Err(self.too_long());
+            }
+            if let Some((prefix, length)) = literal_announcement(&line)? {
+                let prefix_bytes = &line[..prefix];
+                skeleton.extend_from_slice(prefix_bytes);
+                skeleton.extend_from_slice(if line[prefix] == b'~' {
+                    &b"~{0}\r\n"[..]
+                } else {
+                    &b"{0}\r\n"[..]
+                });
+                let target = streamed.is_none()
+                    && skeleton.starts_with(b"* ")
+                    && trim_end(prefix_bytes)
+                        .to_ascii_uppercase()
+                        .ends_with(wanted.as_bytes());
+                if target {
+                    if length > limit {
+                        return Err(Error::protocol(format!(
+                            "the server announced a {length} byte part; BODYSTRUCTURE said {} (and --max-size is {})",
+                            part.size, self.max_message
+                        )));
+                    }
+                    self.conn
+                        .trace_in(format!("<{length} byte literal, streamed>").as_bytes());
+                    progress.start("saving", length);
+                    let outcome = self.conn.stream_exact(length, sink, progress).await;
+                    progress.finish();
+                    outcome?;
+                    streamed = Some(length);
+                    streamed_here = true;
+                } else {
+                    if length > self.max_message as u64 {
+                        return Err(Error::protocol(format!(
+                            "the server announced a {length} byte literal; the limit is {} (--max-size)",
+                            self.max_message
+                        )));
+                    }
+                    self.conn
+                        .trace_in(format!("<{length} byte literal, skipped>").as_bytes());
+                    self.conn
+                        .stream_exact(length, &mut |_| Ok(()), &mut NoProgress)
+                        .await?;
+                }
+                continue;
+            }
+            skeleton.extend_from_slice(&line);
+            skeleton.extend_from_slice(b"\r\n");
+            let whole = std::mem::take(&mut skeleton);
+            let response = match ResponseCodec::default().decode_static(&whole) {
+                Ok((_, response)) => response,
+                Err(_) => {
+                    let shown =
+                        String::from_utf8_lossy(&whole[..whole.len().min(120)]).into_owned();
+                    return Err(Error::protocol(format!(
+                        "unreadable IMAP response {shown:?}"
+                    )));
+                }
+            };
+            let here = std::mem::take(&mut streamed_here);
+            match response {
+                Response::Status(Status::Tagged(t)) if t.tag.as_ref() == tag => {
+                    return match t.body.kind {
+                        StatusKind::Ok => streamed.ok_or_else(|| {
+                            Error::NotFound(format!("message {uid} has no part {wanted}"))
+                        }),
+                        StatusKind::No | StatusKind::Bad => {
+                            let text = String::from_utf8_lossy(&whole);
+                            let text = text.trim_end();
+                            let text = text.split_once(' ').map_or(text, |(_, r)| r);
+                            Err(Error::refused(
+                                "UID FETCH",
+                                text.chars().take(300).collect::<String>(),
+                            ))
+                        }
+                    };
+                }
+                Response::Status(Status::Bye(bye)) => {
+                    return Err(Error::protocol(format!(
+                        "the server ended the session: {}",
+                        bye.text.as_ref()
+                    )));
+                }
+                Response::Data(Data::Fetch { items, .. }) => {
+                    let ours = items
+                        .as_ref()
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItem::Uid(u) if u.get() == uid));
+                    if here && !ours {
+                        return Err(Error::protocol(
+                            "the server sent the part of another message",
+                        ));
+                    }
+                    if !ours || streamed.is_some() {
+                        continue;
+                    }
+                    // A small part may come as a quoted string (or NIL).
+                    for item in items.into_iter() {
+                        if let MessageDataItem::BodyExt {
+                            section: Some(s),
+                            data,
+                            ..
+                        } = item
+                            && s == section
+                        {
+                            let bytes = data.0.map(|d| d.as_ref().to_vec()).unwrap_or_default();
+                            progress.start("saving", bytes.len() as u64);
+                            sink(&bytes)?;
+                            progress.advance(bytes.len() as u64);
+                            progress.finish();
+                            streamed = Some(bytes.len() as u64);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the response reader to a boundary with nothing buffered, so
+    /// the next response can be read straight from the connection: whole
+    /// responses already received (unsolicited ones) are decoded and
+    /// dropped, a partial one is read to its end.
+    async fn settle(&mut self) -> Result<()> {
+        loop {
+            match self.fragments.progress() {
+                None if self.fragments.message_bytes().is_empty() => return Ok(()),
+                Some(_) if self.fragments.is_message_complete() => {
+                    self.decode()?;
+                }
+                _ => {
+                    self.response().await?;
+                }
+            }
+        }
     }
 
     async fn section(
@@ -869,6 +1043,48 @@ impl ImapClient {
     }
 }
 
+fn part_of(path: &[u32]) -> Result<Part> {
+    let numbers: Vec<NonZeroU32> = path.iter().filter_map(|&n| NonZeroU32::new(n)).collect();
+    Ok(Part(
+        Vec1::try_from(numbers).map_err(|_| Error::Usage("empty part".into()))?,
+    ))
+}
+
+fn trim_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// `Some((where the announcement starts, length))` when `line` ends with a
+/// literal announcement (`{n}`, `{n+}`, `~{n}`), as imap-codec's
+/// fragmentizer frames them.
+fn literal_announcement(line: &[u8]) -> Result<Option<(usize, u64)>> {
+    let Some(body) = line.strip_suffix(b"}") else {
+        return Ok(None);
+    };
+    let Some(open) = body.iter().rposition(|&b| b == b'{') else {
+        return Ok(None);
+    };
+    let digits = &body[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Ok(None);
+    }
+    let length: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| Error::protocol("a literal length out of range"))?;
+    let start = if open > 0 && body[open - 1] == b'~' {
+        open - 1
+    } else {
+        open
+    };
+    Ok(Some((start, length)))
+}
+
 fn astring(s: &str) -> Result<AString<'static>> {
     AString::try_from(s.to_string()).map_err(|_| Error::Usage(format!("cannot search for {s:?}")))
 }
@@ -894,6 +1110,8 @@ pub struct PartInfo {
     pub content_type: String,
     /// Encoded size in octets.
     pub size: u32,
+    /// Content-Transfer-Encoding, lower case (`base64`, `7bit`…).
+    pub encoding: String,
     /// Whether the part is an attachment (disposition `attachment`, or a
     /// non-text part with a file name).
     pub attachment: bool,
@@ -951,6 +1169,8 @@ fn walk(structure: &BodyStructure<'_>, path: &mut Vec<u32>, out: &mut Vec<PartIn
                 path: path.clone(),
                 content_type,
                 size: body.basic.size,
+                encoding: String::from_utf8_lossy(body.basic.content_transfer_encoding.as_ref())
+                    .to_ascii_lowercase(),
                 attachment,
             });
         }

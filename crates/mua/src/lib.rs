@@ -10,13 +10,16 @@
 //!   system roots, `--ca-file`, `--insecure`; bounded reads; timeouts; the
 //!   redacting trace), the client-side counterpart of `mailroom-net`.
 //! * [`message`]: composing (mail-builder) and reading (mail-parser)
-//!   messages, and saving attachments safely.
+//!   messages.
+//! * [`save`]: attachments streamed to disk, decoded as they arrive, put in
+//!   place only whole and never over an existing file.
 //! * [`account`]: account profiles and where passwords come from.
 //!
 //! Invariants, whatever the server does:
 //! * memory is bounded: every line, literal and multi-line response has a
 //!   limit ([`connection::ClientOptions::max_message`]) checked before the
-//!   bytes are buffered;
+//!   bytes are buffered; an attachment saved over IMAP is streamed to disk
+//!   a read buffer at a time, whatever its size;
 //! * no panic on server input: bad input is an [`Error`] with an exit code;
 //! * secrets never reach the trace, a log line or argv;
 //! * attachments are written only inside the chosen directory, under a
@@ -28,7 +31,8 @@ mod error;
 pub mod imap;
 pub mod message;
 pub mod pop3;
+pub mod save;
 pub mod smtp;
 
-pub use connection::{ClientOptions, Endpoint, Security, TlsOptions};
+pub use connection::{ClientOptions, Endpoint, NoProgress, Progress, Security, TlsOptions};
 pub use error::{Error, Result, exit};

@@ -10,10 +10,10 @@
 //! * reading never fails on broken MIME: mail-parser is lenient, and a part
 //!   it cannot decode is shown as what it is;
 //! * [`save_attachment`] writes only directly inside the chosen directory,
-//!   under a [`safe_file_name`], with `create_new` (never overwriting, never
-//!   following a planted symlink), choosing `name (1).ext`… when taken.
+//!   under a [`safe_file_name`], never over an existing file (nor through a
+//!   planted symlink), choosing `name (1).ext`… when taken
+//!   ([`crate::save`] has the details).
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use mail_builder::MessageBuilder;
@@ -555,45 +555,12 @@ pub fn safe_file_name(name: &str) -> String {
 }
 
 /// Writes `content` into `dir` under the sanitised `name`, never replacing
-/// an existing file: `name (1).ext`, `name (2).ext`… Returns the path.
+/// an existing file: `name (1).ext`, `name (2).ext`… Returns the path. The
+/// file appears only once whole (see [`crate::save`]).
 pub fn save_attachment(dir: &Path, name: &str, content: &[u8]) -> Result<PathBuf> {
-    use std::io::Write as _;
-    let name = safe_file_name(name);
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((s, e)) if !s.is_empty() => (s.to_string(), format!(".{e}")),
-        _ => (name.clone(), String::new()),
-    };
-    for n in 0..1000 {
-        let candidate: Cow<'_, str> = if n == 0 {
-            Cow::Borrowed(&name)
-        } else {
-            Cow::Owned(format!("{stem} ({n}){ext}"))
-        };
-        let path = dir.join(candidate.as_ref());
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(content)
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| Error::File(format!("cannot write {}: {e}", path.display())))?;
-                return Ok(path);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(Error::File(format!(
-                    "cannot create {}: {e}",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Err(Error::File(format!(
-        "{}: too many files named like {name:?}",
-        dir.display()
-    )))
+    let mut part = crate::save::PartFile::create(dir, crate::save::Encoding::Identity)?;
+    part.write(content)?;
+    part.commit(name).map(|(path, _)| path)
 }
 
 #[cfg(test)]

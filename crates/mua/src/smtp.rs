@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use mailroom_sasl::client::{ScramClient, plain_response};
 use mailroom_smtp_proto::{Capabilities, MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyParse};
 
-use crate::connection::{ClientOptions, Connection, Endpoint, Security};
+use crate::connection::{ClientOptions, Connection, Endpoint, NoProgress, Progress, Security};
 use crate::error::{Error, Result};
 
 /// An open submission session.
@@ -149,6 +149,19 @@ impl SmtpClient {
     /// Sends one message: MAIL FROM, one RCPT TO per recipient, DATA.
     /// Fails as a whole if any recipient is refused (nothing is sent then).
     pub async fn send(&mut self, from: &str, recipients: &[String], message: &[u8]) -> Result<()> {
+        self.send_with_progress(from, recipients, message, &mut NoProgress)
+            .await
+    }
+
+    /// [`SmtpClient::send`], telling `progress` how much of the content
+    /// went out.
+    pub async fn send_with_progress(
+        &mut self,
+        from: &str,
+        recipients: &[String],
+        message: &[u8],
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
         if recipients.is_empty() {
             return Err(Error::Usage("no recipients".into()));
         }
@@ -175,7 +188,11 @@ impl SmtpClient {
             }
         }
         self.command("DATA", 354).await?;
-        self.conn.send_content(&dot_stuff(message)).await?;
+        let content = dot_stuff(message);
+        progress.start("sending", content.len() as u64);
+        let sent = self.conn.send_content_progress(&content, progress).await;
+        progress.finish();
+        sent?;
         let reply = read_reply(&mut self.conn).await?;
         if reply.code != 250 {
             return Err(Error::refused("the message", reply_text(&reply)));
