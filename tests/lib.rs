@@ -957,6 +957,7 @@ pub async fn mail_command(
         stderr: &mut stderr,
         env,
         interactive,
+        progress: false,
     };
     let code = mailroom::mail_cli::run(&args, &mut io).await;
     MailOutcome {

@@ -316,12 +316,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         let interactive = stdin.is_terminal();
         let mut stdout = std::io::stdout();
         let mut stderr = std::io::stderr();
+        let progress = stderr.is_terminal();
         let mut io = crate::mail_cli::MailIo {
             stdin: &mut stdin,
             stdout: &mut stdout,
             stderr: &mut stderr,
             env: &env,
             interactive,
+            progress,
         };
         return ExitCode::from(crate::mail_cli::run(args, &mut io).await);
     }
@@ -421,6 +423,7 @@ pub async fn run_with(
                 stderr: &mut stderr,
                 env: &env,
                 interactive: false,
+                progress: false,
             };
             let code = crate::mail_cli::run(args, &mut io).await;
             out.write_all(&printed)?;

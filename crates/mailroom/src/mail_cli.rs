@@ -20,8 +20,9 @@ use mailroom_mua::account::{self, Account, Accounts, Env, Protocol, ReadProtocol
 use mailroom_mua::imap::{Idled, ImapClient, Query};
 use mailroom_mua::message::{self, Attachment, Draft, Mailbox};
 use mailroom_mua::pop3::Pop3Client;
+use mailroom_mua::save::{Encoding, PartFile};
 use mailroom_mua::smtp::SmtpClient;
-use mailroom_mua::{ClientOptions, Endpoint, Error, Result, Security, TlsOptions, exit};
+use mailroom_mua::{ClientOptions, Endpoint, Error, Progress, Result, Security, TlsOptions, exit};
 use serde_json::json;
 
 /// The exit codes, as `mailroom mail --help` prints them.
@@ -98,9 +99,12 @@ pub struct MailOptions {
     /// Seconds to wait for the server on each step.
     #[arg(long, global = true, default_value_t = 60)]
     pub timeout: u64,
-    /// Largest message or server response accepted, in bytes.
+    /// Largest message or server response held in memory, in bytes (attachments saved over IMAP are streamed to disk and may be larger).
     #[arg(long, global = true, default_value_t = 64 << 20)]
     pub max_size: usize,
+    /// Over IMAP, do not enable UTF8=ACCEPT even where offered: folder names then travel in modified UTF-7 (for servers whose UTF-8 support is broken).
+    #[arg(long, global = true)]
+    pub no_imap_utf8: bool,
 }
 
 /// The mail commands.
@@ -357,8 +361,12 @@ pub struct MailIo<'a> {
     pub stderr: &'a mut (dyn Write + Send),
     /// Environment variables.
     pub env: Env<'a>,
-    /// Whether a password may be prompted for on the terminal.
+    /// Whether standard input is a terminal: a password may be prompted
+    /// for, the body comes from `$EDITOR`, `account add` asks questions.
     pub interactive: bool,
+    /// Whether standard error is a terminal, where progress bars may be
+    /// drawn.
+    pub progress: bool,
 }
 
 /// Runs a mail command; returns its exit code after printing any error.
@@ -427,6 +435,7 @@ fn resolve(opts: &MailOptions, io: &mut MailIo<'_>) -> Result<Session> {
         trace: opts.trace,
         timeout: Duration::from_secs(opts.timeout.max(1)),
         max_message: opts.max_size,
+        imap_utf8: !opts.no_imap_utf8,
     };
     Ok(Session {
         account,
@@ -856,7 +865,9 @@ async fn submit(
     let mut smtp = SmtpClient::connect(&endpoint, &session.options).await?;
     let password = session.password(io)?;
     smtp.login(session.account.login(), &password).await?;
-    smtp.send(&from.address, &recipients, &raw).await?;
+    let mut bar = Bar::new(io.progress && !json);
+    smtp.send_with_progress(&from.address, &recipients, &raw, &mut bar)
+        .await?;
     smtp.quit().await;
     let sent_folder = sent_folder
         .map(str::to_string)
@@ -1124,18 +1135,28 @@ async fn save_attachments(
     if !dir.is_dir() {
         return Err(Error::File(format!("{} is not a directory", dir.display())));
     }
-    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut saved = Vec::new();
     if session.reads_pop3() {
+        // POP3 has no partial fetch: the whole message (within --max-size).
         let mut pop = session.pop3(io).await?;
         let raw = pop.retr(id).await?;
         pop.quit().await?;
         for (info, content) in message::extract_attachments(&raw) {
             if index.is_none_or(|i| i == info.index) {
-                found.push((info.name, content));
+                let path = message::save_attachment(dir, &info.name, &content)?;
+                report_saved(
+                    io,
+                    json,
+                    &mut saved,
+                    &info.name,
+                    &path,
+                    content.len() as u64,
+                )?;
             }
         }
     } else {
-        // Only the needed parts travel: BODYSTRUCTURE, then BODY.PEEK[n].
+        // Only the needed parts travel: BODYSTRUCTURE, then each part's MIME
+        // header and its content, streamed to disk as it arrives.
         let mut imap = session.imap(io).await?;
         imap.select(mailbox, true).await?;
         let structure = imap.structure(id).await?;
@@ -1143,37 +1164,95 @@ async fn save_attachments(
             .into_iter()
             .filter(|p| p.attachment)
             .collect();
+        let mut bar = Bar::new(io.progress && !json);
         for (i, part) in parts.iter().enumerate() {
             if index.is_some_and(|want| want != i + 1) {
                 continue;
             }
-            let raw = imap.part(id, &part.path).await?;
-            let (name, content) = message::decode_part(&raw);
-            found.push((
-                name.unwrap_or_else(|| format!("attachment-{}", i + 1)),
-                content,
-            ));
+            let header = imap.part_header(id, &part.path).await?;
+            let name =
+                message::part_file_name(&header).unwrap_or_else(|| format!("attachment-{}", i + 1));
+            let mut file = PartFile::create(dir, Encoding::from_name(&part.encoding))?;
+            imap.stream_part(id, part, &mut |chunk| file.write(chunk), &mut bar)
+                .await?;
+            let (path, size) = file.commit(&name)?;
+            report_saved(io, json, &mut saved, &name, &path, size)?;
         }
         imap.logout().await;
     }
-    if found.is_empty() {
+    if saved.is_empty() {
         return Err(Error::NotFound(match index {
             Some(i) => format!("message {id} has no attachment {i}"),
             None => format!("message {id} has no attachments"),
         }));
     }
-    let mut saved = Vec::new();
-    for (name, content) in found {
-        let path = message::save_attachment(dir, &name, &content)?;
-        saved.push(json!({"name": name, "path": path, "size": content.len()}));
-        if !json {
-            writeln!(io.stdout, "{}\t{} bytes", path.display(), content.len())?;
-        }
-    }
     if json {
         print_json(io, &json!({"version": 1, "saved": saved}))?;
     }
     Ok(())
+}
+
+/// Prints (or, with `--json`, collects) one saved attachment.
+fn report_saved(
+    io: &mut MailIo<'_>,
+    json: bool,
+    saved: &mut Vec<serde_json::Value>,
+    name: &str,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<()> {
+    saved.push(json!({"name": name, "path": path, "size": size}));
+    if !json {
+        writeln!(io.stdout, "{}\t{size} bytes", path.display())?;
+    }
+    Ok(())
+}
+
+/// Transfers at least this large get a progress bar (on a terminal).
+const BAR_THRESHOLD: u64 = 1 << 20;
+
+/// A progress bar on standard error, drawn only when it is a terminal,
+/// without `--json`, and for transfers of [`BAR_THRESHOLD`] or more.
+struct Bar {
+    show: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    fn new(show: bool) -> Bar {
+        Bar { show, bar: None }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, what: &str, total: u64) {
+        if !self.show || total < BAR_THRESHOLD {
+            return;
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 async fn watch(

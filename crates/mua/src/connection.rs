@@ -89,6 +89,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Largest message, literal or multi-line response accepted.
     pub max_message: usize,
+    /// Over IMAP, enable `UTF8=ACCEPT` where offered (RFC 6855); when off,
+    /// mailbox names travel in modified UTF-7 even then.
+    pub imap_utf8: bool,
 }
 
 impl Default for ClientOptions {
@@ -98,6 +101,7 @@ impl Default for ClientOptions {
             trace: false,
             timeout: Duration::from_secs(60),
             max_message: 64 << 20,
+            imap_utf8: true,
         }
     }
 }

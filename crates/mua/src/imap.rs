@@ -15,7 +15,12 @@
 //! * credentials never reach the trace: LOGIN and AUTHENTICATE lines are
 //!   traced as `<redacted>`;
 //! * message bodies are fetched with `BODY.PEEK` unless the caller asks to
-//!   mark them `\Seen`.
+//!   mark them `\Seen`;
+//! * callers name mailboxes in UTF-8 and get them back in UTF-8: on the wire
+//!   they are UTF-8 once `UTF8=ACCEPT` is enabled (RFC 6855), modified UTF-7
+//!   otherwise (RFC 3501 §5.1.3, `mailroom-imap-utf7`);
+//! * [`ImapClient::stream_part`] never holds a part's content whole: its
+//!   literal goes to the caller a read buffer at a time.
 
 use std::num::NonZeroU32;
 
@@ -97,8 +102,10 @@ pub struct ImapClient {
     next_tag: u32,
     capabilities: Vec<String>,
     max_message: usize,
-    /// UTF8=ACCEPT is enabled: non-ASCII mailbox names may be sent.
+    /// UTF8=ACCEPT is enabled: mailbox names are UTF-8 on the wire.
     utf8: bool,
+    /// Whether to enable UTF8=ACCEPT when offered.
+    want_utf8: bool,
 }
 
 impl ImapClient {
@@ -113,6 +120,7 @@ impl ImapClient {
             capabilities: Vec::new(),
             max_message: options.max_message,
             utf8: false,
+            want_utf8: options.imap_utf8,
         };
         client.greeting().await?;
         if client.capabilities.is_empty() {
@@ -205,7 +213,7 @@ impl ImapClient {
                 self.refresh_capabilities().await?;
                 // RFC 6855: with UTF8=ACCEPT, mailbox names and headers are
                 // UTF-8 both ways, so non-ASCII folder names work as typed.
-                if self.has("UTF8=ACCEPT") {
+                if self.want_utf8 && self.has("UTF8=ACCEPT") {
                     use imap_types::extensions::enable::CapabilityEnable;
                     use imap_types::extensions::utf8::Utf8Kind;
                     let body = CommandBody::Enable {
@@ -745,7 +753,7 @@ impl ImapClient {
                     delimiter,
                     mailbox,
                 } => Some(Folder {
-                    name: mailbox_to_string(&mailbox),
+                    name: self.mailbox_from_wire(&mailbox),
                     delimiter: delimiter.map(|d| d.inner()),
                     attributes: items.iter().map(|a| a.to_string()).collect(),
                 }),
@@ -1017,16 +1025,33 @@ impl ImapClient {
         text.chars().take(300).collect()
     }
 
-    /// A mailbox name for the wire: non-ASCII names only once UTF8=ACCEPT
-    /// is enabled (modified UTF-7 is not implemented here).
+    /// A mailbox name for the wire: as typed (UTF-8) once UTF8=ACCEPT is
+    /// enabled (RFC 6855 §3), else in modified UTF-7 (RFC 3501 §5.1.3).
     fn mailbox_name(&self, name: &str) -> Result<Mailbox<'static>> {
-        if !name.is_ascii() && !self.utf8 {
-            return Err(Error::Usage(format!(
-                "the server does not accept UTF-8 mailbox names (no UTF8=ACCEPT): {name:?}"
-            )));
+        if name.chars().any(char::is_control) {
+            return Err(Error::Usage(format!("invalid mailbox name {name:?}")));
         }
-        Mailbox::try_from(name.to_string())
-            .map_err(|_| Error::Usage(format!("invalid mailbox name {name:?}")))
+        let wire = if self.utf8 {
+            name.to_string()
+        } else {
+            mailroom_imap_utf7::encode(name)
+        };
+        Mailbox::try_from(wire).map_err(|_| Error::Usage(format!("invalid mailbox name {name:?}")))
+    }
+
+    /// A mailbox name from the wire, in UTF-8: decoded from modified UTF-7
+    /// unless UTF-8 is enabled; a name that is not valid modified UTF-7 is
+    /// shown as the server spelled it.
+    fn mailbox_from_wire(&self, mailbox: &Mailbox<'_>) -> String {
+        let raw = match mailbox {
+            Mailbox::Inbox => return "INBOX".into(),
+            Mailbox::Other(other) => String::from_utf8_lossy(other.as_ref()).into_owned(),
+        };
+        if self.utf8 {
+            raw
+        } else {
+            mailroom_imap_utf7::decode(&raw).unwrap_or(raw)
+        }
     }
 
     fn too_long(&self) -> Error {
@@ -1087,13 +1112,6 @@ fn literal_announcement(line: &[u8]) -> Result<Option<(usize, u64)>> {
 
 fn astring(s: &str) -> Result<AString<'static>> {
     AString::try_from(s.to_string()).map_err(|_| Error::Usage(format!("cannot search for {s:?}")))
-}
-
-fn mailbox_to_string(mailbox: &Mailbox<'_>) -> String {
-    match mailbox {
-        Mailbox::Inbox => "INBOX".into(),
-        Mailbox::Other(other) => String::from_utf8_lossy(other.as_ref()).into_owned(),
-    }
 }
 
 fn uid_set(uids: &[u32]) -> Result<SequenceSet> {

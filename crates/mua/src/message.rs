@@ -381,17 +381,12 @@ pub fn extract_attachments(raw: &[u8]) -> Vec<(AttachmentInfo, Vec<u8>)> {
         .collect()
 }
 
-/// Decodes one body part fetched as `BODY[n.MIME]` + `BODY[n]`: its file
-/// name (from Content-Disposition or Content-Type) and decoded content.
-pub fn decode_part(raw: &[u8]) -> (Option<String>, Vec<u8>) {
-    let Some(message) = MessageParser::default().parse(raw) else {
-        return (None, raw.to_vec());
-    };
-    let root = message.root_part();
-    (
-        root.attachment_name().map(str::to_string),
-        root.contents().to_vec(),
-    )
+/// The file name a body part's MIME header (`BODY[n.MIME]`) gives it, from
+/// Content-Disposition or Content-Type, RFC 2231/2047 decoded (unsanitised:
+/// see [`safe_file_name`]).
+pub fn part_file_name(header: &[u8]) -> Option<String> {
+    let message = MessageParser::default().parse_headers(header)?;
+    message.root_part().attachment_name().map(str::to_string)
 }
 
 fn mailboxes_of(address: Option<&mail_parser::Address<'_>>) -> Vec<Mailbox> {
