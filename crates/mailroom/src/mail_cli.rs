@@ -66,9 +66,9 @@ pub struct MailOptions {
     /// Profile-less mode: the login name (the password comes from $MAILROOM_MAIL_PASSWORD or a prompt).
     #[arg(long, global = true)]
     pub user: Option<String>,
-    /// Profile-less mode: tls, starttls or none.
-    #[arg(long, global = true, default_value = "tls")]
-    pub security: Security,
+    /// Profile-less mode and `account add`: tls, starttls or none (default tls).
+    #[arg(long, global = true)]
+    pub security: Option<Security>,
     /// SMTP submission port (default 465 with tls, else 587).
     #[arg(long, global = true)]
     pub smtp_port: Option<u16>,
@@ -318,16 +318,16 @@ pub enum FolderAction {
 /// `mail account …`
 #[derive(Debug, Subcommand)]
 pub enum AccountCommand {
-    /// Write a profile (the password is not stored: give a command or a variable).
+    /// Write a profile; on a terminal, asks for what the flags do not give. No password is ever stored: a command prints it, a variable holds it, or it is asked for each time.
     Add {
         /// Profile name.
-        name: String,
+        name: Option<String>,
         /// Email address (From, and the login name unless --login is given).
         #[arg(long)]
-        email: String,
+        email: Option<String>,
         /// Server host name (IMAP, POP3 and submission).
         #[arg(long)]
-        host: String,
+        host: Option<String>,
         /// Login name when it is not the email address.
         #[arg(long)]
         login: Option<String>,
@@ -340,6 +340,9 @@ pub enum AccountCommand {
         /// Environment variable holding the password.
         #[arg(long)]
         password_env: Option<String>,
+        /// Ask for the password each time (the default when neither a command nor a variable is given).
+        #[arg(long, conflicts_with_all = ["password_command", "password_env"])]
+        password_prompt: bool,
         /// Make it the default account.
         #[arg(long)]
         default: bool,
@@ -399,7 +402,7 @@ fn resolve(opts: &MailOptions, io: &mut MailIo<'_>) -> Result<Session> {
             Some(Server {
                 host: server.clone(),
                 port,
-                security: opts.security,
+                security: opts.security.unwrap_or(Security::Tls),
             })
         };
         Account {
@@ -1430,6 +1433,242 @@ async fn watch_pop3_round(
     Ok(printed)
 }
 
+/// What `account add` was given (flags) or told (answers).
+#[derive(Debug, Clone, Default)]
+struct NewAccount {
+    name: Option<String>,
+    email: Option<String>,
+    host: Option<String>,
+    login: Option<String>,
+    read_pop3: bool,
+    security: Option<Security>,
+    /// SMTP, IMAP, POP3.
+    ports: [Option<u16>; 3],
+    password_command: Vec<String>,
+    password_env: Option<String>,
+    password_prompt: bool,
+    default: bool,
+}
+
+impl NewAccount {
+    /// The profile: its name, the account, and whether it becomes the
+    /// default. Fails naming what is missing.
+    fn build(self, first: bool) -> Result<(String, Account, bool)> {
+        let (Some(name), Some(email), Some(host)) = (self.name, self.email, self.host) else {
+            return Err(Error::Usage(
+                "account add needs a NAME, --email and --host (on a terminal it asks for them)"
+                    .into(),
+            ));
+        };
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(Error::Usage(format!("invalid profile name {name:?}")));
+        }
+        if host.trim().is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::Usage(format!("invalid host name {host:?}")));
+        }
+        Mailbox::parse(&email)?;
+        let security = self.security.unwrap_or(Security::Tls);
+        let server = |port: Option<u16>| {
+            Some(Server {
+                host: host.clone(),
+                port,
+                security,
+            })
+        };
+        let account = Account {
+            email,
+            user: self.login.filter(|l| !l.is_empty()),
+            read: if self.read_pop3 {
+                ReadProtocol::Pop3
+            } else {
+                ReadProtocol::Imap
+            },
+            password_command: (!self.password_prompt && !self.password_command.is_empty())
+                .then_some(self.password_command),
+            password_env: self.password_env.filter(|_| !self.password_prompt),
+            smtp: server(self.ports[0]),
+            imap: server(self.ports[1]),
+            pop3: server(self.ports[2]),
+            ..Account::default()
+        };
+        Ok((name, account, self.default || first))
+    }
+}
+
+/// Questions on stderr, answers from stdin, a line each.
+struct Questions<'a> {
+    input: std::io::BufReader<&'a mut (dyn Read + Send)>,
+    err: &'a mut (dyn Write + Send),
+}
+
+impl Questions<'_> {
+    /// One line of explanation.
+    fn say(&mut self, text: &str) -> Result<()> {
+        writeln!(self.err, "{text}")?;
+        Ok(())
+    }
+
+    /// Asks until answered; an empty answer takes the default.
+    fn ask(&mut self, question: &str, default: Option<&str>) -> Result<String> {
+        use std::io::BufRead as _;
+        loop {
+            match default {
+                Some(d) if !d.is_empty() => write!(self.err, "{question} [{d}]: ")?,
+                _ => write!(self.err, "{question}: ")?,
+            }
+            self.err.flush()?;
+            let mut line = String::new();
+            if self.input.read_line(&mut line)? == 0 {
+                return Err(Error::Usage(
+                    "account add: the input ended before the profile was complete".into(),
+                ));
+            }
+            let line = line.trim();
+            match (line.is_empty(), default) {
+                (false, _) => return Ok(line.to_string()),
+                (true, Some(d)) => return Ok(d.to_string()),
+                (true, None) => self.say("  (an answer is needed)")?,
+            }
+        }
+    }
+}
+
+/// Asks on the terminal (questions on stderr, answers from stdin) for what
+/// the flags of `account add` left out. Never asks for the password
+/// itself, only for where it comes from.
+fn ask_account(
+    mut given: NewAccount,
+    accounts: &Accounts,
+    io: &mut MailIo<'_>,
+) -> Result<(String, Account, bool)> {
+    let mut q = Questions {
+        input: std::io::BufReader::new(&mut *io.stdin),
+        err: &mut *io.stderr,
+    };
+    q.say("New mail account (the password is not stored; you choose where it comes from).")?;
+    let email = match given.email.take() {
+        Some(e) => e,
+        None => loop {
+            let e = q.ask("Email address", None)?;
+            match Mailbox::parse(&e) {
+                Ok(_) => break e,
+                Err(error) => q.say(&format!("  {error}"))?,
+            }
+        },
+    };
+    let domain = email.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+    let name = match given.name.take() {
+        Some(n) => n,
+        None => {
+            let suggested = domain.split('.').next().unwrap_or("").to_string();
+            let suggested = if suggested.is_empty() || accounts.accounts.contains_key(&suggested) {
+                format!("account{}", accounts.accounts.len() + 1)
+            } else {
+                suggested
+            };
+            q.ask("Profile name", Some(&suggested))?
+        }
+    };
+    let host = match given.host.take() {
+        Some(h) => h,
+        None => q.ask(
+            "Server host name (IMAP, POP3 and submission)",
+            Some(&domain),
+        )?,
+    };
+    if !given.read_pop3 {
+        given.read_pop3 = loop {
+            match q
+                .ask("Read mail over imap or pop3", Some("imap"))?
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "imap" => break false,
+                "pop3" => break true,
+                _ => q.say("  imap or pop3")?,
+            }
+        };
+    }
+    let security = match given.security {
+        Some(s) => s,
+        None => loop {
+            match q
+                .ask("Security: tls (implicit TLS) or starttls", Some("tls"))?
+                .parse::<Security>()
+            {
+                Ok(s) => break s,
+                Err(e) => q.say(&format!("  {e}"))?,
+            }
+        },
+    };
+    given.security = Some(security);
+    let protocols = [
+        Protocol::Smtp,
+        if given.read_pop3 {
+            Protocol::Pop3
+        } else {
+            Protocol::Imap
+        },
+    ];
+    for protocol in protocols {
+        let slot = match protocol {
+            Protocol::Smtp => 0,
+            Protocol::Imap => 1,
+            Protocol::Pop3 => 2,
+        };
+        if given.ports[slot].is_some() {
+            continue;
+        }
+        let default = protocol.default_port(security).to_string();
+        let question = format!("{} port", protocol.name().to_uppercase());
+        let port = loop {
+            match q.ask(&question, Some(&default))?.parse::<u16>() {
+                Ok(p) if p > 0 => break p,
+                _ => q.say("  a port number")?,
+            }
+        };
+        given.ports[slot] = (port.to_string() != default).then_some(port);
+    }
+    if given.login.is_none() {
+        let login = q.ask("Login name", Some(&email))?;
+        given.login = (login != email).then_some(login);
+    }
+    let choosing =
+        given.password_command.is_empty() && given.password_env.is_none() && !given.password_prompt;
+    if choosing {
+        q.say("Where does the password come from?\n  1) a command that prints it (e.g. pass show mail/work)\n  2) an environment variable\n  3) ask every time")?;
+        loop {
+            match q.ask("Choice", Some("3"))?.as_str() {
+                "1" => {
+                    let line = q.ask("Command (words separated by spaces, no shell)", None)?;
+                    given.password_command = line.split_whitespace().map(str::to_string).collect();
+                    break;
+                }
+                "2" => {
+                    given.password_env = Some(q.ask("Variable name", Some(account::PASSWORD_ENV))?);
+                    break;
+                }
+                "3" => {
+                    given.password_prompt = true;
+                    break;
+                }
+                _ => q.say("  1, 2 or 3")?,
+            }
+        }
+    }
+    if !given.default && !accounts.accounts.is_empty() && accounts.default.as_deref() != Some(&name)
+    {
+        given.default = q
+            .ask("Make it the default account? (y/n)", Some("n"))?
+            .to_ascii_lowercase()
+            .starts_with('y');
+    }
+    given.email = Some(email);
+    given.name = Some(name);
+    given.host = Some(host);
+    given.build(accounts.accounts.is_empty())
+}
+
 async fn account_command(
     command: &AccountCommand,
     opts: &MailOptions,
@@ -1446,33 +1685,30 @@ async fn account_command(
             read_pop3,
             password_command,
             password_env,
+            password_prompt,
             default,
         } => {
-            Mailbox::parse(email)?;
-            let server = |port: Option<u16>| {
-                Some(Server {
-                    host: host.clone(),
-                    port,
-                    security: opts.security,
-                })
-            };
-            let account = Account {
+            let given = NewAccount {
+                name: name.clone(),
                 email: email.clone(),
-                user: login.clone(),
-                read: if *read_pop3 {
-                    ReadProtocol::Pop3
-                } else {
-                    ReadProtocol::Imap
-                },
-                password_command: (!password_command.is_empty()).then(|| password_command.clone()),
+                host: host.clone(),
+                login: login.clone(),
+                read_pop3: *read_pop3,
+                security: opts.security,
+                ports: [opts.smtp_port, opts.imap_port, opts.pop3_port],
+                password_command: password_command.clone(),
                 password_env: password_env.clone(),
-                smtp: server(opts.smtp_port),
-                imap: server(opts.imap_port),
-                pop3: server(opts.pop3_port),
-                ..Account::default()
+                password_prompt: *password_prompt,
+                default: *default,
+            };
+            let complete = given.name.is_some() && given.email.is_some() && given.host.is_some();
+            let (name, account, make_default) = if complete || !io.interactive {
+                given.build(accounts.accounts.is_empty())?
+            } else {
+                ask_account(given, &accounts, io)?
             };
             accounts.accounts.insert(name.clone(), account);
-            if *default || accounts.default.is_none() {
+            if make_default || accounts.default.is_none() {
                 accounts.default = Some(name.clone());
             }
             accounts.save(&path)?;
