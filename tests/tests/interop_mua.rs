@@ -75,6 +75,10 @@ auth_mechanisms = plain scram-sha-256
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 pop3_uidl_format = %08Xu%08Xv
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
@@ -237,6 +241,47 @@ async fn list_read_save_flag_and_folders_against_dovecot() {
             .contains("Flagged"),
         "{listed}"
     );
+
+    // A non-ASCII folder: Dovecot 2.3 has no UTF8=ACCEPT, so the name goes
+    // out in modified UTF-7 (Dovecot refuses 8-bit names) and comes back
+    // from LIST in UTF-8.
+    const FOLDER: &str = "Entwürfe/日本";
+    let (code, _, err) = mail(&d, &["folders", "create", FOLDER]).await;
+    assert_eq!(code, 0, "{err}\n{}", log());
+    let (code, out, err) = mail(&d, &["folders", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let folders: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let names: Vec<&str> = folders["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&FOLDER), "{names:?}");
+    assert!(
+        d.dir
+            .path()
+            .join("home/Maildir/.Entw&APw-rfe.&ZeVnLA-")
+            .is_dir(),
+        "Dovecot stored the modified UTF-7 name"
+    );
+    let id = listed["messages"][0]["id"].to_string();
+    let (code, _, err) = mail(&d, &["move", &id, "-m", "Projects", "--to", FOLDER]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = mail(&d, &["list", "-m", FOLDER, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let moved: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(moved["messages"][0]["subject"], "Grüße", "{moved}");
+    let (code, out, _) = mail(&d, &["list", "-m", "Projects", "--json"]).await;
+    assert_eq!(code, 0);
+    let left: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(left["messages"].as_array().unwrap().len(), 0, "{left}");
+    let (code, _, err) = mail(&d, &["folders", "rename", FOLDER, "Entwürfe/日本語"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = mail(&d, &["folders"]).await;
+    assert_eq!(code, 0);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("Entwürfe/日本語") && !out.contains("Entwürfe/日本\t"), "{out}");
 
     // An unknown user against Dovecot: exit code 5.
     let (code, _, err) = mail_as(&d, "nobody@interop.test", &["list"]).await;
