@@ -281,7 +281,10 @@ async fn list_read_save_flag_and_folders_against_dovecot() {
     let (code, out, _) = mail(&d, &["folders"]).await;
     assert_eq!(code, 0);
     let out = String::from_utf8_lossy(&out);
-    assert!(out.contains("Entwürfe/日本語") && !out.contains("Entwürfe/日本\t"), "{out}");
+    assert!(
+        out.contains("Entwürfe/日本語") && !out.contains("Entwürfe/日本\t"),
+        "{out}"
+    );
 
     // An unknown user against Dovecot: exit code 5.
     let (code, _, err) = mail_as(&d, "nobody@interop.test", &["list"]).await;

@@ -966,3 +966,77 @@ async fn on_a_terminal_the_body_comes_from_the_editor() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_attachments_stream_past_max_size_and_folders_travel_in_modified_utf7() {
+    let r = start(Backend::Sqlite).await.unwrap();
+    with_accounts(&r, &[ALICE, BOB]).await;
+    let files = tempfile::tempdir().unwrap();
+    // 5 MiB: five times the --max-size the reader gets below.
+    let content: Vec<u8> = (0..5u32 << 20).map(|i| (i * 13 % 253) as u8).collect();
+    let path = files.path().join("groß.bin");
+    std::fs::write(&path, &content).unwrap();
+    let path = path.to_str().unwrap();
+    let args = ["send", "--to", ALICE, "--subject", "big", "--attach", path];
+    mail(&r, BOB, &args, b"see attached\n").await.ok();
+    wait_for_messages(&r, ALICE, 1).await;
+    let listed = mail(&r, ALICE, &["list", "--json"], b"").await.ok();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let uid = listed["messages"][0]["id"].as_u64().unwrap().to_string();
+
+    // Reading the whole message is bounded by --max-size…
+    let small = ["--max-size", "1000000"];
+    let whole = mail(&r, ALICE, &[&small[..], &["read", &uid]].concat(), b"").await;
+    assert_eq!(whole.code, 8, "{}", whole.stderr);
+    // …saving its attachment is not: the part streams to disk.
+    let saved = tempfile::tempdir().unwrap();
+    let dir = saved.path().to_str().unwrap();
+    let args = [&small[..], &["attachments", &uid, "--dir", dir]].concat();
+    let out = mail(&r, ALICE, &args, b"").await.ok();
+    assert!(out.out().contains("5242880 bytes"), "{}", out.out());
+    let names: Vec<String> = std::fs::read_dir(saved.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["groß.bin"], "no temporary file left");
+    assert!(
+        std::fs::read(saved.path().join("groß.bin")).unwrap() == content,
+        "byte for byte"
+    );
+
+    // Without UTF8=ACCEPT the names go out in modified UTF-7; Mailroom
+    // decodes them into the same folder a UTF-8 session sees.
+    const FOLDER: &str = "Entwürfe/日本";
+    let m7 = |args: &[&'static str]| [&["--no-imap-utf8"][..], args].concat();
+    mail(&r, ALICE, &m7(&["folders", "create", FOLDER]), b"")
+        .await
+        .ok();
+    for args in [m7(&["folders", "--json"]), vec!["folders", "--json"]] {
+        let out = mail(&r, ALICE, &args, b"").await.ok();
+        let folders: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            folders["folders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["name"] == FOLDER),
+            "{args:?}: {folders}"
+        );
+    }
+    let moved = [&["--no-imap-utf8", "move", &uid, "--to"][..], &[FOLDER]].concat();
+    mail(&r, ALICE, &moved, b"").await.ok();
+    let there = mail(&r, ALICE, &["list", "-m", FOLDER, "--json"], b"")
+        .await
+        .ok();
+    let there: serde_json::Value = serde_json::from_slice(&there.stdout).unwrap();
+    assert_eq!(there["messages"][0]["subject"], "big", "{there}");
+    assert_eq!(count(&r, ALICE, &[]).await, 0, "moved out of INBOX");
+    let renamed = m7(&["folders", "rename", FOLDER, "Entwürfe/日本語"]);
+    mail(&r, ALICE, &renamed, b"").await.ok();
+    let folders = mail(&r, ALICE, &["folders"], b"").await.ok().out();
+    assert!(
+        folders.contains("Entwürfe/日本語") && !folders.contains("Entwürfe/日本\t"),
+        "{folders}"
+    );
+    r.stack.stop(Duration::from_secs(5)).await;
+}

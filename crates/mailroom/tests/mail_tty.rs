@@ -117,6 +117,10 @@ fn scripted_imap(part: Part) -> u16 {
     port
 }
 
+/// What BODY[] gives: a message with broken MIME (an unterminated
+/// multipart, a part that is not base64, a hostile file name, 8-bit junk).
+const BROKEN: &[u8] = b"Subject: =?utf-8?q?broken_=FF?=\r\nFrom: \xff\xfe <x@\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=nonsense\r\n\r\nstill readable \xff\r\n--b\r\nContent-Type: application/octet-stream; name=\"../../.bashrc\"\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64";
+
 fn serve(mut socket: TcpStream, part: &Part) -> std::io::Result<()> {
     const CAPS: &str = "IMAP4rev1 AUTH=PLAIN SASL-IR";
     write!(socket, "* OK [CAPABILITY {CAPS}] scripted\r\n")?;
@@ -149,6 +153,10 @@ fn serve(mut socket: TcpStream, part: &Part) -> std::io::Result<()> {
                 "* 1 FETCH (UID 1 BODY[2.MIME] {{{}}}\r\n{header})\r\n",
                 header.len()
             )?;
+        } else if upper.contains("BODY.PEEK[]") {
+            write!(socket, "* 1 FETCH (UID 1 BODY[] {{{}}}\r\n", BROKEN.len())?;
+            socket.write_all(BROKEN)?;
+            write!(socket, ")\r\n")?;
         } else if upper.contains("BODY.PEEK[2]") {
             write!(
                 socket,
@@ -431,4 +439,60 @@ fn account_add_asks_on_a_terminal_and_never_for_the_password() {
         out.err
     );
     assert!(!out.err.contains("Email address"), "{}", out.err);
+}
+
+#[test]
+fn a_broken_message_reads_and_the_trace_never_shows_the_password() {
+    let part = Part {
+        name: "x.bin",
+        encoding: "BASE64",
+        claimed: 8,
+        announced: 8,
+        body: std::sync::Arc::new(|s: &mut TcpStream| s.write_all(b"AAEC/w==")),
+    };
+    let port = scripted_imap(part);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = client_args(port, dir.path());
+    args.truncate(args.len() - 4); // without "attachments 1 --dir D"
+    let secret = "S3cret-Pässwort";
+    let mut read = args.clone();
+    read.extend(["--trace", "read", "1", "--peek"].map(str::to_string));
+    let read: Vec<&str> = read.iter().map(String::as_str).collect();
+    let out = run("pipe", &read, &[("MAILROOM_MAIL_PASSWORD", secret)], "");
+    assert_eq!(out.code, 0, "{}", out.err);
+    assert!(out.out.contains("still readable"), "{}", out.out);
+    assert!(
+        out.out.contains("../../.bashrc"),
+        "listed as sent: {}",
+        out.out
+    );
+    // The trace: the exchange, the AUTHENTICATE line redacted.
+    assert!(out.err.contains("S: * OK [CAPABILITY"), "{}", out.err);
+    assert!(out.err.contains("AUTHENTICATE <redacted>"), "{}", out.err);
+    assert!(out.err.contains("byte literal>"), "{}", out.err);
+    let plain = format!("\0u@example.test\0{secret}");
+    let encoded = String::from_utf8(base64_folded(plain.as_bytes())).unwrap();
+    assert!(
+        !out.err.contains(secret) && !out.err.contains(encoded.trim()),
+        "{}",
+        out.err
+    );
+
+    // Its attachment, not base64 at all, saves as what decodes, inside --dir.
+    let mut save = args;
+    save.extend(["--trace", "attachments", "1", "--dir"].map(str::to_string));
+    save.push(dir.path().to_str().unwrap().to_string());
+    let save: Vec<&str> = save.iter().map(String::as_str).collect();
+    let out = run("pipe", &save, &[("MAILROOM_MAIL_PASSWORD", secret)], "");
+    assert_eq!(out.code, 0, "{}", out.err);
+    assert!(
+        out.err.contains("<8 byte literal, streamed>"),
+        "{}",
+        out.err
+    );
+    assert_eq!(files_in(dir.path()), ["x.bin"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("x.bin")).unwrap(),
+        [0, 1, 2, 255]
+    );
 }
