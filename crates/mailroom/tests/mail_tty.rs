@@ -496,3 +496,107 @@ fn a_broken_message_reads_and_the_trace_never_shows_the_password() {
         [0, 1, 2, 255]
     );
 }
+
+/// A submission server speaking just enough SMTP (EHLO, AUTH PLAIN, MAIL,
+/// RCPT, DATA, QUIT) to take one message; sends each message it took.
+fn scripted_smtp() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(socket.try_clone()?);
+                socket.write_all(b"220 scripted ESMTP\r\n")?;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-scripted\r\n250-AUTH PLAIN\r\n250 SIZE 100000000\r\n",
+                        "AUTH" => b"235 2.7.0 ok\r\n",
+                        "DATA" => {
+                            socket.write_all(b"354 go on\r\n")?;
+                            let mut message = Vec::new();
+                            loop {
+                                let mut data = Vec::new();
+                                reader.read_until(b'\n', &mut data)?;
+                                if data == b".\r\n" || data.is_empty() {
+                                    break;
+                                }
+                                message.extend_from_slice(&data);
+                            }
+                            let _ = tx.send(message);
+                            b"250 2.0.0 taken\r\n"
+                        }
+                        "QUIT" => {
+                            socket.write_all(b"221 bye\r\n")?;
+                            return Ok(());
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    socket.write_all(reply)?;
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_large_send_shows_a_bar_on_a_terminal_only() {
+    let (port, taken) = scripted_smtp();
+    let files = tempfile::tempdir().unwrap();
+    let big = files.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 3 << 20]).unwrap();
+    let port = port.to_string();
+    let args = [
+        "mail",
+        "--server",
+        "127.0.0.1",
+        "--user",
+        "u@example.test",
+        "--security",
+        "none",
+        "--smtp-port",
+        &port,
+        "send",
+        "--to",
+        "v@example.test",
+        "--subject",
+        "big",
+        "--attach",
+        big.to_str().unwrap(),
+    ];
+    // On a terminal the body comes from $EDITOR.
+    let env = [
+        ("MAILROOM_MAIL_PASSWORD", "pw"),
+        ("EDITOR", "printf 'the body' >"),
+    ];
+    let on_tty = run("pty", &args, &env, "");
+    assert_eq!(on_tty.code, 0, "{}", on_tty.out);
+    assert!(
+        on_tty.out.contains("sending") && on_tty.out.contains("MiB"),
+        "{:?}",
+        on_tty.out
+    );
+    let message = taken.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(message.len() > 4 << 20, "3 MiB in base64");
+
+    let piped = run("pipe", &args, &env, "the body");
+    assert_eq!(piped.code, 0, "{}", piped.err);
+    assert_eq!(piped.err, "", "quiet without a terminal");
+    assert!(piped.out.starts_with("sent <"), "{}", piped.out);
+    taken.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    // A small message on a terminal: no bar.
+    let small = [&args[..args.len() - 2], &[]].concat();
+    let quiet = run("pty", &small, &env, "");
+    assert_eq!(quiet.code, 0, "{}", quiet.out);
+    assert!(!quiet.out.contains("sending"), "{:?}", quiet.out);
+}

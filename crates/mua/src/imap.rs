@@ -1004,10 +1004,14 @@ impl ImapClient {
                     if self.fragments.is_max_message_size_exceeded() {
                         return Err(self.too_long());
                     }
-                    if untimed {
-                        self.conn.fill_untimed().await?;
-                    } else {
-                        self.conn.fill().await?;
+                    // Input left on the connection (after a streamed
+                    // part's response) comes first, before reading more.
+                    if self.conn.buffered().is_empty() {
+                        if untimed {
+                            self.conn.fill_untimed().await?;
+                        } else {
+                            self.conn.fill().await?;
+                        }
                     }
                     let bytes = self.conn.take_buffered();
                     self.fragments.enqueue_bytes(&bytes);
