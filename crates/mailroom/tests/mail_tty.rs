@@ -96,8 +96,11 @@ struct Part {
     announced: u64,
     /// The literal bytes actually sent (the server closes the connection
     /// when fewer than announced).
-    body: std::sync::Arc<dyn Fn(&mut TcpStream) -> std::io::Result<()> + Send + Sync>,
+    body: Sender,
 }
+
+/// Writes a literal's bytes.
+type Sender = std::sync::Arc<dyn Fn(&mut TcpStream) -> std::io::Result<()> + Send + Sync>;
 
 /// An IMAP server speaking just enough IMAP4rev1 (AUTHENTICATE PLAIN,
 /// EXAMINE, UID FETCH of BODYSTRUCTURE, BODY.PEEK[2.MIME], BODY.PEEK[2],
@@ -173,8 +176,11 @@ fn serve(mut socket: TcpStream, part: &Part) -> std::io::Result<()> {
     }
 }
 
-fn client_args(port: u16, dir: &Path) -> Vec<String> {
-    [
+/// Profile-less options for a scripted server on loopback (`port_flag`
+/// names the protocol's port option).
+fn server_args(port_flag: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let args = [
         "mail",
         "--server",
         "127.0.0.1",
@@ -182,8 +188,16 @@ fn client_args(port: u16, dir: &Path) -> Vec<String> {
         "u@example.test",
         "--security",
         "none",
-        "--imap-port",
-        &port.to_string(),
+        port_flag,
+        &port,
+    ];
+    args.into_iter().map(str::to_string).collect()
+}
+
+/// `attachments 1` from the scripted IMAP server into `dir`.
+fn client_args(port: u16, dir: &Path) -> Vec<String> {
+    let mut args = server_args("--imap-port", port);
+    let tail = [
         "--max-size",
         "1000000",
         "--timeout",
@@ -191,11 +205,10 @@ fn client_args(port: u16, dir: &Path) -> Vec<String> {
         "attachments",
         "1",
         "--dir",
-        dir.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect()
+    ];
+    args.extend(tail.map(str::to_string));
+    args.push(dir.to_str().unwrap().to_string());
+    args
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -554,25 +567,18 @@ fn a_large_send_shows_a_bar_on_a_terminal_only() {
     let files = tempfile::tempdir().unwrap();
     let big = files.path().join("big.bin");
     std::fs::write(&big, vec![7u8; 3 << 20]).unwrap();
-    let port = port.to_string();
-    let args = [
-        "mail",
-        "--server",
-        "127.0.0.1",
-        "--user",
-        "u@example.test",
-        "--security",
-        "none",
-        "--smtp-port",
-        &port,
+    let mut args = server_args("--smtp-port", port);
+    let send = [
         "send",
         "--to",
         "v@example.test",
         "--subject",
         "big",
         "--attach",
-        big.to_str().unwrap(),
     ];
+    args.extend(send.map(str::to_string));
+    args.push(big.to_str().unwrap().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // On a terminal the body comes from $EDITOR.
     let env = [
         ("MAILROOM_MAIL_PASSWORD", "pw"),
