@@ -279,10 +279,6 @@ fn a_large_part_shows_a_bar_on_a_terminal_only_and_lands_inside_the_directory() 
     // byte for byte, inside the directory; more than --max-size.
     let on_tty = run("pty", &args, &PASSWORD, "");
     assert_eq!(on_tty.code, 0, "{}", on_tty.out);
-    eprintln!(
-        "the terminal showed: {:?}",
-        &on_tty.out[..on_tty.out.len().min(400)]
-    );
     assert!(
         on_tty.out.contains("saving") && on_tty.out.contains("MiB"),
         "a progress bar: {:?}",
