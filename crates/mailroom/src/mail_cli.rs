@@ -9,7 +9,13 @@
 //!   no-echo prompt, never from argv, and never reach the `--trace`;
 //! * `--insecure` is announced on stderr every time it is used;
 //! * over POP3, what POP3 cannot do (flags, folders, moving) is refused
-//!   with a usage error rather than silently ignored.
+//!   with a usage error rather than silently ignored;
+//! * nothing is drawn or asked where no one is looking: progress bars only
+//!   when stderr is a terminal and `--json` is off; `account add` asks
+//!   questions only when stdin is a terminal, and never for a password;
+//! * attachments saved over IMAP are streamed to disk
+//!   (`mailroom_mua::save`): they appear whole under a sanitised name or
+//!   not at all.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
