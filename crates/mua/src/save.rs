@@ -10,7 +10,7 @@
 //!   white space), and every chunk is written out before the next is read;
 //! * files are created only directly inside the chosen directory: the
 //!   temporary file under a fixed hidden name pattern, the attachment under
-//!   a [`safe_file_name`](crate::message::safe_file_name);
+//!   a [`safe_file_name`];
 //! * nothing is ever overwritten: the temporary file is created with
 //!   `create_new` and put in place with a hard link, which fails rather than
 //!   replace an existing name (`name (1).ext`, `name (2).ext`… are tried
