@@ -174,6 +174,31 @@ fn results_of(text: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The checks a receiver named `hostname` makes of `message` from `ip`
+/// (`helo`, `mail_from`), asking the DNS server at `dns` with `timeout` per
+/// query: its verdict, and the header fields unfolded.
+async fn check_directly(
+    dns: std::net::SocketAddr,
+    timeout: Duration,
+    hostname: &str,
+    (ip, helo, mail_from): (&str, &str, &str),
+    message: &[u8],
+) -> (mailroom_sender_auth::Verdict, String) {
+    let checker = mailroom_sender_auth::Checker::new(
+        mailroom_sender_auth::dns::resolver(&[dns], timeout).unwrap(),
+        hostname,
+        Default::default(),
+    );
+    let envelope = mailroom_sender_auth::inbound::Envelope {
+        ip: ip.parse().unwrap(),
+        helo,
+        mail_from,
+    };
+    let verdict = checker.check(envelope, message).await;
+    let headers = verdict.headers.replace("\r\n\t", " ");
+    (verdict, headers)
+}
+
 async fn receiver(backend: Backend, dns: &TestDns) -> Option<(Running, Store)> {
     let dns = dns.addr;
     let r = start_with(backend, None, move |c| {
@@ -558,22 +583,14 @@ async fn dkim_keys_from_the_cli_sign_submitted_mail() {
         .await
         .unwrap();
     assert_eq!(checked.matches("): ok").count(), 4, "{checked}");
-    let checker = mailroom_sender_auth::Checker::new(
-        mailroom_sender_auth::dns::resolver(&[dns.addr], Duration::from_secs(5)).unwrap(),
+    let (verdict, ar) = check_directly(
+        dns.addr,
+        Duration::from_secs(5),
         "mx.remote.test",
-        Default::default(),
-    );
-    let verdict = checker
-        .check(
-            mailroom_sender_auth::inbound::Envelope {
-                ip: "127.0.0.1".parse().unwrap(),
-                helo: "mx.example.test",
-                mail_from: "alice@example.test",
-            },
-            &queued,
-        )
-        .await;
-    let ar = verdict.headers.replace("\r\n\t", " ");
+        ("127.0.0.1", "mx.example.test", "alice@example.test"),
+        &queued,
+    )
+    .await;
     assert_eq!(verdict.action, mailroom_sender_auth::Action::Accept, "{ar}");
     assert!(ar.contains("spf=pass"), "{ar}");
     assert_eq!(ar.matches("dkim=pass").count(), 2, "{ar}");
@@ -732,25 +749,16 @@ async fn hostile_records_and_signatures_give_rfc_results_quickly() {
 async fn a_silent_dns_server_gives_temperror_quickly() {
     // Bound, never read: queries vanish.
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let timeout = Duration::from_millis(300);
-    let checker = mailroom_sender_auth::Checker::new(
-        mailroom_sender_auth::dns::resolver(&[silent.local_addr().unwrap()], timeout).unwrap(),
-        "mx.example.test",
-        Default::default(),
-    );
     let started = std::time::Instant::now();
-    let verdict = checker
-        .check(
-            mailroom_sender_auth::inbound::Envelope {
-                ip: "192.0.2.1".parse().unwrap(),
-                helo: "mx.sender.test",
-                mail_from: "bob@sender.test",
-            },
-            &message("bob@sender.test", "silent"),
-        )
-        .await;
+    let (verdict, ar) = check_directly(
+        silent.local_addr().unwrap(),
+        Duration::from_millis(300),
+        "mx.example.test",
+        ("192.0.2.1", "mx.sender.test", "bob@sender.test"),
+        &message("bob@sender.test", "silent"),
+    )
+    .await;
     let elapsed = started.elapsed();
-    let ar = verdict.headers.replace("\r\n\t", " ");
     assert!(
         ar.contains("spf=temperror") && ar.contains("smtp.mailfrom=bob@sender.test"),
         "{ar}"
@@ -819,22 +827,18 @@ We lost the game.  Are you hungry yet?
 Joe.
 "
     .replace('\n', "\r\n");
-    let checker = mailroom_sender_auth::Checker::new(
-        mailroom_sender_auth::dns::resolver(&[dns.addr], Duration::from_secs(5)).unwrap(),
+    let (_, ar) = check_directly(
+        dns.addr,
+        Duration::from_secs(5),
         "mx.shopping.example.net",
-        Default::default(),
-    );
-    let verdict = checker
-        .check(
-            mailroom_sender_auth::inbound::Envelope {
-                ip: "192.0.2.1".parse().unwrap(),
-                helo: "mx.football.example.com",
-                mail_from: "joe@football.example.com",
-            },
-            message.as_bytes(),
-        )
-        .await;
-    let ar = verdict.headers.replace("\r\n\t", " ");
+        (
+            "192.0.2.1",
+            "mx.football.example.com",
+            "joe@football.example.com",
+        ),
+        message.as_bytes(),
+    )
+    .await;
     assert_eq!(ar.matches("dkim=pass").count(), 2, "{ar}");
     assert!(
         ar.contains("header.s=brisbane") && ar.contains("header.s=test"),
