@@ -99,6 +99,11 @@ impl Eval<'_> {
     /// §4: the result for `domain` and, for `fail`, its explanation.
     fn check_host(&mut self, domain: String) -> Boxed<'_, Step<(Outcome, Option<String>)>> {
         Box::pin(async move {
+            // One trailing dot (an absolute name) is not part of `%{d}`.
+            let domain = match domain.strip_suffix('.') {
+                Some(d) if !d.is_empty() => d.to_string(),
+                _ => domain,
+            };
             // §4.3: a malformed or single-label domain has no policy.
             let Some(name) = dns_name(&domain).filter(|n| n.num_labels() >= 2) else {
                 return Ok((Outcome::None, None));
