@@ -852,7 +852,12 @@ Joe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spf_reject_policy_and_trusted_relays() {
     let dns = start_dns(vec![
-        ("nodmarc".into(), txt("v=spf1 -all")),
+        // The explanation (RFC 7208 §6.2), macros expanded, in the reply.
+        ("nodmarc".into(), txt("v=spf1 -all exp=why.%{d}")),
+        (
+            "why.nodmarc".into(),
+            txt("%{i} is not one of %{d}'s senders, %{l}"),
+        ),
         ("spoofed".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
         ("_dmarc.spoofed".into(), txt("v=DMARC1; p=reject")),
     ])
@@ -874,6 +879,12 @@ async fn spf_reject_policy_and_trusted_relays() {
     .await;
     assert_eq!(code, 550, "{text}");
     assert!(text.starts_with("5.7.23 "), "{text}");
+    assert!(
+        text.ends_with(
+            "SPF check of nodmarc.test failed: 127.0.0.1 is not one of nodmarc.test's senders, x"
+        ),
+        "{text}"
+    );
     strict.stack.stop(Duration::from_secs(5)).await;
 
     let trusting = start_with(Backend::Sqlite, None, move |c| {

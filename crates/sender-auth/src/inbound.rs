@@ -42,6 +42,9 @@ pub use mail_auth::{SpfOutput, SpfResult};
 
 use crate::spf;
 
+/// The most of a domain's SPF explanation an SMTP reply repeats.
+const MAX_EXPLANATION: usize = 200;
+
 /// What to do with mail whose SPF check fails when its domain has no DMARC record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SpfFailAction {
@@ -292,7 +295,17 @@ impl Checker {
             (SpfResult::Fail, SpfFailAction::Reject) => Action::Reject(
                 550,
                 "5.7.23",
-                format!("message refused: SPF check of {} failed", spf.domain()),
+                match spf.explanation() {
+                    // RFC 7208 §8.4: the domain's explanation (§6.2) may be
+                    // given in the reply; it is printable ASCII by then, and
+                    // cut short, since it is the sender's text.
+                    Some(why) => format!(
+                        "message refused: SPF check of {} failed: {}",
+                        spf.domain(),
+                        why.chars().take(MAX_EXPLANATION).collect::<String>()
+                    ),
+                    None => format!("message refused: SPF check of {} failed", spf.domain()),
+                },
             ),
             (SpfResult::TempError, SpfFailAction::Reject) => Action::TempFail(
                 451,
