@@ -742,6 +742,54 @@ async fn hostile_records_and_signatures_give_rfc_results_quickly() {
     r.stack.stop(Duration::from_secs(5)).await;
 }
 
+/// `include:` and `redirect=` targets written as absolute names (a
+/// trailing dot) are the `%{d}` of the records they lead to without the
+/// dot (RFC 7208 §7.3), so macros built on `%{d}` still name something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spf_targets_with_a_trailing_dot_expand_without_it() {
+    let dns = start_dns(vec![
+        ("inc".into(), txt("v=spf1 include:listed.test. -all")),
+        ("red".into(), txt("v=spf1 redirect=listed.test.")),
+        (
+            "listed".into(),
+            txt("v=spf1 exists:%{d}.%{i}.check.test -all"),
+        ),
+        (
+            "listed.test.192.0.2.1.check".into(),
+            DnsRecord::A("127.0.0.2".parse().unwrap()),
+        ),
+    ])
+    .await;
+    for (from, spf) in [
+        ("x@inc.test", "pass"),
+        ("x@red.test", "pass"),
+        ("x@listed.test", "pass"),
+    ] {
+        let (_, ar) = check_directly(
+            dns.addr,
+            Duration::from_secs(5),
+            "mx.example.test",
+            ("192.0.2.1", "mx.sender.test", from),
+            &message(from, "dots"),
+        )
+        .await;
+        assert!(
+            ar.contains(&format!("spf={spf} ")) && ar.contains(&format!("smtp.mailfrom={from}")),
+            "{from}: {ar}"
+        );
+    }
+    // Another client is not listed: the records fail it.
+    let (_, ar) = check_directly(
+        dns.addr,
+        Duration::from_secs(5),
+        "mx.example.test",
+        ("192.0.2.9", "mx.sender.test", "x@red.test"),
+        &message("x@red.test", "dots"),
+    )
+    .await;
+    assert!(ar.contains("spf=fail "), "{ar}");
+}
+
 /// A DNS server that never answers: SPF gives `temperror` (RFC 7208
 /// §4.4, §5) within the resolver's per-query timeout, not a stuck session,
 /// and the message is deferred with a 4xx the sender retries on.
