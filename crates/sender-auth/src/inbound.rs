@@ -21,7 +21,8 @@
 //!   `550 5.7.1`; `p=quarantine` → delivered to Junk; a DNS temporary error
 //!   on a check that decides the outcome → `451` (the sender retries),
 //!   never a silent pass; SPF `fail` without a DMARC record → per policy
-//!   (default: delivered, marked); `softfail`/`neutral` → marked only;
+//!   (default: delivered, marked; refused, the reply carries the domain's
+//!   `exp=` explanation, RFC 7208 §8.4); `softfail`/`neutral` → marked only;
 //! * all lookups go through one resolver with a per-query timeout, and the
 //!   whole check has a deadline: past it, the answer is `451 4.7.0`.
 
