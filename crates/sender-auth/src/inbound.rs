@@ -275,19 +275,24 @@ impl Checker {
     ) -> (SpfOutput, SpfOutput) {
         let helo = helo_domain(helo_as_sent);
         // Only a domain name can be checked.
-        let spf_helo = match helo {
-            Some(h) => self.spf(ip, h, "postmaster", helo_as_sent).await,
-            None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+        let spf_helo = async {
+            match helo {
+                Some(h) => self.spf(ip, h, "postmaster", helo_as_sent).await,
+                None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+            }
         };
-        let spf_mail_from = if mail_from.is_empty() {
-            spf_helo.clone()
-        } else {
-            let domain = mail_from_domain(mail_from, helo);
-            let local = mail_from.rsplit_once('@').map_or("", |(l, _)| l);
+        if mail_from.is_empty() {
+            let spf_helo = spf_helo.await;
+            return (spf_helo.clone(), spf_helo);
+        }
+        let domain = mail_from_domain(mail_from, helo);
+        let local = mail_from.rsplit_once('@').map_or("", |(l, _)| l);
+        // The two identities are independent: checked side by side, so a
+        // slow one does not delay the other.
+        tokio::join!(
+            spf_helo,
             self.spf(ip, &domain, local, helo.unwrap_or(helo_as_sent))
-                .await
-        };
-        (spf_helo, spf_mail_from)
+        )
     }
 
     /// The decision when no DMARC policy applies: SPF alone.

@@ -69,11 +69,12 @@ pub(super) async fn evaluate(resolver: &TokioResolver, request: Request<'_>) -> 
         terms: 0,
         voids: 0,
     };
-    let (outcome, explanation, problem) = match eval.check_host(request.domain.to_string()).await {
-        Ok((outcome, explanation)) => (outcome, explanation, None),
-        Err(Stop::Temp(p)) => (Outcome::TempError, None, Some(p)),
-        Err(Stop::Perm(p)) => (Outcome::PermError, None, Some(p)),
-    };
+    let (outcome, explanation, problem) =
+        match eval.check_host(request.domain.to_string(), true).await {
+            Ok((outcome, explanation)) => (outcome, explanation, None),
+            Err(Stop::Temp(p)) => (Outcome::TempError, None, Some(p)),
+            Err(Stop::Perm(p)) => (Outcome::PermError, None, Some(p)),
+        };
     Evaluation {
         outcome,
         explanation,
@@ -96,8 +97,13 @@ struct Eval<'r> {
 type Boxed<'s, T> = Pin<Box<dyn Future<Output = T> + Send + 's>>;
 
 impl Eval<'_> {
-    /// §4: the result for `domain` and, for `fail`, its explanation.
-    fn check_host(&mut self, domain: String) -> Boxed<'_, Step<(Outcome, Option<String>)>> {
+    /// §4: the result for `domain` and, for `fail` when `explain` (not for
+    /// an included record, §6.2), its explanation.
+    fn check_host(
+        &mut self,
+        domain: String,
+        explain: bool,
+    ) -> Boxed<'_, Step<(Outcome, Option<String>)>> {
         Box::pin(async move {
             // One trailing dot (an absolute name) is not part of `%{d}`.
             let domain = match domain.strip_suffix('.') {
@@ -129,7 +135,7 @@ impl Eval<'_> {
                         Qualifier::Neutral => Outcome::Neutral,
                     };
                     let explanation = match outcome {
-                        Outcome::Fail => self.explain(&record, &domain).await,
+                        Outcome::Fail if explain => self.explain(&record, &domain).await,
                         _ => None,
                     };
                     return Ok((outcome, explanation));
@@ -141,7 +147,7 @@ impl Eval<'_> {
             // §6.1: the target's result is ours; its explanation too.
             self.count()?;
             let target = self.expand(redirect, &domain).await;
-            match self.check_host(target.clone()).await? {
+            match self.check_host(target.clone(), explain).await? {
                 (Outcome::None, _) => Err(Stop::Perm(format!(
                     "redirect={target} (from {domain}): no SPF record"
                 ))),
@@ -168,7 +174,7 @@ impl Eval<'_> {
             Mechanism::Include(spec) => {
                 let target = self.expand(spec, domain).await;
                 // §5.2: only the included record's pass is a match.
-                match self.check_host(target.clone()).await? {
+                match self.check_host(target.clone(), false).await? {
                     (Outcome::Pass, _) => true,
                     (Outcome::None, _) => {
                         return Err(Stop::Perm(format!(
