@@ -790,6 +790,34 @@ async fn spf_targets_with_a_trailing_dot_expand_without_it() {
     assert!(ar.contains("spf=fail "), "{ar}");
 }
 
+/// A sender domain in U-labels (SMTPUTF8) is checked by its A-labels
+/// (RFC 8616 §4), and `%{d}`/`%{o}` expand to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internationalized_sender_domain_is_checked_by_its_a_labels() {
+    let dns = start_dns(vec![
+        (
+            "xn--bcher-kva".into(),
+            txt("v=spf1 exists:%{o}.%{i}.check.test -all"),
+        ),
+        (
+            "xn--bcher-kva.test.192.0.2.1.check".into(),
+            DnsRecord::A("127.0.0.2".parse().unwrap()),
+        ),
+    ])
+    .await;
+    for (ip, spf) in [("192.0.2.1", "pass"), ("192.0.2.9", "fail")] {
+        let (_, ar) = check_directly(
+            dns.addr,
+            Duration::from_secs(5),
+            "mx.example.test",
+            (ip, "mx.sender.test", "x@b\u{fc}cher.test"),
+            &message("x@xn--bcher-kva.test", "idn"),
+        )
+        .await;
+        assert!(ar.contains(&format!("spf={spf} ")), "{ip}: {ar}");
+    }
+}
+
 /// A DNS server that never answers: SPF gives `temperror` (RFC 7208
 /// §4.4, §5) within the resolver's per-query timeout, not a stuck session,
 /// and the message is deferred with a 4xx the sender retries on.

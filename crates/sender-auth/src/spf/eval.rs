@@ -51,6 +51,13 @@ pub(super) async fn evaluate(resolver: &TokioResolver, request: Request<'_>) -> 
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
+    // RFC 8616 §4: a domain in U-labels is looked up by its A-labels.
+    let domain = match request.domain.is_ascii() {
+        true => request.domain.to_string(),
+        false => Name::from_utf8(request.domain)
+            .map(|n| name_text(&n))
+            .unwrap_or_else(|_| request.domain.to_string()),
+    };
     let mut eval = Eval {
         resolver,
         ip,
@@ -59,7 +66,7 @@ pub(super) async fn evaluate(resolver: &TokioResolver, request: Request<'_>) -> 
         } else {
             request.local.to_string()
         },
-        sender_domain: request.domain.to_string(),
+        sender_domain: domain.clone(),
         helo: request.helo.to_string(),
         receiver: request.receiver.to_string(),
         now: std::time::SystemTime::now()
@@ -69,12 +76,11 @@ pub(super) async fn evaluate(resolver: &TokioResolver, request: Request<'_>) -> 
         terms: 0,
         voids: 0,
     };
-    let (outcome, explanation, problem) =
-        match eval.check_host(request.domain.to_string(), true).await {
-            Ok((outcome, explanation)) => (outcome, explanation, None),
-            Err(Stop::Temp(p)) => (Outcome::TempError, None, Some(p)),
-            Err(Stop::Perm(p)) => (Outcome::PermError, None, Some(p)),
-        };
+    let (outcome, explanation, problem) = match eval.check_host(domain, true).await {
+        Ok((outcome, explanation)) => (outcome, explanation, None),
+        Err(Stop::Temp(p)) => (Outcome::TempError, None, Some(p)),
+        Err(Stop::Perm(p)) => (Outcome::PermError, None, Some(p)),
+    };
     Evaluation {
         outcome,
         explanation,
