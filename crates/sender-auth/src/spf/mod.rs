@@ -25,7 +25,8 @@
 //! * a DNS failure other than NXDOMAIN or an empty answer is `temperror`,
 //!   never a guess (§2.6.6), except where the RFC says the term just does
 //!   not match (`ptr` §5.5, `%{p}` §7.3) or no explanation is given (§6.2);
-//! * an IPv4-mapped IPv6 client is treated as the IPv4 client it is (§5);
+//! * an IPv4-mapped IPv6 client is treated as the IPv4 client it is (§5),
+//!   and a domain in U-labels is looked up by its A-labels (RFC 8616 §4);
 //! * only `fail` carries an explanation, the one the record that failed
 //!   points at with `exp=` (never an included record's, §6.2).
 
