@@ -303,12 +303,16 @@ impl Checker {
                 "5.7.23",
                 match spf.explanation() {
                     // RFC 7208 §8.4: the domain's explanation (§6.2) may be
-                    // given in the reply; it is printable ASCII by then, and
-                    // cut short, since it is the sender's text.
+                    // given in the reply. It is the sender's text (and may
+                    // hold the envelope's local-part): only printable ASCII
+                    // is kept, cut short.
                     Some(why) => format!(
                         "message refused: SPF check of {} failed: {}",
                         spf.domain(),
-                        why.chars().take(MAX_EXPLANATION).collect::<String>()
+                        why.chars()
+                            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                            .take(MAX_EXPLANATION)
+                            .collect::<String>()
                     ),
                     None => format!("message refused: SPF check of {} failed", spf.domain()),
                 },
