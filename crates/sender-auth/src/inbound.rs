@@ -11,10 +11,9 @@
 //! * several DMARC records at the author domain mean no DMARC policy
 //!   applies (RFC 7489 §6.6.3; `mail-auth` would take the first);
 //! * SPF is checked for HELO and MAIL FROM (RFC 7208 §2.3, §2.4; for the
-//!   null sender the HELO result stands for MAIL FROM); a domain publishing
-//!   two SPF records is a `permerror` (§4.5), which `mail-auth` would not
-//!   say, so the records are counted before it evaluates; its limits are
-//!   the RFC's (10 DNS-querying terms, 2 void lookups, §4.6.4);
+//!   null sender the HELO result stands for MAIL FROM) by our own evaluator
+//!   ([`crate::spf`], with the RFC's limits), not `mail-auth`'s; its result
+//!   is handed to `mail-auth`'s DMARC as the `SpfOutput` it takes;
 //! * DKIM: RSA-SHA1 signatures are never verified and count as `permerror`
 //!   (RFC 8301 §3.1); at most `max_dkim_signatures` others are checked, so
 //!   a message with a thousand signatures costs no more than one with five;
@@ -22,7 +21,8 @@
 //!   `550 5.7.1`; `p=quarantine` → delivered to Junk; a DNS temporary error
 //!   on a check that decides the outcome → `451` (the sender retries),
 //!   never a silent pass; SPF `fail` without a DMARC record → per policy
-//!   (default: delivered, marked); `softfail`/`neutral` → marked only;
+//!   (default: delivered, marked; refused, the reply carries the domain's
+//!   `exp=` explanation, RFC 7208 §8.4); `softfail`/`neutral` → marked only;
 //! * all lookups go through one resolver with a per-query timeout, and the
 //!   whole check has a deadline: past it, the answer is `451 4.7.0`.
 
@@ -35,12 +35,16 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcResult, Error,
     MessageAuthenticator, ReceivedSpf,
 };
 pub use mail_auth::{SpfOutput, SpfResult};
+
+use crate::spf;
+
+/// The most of a domain's SPF explanation an SMTP reply repeats.
+const MAX_EXPLANATION: usize = 200;
 
 /// What to do with mail whose SPF check fails when its domain has no DMARC record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -269,24 +273,26 @@ impl Checker {
         helo_as_sent: &str,
         mail_from: &str,
     ) -> (SpfOutput, SpfOutput) {
-        let host = self.hostname.as_str();
         let helo = helo_domain(helo_as_sent);
         // Only a domain name can be checked.
-        let spf_helo = match helo {
-            Some(h) => self.spf(SpfParameters::verify_ehlo(ip, h, host), h).await,
-            None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+        let spf_helo = async {
+            match helo {
+                Some(h) => self.spf(ip, h, "postmaster", helo_as_sent).await,
+                None => SpfOutput::new(helo_as_sent.to_string()).with_result(SpfResult::None),
+            }
         };
-        let spf_mail_from = if mail_from.is_empty() {
-            spf_helo.clone()
-        } else {
-            let domain = mail_from_domain(mail_from, helo);
-            self.spf(
-                SpfParameters::verify_mail_from(ip, helo.unwrap_or(helo_as_sent), host, mail_from),
-                &domain,
-            )
-            .await
-        };
-        (spf_helo, spf_mail_from)
+        if mail_from.is_empty() {
+            let spf_helo = spf_helo.await;
+            return (spf_helo.clone(), spf_helo);
+        }
+        let domain = mail_from_domain(mail_from, helo);
+        let local = mail_from.rsplit_once('@').map_or("", |(l, _)| l);
+        // The two identities are independent: checked side by side, so a
+        // slow one does not delay the other.
+        tokio::join!(
+            spf_helo,
+            self.spf(ip, &domain, local, helo.unwrap_or(helo_as_sent))
+        )
     }
 
     /// The decision when no DMARC policy applies: SPF alone.
@@ -295,7 +301,21 @@ impl Checker {
             (SpfResult::Fail, SpfFailAction::Reject) => Action::Reject(
                 550,
                 "5.7.23",
-                format!("message refused: SPF check of {} failed", spf.domain()),
+                match spf.explanation() {
+                    // RFC 7208 §8.4: the domain's explanation (§6.2) may be
+                    // given in the reply. It is the sender's text (and may
+                    // hold the envelope's local-part): only printable ASCII
+                    // is kept, cut short.
+                    Some(why) => format!(
+                        "message refused: SPF check of {} failed: {}",
+                        spf.domain(),
+                        why.chars()
+                            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                            .take(MAX_EXPLANATION)
+                            .collect::<String>()
+                    ),
+                    None => format!("message refused: SPF check of {} failed", spf.domain()),
+                },
             ),
             (SpfResult::TempError, SpfFailAction::Reject) => Action::TempFail(
                 451,
@@ -309,13 +329,37 @@ impl Checker {
         }
     }
 
-    /// SPF through `mail-auth`, after the record count it does not check.
-    async fn spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
-        if spf_records(&self.auth.0, domain).await > 1 {
-            // RFC 7208 §4.5: more than one record is a permerror.
-            return SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError);
+    /// SPF by our evaluator, as the `SpfOutput` `mail-auth`'s DMARC and
+    /// header writers take.
+    async fn spf(&self, ip: IpAddr, domain: &str, local: &str, helo: &str) -> SpfOutput {
+        let evaluation = spf::check_host(
+            &self.auth.0,
+            spf::Request {
+                ip,
+                domain,
+                local,
+                helo,
+                receiver: &self.hostname,
+            },
+        )
+        .await;
+        if let Some(problem) = &evaluation.problem {
+            tracing::info!(domain, %ip, outcome = ?evaluation.outcome, problem, "SPF");
         }
-        self.auth.verify_spf(params).await
+        let result = match evaluation.outcome {
+            spf::Outcome::None => SpfResult::None,
+            spf::Outcome::Neutral => SpfResult::Neutral,
+            spf::Outcome::Pass => SpfResult::Pass,
+            spf::Outcome::Fail => SpfResult::Fail,
+            spf::Outcome::SoftFail => SpfResult::SoftFail,
+            spf::Outcome::TempError => SpfResult::TempError,
+            spf::Outcome::PermError => SpfResult::PermError,
+        };
+        let output = SpfOutput::new(domain.to_string()).with_result(result);
+        match evaluation.explanation {
+            Some(explanation) => output.with_explanation(explanation),
+            None => output,
+        }
     }
 }
 
@@ -336,16 +380,6 @@ fn temp_dmarc(domain: &str) -> Action {
     )
 }
 
-/// How many SPF records (`v=spf1` alone or followed by a space, RFC 7208
-/// §4.5) `domain` publishes; lookup failures count as none (the evaluation
-/// that follows meets them again and says temperror).
-async fn spf_records(resolver: &TokioResolver, domain: &str) -> usize {
-    crate::dns::txt_records(resolver, domain)
-        .await
-        .map(|records| records.iter().filter(|r| is_spf_record(r)).count())
-        .unwrap_or(0)
-}
-
 /// How many DMARC records (`v=DMARC1`) `_dmarc.<domain>` publishes.
 async fn dmarc_records(resolver: &TokioResolver, domain: &str) -> usize {
     crate::dns::txt_records(resolver, &format!("_dmarc.{domain}"))
@@ -357,14 +391,6 @@ async fn dmarc_records(resolver: &TokioResolver, domain: &str) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-/// Whether a TXT string is an SPF record (RFC 7208 §4.5: `v=spf1`, case
-/// insensitive, then a space or the end).
-pub fn is_spf_record(text: &[u8]) -> bool {
-    text.len() >= 6
-        && text[..6].eq_ignore_ascii_case(b"v=spf1")
-        && (text.len() == 6 || text[6] == b' ')
 }
 
 /// The HELO argument when it is a domain name (not an address literal).
@@ -476,15 +502,6 @@ fn strip_cfws(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spf_record_detection_follows_rfc7208_4_5() {
-        assert!(is_spf_record(b"v=spf1"));
-        assert!(is_spf_record(b"V=SPF1 -all"));
-        assert!(!is_spf_record(b"v=spf10 -all"));
-        assert!(!is_spf_record(b"v=spf"));
-        assert!(!is_spf_record(b"spf2.0/pra -all"));
-    }
 
     #[test]
     fn only_our_authentication_results_are_removed() {

@@ -23,7 +23,9 @@ for doc in yaml.safe_load_all(open("rfc7208-tests.yml")):
     tests = []
     for name, t in doc["tests"].items():
         result = t["result"]
+        extra = {"explanation": t["explanation"]} if "explanation" in t else {}
         tests.append({
+            **extra,
             "name": name,
             "spec": str(t.get("spec", "")),
             "helo": t.get("helo", ""),
