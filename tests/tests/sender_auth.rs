@@ -105,18 +105,9 @@ fn message(from: &str, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends one message on port 25 as `mail_from`; the final reply.
+/// Sends one message on port 25 as `mail_from` to alice; the final reply.
 async fn send(r: &Running, mail_from: &str, body: &[u8]) -> (u16, String) {
-    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
-    c.cmd("EHLO client.test").await;
-    assert_eq!(c.cmd(&format!("MAIL FROM:<{mail_from}>")).await.0, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@example.test>").await.0, 250);
-    assert_eq!(c.cmd("DATA").await.0, 354);
-    c.send(body).await;
-    c.send(b".\r\n").await;
-    let reply = c.reply().await;
-    c.cmd("QUIT").await;
-    reply
+    send_to(r, mail_from, &["alice@example.test"], body).await
 }
 
 /// Submits `body` as alice (authenticated) to `to`; the final reply.
@@ -569,6 +560,7 @@ async fn dkim_keys_from_the_cli_sign_submitted_mail() {
                 mail_from: "alice@example.test",
             },
             &queued,
+            Default::default(),
         )
         .await;
     let ar = verdict.headers.replace("\r\n\t", " ");
@@ -760,6 +752,7 @@ Joe.
                 mail_from: "joe@football.example.com",
             },
             message.as_bytes(),
+            Default::default(),
         )
         .await;
     let ar = verdict.headers.replace("\r\n\t", " ");
@@ -785,7 +778,7 @@ async fn spf_reject_policy_and_trusted_relays() {
     let strict = start_with(Backend::Sqlite, None, move |c| {
         c.mta.dns_servers = vec![addr];
         c.sender_auth.check_inbound = true;
-        c.sender_auth.spf_fail_without_dmarc = mailroom_config::SpfFailPolicy::Reject;
+        c.sender_auth.spf_fail_without_dmarc = mailroom_config::FailureHandling::Reject;
     })
     .await
     .unwrap();
@@ -913,4 +906,137 @@ async fn dmarc_alignment_and_policy_selection() {
     let (code, text) = send(&r, "x@multi.test", &message("x@multi.test", "multi")).await;
     assert_eq!(code, 250, "{text}");
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// Sends one message on port 25 to several recipients; the final reply.
+async fn send_to(r: &Running, mail_from: &str, to: &[&str], body: &[u8]) -> (u16, String) {
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{mail_from}>")).await.0, 250);
+    for rcpt in to {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.0, 250, "{rcpt}");
+    }
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(body).await;
+    c.send(b".\r\n").await;
+    let reply = c.reply().await;
+    c.cmd("QUIT").await;
+    reply
+}
+
+/// `[sender_auth.domains."…"]` (read from TOML as an operator writes it):
+/// each recipient domain gets its own policy over the global one, and a
+/// message to several domains gets the stricter of each setting; it goes
+/// unchecked only when every recipient domain trusts its client.
+async fn per_domain_policies(backend: Backend) {
+    let dns = start_dns(vec![
+        ("nodmarc".into(), txt("v=spf1 -all")),
+        ("spoofed".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
+        ("_dmarc.spoofed".into(), txt("v=DMARC1; p=reject")),
+        ("quar".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
+        ("_dmarc.quar".into(), txt("v=DMARC1; p=quarantine")),
+    ])
+    .await;
+    let addr = dns.addr;
+    let policies = mailroom_config::Config::from_sources(
+        Some((
+            std::path::Path::new("policies.toml"),
+            r#"
+[sender_auth.domains."strict.test"]
+spf_fail_without_dmarc = "reject"
+dmarc_quarantine = "reject"
+[sender_auth.domains."Lenient.Test"]
+dmarc_reject = "mark"
+[sender_auth.domains."relayed.test"]
+trusted_relays = ["127.0.0.1"]
+"#,
+        )),
+        Vec::new(),
+    )
+    .unwrap()
+    .sender_auth
+    .domains;
+    let Some(r) = start_with(backend, None, move |c| {
+        c.mta.dns_servers = vec![addr];
+        c.sender_auth.check_inbound = true;
+        c.sender_auth.domains = policies;
+    })
+    .await
+    else {
+        return;
+    };
+    let store = with_accounts(&r, &["alice@example.test"]).await;
+    for a in ["bob@strict.test", "carol@lenient.test", "dave@relayed.test"] {
+        serve_account(&store, a).await;
+    }
+    let alice = inbox_id(&store, "alice@example.test").await;
+    let carol = inbox_id(&store, "carol@lenient.test").await;
+    let dave = inbox_id(&store, "dave@relayed.test").await;
+    let bob_junk = mailbox_id(&store, "bob@strict.test", "Junk").await;
+    let alice_junk = mailbox_id(&store, "alice@example.test", "Junk").await;
+
+    // SPF fail without DMARC: the global default marks, strict.test refuses,
+    // and a message to both is refused (the stricter).
+    let nodmarc = |s: &str| message("x@nodmarc.test", s);
+    let (code, text) = send_to(&r, "x@nodmarc.test", &["alice@example.test"], &nodmarc("g")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, alice, "g").await;
+    assert!(
+        results_of(&text, "mx.example.test")[0].contains("spf=fail"),
+        "{text}"
+    );
+    let (code, text) = send_to(&r, "x@nodmarc.test", &["bob@strict.test"], &nodmarc("s")).await;
+    assert_eq!((code, &text[..7]), (550, "5.7.23 "), "{text}");
+    let both = ["alice@example.test", "bob@strict.test"];
+    let (code, text) = send_to(&r, "x@nodmarc.test", &both, &nodmarc("gs")).await;
+    assert_eq!((code, &text[..7]), (550, "5.7.23 "), "{text}");
+
+    // p=quarantine: Junk by default, refused for strict.test.
+    let quar = |s: &str| message("x@quar.test", s);
+    let (code, text) = send_to(&r, "x@quar.test", &["alice@example.test"], &quar("q")).await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, alice_junk, "q").await;
+    let (code, text) = send_to(&r, "x@quar.test", &["bob@strict.test"], &quar("qs")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+    assert!(text.contains("p=quarantine"), "{text}");
+
+    // p=reject: lenient.test only marks (its name was written in capitals),
+    // into the inbox; with a recipient of the global policy, refused.
+    let spoof = |s: &str| message("ceo@spoofed.test", s);
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &["carol@lenient.test"], &spoof("l")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, carol, "l").await;
+    let ar = &results_of(&text, "mx.example.test")[0];
+    assert!(
+        ar.contains("dmarc=fail") && ar.contains("policy.dmarc=reject"),
+        "{ar}"
+    );
+    let lg = ["carol@lenient.test", "alice@example.test"];
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &lg, &spoof("lg")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+
+    // relayed.test trusts this client: unchecked; with another domain, the
+    // other domain's checks apply to the message.
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &["dave@relayed.test"], &spoof("t")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, dave, "t").await;
+    assert!(results_of(&text, "mx.example.test").is_empty(), "{text}");
+    assert!(!text.contains("Received-SPF"), "{text}");
+    let ts = ["dave@relayed.test", "bob@strict.test"];
+    let (code, text) = send_to(&r, "x@quar.test", &ts, &quar("ts")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+    // Nothing refused reached a mailbox.
+    assert!(store.list_messages(bob_junk).await.unwrap().is_empty());
+    assert_eq!(store.list_messages(alice).await.unwrap().len(), 1);
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_policies_on_sqlite() {
+    per_domain_policies(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_policies_on_postgres() {
+    per_domain_policies(Backend::Postgres).await;
 }

@@ -18,11 +18,13 @@
 //! * DKIM: RSA-SHA1 signatures are never verified and count as `permerror`
 //!   (RFC 8301 §3.1); at most `max_dkim_signatures` others are checked, so
 //!   a message with a thousand signatures costs no more than one with five;
-//! * the decision (see [`Action`]): DMARC `p=reject` failing → refused with
-//!   `550 5.7.1`; `p=quarantine` → delivered to Junk; a DNS temporary error
-//!   on a check that decides the outcome → `451` (the sender retries),
-//!   never a silent pass; SPF `fail` without a DMARC record → per policy
-//!   (default: delivered, marked); `softfail`/`neutral` → marked only;
+//! * the decision (see [`Action`]) follows the message's
+//!   [`Decisions`](crate::policy::Decisions): DMARC `p=reject` failing →
+//!   by default refused with `550 5.7.1`; `p=quarantine` → by default
+//!   delivered to Junk; SPF `fail` without a DMARC record → by default
+//!   delivered, marked; `softfail`/`neutral` → marked only; a DNS temporary
+//!   error on a check that decides the outcome (one whose failure would
+//!   not only be marked) → `451` (the sender retries), never a silent pass;
 //! * all lookups go through one resolver with a per-query timeout, and the
 //!   whole check has a deadline: past it, the answer is `451 4.7.0`.
 
@@ -42,21 +44,11 @@ use mail_auth::{
 };
 pub use mail_auth::{SpfOutput, SpfResult};
 
-/// What to do with mail whose SPF check fails when its domain has no DMARC record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SpfFailAction {
-    /// Deliver it, with the result in `Authentication-Results`.
-    #[default]
-    Mark,
-    /// Refuse it (`550 5.7.23`, RFC 7372).
-    Reject,
-}
+use crate::policy::{Decisions, Handling};
 
-/// The receiving policy.
+/// The limits of the checks (what failures do is per message: [`Decisions`]).
 #[derive(Debug, Clone)]
 pub struct InboundPolicy {
-    /// SPF `fail` with no DMARC record.
-    pub spf_fail_without_dmarc: SpfFailAction,
     /// DKIM signatures checked per message (RFC 6376 §6.1 lets a verifier
     /// limit them); more are ignored.
     pub max_dkim_signatures: usize,
@@ -67,7 +59,6 @@ pub struct InboundPolicy {
 impl Default for InboundPolicy {
     fn default() -> Self {
         InboundPolicy {
-            spf_fail_without_dmarc: SpfFailAction::Mark,
             max_dkim_signatures: 5,
             deadline: Duration::from_secs(30),
         }
@@ -141,9 +132,16 @@ impl Checker {
     }
 
     /// Checks `message` (our forged-results removal already done, see
-    /// [`strip_our_results`]) received with `envelope`.
-    pub async fn check(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
-        match tokio::time::timeout(self.policy.deadline, self.evaluate(envelope, message)).await {
+    /// [`strip_our_results`]) received with `envelope`; `decisions` say what
+    /// failures do (see [`crate::policy::Policies::for_message`]).
+    pub async fn check(
+        &self,
+        envelope: Envelope<'_>,
+        message: &[u8],
+        decisions: Decisions,
+    ) -> Verdict {
+        let checks = self.evaluate(envelope, message, decisions);
+        match tokio::time::timeout(self.policy.deadline, checks).await {
             Ok(verdict) => verdict,
             Err(_) => Verdict {
                 headers: String::new(),
@@ -156,7 +154,12 @@ impl Checker {
         }
     }
 
-    async fn evaluate(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
+    async fn evaluate(
+        &self,
+        envelope: Envelope<'_>,
+        message: &[u8],
+        decisions: Decisions,
+    ) -> Verdict {
         let ip = envelope.ip;
         let helo = helo_domain(envelope.helo);
         let host = self.hostname.as_str();
@@ -177,7 +180,7 @@ impl Checker {
                 ReceivedSpf::new(&spf_mail_from, ip, envelope.helo, envelope.mail_from, host)
                     .to_header()
             );
-            let action = self.without_dmarc(&spf_mail_from);
+            let action = without_dmarc(&spf_mail_from, decisions);
             return Verdict { headers, action };
         };
 
@@ -231,31 +234,40 @@ impl Checker {
         let several =
             dmarc.dmarc_record().is_some() && dmarc_records(&self.auth.0, dmarc.domain()).await > 1;
         let action = match dmarc.result() {
-            _ if several => self.without_dmarc(&spf_mail_from),
+            _ if several => without_dmarc(&spf_mail_from, decisions),
             DmarcResult::Pass => Action::Accept,
             // No record, or no single author domain (RFC 7489 §6.6.1).
-            DmarcResult::None => self.without_dmarc(&spf_mail_from),
+            DmarcResult::None => without_dmarc(&spf_mail_from, decisions),
             // The policy record itself could not be read: it may say reject.
             DmarcResult::TempError(_) if dmarc.dmarc_record().is_none() => {
-                temp_dmarc(dmarc.domain())
+                if decisions.any_decides() {
+                    temp_dmarc(dmarc.domain())
+                } else {
+                    Action::Accept
+                }
             }
-            DmarcResult::TempError(_) => match dmarc.policy() {
-                // A retry could turn it into a pass: only then may it decide.
-                Policy::Reject | Policy::Quarantine => temp_dmarc(dmarc.domain()),
-                Policy::None | Policy::Unspecified => Action::Accept,
+            // A retry could turn it into a pass: only then may it decide.
+            DmarcResult::TempError(_) => match dmarc_handling(dmarc.policy(), decisions) {
+                Handling::Mark => Action::Accept,
+                Handling::Junk | Handling::Reject => temp_dmarc(dmarc.domain()),
             },
-            DmarcResult::Fail(_) | DmarcResult::PermError(_) => match dmarc.policy() {
-                Policy::Reject => Action::Reject(
-                    550,
-                    "5.7.1",
-                    format!(
-                        "message refused: it fails the DMARC policy (p=reject) of {}",
-                        dmarc.domain()
+            DmarcResult::Fail(_) | DmarcResult::PermError(_) => {
+                let p = match dmarc.policy() {
+                    Policy::Reject => "reject",
+                    _ => "quarantine",
+                };
+                handle(
+                    dmarc_handling(dmarc.policy(), decisions),
+                    Action::Reject(
+                        550,
+                        "5.7.1",
+                        format!(
+                            "message refused: it fails the DMARC policy (p={p}) of {}",
+                            dmarc.domain()
+                        ),
                     ),
-                ),
-                Policy::Quarantine => Action::Quarantine,
-                Policy::None | Policy::Unspecified => Action::Accept,
-            },
+                )
+            }
         };
         Verdict { headers, action }
     }
@@ -289,26 +301,6 @@ impl Checker {
         (spf_helo, spf_mail_from)
     }
 
-    /// The decision when no DMARC policy applies: SPF alone.
-    fn without_dmarc(&self, spf: &SpfOutput) -> Action {
-        match (spf.result(), self.policy.spf_fail_without_dmarc) {
-            (SpfResult::Fail, SpfFailAction::Reject) => Action::Reject(
-                550,
-                "5.7.23",
-                format!("message refused: SPF check of {} failed", spf.domain()),
-            ),
-            (SpfResult::TempError, SpfFailAction::Reject) => Action::TempFail(
-                451,
-                "4.7.24",
-                format!(
-                    "SPF check of {} could not be completed, try again later",
-                    spf.domain()
-                ),
-            ),
-            _ => Action::Accept,
-        }
-    }
-
     /// SPF through `mail-auth`, after the record count it does not check.
     async fn spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
         if spf_records(&self.auth.0, domain).await > 1 {
@@ -325,6 +317,50 @@ fn mail_from_domain(mail_from: &str, helo: Option<&str>) -> String {
     match mail_from.rsplit_once('@') {
         Some((_, d)) => d.to_ascii_lowercase(),
         None => helo.unwrap_or_default().to_ascii_lowercase(),
+    }
+}
+
+/// The decision when no DMARC policy applies: SPF alone. Only `fail` may
+/// change delivery (`softfail` and `neutral` are marked); a temporary error
+/// asks for a retry when a `fail` would have changed it.
+fn without_dmarc(spf: &SpfOutput, decisions: Decisions) -> Action {
+    let handling = decisions.spf_fail_without_dmarc;
+    match spf.result() {
+        SpfResult::Fail => handle(
+            handling,
+            Action::Reject(
+                550,
+                "5.7.23",
+                format!("message refused: SPF check of {} failed", spf.domain()),
+            ),
+        ),
+        SpfResult::TempError if handling != Handling::Mark => Action::TempFail(
+            451,
+            "4.7.24",
+            format!(
+                "SPF check of {} could not be completed, try again later",
+                spf.domain()
+            ),
+        ),
+        _ => Action::Accept,
+    }
+}
+
+/// What a DMARC failure under `policy` does (`p=none`: nothing).
+fn dmarc_handling(policy: Policy, decisions: Decisions) -> Handling {
+    match policy {
+        Policy::Reject => decisions.dmarc_reject,
+        Policy::Quarantine => decisions.dmarc_quarantine,
+        Policy::None | Policy::Unspecified => Handling::Mark,
+    }
+}
+
+/// The action for a failure handled as `handling`, refused with `refusal`.
+fn handle(handling: Handling, refusal: Action) -> Action {
+    match handling {
+        Handling::Mark => Action::Accept,
+        Handling::Junk => Action::Quarantine,
+        Handling::Reject => refusal,
     }
 }
 
