@@ -510,6 +510,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             lease_secs: secs(mta.lease_secs),
             delay_warning_secs: secs(mta.delay_warning_secs),
             max_connections_per_destination: mta.max_connections_per_destination,
+            dkim_expiry: Duration::from_secs(config.sender_auth.dkim_expiry_secs),
         };
         let delivery = match &local_mda {
             Some(mda) => mailroom_mta::DeliveryHandle::Local(mda.clone()),
