@@ -2,12 +2,17 @@
 //! against the real stack, on both stores.
 
 use mailroom_rpc::admin as pb;
-use mailroom_tests::{Backend, Running, admin_client, cli, start};
+use std::time::Duration;
+
+use mailroom_tests::{
+    Backend, Running, SmtpClient, admin_client, cli, inbox_id, open_store, start, wait_for,
+};
 use tonic::Code;
 
 mailroom_tests::on_both!(
     cli_manages_domains_users_and_aliases,
-    errors_have_the_promised_grpc_codes
+    errors_have_the_promised_grpc_codes,
+    postmaster_goes_where_configured
 );
 
 async fn cli_manages_domains_users_and_aliases(r: &Running) {
@@ -26,13 +31,17 @@ async fn cli_manages_domains_users_and_aliases(r: &Running) {
         run(vec!["domain", "add", "Example.Test"], "")
             .await
             .unwrap(),
-        "domain example.test added\n"
+        "domain example.test added\n\
+         postmaster@example.test goes to the first account created in it \
+         (another address: mailroom domain postmaster example.test <address>)\n"
     );
     assert_eq!(
         run(vec!["domain", "add", "bücher.example"], "")
             .await
-            .unwrap(),
-        "domain xn--bcher-kva.example added\n"
+            .unwrap()
+            .lines()
+            .next(),
+        Some("domain xn--bcher-kva.example added")
     );
     assert_eq!(
         run(vec!["domain", "list"], "").await.unwrap(),
@@ -146,6 +155,149 @@ async fn cli_manages_domains_users_and_aliases(r: &Running) {
     assert_eq!(
         run(vec!["domain", "list"], "").await.unwrap(),
         "xn--bcher-kva.example (bücher.example)\n"
+    );
+}
+
+/// Sends a message to `rcpt` on port 25; the reply to RCPT, then (if it
+/// was accepted) the final reply.
+async fn send_to(r: &Running, rcpt: &str, subject: &str) -> Vec<u16> {
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("MAIL FROM:<x@sender.test>").await.0, 250);
+    let mut codes = vec![c.cmd(&format!("RCPT TO:<{rcpt}>")).await.0];
+    if codes[0] == 250 {
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send(format!("From: x@sender.test\r\nSubject: {subject}\r\n\r\nhi\r\n.\r\n").as_bytes())
+            .await;
+        codes.push(c.reply().await.0);
+    }
+    c.cmd("QUIT").await;
+    codes
+}
+
+/// RFC 5321 §4.5.1 through SMTP: postmaster@ goes to an alias where one
+/// exists, else to the address set with `mailroom domain postmaster`, else
+/// to the domain's first account (named by `domain add`).
+async fn postmaster_goes_where_configured(r: &Running) {
+    let dir = r.data_dir.path().to_str().unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut full = vec!["--data-dir", dir, "--admin-url", r.admin_url.as_str()];
+        full.extend_from_slice(args);
+        let full: Vec<String> = full.into_iter().map(String::from).collect();
+        let stdin = stdin.to_string();
+        async move {
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            cli(&refs, &stdin).await
+        }
+    };
+    let added = run(&["domain", "add", "example.test"], "").await.unwrap();
+    assert!(
+        added.contains("postmaster@example.test goes to the first account"),
+        "{added}"
+    );
+    let show = ["domain", "postmaster", "example.test"];
+    assert!(run(&show, "").await.unwrap().contains("goes nowhere yet"));
+    assert_eq!(send_to(r, "postmaster@example.test", "none").await, [550]);
+
+    for user in ["alice@example.test", "bob@example.test"] {
+        run(&["user", "add", user], "s3cret passphrase\n")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        run(&show, "").await.unwrap(),
+        "postmaster@example.test goes to alice@example.test (the first account) \
+         unless an alias covers it\n"
+    );
+    let set = |to: &'static str| ["domain", "postmaster", "example.test", to];
+    assert_eq!(
+        run(&set("Bob@Example.Test"), "").await.unwrap(),
+        "postmaster@example.test goes to bob@example.test (configured) unless an alias covers it\n"
+    );
+    assert!(run(&set("postmaster@example.test"), "").await.is_err());
+    assert!(
+        run(
+            &["domain", "postmaster", "nowhere.test", "bob@example.test"],
+            ""
+        )
+        .await
+        .unwrap_err()
+        .contains("not served")
+    );
+
+    let store = open_store(r).await;
+    let (alice, bob) = (
+        inbox_id(&store, "alice@example.test").await,
+        inbox_id(&store, "bob@example.test").await,
+    );
+    let count = async |mailbox: i64| store.list_messages(mailbox).await.unwrap().len();
+    assert_eq!(
+        send_to(r, "postmaster@example.test", "to-bob").await,
+        [250, 250]
+    );
+    wait_for(
+        "postmaster mail at bob",
+        Duration::from_secs(20),
+        async || count(bob).await == 1,
+    )
+    .await;
+    assert_eq!(count(alice).await, 0);
+
+    // A configured address elsewhere is followed like an alias target.
+    run(
+        &["alias", "add", "ops@example.test", "alice@example.test"],
+        "",
+    )
+    .await
+    .unwrap();
+    run(&set("ops@example.test"), "").await.unwrap();
+    assert_eq!(
+        send_to(r, "postmaster@example.test", "via-ops").await,
+        [250, 250]
+    );
+    wait_for(
+        "postmaster mail at alice",
+        Duration::from_secs(20),
+        async || count(alice).await == 1,
+    )
+    .await;
+
+    // An alias wins over the configured address.
+    run(
+        &["domain", "postmaster", "example.test", "bob@example.test"],
+        "",
+    )
+    .await
+    .unwrap();
+    run(
+        &[
+            "alias",
+            "add",
+            "postmaster@example.test",
+            "alice@example.test",
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        send_to(r, "postmaster@example.test", "alias").await,
+        [250, 250]
+    );
+    wait_for(
+        "aliased postmaster mail",
+        Duration::from_secs(20),
+        async || count(alice).await == 2,
+    )
+    .await;
+    assert_eq!(count(bob).await, 1);
+
+    // --default: back to the first account.
+    assert!(
+        run(&["domain", "postmaster", "example.test", "--default"], "")
+            .await
+            .unwrap()
+            .contains("goes to alice@example.test (the first account)")
     );
 }
 

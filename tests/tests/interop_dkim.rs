@@ -157,6 +157,7 @@ async fn mailroom_verifies_what_dkimpy_signs() {
                         mail_from: "alice@example.test",
                     },
                     &signed,
+                    Default::default(),
                 )
                 .await;
             let ar = verdict.headers.replace("\r\n\t", " ");

@@ -327,8 +327,10 @@ async fn retry_after_4xx(backend: Backend) {
     running.stack.stop(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null() {
+/// One peer at 127.0.0.2, the MX of `dest.bounce.test` (where it refuses
+/// `nobody@` with 550 5.1.1) and of `sender.bounce.test`, so that reports
+/// to the sender come back to it.
+async fn bounce_peer() -> (SmtpSink, TestDns) {
     let sink = first_sink(SinkScript {
         rcpt: Box::new(|address| {
             if address.starts_with("nobody@") {
@@ -349,6 +351,27 @@ async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null(
         ],
     )
     .await;
+    (sink, dns)
+}
+
+/// Waits for the reports (mail from `<>`) `sink` received.
+async fn reports_at(sink: &SmtpSink) -> Vec<mailroom_tests::SinkMessage> {
+    let mut reports = Vec::new();
+    wait_for("the DSN at the sender's MX", WAIT, async || {
+        reports = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.from.is_empty())
+            .collect();
+        !reports.is_empty()
+    })
+    .await;
+    reports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null() {
+    let (sink, dns) = bounce_peer().await;
     let running = stack(&dns, sink.addr.port(), 5).await;
     let store = open_store(&running).await;
     let id = enqueue(
@@ -362,16 +385,7 @@ async fn a_5xx_fails_that_recipient_and_the_report_goes_to_the_sender_from_null(
     .await;
     wait_for("both outcomes", WAIT, async || gone(&store, id).await).await;
     // The report is relayed to the sender's MX, from <>.
-    let mut reports = Vec::new();
-    wait_for("the DSN at the sender's MX", WAIT, async || {
-        reports = sink
-            .received()
-            .into_iter()
-            .filter(|m| m.from.is_empty())
-            .collect();
-        !reports.is_empty()
-    })
-    .await;
+    let reports = reports_at(&sink).await;
     assert_eq!(reports.len(), 1);
     let dsn = &reports[0];
     assert_eq!(dsn.to, ["alice@sender.bounce.test"]);
@@ -893,4 +907,96 @@ async fn delay_notice(backend: Backend) {
         "nothing goes to <>"
     );
     running.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// The bounces Mailroom makes are DKIM-signed like the mail it sends: a
+/// failure report relayed to the sender's MX carries one signature per
+/// active key of the host name's domain (`mx.example.test` → the served
+/// `example.test`, which aligns with `MAILER-DAEMON@mx.example.test` under
+/// DMARC's relaxed alignment), and dkimpy verifies both.
+async fn bounces_are_dkim_signed(backend: Backend) {
+    use mailroom_sender_auth::keys;
+    let (sink, dns) = bounce_peer().await;
+    let Some(running) = stack_on(backend, &dns, sink.addr.port(), 5).await else {
+        return;
+    };
+    let store = open_store(&running).await;
+    let example = mailroom_address::Domain::parse("example.test").unwrap();
+    store.add_domain(&example).await.unwrap();
+    let (rsa, ed) = (
+        keys::generate_rsa().unwrap(),
+        keys::generate_ed25519().unwrap(),
+    );
+    let mut records = serde_json::Map::new();
+    for (selector, key) in [("2026a-rsa", &rsa), ("2026a-ed", &ed)] {
+        store
+            .add_dkim_key(
+                &example,
+                selector,
+                key.algorithm,
+                &key.private_pem(),
+                &key.public_base64(),
+            )
+            .await
+            .unwrap();
+        records.insert(
+            format!("{selector}._domainkey.example.test"),
+            keys::dkim_record(key.algorithm, &key.public_base64()).into(),
+        );
+    }
+    enqueue(
+        &store,
+        "alice@sender.bounce.test",
+        vec![recipient("nobody@dest.bounce.test")],
+    )
+    .await;
+    let reports = reports_at(&sink).await;
+    let text = String::from_utf8_lossy(&reports[0].data).into_owned();
+    let header = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .replace("\r\n\t", " ");
+    assert!(
+        header.contains("From: Mail Delivery System <MAILER-DAEMON@mx.example.test>"),
+        "{header}"
+    );
+    let signatures: Vec<&str> = header
+        .lines()
+        .filter(|l| l.starts_with("DKIM-Signature:"))
+        .collect();
+    assert_eq!(signatures.len(), 2, "{header}");
+    for s in &signatures {
+        assert!(s.contains("d=example.test;"), "{s}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let records_file = dir.path().join("records.json");
+    std::fs::write(&records_file, serde_json::Value::from(records).to_string()).unwrap();
+    let message_file = dir.path().join("dsn.eml");
+    std::fs::write(&message_file, &reports[0].data).unwrap();
+    let verdict = mailroom_tests::run_tool(
+        "python3 dkim_cross.py (dkimpy)",
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/interop/dkim_cross.py"
+            ))
+            .arg("verify")
+            .arg(&records_file)
+            .arg(&message_file),
+        &[0],
+    );
+    assert_eq!(verdict, "pass\npass\n", "dkimpy on the bounce:\n{text}");
+    running.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_are_dkim_signed_on_sqlite() {
+    bounces_are_dkim_signed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_are_dkim_signed_on_postgres() {
+    bounces_are_dkim_signed(Backend::Postgres).await;
 }

@@ -107,18 +107,9 @@ fn message(from: &str, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends one message on port 25 as `mail_from`; the final reply.
+/// Sends one message on port 25 as `mail_from` to alice; the final reply.
 async fn send(r: &Running, mail_from: &str, body: &[u8]) -> (u16, String) {
-    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
-    c.cmd("EHLO client.test").await;
-    assert_eq!(c.cmd(&format!("MAIL FROM:<{mail_from}>")).await.0, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@example.test>").await.0, 250);
-    assert_eq!(c.cmd("DATA").await.0, 354);
-    c.send(body).await;
-    c.send(b".\r\n").await;
-    let reply = c.reply().await;
-    c.cmd("QUIT").await;
-    reply
+    send_to(r, mail_from, &["alice@example.test"], body).await
 }
 
 /// Submits `body` as alice (authenticated) to `to`; the final reply.
@@ -194,7 +185,7 @@ async fn check_directly(
         helo,
         mail_from,
     };
-    let verdict = checker.check(envelope, message).await;
+    let verdict = checker.check(envelope, message, Default::default()).await;
     let headers = verdict.headers.replace("\r\n\t", " ");
     (verdict, headers)
 }
@@ -942,7 +933,7 @@ async fn spf_reject_policy_and_trusted_relays() {
     let strict = start_with(Backend::Sqlite, None, move |c| {
         c.mta.dns_servers = vec![addr];
         c.sender_auth.check_inbound = true;
-        c.sender_auth.spf_fail_without_dmarc = mailroom_config::SpfFailPolicy::Reject;
+        c.sender_auth.spf_fail_without_dmarc = mailroom_config::FailureHandling::Reject;
     })
     .await
     .unwrap();
@@ -1076,4 +1067,367 @@ async fn dmarc_alignment_and_policy_selection() {
     let (code, text) = send(&r, "x@multi.test", &message("x@multi.test", "multi")).await;
     assert_eq!(code, 250, "{text}");
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// Sends one message on port 25 to several recipients; the final reply.
+async fn send_to(r: &Running, mail_from: &str, to: &[&str], body: &[u8]) -> (u16, String) {
+    let (mut c, _) = SmtpClient::connect(r.stack.addr("smtp").unwrap()).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{mail_from}>")).await.0, 250);
+    for rcpt in to {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.0, 250, "{rcpt}");
+    }
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(body).await;
+    c.send(b".\r\n").await;
+    let reply = c.reply().await;
+    c.cmd("QUIT").await;
+    reply
+}
+
+/// `[sender_auth.domains."…"]` (read from TOML as an operator writes it):
+/// each recipient domain gets its own policy over the global one, and a
+/// message to several domains gets the stricter of each setting; it goes
+/// unchecked only when every recipient domain trusts its client.
+async fn per_domain_policies(backend: Backend) {
+    let dns = start_dns(vec![
+        ("nodmarc".into(), txt("v=spf1 -all")),
+        ("spoofed".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
+        ("_dmarc.spoofed".into(), txt("v=DMARC1; p=reject")),
+        ("quar".into(), txt("v=spf1 ip4:192.0.2.1 -all")),
+        ("_dmarc.quar".into(), txt("v=DMARC1; p=quarantine")),
+    ])
+    .await;
+    let addr = dns.addr;
+    let policies = mailroom_config::Config::from_sources(
+        Some((
+            std::path::Path::new("policies.toml"),
+            r#"
+[sender_auth.domains."strict.test"]
+spf_fail_without_dmarc = "reject"
+dmarc_quarantine = "reject"
+[sender_auth.domains."Lenient.Test"]
+dmarc_reject = "mark"
+[sender_auth.domains."relayed.test"]
+trusted_relays = ["127.0.0.1"]
+"#,
+        )),
+        Vec::new(),
+    )
+    .unwrap()
+    .sender_auth
+    .domains;
+    let Some(r) = start_with(backend, None, move |c| {
+        c.mta.dns_servers = vec![addr];
+        c.sender_auth.check_inbound = true;
+        c.sender_auth.domains = policies;
+    })
+    .await
+    else {
+        return;
+    };
+    let store = with_accounts(&r, &["alice@example.test"]).await;
+    for a in ["bob@strict.test", "carol@lenient.test", "dave@relayed.test"] {
+        serve_account(&store, a).await;
+    }
+    let alice = inbox_id(&store, "alice@example.test").await;
+    let carol = inbox_id(&store, "carol@lenient.test").await;
+    let dave = inbox_id(&store, "dave@relayed.test").await;
+    let bob_junk = mailbox_id(&store, "bob@strict.test", "Junk").await;
+    let alice_junk = mailbox_id(&store, "alice@example.test", "Junk").await;
+
+    // SPF fail without DMARC: the global default marks, strict.test refuses,
+    // and a message to both is refused (the stricter).
+    let nodmarc = |s: &str| message("x@nodmarc.test", s);
+    let (code, text) = send_to(&r, "x@nodmarc.test", &["alice@example.test"], &nodmarc("g")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, alice, "g").await;
+    assert!(
+        results_of(&text, "mx.example.test")[0].contains("spf=fail"),
+        "{text}"
+    );
+    let (code, text) = send_to(&r, "x@nodmarc.test", &["bob@strict.test"], &nodmarc("s")).await;
+    assert_eq!((code, &text[..7]), (550, "5.7.23 "), "{text}");
+    let both = ["alice@example.test", "bob@strict.test"];
+    let (code, text) = send_to(&r, "x@nodmarc.test", &both, &nodmarc("gs")).await;
+    assert_eq!((code, &text[..7]), (550, "5.7.23 "), "{text}");
+
+    // p=quarantine: Junk by default, refused for strict.test.
+    let quar = |s: &str| message("x@quar.test", s);
+    let (code, text) = send_to(&r, "x@quar.test", &["alice@example.test"], &quar("q")).await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, alice_junk, "q").await;
+    let (code, text) = send_to(&r, "x@quar.test", &["bob@strict.test"], &quar("qs")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+    assert!(text.contains("p=quarantine"), "{text}");
+
+    // p=reject: lenient.test only marks (its name was written in capitals),
+    // into the inbox; with a recipient of the global policy, refused.
+    let spoof = |s: &str| message("ceo@spoofed.test", s);
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &["carol@lenient.test"], &spoof("l")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, carol, "l").await;
+    let ar = &results_of(&text, "mx.example.test")[0];
+    assert!(
+        ar.contains("dmarc=fail") && ar.contains("policy.dmarc=reject"),
+        "{ar}"
+    );
+    let lg = ["carol@lenient.test", "alice@example.test"];
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &lg, &spoof("lg")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+
+    // relayed.test trusts this client: unchecked; with another domain, the
+    // other domain's checks apply to the message.
+    let (code, text) = send_to(&r, "ceo@spoofed.test", &["dave@relayed.test"], &spoof("t")).await;
+    assert_eq!(code, 250, "{text}");
+    let text = delivered(&store, dave, "t").await;
+    assert!(results_of(&text, "mx.example.test").is_empty(), "{text}");
+    assert!(!text.contains("Received-SPF"), "{text}");
+    let ts = ["dave@relayed.test", "bob@strict.test"];
+    let (code, text) = send_to(&r, "x@quar.test", &ts, &quar("ts")).await;
+    assert_eq!((code, &text[..6]), (550, "5.7.1 "), "{text}");
+    // Nothing refused reached a mailbox.
+    assert!(store.list_messages(bob_junk).await.unwrap().is_empty());
+    assert_eq!(store.list_messages(alice).await.unwrap().len(), 1);
+    r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_policies_on_sqlite() {
+    per_domain_policies(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_policies_on_postgres() {
+    per_domain_policies(Backend::Postgres).await;
+}
+
+/// DER: a tag and its content with the definite length (X.690 §8.1.3).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A well-formed RSA SubjectPublicKeyInfo (RFC 3279 §2.3.1) whose modulus
+/// has `bits` bits, exponent 65537: a key of any size, without the cost of
+/// generating one.
+fn rsa_public_key_of_size(bits: usize) -> Vec<u8> {
+    let mut modulus = vec![0u8; bits / 8 + 1];
+    modulus[1] = 0x80;
+    for (i, b) in modulus.iter_mut().enumerate().skip(2) {
+        *b = (i as u8).wrapping_mul(151) | 1;
+    }
+    let rsa_key = der(
+        0x30,
+        &[der(0x02, &modulus), der(0x02, &[0x01, 0x00, 0x01])].concat(),
+    );
+    // rsaEncryption (1.2.840.113549.1.1.1) with NULL parameters.
+    let algorithm = der(
+        0x30,
+        &[
+            der(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+            ),
+            vec![0x05, 0x00],
+        ]
+        .concat(),
+    );
+    let bit_string = der(0x03, &[&[0u8][..], &rsa_key].concat());
+    der(0x30, &[algorithm, bit_string].concat())
+}
+
+/// A 512-bit RSA key (worthless by design, made with `openssl genpkey
+/// -algorithm RSA -pkeyopt rsa_keygen_bits:512`), and its public key as a
+/// DKIM record's `p=` (SubjectPublicKeyInfo, base64).
+const RSA_512_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIIBVAIBADANBgkqhkiG9w0BAQEFAASCAT4wggE6AgEAAkEA5F1gUks5iJr2ld4m
+JrV4/NRNEdowS/AIG6mZmE8IoYErWdnzjz6H7tS4zxoyiYAm7rr8LPmvoYiTGZzX
+bCXTwwIDAQABAkAVqq5a4HxC88D1kzA3d/xUsKfnS7ZNXibGyR6jjswY1oSq7xfU
+nmgV6nIudIG0QzeTfoyRgGpG8VqcMHBQ72KxAiEA+BmpXIPo6b/YHObGBRyaNkcc
+iXoCmIUf4jYajdXGgxcCIQDrothJ0dmqMTAmnbLyMKsnoTDuX8J7rS4/MZuguwbQ
+NQIgG0h/JmxfJa1yL6N1LUS69LMXQUsIlAs3uWGnw+c5YFsCIDKkZAGxhStLuQKD
+oALnLNGulfqVQBIejTLtsXng2D0FAiEA5vrePNkeSMbwML7qhWBGnxXleHnLChzN
++Ld6Jv3ifdc=
+-----END PRIVATE KEY-----
+";
+const RSA_512_PUBLIC: &str = "MFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAORdYFJLOYia9pXeJia1ePzUTRHaMEvwCBupmZhPCKGBK1nZ848+h+7UuM8aMomAJu66/Cz5r6GIkxmc12wl08MCAwEAAQ==";
+
+/// A file in `dir` holding `text`; its path.
+fn file_with(dir: &std::path::Path, name: &str, text: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Bad keys and many signatures, on the checker itself: a valid signature
+/// by a 512-bit RSA key (RFC 8301 §3.2: verifiers must not accept keys
+/// under 1024 bits) does not pass, while the same signature by a 2048-bit
+/// key does; a well-formed 16384-bit key and a truncated Ed25519 key give
+/// no pass, quickly; of seven valid signatures, only
+/// `max_dkim_signatures` (5 by default) are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_and_absurd_keys_never_pass_and_at_most_five_signatures_count() {
+    use mailroom_tests::{base64_encode, run_tool};
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path();
+    let small_pem = file_with(tmp, "small.pem", RSA_512_PEM.as_bytes());
+    let small_public = RSA_512_PUBLIC;
+    let good = keys::generate_rsa().unwrap();
+    let good_pem = file_with(tmp, "good.pem", good.private_pem().as_bytes());
+    let eds: Vec<GeneratedKey> = (0..7).map(|_| keys::generate_ed25519().unwrap()).collect();
+
+    let mut records = vec![
+        (
+            "small._domainkey.keys".to_string(),
+            txt(&format!("v=DKIM1; k=rsa; p={small_public}")),
+        ),
+        (
+            "good._domainkey.keys".to_string(),
+            txt(&keys::dkim_record(good.algorithm, &good.public_base64())),
+        ),
+        (
+            "huge._domainkey.keys".to_string(),
+            txt(&format!(
+                "v=DKIM1; k=rsa; p={}",
+                base64_encode(&rsa_public_key_of_size(16384))
+            )),
+        ),
+        (
+            "short._domainkey.keys".to_string(),
+            txt(&format!(
+                "v=DKIM1; k=ed25519; p={}",
+                base64_encode(&[7u8; 31])
+            )),
+        ),
+    ];
+    for (i, k) in eds.iter().enumerate() {
+        records.push((
+            format!("s{i}._domainkey.keys"),
+            txt(&keys::dkim_record(k.algorithm, &k.public_base64())),
+        ));
+    }
+    let dns = start_dns(records).await;
+    let checker = |max: usize| {
+        mailroom_sender_auth::Checker::new(
+            mailroom_sender_auth::dns::resolver(&[dns.addr], Duration::from_secs(5)).unwrap(),
+            "mx.example.test",
+            mailroom_sender_auth::InboundPolicy {
+                max_dkim_signatures: max,
+                ..Default::default()
+            },
+        )
+    };
+    let results = async |max: usize, signed: &[u8]| {
+        let started = std::time::Instant::now();
+        let verdict = checker(max)
+            .check(
+                mailroom_sender_auth::inbound::Envelope {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    helo: "mx.keys.test",
+                    mail_from: "x@keys.test",
+                },
+                signed,
+                Default::default(),
+            )
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        verdict.headers.replace("\r\n\t", " ")
+    };
+    let body = message("x@keys.test", "keys");
+    let msg_file = file_with(tmp, "message.eml", &body);
+    let dkimpy = |selector: &str, key: &str| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/dkim_cross.py");
+        let field = run_tool(
+            "python3 dkim_cross.py (dkimpy)",
+            std::process::Command::new("python3").args([
+                script,
+                "sign",
+                "rsa-sha256",
+                selector,
+                "keys.test",
+                key,
+                "relaxed",
+                &msg_file,
+            ]),
+            &[0],
+        );
+        [field.as_bytes(), &body].concat()
+    };
+
+    // The same signer, the same message: only the key size differs.
+    let ar = results(5, &dkimpy("good", &good_pem)).await;
+    assert!(
+        ar.contains("dkim=pass") && ar.contains("header.s=good"),
+        "{ar}"
+    );
+    let ar = results(5, &dkimpy("small", &small_pem)).await;
+    assert!(
+        ar.contains("dkim=") && !ar.contains("dkim=pass"),
+        "512 bits: {ar}"
+    );
+
+    // A 16384-bit key (our 2048-bit signature cannot match it) and an
+    // Ed25519 key one byte short: no pass, no hang.
+    let sign_as = |selector: &str, key: &GeneratedKey| {
+        let pem = key.private_pem();
+        let header = signing::sign(
+            &body,
+            &[SigningKey {
+                domain: "keys.test",
+                selector,
+                algorithm: key.algorithm,
+                private_key_pem: &pem,
+            }],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        [header.as_bytes(), &body].concat()
+    };
+    let ar = results(5, &sign_as("huge", &good)).await;
+    assert!(
+        ar.contains("dkim=") && !ar.contains("dkim=pass"),
+        "huge: {ar}"
+    );
+    let ar = results(5, &sign_as("short", &eds[0])).await;
+    assert!(
+        ar.contains("dkim=") && !ar.contains("dkim=pass"),
+        "short: {ar}"
+    );
+
+    // Seven valid signatures: five are checked (or as configured).
+    let pems: Vec<String> = eds.iter().map(GeneratedKey::private_pem).collect();
+    let selectors: Vec<String> = (0..7).map(|i| format!("s{i}")).collect();
+    let signing_keys: Vec<SigningKey<'_>> = (0..7)
+        .map(|i| SigningKey {
+            domain: "keys.test",
+            selector: &selectors[i],
+            algorithm: eds[i].algorithm,
+            private_key_pem: &pems[i],
+        })
+        .collect();
+    let seven = signing::sign(&body, &signing_keys, Duration::from_secs(3600)).unwrap();
+    let seven = [seven.as_bytes(), &body].concat();
+    for (max, expected) in [(5, 5), (2, 2), (10, 7)] {
+        let ar = results(max, &seven).await;
+        assert_eq!(ar.matches("dkim=pass").count(), expected, "max {max}: {ar}");
+        assert_eq!(ar.matches("dkim=").count(), expected, "max {max}: {ar}");
+    }
 }

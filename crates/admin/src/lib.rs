@@ -151,7 +151,30 @@ fn domain_pb(d: mailroom_store::DomainEntry) -> pb::Domain {
         name: d.name,
         unicode_name,
         created_at: d.created_at,
+        postmaster: d.postmaster.clone().unwrap_or_default(),
+        postmaster_configured: d.postmaster.is_some(),
     }
+}
+
+/// `domain` as the API shows it, with where its postmaster@ goes.
+async fn domain_with_postmaster(store: &Store, d: &Domain) -> Result<pb::Domain, Status> {
+    let entry = store
+        .list_domains()
+        .await
+        .map_err(status)?
+        .into_iter()
+        .find(|e| e.name == d.as_str())
+        .ok_or_else(|| Status::not_found(format!("domain {d} is not served here")))?;
+    let mut out = domain_pb(entry);
+    match store.domain_postmaster(d).await.map_err(status)? {
+        mailroom_store::Postmaster::Configured(a) => {
+            out.postmaster = a;
+            out.postmaster_configured = true;
+        }
+        mailroom_store::Postmaster::FirstAccount(a) => out.postmaster = a,
+        mailroom_store::Postmaster::Nobody => {}
+    }
+    Ok(out)
 }
 
 fn alias_pb(a: mailroom_store::Alias) -> pb::Alias {
@@ -259,6 +282,36 @@ impl Admin for AdminService {
         let entry = self.store.add_domain(&d).await.map_err(status)?;
         tracing::info!(domain = %d, "domain added");
         Ok(Response::new(domain_pb(entry)))
+    }
+
+    async fn set_domain_postmaster(
+        &self,
+        r: Request<pb::SetDomainPostmasterRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let r = r.get_ref();
+        let d = domain(&r.domain)?;
+        let target = match r.address.trim() {
+            "" => None,
+            a => Some(address(a)?),
+        };
+        self.store
+            .set_domain_postmaster(&d, target.as_ref())
+            .await
+            .map_err(status)?;
+        tracing::info!(domain = %d, postmaster = ?target.as_ref().map(|t| t.to_string()), "postmaster set");
+        Ok(Response::new(
+            domain_with_postmaster(&self.store, &d).await?,
+        ))
+    }
+
+    async fn get_domain(
+        &self,
+        r: Request<pb::GetDomainRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        let d = domain(&r.get_ref().name)?;
+        Ok(Response::new(
+            domain_with_postmaster(&self.store, &d).await?,
+        ))
     }
 
     async fn list_domains(

@@ -237,14 +237,72 @@ section! {
     }
 }
 
-/// What SPF `fail` does to mail from a domain without a DMARC record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What happens to inbound mail that fails a sender-authentication check
+/// (`dmarc_reject`, `dmarc_quarantine`, `spf_fail_without_dmarc`). Ordered
+/// from the mildest to the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SpfFailPolicy {
+pub enum FailureHandling {
     /// Deliver it, with the result in `Authentication-Results`.
     Mark,
-    /// Refuse it with `550 5.7.23`.
+    /// Deliver it into the recipient's Junk mailbox.
+    Junk,
+    /// Refuse it at the end of DATA (`550 5.7.1` for DMARC, `550 5.7.23` for SPF).
     Reject,
+}
+
+/// The policy of one recipient domain (`[sender_auth.domains."<domain>"]`):
+/// every key is optional and falls back to the global `[sender_auth]` one.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderAuthDomain {
+    /// `check_inbound` for mail to this domain.
+    pub check_inbound: Option<bool>,
+    /// `trusted_relays` for mail to this domain (replaces the global list).
+    pub trusted_relays: Option<Vec<std::net::IpAddr>>,
+    /// `dmarc_reject` for mail to this domain.
+    pub dmarc_reject: Option<FailureHandling>,
+    /// `dmarc_quarantine` for mail to this domain.
+    pub dmarc_quarantine: Option<FailureHandling>,
+    /// `spf_fail_without_dmarc` for mail to this domain.
+    pub spf_fail_without_dmarc: Option<FailureHandling>,
+}
+
+impl SenderAuthDomain {
+    /// The keys a domain table may set.
+    pub const KEYS: &'static [&'static str] = &[
+        "check_inbound",
+        "trusted_relays",
+        "dmarc_reject",
+        "dmarc_quarantine",
+        "spf_fail_without_dmarc",
+    ];
+}
+
+/// `[sender_auth.domains."<domain>"]` tables, by domain name as written.
+/// Reading them reports every bad table at once, each with its domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderAuthDomains(pub BTreeMap<String, SenderAuthDomain>);
+
+impl<'de> Deserialize<'de> for SenderAuthDomains {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, value) in raw {
+            match SenderAuthDomain::deserialize(value) {
+                Ok(policy) => {
+                    out.insert(name, policy);
+                }
+                Err(e) => problems.push(format!("{name:?}: {}", e.to_string().trim())),
+            }
+        }
+        if problems.is_empty() {
+            Ok(SenderAuthDomains(out))
+        } else {
+            Err(serde::de::Error::custom(problems.join("; ")))
+        }
+    }
 }
 
 section! {
@@ -256,10 +314,20 @@ section! {
         /// Client IP addresses whose mail is not checked (relays of ours in front of this
         /// server). Authenticated submission is never checked.
         pub trusted_relays: Vec<std::net::IpAddr> = Vec::new(),
+        /// A DMARC failure under the author domain's `p=reject`: `reject` (550 5.7.1),
+        /// `junk` (delivered to Junk) or `mark` (delivered, marked in Authentication-Results).
+        pub dmarc_reject: FailureHandling = FailureHandling::Reject,
+        /// A DMARC failure under `p=quarantine`: `junk`, `reject` or `mark`.
+        pub dmarc_quarantine: FailureHandling = FailureHandling::Junk,
         /// SPF `fail` from a domain with no DMARC record: `mark` (deliver, with the result in
-        /// Authentication-Results) or `reject` (550 5.7.23). DMARC policies always apply:
-        /// `p=reject` is refused with 550 5.7.1, `p=quarantine` is delivered to Junk.
-        pub spf_fail_without_dmarc: SpfFailPolicy = SpfFailPolicy::Mark,
+        /// Authentication-Results), `junk` or `reject` (550 5.7.23). SPF `softfail` and
+        /// `neutral` are only ever marked.
+        pub spf_fail_without_dmarc: FailureHandling = FailureHandling::Mark,
+        /// Per recipient domain: `[sender_auth.domains."example.org"]` tables with any of
+        /// `check_inbound`, `trusted_relays`, `dmarc_reject`, `dmarc_quarantine` and
+        /// `spf_fail_without_dmarc`; unset keys take the values above. A message whose
+        /// recipients are in domains with different policies gets the stricter of each.
+        pub domains: SenderAuthDomains = SenderAuthDomains::default(),
         /// DKIM signatures checked per message; further ones are ignored (RSA-SHA1 ones are
         /// never verified, RFC 8301).
         pub max_dkim_signatures: usize = 5,
@@ -577,5 +645,87 @@ impl Config {
             listeners.extend(addrs.iter().map(|a| (key, *a)));
         }
         check_distinct(&listeners, errors);
+        self.sender_auth.validate_domains(errors);
     }
+}
+
+impl SenderAuthConfig {
+    /// Each `[sender_auth.domains."…"]` must name a domain, once (names are
+    /// compared as the store keeps them: lower case, IDNA A-labels).
+    fn validate_domains(&self, errors: &mut Vec<ConfigError>) {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for name in self.domains.0.keys() {
+            let key = format!("sender_auth.domains.{name:?}");
+            match mailroom_address::Domain::parse(name) {
+                Err(e) => errors.push(ConfigError {
+                    key,
+                    source: None,
+                    message: format!("not a domain name: {e}"),
+                }),
+                Ok(d) => {
+                    if let Some(first) = seen.insert(d.as_str().to_string(), name) {
+                        errors.push(ConfigError {
+                            key,
+                            source: None,
+                            message: format!("the same domain as {first:?}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The policy for mail to `domain` (as the store writes it): its
+    /// `[sender_auth.domains]` table over the global keys.
+    pub fn domain_policy(&self, domain: &str) -> ResolvedSenderAuth {
+        let global = ResolvedSenderAuth {
+            check_inbound: self.check_inbound,
+            trusted_relays: self.trusted_relays.clone(),
+            dmarc_reject: self.dmarc_reject,
+            dmarc_quarantine: self.dmarc_quarantine,
+            spf_fail_without_dmarc: self.spf_fail_without_dmarc,
+        };
+        let over = self.domains.0.iter().find(|(name, _)| {
+            mailroom_address::Domain::parse(name).is_ok_and(|d| d.as_str() == domain)
+        });
+        let Some((_, o)) = over else {
+            return global;
+        };
+        ResolvedSenderAuth {
+            check_inbound: o.check_inbound.unwrap_or(global.check_inbound),
+            trusted_relays: o.trusted_relays.clone().unwrap_or(global.trusted_relays),
+            dmarc_reject: o.dmarc_reject.unwrap_or(global.dmarc_reject),
+            dmarc_quarantine: o.dmarc_quarantine.unwrap_or(global.dmarc_quarantine),
+            spf_fail_without_dmarc: o
+                .spf_fail_without_dmarc
+                .unwrap_or(global.spf_fail_without_dmarc),
+        }
+    }
+
+    /// Every domain with a table, as the store writes it (IDNA A-labels,
+    /// lower case); names that are not domains are left out (`validate`
+    /// reports them).
+    pub fn policy_domains(&self) -> Vec<String> {
+        self.domains
+            .0
+            .keys()
+            .filter_map(|n| mailroom_address::Domain::parse(n).ok())
+            .map(|d| d.as_str().to_string())
+            .collect()
+    }
+}
+
+/// The policy that applies to one recipient domain, every key resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedSenderAuth {
+    /// Whether its mail is checked.
+    pub check_inbound: bool,
+    /// Clients whose mail to it is not checked.
+    pub trusted_relays: Vec<std::net::IpAddr>,
+    /// DMARC failure under `p=reject`.
+    pub dmarc_reject: FailureHandling,
+    /// DMARC failure under `p=quarantine`.
+    pub dmarc_quarantine: FailureHandling,
+    /// SPF `fail` without DMARC.
+    pub spf_fail_without_dmarc: FailureHandling,
 }

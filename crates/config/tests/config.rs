@@ -125,17 +125,30 @@ fn the_example_file_documents_every_key() {
     let mut section = String::new();
     let mut documented = Vec::new();
     for line in text.lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        // Section headers count commented out too: the per-domain tables
+        // of [sender_auth] are shown that way.
+        let body = line.trim().trim_start_matches('#').trim();
+        if let Some(name) = body.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
             continue;
         }
-        let body = line.trim_start_matches('#').trim();
         if let Some((key, _)) = body.split_once(" = ")
             && !key.contains(' ')
         {
+            if section.starts_with("sender_auth.domains.") {
+                // A domain table: its keys are SenderAuthDomain's.
+                assert!(
+                    mailroom_config::SenderAuthDomain::KEYS.contains(&key),
+                    "mailroom.example.toml shows {key} in {section}, which has no such key"
+                );
+                continue;
+            }
             documented.push(format!("{section}.{key}"));
         }
+    }
+    // Every domain key is a global key of the same name and meaning.
+    for key in mailroom_config::SenderAuthDomain::KEYS {
+        assert!(documented.contains(&format!("sender_auth.{key}")), "{key}");
     }
     for key in Config::all_keys() {
         assert!(
@@ -212,4 +225,101 @@ fn pop3_settings_and_listener_clashes() {
     let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
     assert!(keys.contains(&"pop3.listen"), "{keys:?}");
     assert!(keys.contains(&"pop3.idle_timeout_secs"), "{keys:?}");
+}
+
+/// `[sender_auth.domains."…"]`: each key optional and falling back to the
+/// global one, every bad table reported with its domain, names validated.
+#[test]
+fn sender_auth_domain_policies() {
+    use mailroom_config::FailureHandling as F;
+    let c = load(
+        r#"
+[sender_auth]
+spf_fail_without_dmarc = "junk"
+trusted_relays = ["192.0.2.1"]
+
+[sender_auth.domains."Strict.Example"]
+dmarc_quarantine = "reject"
+spf_fail_without_dmarc = "reject"
+
+[sender_auth.domains."bücher.example"]
+check_inbound = false
+trusted_relays = []
+"#,
+        &[],
+    )
+    .unwrap();
+    let handled = |d: &str| {
+        let p = c.sender_auth.domain_policy(d);
+        (p.dmarc_reject, p.dmarc_quarantine, p.spf_fail_without_dmarc)
+    };
+    assert_eq!(handled("other.example"), (F::Reject, F::Junk, F::Junk));
+    assert_eq!(handled("strict.example"), (F::Reject, F::Reject, F::Reject));
+    let global = c.sender_auth.domain_policy("other.example");
+    assert!(global.check_inbound);
+    let strict = c.sender_auth.domain_policy("strict.example");
+    assert_eq!(strict.trusted_relays, global.trusted_relays);
+    let idn = c.sender_auth.domain_policy("xn--bcher-kva.example");
+    assert!(!idn.check_inbound);
+    assert!(idn.trusted_relays.is_empty());
+    assert_eq!(idn.spf_fail_without_dmarc, F::Junk);
+    assert_eq!(
+        c.sender_auth.policy_domains(),
+        vec![
+            "strict.example".to_string(),
+            "xn--bcher-kva.example".to_string()
+        ]
+    );
+
+    // From the environment, as an inline table.
+    let c = load(
+        "",
+        &[(
+            "MAILROOM_SENDER_AUTH__DOMAINS",
+            r#"{ "a.example" = { dmarc_reject = "mark" } }"#,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.sender_auth.domain_policy("a.example").dmarc_reject,
+        F::Mark
+    );
+
+    let errs = load(
+        r#"
+[sender_auth.domains."a.example"]
+dmarc_rejct = "junk"
+[sender_auth.domains."b.example"]
+dmarc_reject = "bounce"
+"#,
+        &[],
+    )
+    .unwrap_err();
+    let shown = errs.to_string();
+    assert!(
+        shown.contains("sender_auth.domains: \"a.example\": unknown field `dmarc_rejct`"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"b.example\": unknown variant `bounce`"),
+        "{shown}"
+    );
+    let errs = load(
+        r#"
+[sender_auth.domains."not a domain!"]
+[sender_auth.domains."C.example"]
+[sender_auth.domains."c.example"]
+"#,
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "sender_auth.domains.\"c.example\"",
+            "sender_auth.domains.\"not a domain!\""
+        ],
+        "{errs}"
+    );
 }

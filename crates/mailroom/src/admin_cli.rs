@@ -171,6 +171,50 @@ pub async fn run(
                 .map_err(failed)?
                 .into_inner();
             writeln!(out, "domain {} added", d.name)?;
+            writeln!(
+                out,
+                "postmaster@{0} goes to the first account created in it \
+                 (another address: mailroom domain postmaster {0} <address>)",
+                d.name
+            )?;
+        }
+        Command::Domain(DomainCommand::Postmaster {
+            name,
+            address,
+            default,
+        }) => {
+            let d = if address.is_some() || *default {
+                client
+                    .set_domain_postmaster(pb::SetDomainPostmasterRequest {
+                        domain: name.clone(),
+                        address: address.clone().unwrap_or_default(),
+                    })
+                    .await
+            } else {
+                client
+                    .get_domain(pb::GetDomainRequest { name: name.clone() })
+                    .await
+            }
+            .map_err(failed)?
+            .into_inner();
+            let whose = if d.postmaster_configured {
+                "configured"
+            } else {
+                "the first account"
+            };
+            if d.postmaster.is_empty() {
+                writeln!(
+                    out,
+                    "postmaster@{} goes nowhere yet: no account in the domain and no address set",
+                    d.name
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "postmaster@{} goes to {} ({whose}) unless an alias covers it",
+                    d.name, d.postmaster
+                )?;
+            }
         }
         Command::Domain(DomainCommand::List) => {
             let list = client

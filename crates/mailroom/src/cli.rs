@@ -153,6 +153,18 @@ pub enum DomainCommand {
         /// The domain.
         name: String,
     },
+    /// Show or set where postmaster@<domain> goes when no alias covers it
+    /// (default: the domain's first account).
+    Postmaster {
+        /// The domain.
+        name: String,
+        /// The address that receives postmaster@<domain> (local or remote).
+        #[arg(conflicts_with = "default")]
+        address: Option<String>,
+        /// Go back to the default: the domain's first account.
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 /// `mailroom user …`

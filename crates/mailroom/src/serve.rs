@@ -510,6 +510,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             lease_secs: secs(mta.lease_secs),
             delay_warning_secs: secs(mta.delay_warning_secs),
             max_connections_per_destination: mta.max_connections_per_destination,
+            dkim_expiry: Duration::from_secs(config.sender_auth.dkim_expiry_secs),
         };
         let delivery = match &local_mda {
             Some(mda) => mailroom_mta::DeliveryHandle::Local(mda.clone()),
@@ -533,8 +534,9 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             queue_handle(&local_queue, &queue_endpoint, Role::Inbound)?,
             throttle.clone(),
         );
-        if config.sender_auth.check_inbound {
-            server = server.with_sender_auth(sender_auth(&config)?);
+        let policies = sender_auth_policies(&config.sender_auth);
+        if policies.checks_anything() {
+            server = server.with_sender_auth(sender_auth(&config, policies)?);
         }
         let server = Arc::new(server);
         for addr in &config.mta.listen {
@@ -661,18 +663,17 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
 
 /// The inbound sender checks as configured (`[sender_auth]`), asking the
 /// configured DNS servers.
-fn sender_auth(config: &Config) -> anyhow::Result<mailroom_smtp_server::SenderAuth> {
+fn sender_auth(
+    config: &Config,
+    policies: mailroom_sender_auth::Policies,
+) -> anyhow::Result<mailroom_smtp_server::SenderAuth> {
     let sa = &config.sender_auth;
     let resolver = mailroom_sender_auth::dns::resolver(
         &config.mta.dns_servers,
         Duration::from_secs(sa.dns_timeout_secs),
     )
     .map_err(|e| anyhow::anyhow!("sender authentication: {e}"))?;
-    let policy = mailroom_sender_auth::InboundPolicy {
-        spf_fail_without_dmarc: match sa.spf_fail_without_dmarc {
-            mailroom_config::SpfFailPolicy::Mark => mailroom_sender_auth::SpfFailAction::Mark,
-            mailroom_config::SpfFailPolicy::Reject => mailroom_sender_auth::SpfFailAction::Reject,
-        },
+    let limits = mailroom_sender_auth::InboundPolicy {
         max_dkim_signatures: sa.max_dkim_signatures,
         deadline: Duration::from_secs(sa.check_timeout_secs),
     };
@@ -680,10 +681,38 @@ fn sender_auth(config: &Config) -> anyhow::Result<mailroom_smtp_server::SenderAu
         checker: Arc::new(mailroom_sender_auth::Checker::new(
             resolver,
             &config.server.hostname,
-            policy,
+            limits,
         )),
-        trusted_relays: sa.trusted_relays.clone(),
+        policies: Arc::new(policies),
     })
+}
+
+/// `[sender_auth]` and its `[sender_auth.domains."…"]` tables as the
+/// checker's per-domain policies (unset domain keys resolved to the global).
+fn sender_auth_policies(sa: &mailroom_config::SenderAuthConfig) -> mailroom_sender_auth::Policies {
+    use mailroom_config::FailureHandling as F;
+    use mailroom_sender_auth::Handling as H;
+    let handling = |f: F| match f {
+        F::Mark => H::Mark,
+        F::Junk => H::Junk,
+        F::Reject => H::Reject,
+    };
+    let policy = |r: mailroom_config::ResolvedSenderAuth| mailroom_sender_auth::DomainPolicy {
+        check: r.check_inbound,
+        trusted_relays: r.trusted_relays,
+        decisions: mailroom_sender_auth::Decisions {
+            dmarc_reject: handling(r.dmarc_reject),
+            dmarc_quarantine: handling(r.dmarc_quarantine),
+            spf_fail_without_dmarc: handling(r.spf_fail_without_dmarc),
+        },
+    };
+    mailroom_sender_auth::Policies::new(
+        // No domain is called "": the global keys alone.
+        policy(sa.domain_policy("")),
+        sa.policy_domains()
+            .into_iter()
+            .map(|d| (d.clone(), policy(sa.domain_policy(&d)))),
+    )
 }
 
 #[cfg(test)]

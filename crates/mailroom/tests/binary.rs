@@ -41,18 +41,20 @@ fn config_check_reports_every_error_at_once() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[server]\nshutdown_grace_secs = -1\n[store]\nurl = \"mysql://x\"\n[admin]\nlisten = \"nowhere\"\nextra = 1\n",
+        "[server]\nshutdown_grace_secs = -1\n[store]\nurl = \"mysql://x\"\n[admin]\nlisten = \"nowhere\"\nextra = 1\n\
+         [sender_auth.domains.\"bad name!\"]\ndmarc_reject = \"junk\"\n",
     )
     .unwrap();
     let out = mailroom(&["config", "check", bad.to_str().unwrap()], "");
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("4 configuration errors"), "{err}");
+    assert!(err.contains("5 configuration errors"), "{err}");
     for key in [
         "server.shutdown_grace_secs",
         "store.url",
         "admin.listen",
         "admin.extra",
+        "sender_auth.domains.\"bad name!\": not a domain name",
     ] {
         assert!(err.contains(key), "{key} not reported: {err}");
     }

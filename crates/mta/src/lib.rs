@@ -114,29 +114,41 @@ impl QueueService {
             tracing::error!(error = %e, "cannot read the DKIM keys");
             Status::unavailable("the queue is unavailable; try again later")
         })?;
-        if keys.is_empty() {
-            return Ok(message);
+        Ok(sign_with(message, &keys, self.dkim_expiry))
+    }
+}
+
+/// `message` with one `DKIM-Signature` per key of `keys` on top (none:
+/// unchanged). A key that cannot be used is logged and the message goes
+/// unsigned rather than stuck.
+pub(crate) fn sign_with(
+    message: Vec<u8>,
+    keys: &[mailroom_store::DkimSigningKey],
+    expiry: Duration,
+) -> Vec<u8> {
+    let Some(first) = keys.first() else {
+        return message;
+    };
+    let signing: Vec<mailroom_sender_auth::signing::SigningKey<'_>> = keys
+        .iter()
+        .map(|k| mailroom_sender_auth::signing::SigningKey {
+            domain: &k.info.domain,
+            selector: &k.info.selector,
+            algorithm: &k.info.algorithm,
+            private_key_pem: &k.private_key,
+        })
+        .collect();
+    match mailroom_sender_auth::signing::sign(&message, &signing, expiry) {
+        Ok(headers) => {
+            let mut signed = Vec::with_capacity(headers.len() + message.len());
+            signed.extend_from_slice(headers.as_bytes());
+            signed.extend_from_slice(&message);
+            signed
         }
-        let keys: Vec<mailroom_sender_auth::signing::SigningKey<'_>> = keys
-            .iter()
-            .map(|k| mailroom_sender_auth::signing::SigningKey {
-                domain: &k.info.domain,
-                selector: &k.info.selector,
-                algorithm: &k.info.algorithm,
-                private_key_pem: &k.private_key,
-            })
-            .collect();
-        match mailroom_sender_auth::signing::sign(&message, &keys, self.dkim_expiry) {
-            Ok(headers) => {
-                let mut signed = Vec::with_capacity(headers.len() + message.len());
-                signed.extend_from_slice(headers.as_bytes());
-                signed.extend_from_slice(&message);
-                Ok(signed)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, %domain, "DKIM signing failed; the message goes unsigned");
-                Ok(message)
-            }
+        Err(e) => {
+            let domain = &first.info.domain;
+            tracing::error!(error = %e, %domain, "DKIM signing failed; the message goes unsigned");
+            message
         }
     }
 }

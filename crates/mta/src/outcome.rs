@@ -12,12 +12,19 @@
 //!   message was queued at least `mta.delay_warning_secs` ago (0 turns
 //!   notices off), none was sent for it yet, its sender is not `<>` and its
 //!   `NOTIFY` allows it (RFC 3461 §4.1). It is sent at the first deferral
-//!   after that moment, since deferrals are when the queue looks at it.
+//!   after that moment, since deferrals are when the queue looks at it;
+//! * every report is DKIM-signed (RFC 6376) as it is rendered, with the
+//!   active keys of our host name's domain or, failing that, of its closest
+//!   parent domain with keys (its `From:` is `MAILER-DAEMON@<hostname>`, so
+//!   `d=` aligns with it under DMARC's relaxed alignment, RFC 7489 §3.1.1);
+//!   without keys, or when they cannot be read, it goes unsigned rather
+//!   than not at all.
 
 use std::sync::Arc;
 
 use mailroom_store::{
-    AttemptResult, LeasedRecipient, OwedReport, QueuedMessage, RecipientResult, Store,
+    AttemptResult, DkimSigningKey, LeasedRecipient, OwedReport, QueuedMessage, RecipientResult,
+    Store,
 };
 
 use crate::dsn::{self, ReportKind, ReportedRecipient};
@@ -35,6 +42,8 @@ pub(crate) struct Reporting {
     /// "delivered" report (RFC 3461 §6.2.6.1): true for the local worker.
     /// The relay passes `NOTIFY` on to the next server, which reports.
     pub reports_success: bool,
+    /// `x=` of the reports' DKIM signatures (`sender_auth.dkim_expiry_secs`).
+    pub dkim_expiry: std::time::Duration,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -66,9 +75,43 @@ fn reported(r: &LeasedRecipient, response: &str) -> ReportedRecipient {
     }
 }
 
-/// The reports owed by the recorded results among `results`.
+/// The keys reports are signed with: the active DKIM keys of `hostname`'s
+/// domain, else of its closest parent with keys (not a top-level name).
+/// None found, or the store failing: no keys (the report goes unsigned).
+pub(crate) async fn report_keys(store: &Store, hostname: &str) -> Vec<DkimSigningKey> {
+    let mut name = hostname.trim_end_matches('.');
+    while name.contains('.') {
+        if let Ok(domain) = mailroom_address::Domain::parse(name) {
+            match store.dkim_signing_keys(&domain).await {
+                Ok(keys) if !keys.is_empty() => return keys,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the DKIM keys; reports go unsigned");
+                    return Vec::new();
+                }
+            }
+        }
+        name = name.split_once('.').map_or("", |(_, parent)| parent);
+    }
+    Vec::new()
+}
+
+/// Whether recording `results` may owe a report (so its keys are worth
+/// reading first).
+fn may_report(reporting: &Reporting, queued: &QueuedMessage, results: &[RecipientResult]) -> bool {
+    !queued.envelope.sender.is_empty()
+        && results.iter().any(|r| match r.result {
+            AttemptResult::Failed { .. } => true,
+            AttemptResult::Deferred { .. } => r.delay_notice,
+            AttemptResult::Delivered => reporting.reports_success,
+        })
+}
+
+/// The reports owed by the recorded results among `results`, signed with
+/// `keys`.
 fn owed_reports(
     reporting: &Reporting,
+    keys: &[DkimSigningKey],
     queued: &QueuedMessage,
     recipients: &[LeasedRecipient],
     results: &[RecipientResult],
@@ -110,6 +153,7 @@ fn owed_reports(
             now,
             rand::random(),
         );
+        let message = crate::sign_with(message, keys, reporting.dkim_expiry);
         out.push(OwedReport {
             envelope: dsn::envelope_for(&queued.envelope, &message),
             message,
@@ -172,9 +216,14 @@ pub(crate) async fn record(
         metrics::counter!("mailroom_delivery_results_total", "kind" => kind, "result" => result)
             .increment(1);
     }
+    let keys = if may_report(reporting, queued, &input) {
+        report_keys(store, &reporting.hostname).await
+    } else {
+        Vec::new()
+    };
     let finished = store
         .finish_attempts(worker, queue_id, &input, |recorded| {
-            owed_reports(reporting, queued, recipients, &input, recorded, now)
+            owed_reports(reporting, &keys, queued, recipients, &input, recorded, now)
         })
         .await;
     match finished {
@@ -408,6 +457,7 @@ mod tests {
         max_queue_age_secs: 3600,
         delay_warning_secs: 4 * 3600,
         reports_success: false,
+        dkim_expiry: std::time::Duration::from_secs(0),
     };
 
     #[test]
@@ -485,15 +535,34 @@ mod tests {
                 delay_notice: true,
             },
         ];
-        let both = owed_reports(&REPORTING, &q, &recipients, &results, &[true, true], 0);
+        let both = owed_reports(&REPORTING, &[], &q, &recipients, &results, &[true, true], 0);
         assert_eq!(both.len(), 2, "a failure report and a delay notice");
         let text = String::from_utf8_lossy(&both[1].message).into_owned();
         assert!(
             text.contains("Action: delayed\r\nStatus: 4.2.1\r\n"),
             "{text}"
         );
-        assert!(owed_reports(&REPORTING, &q, &recipients, &results, &[false, false], 0).is_empty());
-        let one = owed_reports(&REPORTING, &q, &recipients, &results, &[false, true], 0);
+        assert!(
+            owed_reports(
+                &REPORTING,
+                &[],
+                &q,
+                &recipients,
+                &results,
+                &[false, false],
+                0
+            )
+            .is_empty()
+        );
+        let one = owed_reports(
+            &REPORTING,
+            &[],
+            &q,
+            &recipients,
+            &results,
+            &[false, true],
+            0,
+        );
         assert_eq!(one.len(), 1);
     }
 }

@@ -80,6 +80,8 @@ pub struct RelaySettings {
     pub delay_warning_secs: i64,
     /// Concurrent sessions per destination domain (`mta.max_connections_per_destination`).
     pub max_connections_per_destination: usize,
+    /// `x=` of the DKIM signatures of our reports (`sender_auth.dkim_expiry_secs`).
+    pub dkim_expiry: std::time::Duration,
 }
 
 /// The delay before retry number `attempts + 1`: `first` doubled per
@@ -211,6 +213,7 @@ impl Relay {
             max_queue_age_secs: settings.max_queue_age_secs,
             delay_warning_secs: settings.delay_warning_secs,
             reports_success: false,
+            dkim_expiry: settings.dkim_expiry,
         };
         Ok(Relay {
             inner: Arc::new(Inner {

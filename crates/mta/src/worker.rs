@@ -114,6 +114,7 @@ impl LocalDelivery {
                 max_queue_age_secs: mailroom_store::DEFAULT_MAX_QUEUE_SECS,
                 delay_warning_secs: 0,
                 reports_success: true,
+                dkim_expiry: crate::DKIM_EXPIRY,
             },
         }
     }
@@ -129,6 +130,7 @@ impl LocalDelivery {
             max_queue_age_secs: settings.max_queue_age_secs,
             delay_warning_secs: settings.delay_warning_secs,
             reports_success: true,
+            dkim_expiry: settings.dkim_expiry,
         };
         self
     }

@@ -17,12 +17,14 @@
 //! * DKIM: RSA-SHA1 signatures are never verified and count as `permerror`
 //!   (RFC 8301 §3.1); at most `max_dkim_signatures` others are checked, so
 //!   a message with a thousand signatures costs no more than one with five;
-//! * the decision (see [`Action`]): DMARC `p=reject` failing → refused with
-//!   `550 5.7.1`; `p=quarantine` → delivered to Junk; a DNS temporary error
-//!   on a check that decides the outcome → `451` (the sender retries),
-//!   never a silent pass; SPF `fail` without a DMARC record → per policy
-//!   (default: delivered, marked; refused, the reply carries the domain's
-//!   `exp=` explanation, RFC 7208 §8.4); `softfail`/`neutral` → marked only;
+//! * the decision (see [`Action`]) follows the message's
+//!   [`Decisions`](crate::policy::Decisions): DMARC `p=reject` failing →
+//!   by default refused with `550 5.7.1`; `p=quarantine` → by default
+//!   delivered to Junk; SPF `fail` without a DMARC record → by default
+//!   delivered, marked (when refused, the reply carries the domain's `exp=`
+//!   explanation, RFC 7208 §8.4); `softfail`/`neutral` → marked only; a DNS temporary
+//!   error on a check that decides the outcome (one whose failure would
+//!   not only be marked) → `451` (the sender retries), never a silent pass;
 //! * all lookups go through one resolver with a per-query timeout, and the
 //!   whole check has a deadline: past it, the answer is `451 4.7.0`.
 
@@ -41,26 +43,15 @@ use mail_auth::{
 };
 pub use mail_auth::{SpfOutput, SpfResult};
 
+use crate::policy::{Decisions, Handling};
 use crate::spf;
 
 /// The most of a domain's SPF explanation an SMTP reply repeats.
 const MAX_EXPLANATION: usize = 200;
 
-/// What to do with mail whose SPF check fails when its domain has no DMARC record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SpfFailAction {
-    /// Deliver it, with the result in `Authentication-Results`.
-    #[default]
-    Mark,
-    /// Refuse it (`550 5.7.23`, RFC 7372).
-    Reject,
-}
-
-/// The receiving policy.
+/// The limits of the checks (what failures do is per message: [`Decisions`]).
 #[derive(Debug, Clone)]
 pub struct InboundPolicy {
-    /// SPF `fail` with no DMARC record.
-    pub spf_fail_without_dmarc: SpfFailAction,
     /// DKIM signatures checked per message (RFC 6376 §6.1 lets a verifier
     /// limit them); more are ignored.
     pub max_dkim_signatures: usize,
@@ -71,7 +62,6 @@ pub struct InboundPolicy {
 impl Default for InboundPolicy {
     fn default() -> Self {
         InboundPolicy {
-            spf_fail_without_dmarc: SpfFailAction::Mark,
             max_dkim_signatures: 5,
             deadline: Duration::from_secs(30),
         }
@@ -145,9 +135,16 @@ impl Checker {
     }
 
     /// Checks `message` (our forged-results removal already done, see
-    /// [`strip_our_results`]) received with `envelope`.
-    pub async fn check(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
-        match tokio::time::timeout(self.policy.deadline, self.evaluate(envelope, message)).await {
+    /// [`strip_our_results`]) received with `envelope`; `decisions` say what
+    /// failures do (see [`crate::policy::Policies::for_message`]).
+    pub async fn check(
+        &self,
+        envelope: Envelope<'_>,
+        message: &[u8],
+        decisions: Decisions,
+    ) -> Verdict {
+        let checks = self.evaluate(envelope, message, decisions);
+        match tokio::time::timeout(self.policy.deadline, checks).await {
             Ok(verdict) => verdict,
             Err(_) => Verdict {
                 headers: String::new(),
@@ -160,7 +157,12 @@ impl Checker {
         }
     }
 
-    async fn evaluate(&self, envelope: Envelope<'_>, message: &[u8]) -> Verdict {
+    async fn evaluate(
+        &self,
+        envelope: Envelope<'_>,
+        message: &[u8],
+        decisions: Decisions,
+    ) -> Verdict {
         let ip = envelope.ip;
         let helo = helo_domain(envelope.helo);
         let host = self.hostname.as_str();
@@ -181,7 +183,7 @@ impl Checker {
                 ReceivedSpf::new(&spf_mail_from, ip, envelope.helo, envelope.mail_from, host)
                     .to_header()
             );
-            let action = self.without_dmarc(&spf_mail_from);
+            let action = without_dmarc(&spf_mail_from, decisions);
             return Verdict { headers, action };
         };
 
@@ -235,31 +237,40 @@ impl Checker {
         let several =
             dmarc.dmarc_record().is_some() && dmarc_records(&self.auth.0, dmarc.domain()).await > 1;
         let action = match dmarc.result() {
-            _ if several => self.without_dmarc(&spf_mail_from),
+            _ if several => without_dmarc(&spf_mail_from, decisions),
             DmarcResult::Pass => Action::Accept,
             // No record, or no single author domain (RFC 7489 §6.6.1).
-            DmarcResult::None => self.without_dmarc(&spf_mail_from),
+            DmarcResult::None => without_dmarc(&spf_mail_from, decisions),
             // The policy record itself could not be read: it may say reject.
             DmarcResult::TempError(_) if dmarc.dmarc_record().is_none() => {
-                temp_dmarc(dmarc.domain())
+                if decisions.any_decides() {
+                    temp_dmarc(dmarc.domain())
+                } else {
+                    Action::Accept
+                }
             }
-            DmarcResult::TempError(_) => match dmarc.policy() {
-                // A retry could turn it into a pass: only then may it decide.
-                Policy::Reject | Policy::Quarantine => temp_dmarc(dmarc.domain()),
-                Policy::None | Policy::Unspecified => Action::Accept,
+            // A retry could turn it into a pass: only then may it decide.
+            DmarcResult::TempError(_) => match dmarc_handling(dmarc.policy(), decisions) {
+                Handling::Mark => Action::Accept,
+                Handling::Junk | Handling::Reject => temp_dmarc(dmarc.domain()),
             },
-            DmarcResult::Fail(_) | DmarcResult::PermError(_) => match dmarc.policy() {
-                Policy::Reject => Action::Reject(
-                    550,
-                    "5.7.1",
-                    format!(
-                        "message refused: it fails the DMARC policy (p=reject) of {}",
-                        dmarc.domain()
+            DmarcResult::Fail(_) | DmarcResult::PermError(_) => {
+                let p = match dmarc.policy() {
+                    Policy::Reject => "reject",
+                    _ => "quarantine",
+                };
+                handle(
+                    dmarc_handling(dmarc.policy(), decisions),
+                    Action::Reject(
+                        550,
+                        "5.7.1",
+                        format!(
+                            "message refused: it fails the DMARC policy (p={p}) of {}",
+                            dmarc.domain()
+                        ),
                     ),
-                ),
-                Policy::Quarantine => Action::Quarantine,
-                Policy::None | Policy::Unspecified => Action::Accept,
-            },
+                )
+            }
         };
         Verdict { headers, action }
     }
@@ -293,40 +304,6 @@ impl Checker {
             spf_helo,
             self.spf(ip, &domain, local, helo.unwrap_or(helo_as_sent))
         )
-    }
-
-    /// The decision when no DMARC policy applies: SPF alone.
-    fn without_dmarc(&self, spf: &SpfOutput) -> Action {
-        match (spf.result(), self.policy.spf_fail_without_dmarc) {
-            (SpfResult::Fail, SpfFailAction::Reject) => Action::Reject(
-                550,
-                "5.7.23",
-                match spf.explanation() {
-                    // RFC 7208 §8.4: the domain's explanation (§6.2) may be
-                    // given in the reply. It is the sender's text (and may
-                    // hold the envelope's local-part): only printable ASCII
-                    // is kept, cut short.
-                    Some(why) => format!(
-                        "message refused: SPF check of {} failed: {}",
-                        spf.domain(),
-                        why.chars()
-                            .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                            .take(MAX_EXPLANATION)
-                            .collect::<String>()
-                    ),
-                    None => format!("message refused: SPF check of {} failed", spf.domain()),
-                },
-            ),
-            (SpfResult::TempError, SpfFailAction::Reject) => Action::TempFail(
-                451,
-                "4.7.24",
-                format!(
-                    "SPF check of {} could not be completed, try again later",
-                    spf.domain()
-                ),
-            ),
-            _ => Action::Accept,
-        }
     }
 
     /// SPF by our evaluator, as the `SpfOutput` `mail-auth`'s DMARC and
@@ -369,6 +346,64 @@ fn mail_from_domain(mail_from: &str, helo: Option<&str>) -> String {
     match mail_from.rsplit_once('@') {
         Some((_, d)) => d.to_ascii_lowercase(),
         None => helo.unwrap_or_default().to_ascii_lowercase(),
+    }
+}
+
+/// The decision when no DMARC policy applies: SPF alone. Only `fail` may
+/// change delivery (`softfail` and `neutral` are marked); a temporary error
+/// asks for a retry when a `fail` would have changed it.
+fn without_dmarc(spf: &SpfOutput, decisions: Decisions) -> Action {
+    let handling = decisions.spf_fail_without_dmarc;
+    match spf.result() {
+        SpfResult::Fail => handle(
+            handling,
+            Action::Reject(
+                550,
+                "5.7.23",
+                match spf.explanation() {
+                    // RFC 7208 §8.4: the domain's explanation (§6.2) may be
+                    // given in the reply. It is the sender's text (and may
+                    // hold the envelope's local-part): only printable ASCII
+                    // is kept, cut short.
+                    Some(why) => format!(
+                        "message refused: SPF check of {} failed: {}",
+                        spf.domain(),
+                        why.chars()
+                            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                            .take(MAX_EXPLANATION)
+                            .collect::<String>()
+                    ),
+                    None => format!("message refused: SPF check of {} failed", spf.domain()),
+                },
+            ),
+        ),
+        SpfResult::TempError if handling != Handling::Mark => Action::TempFail(
+            451,
+            "4.7.24",
+            format!(
+                "SPF check of {} could not be completed, try again later",
+                spf.domain()
+            ),
+        ),
+        _ => Action::Accept,
+    }
+}
+
+/// What a DMARC failure under `policy` does (`p=none`: nothing).
+fn dmarc_handling(policy: Policy, decisions: Decisions) -> Handling {
+    match policy {
+        Policy::Reject => decisions.dmarc_reject,
+        Policy::Quarantine => decisions.dmarc_quarantine,
+        Policy::None | Policy::Unspecified => Handling::Mark,
+    }
+}
+
+/// The action for a failure handled as `handling`, refused with `refusal`.
+fn handle(handling: Handling, refusal: Action) -> Action {
+    match handling {
+        Handling::Mark => Action::Accept,
+        Handling::Junk => Action::Quarantine,
+        Handling::Reject => refusal,
     }
 }
 

@@ -7,6 +7,7 @@
 //!   8301), ARC (RFC 8617, recorded only), DMARC (RFC 7489 as revised by
 //!   DMARCbis) with the policy decision, and the `Authentication-Results`
 //!   (RFC 8601) and `Received-SPF` header fields that record it all;
+//! * [`policy`]: what failures do, per recipient domain with a global default;
 //! * [`signing`]: DKIM signatures for mail leaving our domains;
 //! * [`keys`]: DKIM key generation and the DNS records to publish;
 //! * [`spf`]: our RFC 7208 SPF evaluator (record grammar, macros,
@@ -27,7 +28,9 @@
 pub mod dns;
 pub mod inbound;
 pub mod keys;
+pub mod policy;
 pub mod signing;
 pub mod spf;
 
-pub use inbound::{Action, Checker, InboundPolicy, SpfFailAction, Verdict};
+pub use inbound::{Action, Checker, InboundPolicy, Verdict};
+pub use policy::{Decisions, DomainPolicy, Handling, Policies};

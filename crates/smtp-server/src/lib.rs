@@ -133,8 +133,9 @@ pub struct SmtpServer {
 pub struct SenderAuth {
     /// Runs the checks.
     pub checker: Arc<mailroom_sender_auth::Checker>,
-    /// Clients whose mail is not checked (our own relays in front of us).
-    pub trusted_relays: Vec<std::net::IpAddr>,
+    /// What failures do, per recipient domain, and whose mail is not
+    /// checked (domains with checks off, trusted relays).
+    pub policies: Arc<mailroom_sender_auth::Policies>,
 }
 
 /// Where accepted messages go: the MTA's `Queue` service.

@@ -922,9 +922,18 @@ async fn check_sender(
     let Some(auth) = server.sender_auth.as_ref() else {
         return Ok((String::new(), false));
     };
-    if server.mode != Mode::Inbound || auth.trusted_relays.contains(&state.peer.ip()) {
+    if server.mode != Mode::Inbound {
         return Ok((String::new(), false));
     }
+    // One decision for the message: the stricter policy of its recipients'
+    // domains; unchecked only if none of them checks this client.
+    let domains = tx
+        .recipients
+        .iter()
+        .map(|rc| rc.address.rsplit_once('@').map_or("", |(_, d)| d));
+    let Some(decisions) = auth.policies.for_message(state.peer.ip(), domains) else {
+        return Ok((String::new(), false));
+    };
     let mail_from = match &tx.from {
         ReversePath::Null => String::new(),
         ReversePath::Path(p) => p.mailbox(),
@@ -934,7 +943,7 @@ async fn check_sender(
         helo: state.helo.as_ref().map_or("", |h| h.as_sent.as_str()),
         mail_from: &mail_from,
     };
-    let verdict = auth.checker.check(envelope, message).await;
+    let verdict = auth.checker.check(envelope, message, decisions).await;
     tracing::info!(session = %state.id, action = ?verdict.action, "sender authentication");
     match verdict.action {
         Action::Accept => Ok((verdict.headers, false)),

@@ -286,7 +286,8 @@ impl Store {
     /// addresses it forwards to: exact account, aliases (followed
     /// transitively, loops detected), plus-addressing, then the domain's
     /// catch-all; `postmaster@` with none of these reaches the domain's
-    /// first account (RFC 5321 §4.5.1).
+    /// configured postmaster address, else its first account (RFC 5321
+    /// §4.5.1).
     pub async fn resolve_recipient(
         &self,
         address: &Address,
@@ -342,12 +343,14 @@ impl Store {
                 }
             }
             // RFC 5321 §4.5.1: postmaster@ every domain of ours is deliverable;
-            // without an alias (or catch-all) it reaches the domain's first account.
-            if !found
-                && addr.local_part().eq_ignore_ascii_case("postmaster")
-                && let Some((a, first)) = self.first_account(addr.domain()).await?
-            {
-                reached.account(a, first, None);
+            // without an alias (or catch-all) it reaches the configured
+            // address, followed like an alias target, else the first account.
+            if !found && addr.local_part().eq_ignore_ascii_case("postmaster") {
+                if let Some(target) = self.configured_postmaster(addr.domain()).await? {
+                    queue.push_back((target, depth + 1));
+                } else if let Some((a, first)) = self.first_account(addr.domain()).await? {
+                    reached.account(a, first, None);
+                }
             }
         }
         resolved.local = reached.local.into_iter().collect();
@@ -362,6 +365,22 @@ impl Store {
             }));
         }
         Ok(Ok(resolved))
+    }
+
+    /// The domain's configured postmaster address, if any (a stored value
+    /// that no longer parses counts as none: the first account takes over).
+    async fn configured_postmaster(&self, domain: &Domain) -> Result<Option<Address>> {
+        let configured: Option<String> = on_backend!(self, |pool| {
+            let row = sqlx::query("SELECT postmaster FROM domains WHERE name = $1")
+                .bind(domain.as_str())
+                .fetch_optional(pool)
+                .await?;
+            match row {
+                Some(row) => row.try_get("postmaster")?,
+                None => None,
+            }
+        });
+        Ok(configured.and_then(|c| Address::parse(&c).ok()))
     }
 
     /// The domain's first account (the postmaster of last resort) and its address.

@@ -41,6 +41,21 @@ pub struct DomainEntry {
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// The configured postmaster: where `postmaster@` goes when no alias
+    /// covers it. `None`: the domain's first account.
+    pub postmaster: Option<String>,
+}
+
+/// Where `postmaster@<domain>` goes when no alias or catch-all covers it
+/// (RFC 5321 §4.5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Postmaster {
+    /// The address configured for the domain.
+    Configured(String),
+    /// Nothing configured: the domain's first account (the oldest one).
+    FirstAccount(String),
+    /// Nothing configured and no account yet: `postmaster@` is refused.
+    Nobody,
 }
 
 /// A mail account (a login and its mailboxes). The password hash never
@@ -240,25 +255,87 @@ impl Store {
             id,
             name: domain.to_string(),
             created_at,
+            postmaster: None,
         })
     }
 
     /// Every served domain, by name.
     pub async fn list_domains(&self) -> Result<Vec<DomainEntry>> {
         Ok(on_backend!(self, |pool| {
-            let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
-                .fetch_all(pool)
-                .await?;
+            let rows =
+                sqlx::query("SELECT id, name, created_at, postmaster FROM domains ORDER BY name")
+                    .fetch_all(pool)
+                    .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(DomainEntry {
                     id: row.try_get("id")?,
                     name: row.try_get("name")?,
                     created_at: row.try_get("created_at")?,
+                    postmaster: row.try_get("postmaster")?,
                 });
             }
             out
         }))
+    }
+
+    /// Sets where `postmaster@<domain>` goes when no alias or catch-all
+    /// covers it; `None` returns to the default, the domain's first account.
+    /// The target may be any address but the postmaster itself (a local one
+    /// is resolved at delivery, like an alias target).
+    pub async fn set_domain_postmaster(
+        &self,
+        domain: &Domain,
+        target: Option<&Address>,
+    ) -> Result<Postmaster> {
+        if let Some(t) = target
+            && t.domain() == domain
+            && t.local_part().eq_ignore_ascii_case("postmaster")
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "the postmaster of {domain} cannot be {t} itself"
+            )));
+        }
+        let updated = on_backend!(self, |pool| {
+            sqlx::query("UPDATE domains SET postmaster = $1 WHERE name = $2")
+                .bind(target.map(|t| t.to_string()))
+                .bind(domain.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if updated == 0 {
+            return Err(not_served(domain));
+        }
+        self.domain_postmaster(domain).await
+    }
+
+    /// Where `postmaster@<domain>` goes when no alias or catch-all covers it.
+    pub async fn domain_postmaster(&self, domain: &Domain) -> Result<Postmaster> {
+        let row = on_backend!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT d.postmaster,
+                        (SELECT a.address FROM accounts a WHERE a.domain_id = d.id
+                          ORDER BY a.id LIMIT 1) AS first_account
+                   FROM domains d WHERE d.name = $1",
+            )
+            .bind(domain.as_str())
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(row) => Some((
+                    row.try_get::<Option<String>, _>("postmaster")?,
+                    row.try_get::<Option<String>, _>("first_account")?,
+                )),
+                None => None,
+            }
+        });
+        Ok(match row {
+            None => return Err(not_served(domain)),
+            Some((Some(configured), _)) => Postmaster::Configured(configured),
+            Some((None, Some(first))) => Postmaster::FirstAccount(first),
+            Some((None, None)) => Postmaster::Nobody,
+        })
     }
 
     /// Whether mail for `domain` is received here.

@@ -46,7 +46,9 @@ pub mod testing;
 
 pub use blobs::BlobHash;
 pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
-pub use directory::{Account, Alias, AliasSource, DomainEntry, Mailbox, SPECIAL_MAILBOXES};
+pub use directory::{
+    Account, Alias, AliasSource, DomainEntry, Mailbox, Postmaster, SPECIAL_MAILBOXES,
+};
 pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;

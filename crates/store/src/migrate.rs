@@ -52,6 +52,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0006_sender_auth.sql"),
         false,
     ),
+    (
+        7,
+        "domain postmaster",
+        include_str!("../migrations/0007_domain_postmaster.sql"),
+        false,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.

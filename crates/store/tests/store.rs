@@ -604,13 +604,12 @@ mod queue_leases {
 }
 
 /// RFC 5321 §4.5.1: postmaster@ reaches the alias when there is one, else
-/// the domain's first account; a domain without accounts has no postmaster.
+/// the configured postmaster address, else the domain's first account; a
+/// domain without either has no postmaster.
 async fn postmaster_is_always_deliverable(store: &Store) {
     store.add_domain(&d("example.test")).await.unwrap();
-    let none = store
-        .resolve_recipient(&a("postmaster@example.test"))
-        .await
-        .unwrap();
+    let resolve = async |address: &str| store.resolve_recipient(&a(address)).await.unwrap();
+    let none = resolve("postmaster@example.test").await;
     assert!(none.is_err(), "{none:?}");
     store
         .create_account(&a("first@example.test"), PW, 0)
@@ -626,12 +625,48 @@ async fn postmaster_is_always_deliverable(store: &Store) {
             .map(|t| t.address.clone())
             .collect::<Vec<_>>()
     };
-    let r = store
-        .resolve_recipient(&a("PostMaster@Example.Test"))
-        .await
-        .unwrap()
-        .unwrap();
+    let r = resolve("PostMaster@Example.Test").await.unwrap();
     assert_eq!(to(r), ["first@example.test"]);
+    // A configured address wins over the first account: local, or remote
+    // (followed like an alias target); never the postmaster itself.
+    use mailroom_store::Postmaster;
+    let pm = d("example.test");
+    assert_eq!(
+        store.domain_postmaster(&pm).await.unwrap(),
+        Postmaster::FirstAccount("first@example.test".into())
+    );
+    assert_eq!(
+        store
+            .set_domain_postmaster(&pm, Some(&a("ops@remote.test")))
+            .await
+            .unwrap(),
+        Postmaster::Configured("ops@remote.test".into())
+    );
+    let r = resolve("postmaster@example.test").await.unwrap();
+    assert!(r.local.is_empty());
+    assert_eq!(r.remote, ["ops@remote.test"]);
+    store
+        .set_domain_postmaster(&pm, Some(&a("second@example.test")))
+        .await
+        .unwrap();
+    let r = resolve("postmaster@example.test").await.unwrap();
+    assert_eq!(to(r), ["second@example.test"]);
+    let err = store
+        .set_domain_postmaster(&pm, Some(&a("PostMaster@example.test")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    let err = store
+        .set_domain_postmaster(&d("other.test"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(
+        store.set_domain_postmaster(&pm, None).await.unwrap(),
+        Postmaster::FirstAccount("first@example.test".into())
+    );
+    let listed = store.list_domains().await.unwrap();
+    assert_eq!(listed[0].postmaster, None);
     store
         .add_alias(
             &AliasSource::parse("postmaster@example.test").unwrap(),
@@ -639,20 +674,10 @@ async fn postmaster_is_always_deliverable(store: &Store) {
         )
         .await
         .unwrap();
-    let r = store
-        .resolve_recipient(&a("postmaster@example.test"))
-        .await
-        .unwrap()
-        .unwrap();
+    let r = resolve("postmaster@example.test").await.unwrap();
     assert_eq!(to(r), ["second@example.test"]);
     // Other unknown users stay unknown.
-    assert!(
-        store
-            .resolve_recipient(&a("nobody@example.test"))
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(resolve("nobody@example.test").await.is_err());
 }
 
 /// DKIM keys: listed without private keys, only active ones sign,
