@@ -118,6 +118,27 @@ impl Stack {
     }
 }
 
+/// How long `/readyz` waits for the database before saying "not ready"
+/// (below the probes' one-second default timeout would be too tight for a
+/// busy pool; the manifests give the probe more).
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when the store answers `SELECT 1` within [`READINESS_TIMEOUT`].
+/// Every service reads or writes the store for its work, so none is useful
+/// without it.
+fn store_readiness(store: Store) -> mailroom_telemetry::metrics_endpoint::Readiness {
+    std::sync::Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the database does not answer: {e}")),
+                Err(_) => Err("the database does not answer in time".to_string()),
+            }
+        })
+    })
+}
+
 /// Shows a store URL without its password.
 fn describe_store(url: &str) -> String {
     if let Some(rest) = url
@@ -373,11 +394,12 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         listeners.push(ListenerInfo {
             service: "metrics",
             addr: listener.local_addr(),
-            mode: "HTTP, Prometheus GET /metrics".into(),
+            mode: "HTTP, Prometheus GET /metrics; probes GET /livez, /readyz".into(),
         });
         let stop = shutdown.token();
         shutdown.spawn(mailroom_telemetry::metrics_endpoint::serve(
             listener.into_tcp(),
+            store_readiness(store.clone()),
             async move { stop.cancelled().await },
         ));
         if runs(ServiceName::Mta) {

@@ -380,6 +380,15 @@ impl Store {
     }
 
     /// Closes every connection (waits for those in use to come back).
+    /// Whether the database answers: one `SELECT 1` through the pool (a
+    /// readiness probe; the caller bounds how long it waits).
+    pub async fn ping(&self) -> Result<()> {
+        on_backend!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
     pub async fn close(&self) {
         if let Some(lane) = &self.shared.lane {
             lane.close().await;
