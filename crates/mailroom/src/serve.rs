@@ -283,12 +283,17 @@ fn spawn_sessions<S: mailroom_net::Session>(
     });
 }
 
-/// Keeps `mailroom_queue_recipients{state}` and
-/// `mailroom_queue_oldest_age_seconds` current (every 15 s) while the
-/// metrics endpoint is on.
-async fn queue_gauges(store: Store, stop: tokio_util::sync::CancellationToken) {
+/// Keeps the sampled gauges current (every 15 s) while the metrics
+/// endpoint is on: `mailroom_store_pool_connections{state}` always, and
+/// with the MTA `mailroom_queue_recipients{state}` and
+/// `mailroom_queue_oldest_age_seconds`.
+async fn sampled_gauges(store: Store, queue: bool, stop: tokio_util::sync::CancellationToken) {
     loop {
-        if let Ok(s) = store.queue_summary().await {
+        let (open, idle) = store.pool_connections();
+        metrics::gauge!("mailroom_store_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("mailroom_store_pool_connections", "state" => "in_use")
+            .set(open.saturating_sub(idle) as f64);
+        if queue && let Ok(s) = store.queue_summary().await {
             for (state, n) in [
                 ("pending", s.pending),
                 ("deferred", s.deferred),
@@ -402,9 +407,11 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             store_readiness(store.clone()),
             async move { stop.cancelled().await },
         ));
-        if runs(ServiceName::Mta) {
-            shutdown.spawn(queue_gauges(store.clone(), shutdown.token()));
-        }
+        shutdown.spawn(sampled_gauges(
+            store.clone(),
+            runs(ServiceName::Mta),
+            shutdown.token(),
+        ));
     }
     if runs(ServiceName::Admin) {
         let listener = Listener::bind("admin", config.admin.listen, TlsMode::Plain).await?;
