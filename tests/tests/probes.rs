@@ -80,7 +80,7 @@ async fn every_metric_of_the_grafana_dashboard_is_in_a_real_scrape() {
     assert!(names.len() >= 10, "{names:?}");
 
     // Traffic that touches every metric: PostgreSQL (for its outage), one
-    // connection per IP (for a refusal).
+    // connection per IP (for a refused connection).
     let Some(r) = start_with(Backend::Postgres, None, |c| {
         c.telemetry.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         c.limits.max_connections_per_ip = 1;
@@ -103,6 +103,18 @@ async fn every_metric_of_the_grafana_dashboard_is_in_a_real_scrape() {
     assert_eq!(c.cmd("DATA").await.0, 354);
     c.send(b"Subject: counted\r\n\r\nx\r\n.\r\n").await;
     assert_eq!(c.reply().await.0, 250);
+    // And one refused: a mail loop (too many Received fields).
+    c.cmd("MAIL FROM:<x@remote.test>").await;
+    c.cmd("RCPT TO:<bob@example.test>").await;
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(
+        "Received: from a by b; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+            .repeat(101)
+            .as_bytes(),
+    )
+    .await;
+    c.send(b"Subject: looped\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(c.reply().await.0, 554);
     assert_eq!(c.cmd("QUIT").await.0, 221);
     drop(c);
     wait_for("the delivery", Duration::from_secs(20), async || {

@@ -786,8 +786,10 @@ impl LocalPartWire for Path {
 
 /// Checks, completes and enqueues a received message; returns the final reply.
 /// Decides on a received message (see [`decide_message`]) and counts the
-/// outcome: `mailroom_smtp_messages_total{service, outcome}` and how long
-/// the decision took (checks and the durable enqueue).
+/// outcome: `mailroom_smtp_messages_total{service, outcome}`, the reason
+/// of a refusal or deferral (`mailroom_smtp_refusals_total{service,
+/// status}`, the enhanced status) and how long the decision took (checks
+/// and the durable enqueue).
 async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) -> Reply {
     let started = std::time::Instant::now();
     let reply = decide_message(server, state, message).await;
@@ -802,6 +804,14 @@ async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
     };
     metrics::counter!("mailroom_smtp_messages_total", "service" => service, "outcome" => outcome)
         .increment(1);
+    if outcome != "accepted" {
+        // The reason: our own enhanced status (a fixed set of values).
+        let status = reply
+            .status
+            .map_or_else(|| reply.code.to_string(), |s| s.to_string());
+        metrics::counter!("mailroom_smtp_refusals_total", "service" => service, "status" => status)
+            .increment(1);
+    }
     metrics::histogram!("mailroom_smtp_accept_duration_seconds", "service" => service)
         .record(started.elapsed().as_secs_f64());
     reply
