@@ -21,8 +21,10 @@
 //! no password, token or content, and that the trace id is in the
 //! `Received` header of the message bob reads and in each process's log
 //! lines about it. The file's healthchecks (compose) and probes
-//! (Kubernetes) are run against each process, and each process must stop
-//! cleanly on SIGTERM within the file's grace period.
+//! (Kubernetes) are run against each process: all pass; while the database
+//! refuses connections the readiness ones fail and the liveness ones still
+//! pass. Each process must stop cleanly on SIGTERM within the file's grace
+//! period.
 //!
 //! What the test changes, and only this: `0.0.0.0` and the service names
 //! in URLs become each service's loopback address; the store URL becomes
@@ -332,6 +334,32 @@ fn curl(what: &str, args: &[&str]) -> String {
     )
 }
 
+/// A health check of a deployment file, as a command line.
+#[derive(Clone)]
+struct Check {
+    /// Whether it must fail while the database is unreachable (readiness,
+    /// and compose's healthcheck, which `depends_on` waits for) or pass
+    /// (liveness: a database outage must not get the process restarted).
+    needs_database: bool,
+    command: Vec<String>,
+}
+
+impl Check {
+    async fn passes(&self) -> bool {
+        let command = self.command.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(&command[0])
+                .args(&command[1..])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// One Mailroom service of a deployment file: its `serve` arguments, its
 /// environment, and its health checks as command lines, all localised (see
 /// the module docs).
@@ -339,7 +367,7 @@ struct Service {
     name: &'static str,
     command: Vec<String>,
     env: Vec<(String, String)>,
-    checks: Vec<Vec<String>>,
+    checks: Vec<Check>,
     /// How long the orchestrator waits after SIGTERM before killing.
     grace: Duration,
 }
@@ -425,7 +453,10 @@ async fn the_compose_file_delivers_local_and_remote_mail_as_written() {
             name,
             command: svc.command.clone(),
             env: localise(name, &svc.env, &db.url, s, &own),
-            checks: vec![localise_check(name, &svc.healthcheck)],
+            checks: vec![Check {
+                needs_database: true,
+                command: localise_check(name, &svc.healthcheck),
+            }],
             grace: svc.grace,
         });
     }
@@ -497,12 +528,13 @@ async fn the_kubernetes_manifests_deliver_local_and_remote_mail_as_written() {
         let checks = m
             .probes
             .iter()
-            .map(|(_, path, port)| {
-                vec![
+            .map(|(kind, path, port)| Check {
+                needs_database: kind == "readinessProbe",
+                command: vec![
                     "curl".to_string(),
                     "-fsS".into(),
                     format!("http://{}:{port}{path}", host(name)),
-                ]
+                ],
             })
             .collect();
         let own = data.path().join(name);
@@ -807,19 +839,9 @@ async fn prove(services: Vec<Service>, db: &TestDb, token_file: &Path, secrets: 
     }
 
     // Every process is healthy by the file's own checks.
-    for (name, checks) in checks {
+    for (name, checks) in &checks {
         for check in checks {
-            let out = tokio::task::spawn_blocking(move || {
-                Command::new(&check[0]).args(&check[1..]).output().unwrap()
-            })
-            .await
-            .unwrap();
-            assert!(
-                out.status.success(),
-                "{name}: the health check fails: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(check.passes().await, "{name}: {:?} fails", check.command);
         }
     }
 
@@ -935,6 +957,34 @@ async fn prove(services: Vec<Service>, db: &TestDb, token_file: &Path, secrets: 
     })
     .await;
     store.close().await;
+
+    // The database goes away: the readiness checks (and compose's
+    // healthcheck) fail, the liveness probes do not; it comes back, and so
+    // does readiness, without a restart.
+    db.set_outage(true).await;
+    for (name, checks) in &checks {
+        for check in checks {
+            let limit = Duration::from_secs(20);
+            wait_for(
+                &format!("{name}: {:?} to say so", check.command),
+                limit,
+                async || check.passes().await != check.needs_database,
+            )
+            .await;
+        }
+    }
+    db.set_outage(false).await;
+    for (name, checks) in &checks {
+        for check in checks {
+            let limit = Duration::from_secs(20);
+            wait_for(
+                &format!("{name}: {:?} to pass", check.command),
+                limit,
+                async || check.passes().await,
+            )
+            .await;
+        }
+    }
 
     // The trace id, from the Received header of the message bob read.
     let at = read
