@@ -966,3 +966,53 @@ pub async fn mail_command(
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// Sends `a NOOP` and a LOGIN with a wrong password; returns what the
+/// server said.
+pub async fn imap_noop_and_failed_login(imap: std::net::SocketAddr) -> String {
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(imap).unwrap();
+        let mut lines = BufReader::new(s.try_clone().unwrap());
+        let mut greeting = String::new();
+        lines.read_line(&mut greeting).unwrap();
+        s.write_all(b"a NOOP\r\nb LOGIN bob@example.test wrong\r\n")
+            .unwrap();
+        let mut out = String::new();
+        while !out.contains("b NO") {
+            let mut l = String::new();
+            if lines.read_line(&mut l).unwrap() == 0 {
+                break;
+            }
+            out.push_str(&l);
+        }
+        out
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("b NO [AUTHENTICATIONFAILED]"), "{text}");
+    text
+}
+
+/// `GET url` with curl: the status code and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run_tool(
+            "curl",
+            std::process::Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ]),
+            &[0],
+        )
+    })
+    .await
+    .unwrap();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}

@@ -1,11 +1,13 @@
 //! The Prometheus endpoint (`telemetry.metrics_listen`): what a scrape
 //! shows after real traffic, read with curl. In a test binary of its own:
-//! the recorder is per process.
+//! the recorder is per process, and the counts here are exact.
 
 use std::process::Command;
 use std::time::Duration;
 
-use mailroom_tests::{Backend, SmtpClient, run_tool, start_with, wait_for, with_accounts};
+use mailroom_tests::{
+    Backend, SmtpClient, imap_noop_and_failed_login, run_tool, start_with, wait_for, with_accounts,
+};
 
 fn scrape(url: &str) -> String {
     run_tool(
@@ -36,27 +38,7 @@ async fn a_scrape_shows_sessions_messages_deliveries_and_login_failures() {
     })
     .await;
     // A failed IMAP login, and an IMAP command timed.
-    let imap = r.stack.addr("imap").unwrap();
-    let text = tokio::task::spawn_blocking(move || {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::net::TcpStream::connect(imap).unwrap();
-        let mut lines = BufReader::new(s.try_clone().unwrap());
-        let mut greeting = String::new();
-        lines.read_line(&mut greeting).unwrap();
-        s.write_all(b"a NOOP\r\nb LOGIN bob@example.test wrong\r\n")
-            .unwrap();
-        let mut out = String::new();
-        while !out.contains("b NO") {
-            let mut l = String::new();
-            if lines.read_line(&mut l).unwrap() == 0 {
-                break;
-            }
-            out.push_str(&l);
-        }
-        out
-    })
-    .await
-    .unwrap();
+    let text = imap_noop_and_failed_login(r.stack.addr("imap").unwrap()).await;
     assert!(text.contains("b NO [AUTHENTICATIONFAILED]"), "{text}");
     let u = url.clone();
     let page = tokio::task::spawn_blocking(move || scrape(&u))

@@ -118,6 +118,27 @@ impl Stack {
     }
 }
 
+/// How long `/readyz` waits for the database before saying "not ready"
+/// (below the probes' one-second default timeout would be too tight for a
+/// busy pool; the manifests give the probe more).
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when the store answers `SELECT 1` within [`READINESS_TIMEOUT`].
+/// Every service reads or writes the store for its work, so none is useful
+/// without it.
+fn store_readiness(store: Store) -> mailroom_telemetry::metrics_endpoint::Readiness {
+    std::sync::Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the database does not answer: {e}")),
+                Err(_) => Err("the database does not answer in time".to_string()),
+            }
+        })
+    })
+}
+
 /// Shows a store URL without its password.
 fn describe_store(url: &str) -> String {
     if let Some(rest) = url
@@ -262,12 +283,17 @@ fn spawn_sessions<S: mailroom_net::Session>(
     });
 }
 
-/// Keeps `mailroom_queue_recipients{state}` and
-/// `mailroom_queue_oldest_age_seconds` current (every 15 s) while the
-/// metrics endpoint is on.
-async fn queue_gauges(store: Store, stop: tokio_util::sync::CancellationToken) {
+/// Keeps the sampled gauges current (every 15 s) while the metrics
+/// endpoint is on: `mailroom_store_pool_connections{state}` always, and
+/// with the MTA `mailroom_queue_recipients{state}` and
+/// `mailroom_queue_oldest_age_seconds`.
+async fn sampled_gauges(store: Store, queue: bool, stop: tokio_util::sync::CancellationToken) {
     loop {
-        if let Ok(s) = store.queue_summary().await {
+        let (open, idle) = store.pool_connections();
+        metrics::gauge!("mailroom_store_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("mailroom_store_pool_connections", "state" => "in_use")
+            .set(open.saturating_sub(idle) as f64);
+        if queue && let Ok(s) = store.queue_summary().await {
             for (state, n) in [
                 ("pending", s.pending),
                 ("deferred", s.deferred),
@@ -373,16 +399,19 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         listeners.push(ListenerInfo {
             service: "metrics",
             addr: listener.local_addr(),
-            mode: "HTTP, Prometheus GET /metrics".into(),
+            mode: "HTTP, Prometheus GET /metrics; probes GET /livez, /readyz".into(),
         });
         let stop = shutdown.token();
         shutdown.spawn(mailroom_telemetry::metrics_endpoint::serve(
             listener.into_tcp(),
+            store_readiness(store.clone()),
             async move { stop.cancelled().await },
         ));
-        if runs(ServiceName::Mta) {
-            shutdown.spawn(queue_gauges(store.clone(), shutdown.token()));
-        }
+        shutdown.spawn(sampled_gauges(
+            store.clone(),
+            runs(ServiceName::Mta),
+            shutdown.token(),
+        ));
     }
     if runs(ServiceName::Admin) {
         let listener = Listener::bind("admin", config.admin.listen, TlsMode::Plain).await?;

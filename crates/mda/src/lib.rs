@@ -195,6 +195,8 @@ impl Delivery for DeliveryService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let _timer =
+            mailroom_telemetry::metrics_endpoint::Timer::start("mailroom_deliver_duration_seconds");
         // Only the queue's worker writes into mailboxes (the check in front
         // of the gRPC service put the proven role here; in one process the
         // worker attaches it itself).

@@ -319,6 +319,8 @@ impl Queue for QueueService {
         &self,
         request: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let _timer =
+            mailroom_telemetry::metrics_endpoint::Timer::start("mailroom_enqueue_duration_seconds");
         let caller = Caller::of(&request);
         if caller.is_none() {
             return Err(Status::unauthenticated(

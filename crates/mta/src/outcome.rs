@@ -423,6 +423,21 @@ impl Drop for RenewalGuard {
     }
 }
 
+/// One word for an attempt's results, for its span's `outcome` attribute:
+/// `delivered`, `deferred` or `failed` when all agree, else `mixed`.
+pub(crate) fn summary(results: &[AttemptResult]) -> &'static str {
+    let word = |r: &AttemptResult| match r {
+        AttemptResult::Delivered => "delivered",
+        AttemptResult::Deferred { .. } => "deferred",
+        AttemptResult::Failed { .. } => "failed",
+    };
+    match results.split_first() {
+        None => "none",
+        Some((first, rest)) if rest.iter().all(|r| word(r) == word(first)) => word(first),
+        Some(_) => "mixed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

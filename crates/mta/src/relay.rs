@@ -347,8 +347,14 @@ impl Inner {
                 return; // `hold` drops: given back
             }
         };
-        let span =
-            tracing::info_span!("mta.relay", queue_id, domain, recipients = recipients.len());
+        let span = tracing::info_span!(
+            "mta.relay",
+            queue_id,
+            domain,
+            recipients = recipients.len(),
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
         if let Some(tp) = &queued.envelope.trace_context {
             mailroom_telemetry::continue_trace(&span, tp);
         }
@@ -396,6 +402,7 @@ impl Inner {
                 tracing::info!(recipient = %r.address, response = o.text(), ?result, "relay attempt");
                 results.push(result);
             }
+            tracing::Span::current().record("outcome", outcome::summary(&results));
             if outcome::record(
                 &self.store,
                 &self.id,
@@ -424,7 +431,15 @@ impl Inner {
         recipients: &[OutRecipient],
     ) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; recipients.len()];
-        let hosts = match self.router.mx_hosts(domain).await {
+        let lookup = tracing::info_span!("mta.mx_lookup", domain, outcome = tracing::field::Empty);
+        let hosts = self
+            .router
+            .mx_hosts(domain)
+            .instrument(lookup.clone())
+            .await;
+        lookup.record("outcome", if hosts.is_ok() { "found" } else { "failed" });
+        drop(lookup);
+        let hosts = match hosts {
             Ok(h) => h,
             Err(RouteError::Permanent(why)) => return all(Outcome::Failed(why)),
             Err(RouteError::Temporary(why)) => return all(Outcome::Deferred(why)),
@@ -460,7 +475,26 @@ impl Inner {
             };
             for ip in addresses {
                 let addr = SocketAddr::new(ip, self.settings.outbound_port);
-                match client::deliver(&self.client, addr, &host.name, &env).await {
+                let session = tracing::info_span!(
+                    "smtp.outbound",
+                    otel.kind = "client",
+                    mx = %host.name,
+                    %addr,
+                    outcome = tracing::field::Empty
+                );
+                let delivered = client::deliver(&self.client, addr, &host.name, &env)
+                    .instrument(session.clone())
+                    .await;
+                session.record(
+                    "outcome",
+                    if delivered.is_ok() {
+                        "completed"
+                    } else {
+                        "failed"
+                    },
+                );
+                drop(session);
+                match delivered {
                     Ok(result) => {
                         tracing::info!(mx = %host.name, %addr, tls = ?result.tls, "SMTP session done");
                         return result.outcomes;

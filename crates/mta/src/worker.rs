@@ -209,7 +209,9 @@ impl LocalDelivery {
         let span = tracing::info_span!(
             "mta.local_delivery",
             queue_id,
-            recipients = recipients.len()
+            recipients = recipients.len(),
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty
         );
         if let Some(tp) = &queued.envelope.trace_context {
             mailroom_telemetry::continue_trace(&span, tp);
@@ -288,6 +290,7 @@ impl LocalDelivery {
             for (r, result) in recipients.iter().zip(&results) {
                 tracing::info!(recipient = %r.address, ?result, "delivery attempt");
             }
+            tracing::Span::current().record("outcome", outcome::summary(&results));
             if outcome::record(&self.store, &self.id, queue_id, &queued, &recipients, results, &self.reporting, &self.wake).await {
                 hold.settle();
             }

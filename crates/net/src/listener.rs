@@ -182,7 +182,15 @@ pub async fn serve<S: Session>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let span = info_span!("connection", service = listener.service, %peer);
+        // The root of the traces of what this session does (one message's
+        // trace starts here); its id goes into every log line of the session.
+        let span = info_span!(
+            "connection",
+            service = listener.service,
+            %peer,
+            trace_id = tracing::field::Empty
+        );
+        mailroom_telemetry::record_trace_id(&span);
         let service = listener.service;
         metrics::counter!("mailroom_connections_total", "service" => service).increment(1);
         let permit = match ctx.limiter.try_acquire(peer.ip()) {

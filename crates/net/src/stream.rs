@@ -43,14 +43,18 @@ impl MailStream {
         let MailStream::Plain(tcp) = self else {
             return Err(io::Error::other("TLS is already active"));
         };
-        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        let done = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => Ok(MailStream::Tls(Box::new(tls))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",
             )),
-        }
+        };
+        // Implicit TLS and STARTTLS alike, in every protocol.
+        let outcome = if done.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("mailroom_tls_handshakes_total", "outcome" => outcome).increment(1);
+        done
     }
 
     /// Whether the stream is encrypted.

@@ -39,6 +39,9 @@ pub struct ReceivedFrom<'a> {
     pub id: &'a str,
     /// The recipient, when there is exactly one (RFC 5321 §4.4 "for").
     pub single_recipient: Option<&'a str>,
+    /// The message's trace id, when traces are exported: a comment after
+    /// the id, so an operator goes from a message to its trace.
+    pub trace_id: Option<&'a str>,
 }
 
 /// Removes characters that could break a header line out of a client-supplied value.
@@ -71,6 +74,9 @@ pub fn received_header(r: &ReceivedFrom<'_>, unix: i64) -> String {
         r.by,
         r.id
     );
+    if let Some(trace) = r.trace_id {
+        h.push_str(&format!(" (trace {})", clean(trace)));
+    }
     if let Some(tls) = r.tls {
         h.push_str(&format!(
             "\r\n\t(version={} cipher={})",
@@ -92,6 +98,32 @@ pub(crate) fn has_header(message: &[u8], name: &str) -> bool {
             && line[name.len()] == b':'
             && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
     })
+}
+
+/// The value of the first header field named `name` (unfolded, trimmed,
+/// at most 256 characters), e.g. the Message-ID for the message's span.
+pub(crate) fn header_value(message: &[u8], name: &str) -> Option<String> {
+    let headers = mailroom_smtp_proto::header_section(message);
+    let text = String::from_utf8_lossy(headers);
+    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    while let Some(line) = lines.next() {
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !field.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let mut value = value.trim().to_string();
+        for more in lines.by_ref() {
+            if !more.starts_with([' ', '\t']) {
+                break;
+            }
+            value.push(' ');
+            value.push_str(more.trim());
+        }
+        return Some(clean(value.trim()).chars().take(256).collect());
+    }
+    None
 }
 
 /// A fresh Message-ID for `hostname`.
@@ -124,6 +156,7 @@ mod tests {
                 utf8: false,
                 id: "abc",
                 single_recipient: Some("bob@example.test"),
+                trace_id: None,
             },
             0,
         );
@@ -132,6 +165,36 @@ mod tests {
             "Received: from client.example  X-Evil: 1 ([192.0.2.7])\r\n\tby mx.example.test (Mailroom) with ESMTPSA id abc\r\n\t\
              (version=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384)\r\n\tfor <bob@example.test>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn received_names_the_trace_in_a_comment() {
+        let h = received_header(
+            &ReceivedFrom {
+                helo: "client.example",
+                ip: "192.0.2.7".parse().unwrap(),
+                by: "mx.example.test",
+                esmtp: true,
+                tls: None,
+                authenticated: false,
+                utf8: false,
+                id: "abc",
+                single_recipient: None,
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            },
+            0,
+        );
+        assert!(
+            h.contains("with ESMTP id abc (trace 4bf92f3577b34da6a3ce929d0e0e4736);"),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn a_header_value_is_unfolded_and_taken_from_the_header_section() {
+        let m = b"Subject: x\r\nmessage-id:\r\n <a@b>\r\nX: y\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(header_value(m, "Message-ID").as_deref(), Some("<a@b>"));
+        assert_eq!(header_value(m, "Date"), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use mailroom_store::Unroutable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::message::{
-    ReceivedFrom, has_header, message_id, received_header, rfc5322_date, unix_now,
+    ReceivedFrom, has_header, header_value, message_id, received_header, rfc5322_date, unix_now,
 };
 use crate::{Mode, SmtpServer};
 
@@ -786,8 +786,10 @@ impl LocalPartWire for Path {
 
 /// Checks, completes and enqueues a received message; returns the final reply.
 /// Decides on a received message (see [`decide_message`]) and counts the
-/// outcome: `mailroom_smtp_messages_total{service, outcome}` and how long
-/// the decision took (checks and the durable enqueue).
+/// outcome: `mailroom_smtp_messages_total{service, outcome}`, the reason
+/// of a refusal or deferral (`mailroom_smtp_refusals_total{service,
+/// status}`, the enhanced status) and how long the decision took (checks
+/// and the durable enqueue).
 async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) -> Reply {
     let started = std::time::Instant::now();
     let reply = decide_message(server, state, message).await;
@@ -802,6 +804,14 @@ async fn accept_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
     };
     metrics::counter!("mailroom_smtp_messages_total", "service" => service, "outcome" => outcome)
         .increment(1);
+    if outcome != "accepted" {
+        // The reason: our own enhanced status (a fixed set of values).
+        let status = reply
+            .status
+            .map_or_else(|| reply.code.to_string(), |s| s.to_string());
+        metrics::counter!("mailroom_smtp_refusals_total", "service" => service, "status" => status)
+            .increment(1);
+    }
     metrics::histogram!("mailroom_smtp_accept_duration_seconds", "service" => service)
         .record(started.elapsed().as_secs_f64());
     reply
@@ -814,6 +824,7 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
     }
     let now = unix_now();
     let mut added = String::new();
+    let mut added_id = None;
     if server.mode == Mode::Submission {
         let account = state.account.as_deref().unwrap_or_default();
         match check_from_header(server, account, &message).await {
@@ -826,12 +837,13 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
             added.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
         }
         if !has_header(&message, "Message-ID") {
-            added.push_str(&format!(
-                "Message-ID: {}\r\n",
-                message_id(&server.settings.hostname)
-            ));
+            let id = message_id(&server.settings.hostname);
+            added.push_str(&format!("Message-ID: {id}\r\n"));
+            added_id = Some(id);
         }
     }
+    let message_id = added_id.or_else(|| header_value(&message, "Message-ID"));
+    let trace_id = mailroom_telemetry::current_trace_id();
     let helo = state
         .helo
         .as_ref()
@@ -848,6 +860,7 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
             utf8: tx.params.smtputf8,
             id: &state.id,
             single_recipient: (tx.recipients.len() == 1).then(|| tx.recipients[0].address.as_str()),
+            trace_id: trace_id.as_deref(),
         },
         now,
     );
@@ -873,8 +886,15 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         client_ip: state.peer.ip().to_string(),
         quarantine,
     };
-    let span =
-        tracing::info_span!("smtp.message", session = %state.id, recipients = tx.recipients.len());
+    // Identifiers and the outcome only: every field is an exported attribute.
+    let span = tracing::info_span!(
+        "smtp.message",
+        session = %state.id,
+        recipients = tx.recipients.len(),
+        message_id = message_id.as_deref().unwrap_or(""),
+        queue_id = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
     let mut grpc = tonic::Request::new(request);
     span.in_scope(|| mailroom_telemetry::inject(grpc.metadata_mut()));
     let enqueued = match &server.queue {
@@ -884,24 +904,30 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         crate::QueueHandle::Local(queue) => {
             use tracing::Instrument;
             Caller::attach(&mut grpc, server.mode.role());
-            queue.enqueue(grpc).instrument(span).await
+            queue.enqueue(grpc).instrument(span.clone()).await
         }
     };
     match enqueued {
         Ok(resp) => {
             let id = resp.into_inner().queue_id;
+            span.record("queue_id", id);
+            span.record("outcome", "queued");
+            tracing::info!(parent: &span, queue_id = id, "message queued");
             r(250, "2.0.0", format!("OK: queued as {id}"))
         }
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            span.record("outcome", "refused");
             tracing::warn!(error = %status.message(), "queue refused the message");
             r(554, "5.6.0", "message refused")
         }
         // The queue's own relay check (defence in depth behind RCPT's).
         Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            span.record("outcome", "refused");
             tracing::error!(error = %status.message(), "queue refused the message");
             r(550, "5.7.1", "relaying denied")
         }
         Err(status) => {
+            span.record("outcome", "deferred");
             tracing::error!(error = %status.message(), code = ?status.code(), "enqueue failed");
             r(451, "4.3.0", "temporary local problem, try again later")
         }

@@ -84,6 +84,21 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        let error = Self::from_sqlx(e);
+        // Counted: the database failing or unreachable (not a statement's
+        // expected outcome such as a duplicate or a missing row).
+        let kind = match &error {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Internal(_) => "internal",
+            _ => return error,
+        };
+        metrics::counter!("mailroom_store_errors_total", "kind" => kind).increment(1);
+        error
+    }
+}
+
+impl StoreError {
+    fn from_sqlx(e: sqlx::Error) -> Self {
         match &e {
             // The SQLSTATEs raised by the PostgreSQL functions of migration
             // 0003 (mailroom_store_flags, mailroom_append, mailroom_expunge).
@@ -382,6 +397,23 @@ impl Store {
     }
 
     /// Closes every connection (waits for those in use to come back).
+    /// The pool's connections: (open, idle), for the pool gauges.
+    pub fn pool_connections(&self) -> (u32, u32) {
+        match &self.backend {
+            Backend::Postgres(p) => (p.size(), p.num_idle() as u32),
+            Backend::Sqlite(p) => (p.size(), p.num_idle() as u32),
+        }
+    }
+
+    /// Whether the database answers: one `SELECT 1` through the pool (a
+    /// readiness probe; the caller bounds how long it waits).
+    pub async fn ping(&self) -> Result<()> {
+        on_backend!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
     pub async fn close(&self) {
         if let Some(lane) = &self.shared.lane {
             lane.close().await;

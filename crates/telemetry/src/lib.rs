@@ -8,6 +8,17 @@
 //!   so a message keeps one trace across MSA → MTA → MDA. Clients add
 //!   [`TraceContextInterceptor`] (or call [`inject`]); servers build their
 //!   request span with [`grpc_server_span`], which continues the caller's trace.
+//! * One trace per message: the accepting session's span is the root; the
+//!   queue keeps its `traceparent` ([`current_traceparent`]) so every later
+//!   delivery attempt, in whichever process, joins it ([`continue_trace`]).
+//! * From a message to its trace: spans that start or continue a trace
+//!   declare a `trace_id` field and fill it ([`record_trace_id`]), so every
+//!   log line inside them names the trace; the SMTP server writes
+//!   [`current_trace_id`] into the `Received` header's comment.
+//!
+//! Invariant: span fields are identifiers and outcomes (queue id,
+//! Message-ID, domain, result), never message content or secrets: every
+//! field becomes an exported attribute.
 
 use std::collections::HashMap;
 
@@ -56,9 +67,12 @@ impl Telemetry {
 /// global subscriber is already installed.
 pub fn init(options: &TelemetryOptions) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&options.filter))
-        .map_err(|e| anyhow::anyhow!("telemetry.log_filter: {e}"))?;
+    let make_filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&options.filter))
+            .map_err(|e| anyhow::anyhow!("telemetry.log_filter: {e}"))
+    };
+    let filter = make_filter()?;
     let fmt_layer = if options.json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -87,8 +101,14 @@ pub fn init(options: &TelemetryOptions) -> anyhow::Result<Telemetry> {
                 .build();
             let tracer = provider.tracer("mailroom");
             opentelemetry::global::set_tracer_provider(provider.clone());
+            // The same filter as the logs: without one, every span of every
+            // library (h2, hyper, sqlx) at every level would be recorded.
             (
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(make_filter()?),
+                ),
                 Some(provider),
             )
         }
@@ -155,21 +175,62 @@ pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
 }
 
 /// Makes `span` a child of the trace a stored `traceparent` names, so work
-/// done later (a queue worker's delivery attempt) joins the message's trace.
+/// done later (a queue worker's delivery attempt) joins the message's trace,
+/// and records the trace id in its `trace_id` field when it has one.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     let _ = span.set_parent(context_from_traceparent(traceparent));
+    record_trace_id(span);
+}
+
+/// The trace id of `span` (32 lowercase hex digits), or `None` when no
+/// trace is recorded (no OTLP exporter configured). Starts the span: give it
+/// its parent ([`continue_trace`], [`tracing_opentelemetry::OpenTelemetrySpanExt::set_parent`]) first.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The current span's trace id (see [`trace_id`]).
+pub fn current_trace_id() -> Option<String> {
+    trace_id(&tracing::Span::current())
+}
+
+/// Fills `span`'s `trace_id` field (declare it `tracing::field::Empty`)
+/// with its trace id, so log lines inside the span carry it. Nothing
+/// happens when no trace is recorded or the field is not declared.
+pub fn record_trace_id(span: &tracing::Span) {
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id.as_str());
+    }
+}
+
+/// `Queue.Enqueue` for `/mailroom.queue.v1.Queue/Enqueue`: the span name of
+/// a gRPC call (the service's last name segment, then the method).
+pub fn grpc_span_name(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    let service = service.rsplit('.').next().unwrap_or(service);
+    format!("{service}.{method}")
 }
 
 /// The span of one incoming gRPC request, a child of the caller's span when
 /// the request carries a trace context. Give it to tonic's `Server::trace_fn`.
 pub fn grpc_server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     // `caller_role` is filled in by the internal services' credential check.
+    let path = request.uri().path();
     let span = tracing::info_span!(
         "grpc",
-        path = %request.uri().path(),
-        caller_role = tracing::field::Empty
+        otel.name = %grpc_span_name(path),
+        otel.kind = "server",
+        path = %path,
+        caller_role = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
     let _ = span.set_parent(extract(request.headers()));
+    record_trace_id(&span);
     span
 }
 
@@ -188,3 +249,18 @@ impl tonic::service::Interceptor for TraceContextInterceptor {
 }
 
 pub mod metrics_endpoint;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_grpc_span_is_named_after_its_service_and_method() {
+        assert_eq!(
+            super::grpc_span_name("/mailroom.queue.v1.Queue/Enqueue"),
+            "Queue.Enqueue"
+        );
+        assert_eq!(
+            super::grpc_span_name("/grpc.health.v1.Health/Check"),
+            "Health.Check"
+        );
+    }
+}

@@ -4,11 +4,20 @@
 //! format on `GET /metrics` of its own listener (`telemetry.metrics_listen`,
 //! off by default; keep it on loopback or a private network).
 //!
+//! The same listener answers the orchestrator's probes:
+//! * `GET /livez`: 200 while the process serves HTTP at all. It never looks
+//!   at the database, so a database outage does not get every pod restarted.
+//! * `GET /readyz`: 200 when the process's [`Readiness`] check passes (the
+//!   store answers `SELECT 1` in time), else 503 with the reason, so a
+//!   load balancer stops sending sessions that could only fail.
+//!
 //! Conventions: names start with `mailroom_`, counters end in `_total`,
 //! durations are `_seconds` histograms, and labels take a few fixed values
 //! (a service, an outcome, a command), never an address or a user.
 
-use std::sync::OnceLock;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,9 +46,15 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` completes. Anything
-/// else gets 404; requests are read up to 8 KiB and answered once.
-pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
+/// The readiness check of `GET /readyz`: `Ok` when ready, else why not.
+/// It bounds its own time (a probe must answer before its timeout).
+pub type Readiness =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Serves `GET /metrics`, `/livez` and `/readyz` on `listener` until `stop`
+/// completes. Anything else gets 404; requests are read up to 8 KiB and
+/// answered once.
+pub async fn serve(listener: TcpListener, ready: Readiness, stop: impl Future<Output = ()>) {
     let handle = handle();
     let accept = async {
         loop {
@@ -49,6 +64,7 @@ pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output 
                 continue;
             };
             let handle = handle.clone();
+            let ready = ready.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut n = 0;
@@ -72,15 +88,21 @@ pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output 
                     return;
                 }
                 let request = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if request.starts_with("GET /metrics ")
-                    || request.starts_with("GET /metrics?")
-                {
-                    ("200 OK", handle.render())
-                } else {
-                    (
+                let path = request
+                    .strip_prefix("GET ")
+                    .and_then(|r| r.split([' ', '?']).next())
+                    .unwrap_or_default();
+                let (status, body) = match path {
+                    "/metrics" => ("200 OK", handle.render()),
+                    "/livez" => ("200 OK", "alive\n".to_string()),
+                    "/readyz" => match ready().await {
+                        Ok(()) => ("200 OK", "ready\n".to_string()),
+                        Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+                    },
+                    _ => (
                         "404 Not Found",
-                        "only GET /metrics is served here\n".to_string(),
-                    )
+                        "only GET /metrics, /livez and /readyz are served here\n".to_string(),
+                    ),
                 };
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
@@ -95,5 +117,29 @@ pub async fn serve(listener: TcpListener, stop: impl std::future::Future<Output 
     tokio::select! {
         _ = accept => {}
         _ = stop => {}
+    }
+}
+
+/// Records the time until it is dropped in the histogram `name` (a
+/// `_seconds` name): one line at the top of a handler times every return.
+#[derive(Debug)]
+pub struct Timer {
+    name: &'static str,
+    started: std::time::Instant,
+}
+
+impl Timer {
+    /// Starts timing for the histogram `name`.
+    pub fn start(name: &'static str) -> Timer {
+        Timer {
+            name,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        metrics::histogram!(self.name).record(self.started.elapsed().as_secs_f64());
     }
 }

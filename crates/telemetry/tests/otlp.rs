@@ -101,8 +101,8 @@ async fn spans_are_exported_and_the_trace_crosses_a_grpc_hop() {
         .expect("client span exported");
     let grpc = seen
         .iter()
-        .find(|s| s.name == "grpc")
-        .expect("server span exported");
+        .find(|s| s.name == "Queue.Enqueue")
+        .expect("server span exported, named after its service and method");
     assert_eq!(grpc.trace_id, submit.trace_id);
     assert_eq!(
         grpc.parent_span_id, submit.span_id,
