@@ -179,6 +179,7 @@ mailroom_tests::on_both!(
     select_fetch_store_search_expunge,
     two_sessions_see_each_others_changes,
     idle_pushes_new_mail_and_expunges,
+    idle_reads_what_follows_done_after_giving_back_its_buffers,
     mailboxes_create_rename_delete_list_status,
     copy_move_append_with_uidplus,
     condstore_and_qresync,
@@ -505,6 +506,56 @@ async fn idle_pushes_new_mail_and_expunges(r: &Running) {
     a.send(b"DONE\r\n").await;
     assert_eq!(a.line().await, "idle1 OK IDLE terminated");
     assert_eq!(a.ok("FETCH 1 (UID)").await, vec!["* 1 FETCH (UID 2)"]);
+}
+
+/// An idling session gives back its read and output buffers and its
+/// framer (they held a 300 KB APPEND) and reads in small pieces: DONE split
+/// over two writes, and DONE with two commands after it in one write (the
+/// second longer than a small read), are all answered in order.
+async fn idle_reads_what_follows_done_after_giving_back_its_buffers(r: &Running) {
+    setup(r, 1).await;
+    let mut a = connect(imap(r)).await;
+    a.login().await;
+    let big = message("big", &"0123456789abcdef ".repeat(300_000 / 17));
+    let (_, done) = a.append_plus("ap", "INBOX", &big).await;
+    assert!(done.starts_with("ap OK"), "{done}");
+    a.ok("SELECT INBOX").await;
+    for round in 0..2 {
+        a.send(format!("i{round} IDLE\r\n").as_bytes()).await;
+        assert_eq!(a.line().await, "+ idling");
+        deliver_message(r, 30 + round, ALICE, &message("pushed", "x")).await;
+        assert_eq!(a.line().await, format!("* {} EXISTS", 3 + round));
+        if round == 0 {
+            a.send(b"DO").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a.send(b"NE\r\n").await;
+            let (_, done) = a.until("i0").await;
+            assert_eq!(done, "i0 OK IDLE terminated");
+        } else {
+            a.send(
+                b"DONE\r\nf1 UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (Subject Message-ID Date)])\r\nf2 NOOP\r\n",
+            )
+            .await;
+            let (_, done) = a.until("i1").await;
+            assert_eq!(done, "i1 OK IDLE terminated");
+            let (untagged, done) = a.until("f1").await;
+            assert!(done.starts_with("f1 OK"), "{done}");
+            let text = untagged.join("\n");
+            assert_eq!(
+                untagged.iter().filter(|l| l.contains(" FETCH ")).count(),
+                4,
+                "{text}"
+            );
+            assert!(text.contains("Subject: big"), "{text}");
+            let (_, done) = a.until("f2").await;
+            assert!(done.starts_with("f2 OK"), "{done}");
+        }
+    }
+    let fetched = a.ok("FETCH 2 (BODY.PEEK[])").await.join("\r\n");
+    assert!(
+        fetched.contains(&String::from_utf8_lossy(&big)[..2000]),
+        "the APPENDed message reads back"
+    );
 }
 
 async fn mailboxes_create_rename_delete_list_status(r: &Running) {

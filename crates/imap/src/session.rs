@@ -52,6 +52,10 @@ use crate::selected::{Selected, SyncMode, uid_set};
 const MAX_ERRORS: usize = 20;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4 * 1024;
+/// Bytes read at a time while idling: `DONE` is all a client should send
+/// then, and thousands of idling sessions should not each keep a
+/// [`READ_CHUNK`] buffer.
+const IDLE_READ_CHUNK: usize = 64;
 
 /// Why a session ends.
 #[derive(Debug)]
@@ -79,7 +83,10 @@ pub(crate) struct Io {
     stream: Option<MailStream>,
     frag: Fragmentizer,
     pub(crate) out: Vec<u8>,
+    /// Empty while the session hibernates in IDLE (see [`Io::hibernate`]).
     read_buf: Vec<u8>,
+    /// The framer's limit: the largest message plus its command line.
+    frag_limit: u32,
     max_literal: u32,
     max_line: u32,
     /// The current message had a line over `max_line`.
@@ -134,17 +141,39 @@ impl Io {
         End::Closed
     }
 
-    /// Reads more bytes into the framer. `Ok(false)` when the peer closed.
-    async fn read_more(&mut self) -> std::io::Result<bool> {
+    /// Reads more bytes into the framer, at most `chunk` at a time.
+    /// `Ok(false)` when the peer closed.
+    async fn read_more(&mut self, chunk: usize) -> std::io::Result<bool> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(false);
         };
+        if self.read_buf.len() != chunk {
+            self.read_buf = vec![0; chunk];
+        }
         let n = stream.read(&mut self.read_buf).await?;
         if n == 0 {
             return Ok(false);
         }
         self.frag.enqueue_bytes(&self.read_buf[..n]);
         Ok(true)
+    }
+
+    /// Gives back what a session waiting in IDLE does not need: the read
+    /// and output buffers, and the framer's buffers when no message has
+    /// begun (they keep the capacity of the largest command so far, an
+    /// APPEND's literal included). Thousands of clients idle at once; each
+    /// then costs its socket, its view of the mailbox and a few hundred
+    /// bytes of state. The buffers come back with the next read or response.
+    ///
+    /// Call it only with the output flushed and after [`Io::next_buffered`]
+    /// gave `None` (every received byte is in the framer).
+    fn hibernate(&mut self) {
+        debug_assert!(self.out.is_empty());
+        self.out = Vec::new();
+        self.read_buf = Vec::new();
+        if self.frag.message_bytes().is_empty() {
+            self.frag = Fragmentizer::new(self.frag_limit);
+        }
     }
 
     /// Frames the next message from bytes already received, without reading.
@@ -218,7 +247,7 @@ impl Io {
                 _ = shutdown.cancelled() => {
                     return Err(self.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await);
                 }
-                read = tokio::time::timeout(idle, self.read_more()) => match read {
+                read = tokio::time::timeout(idle, self.read_more(READ_CHUNK)) => match read {
                     Ok(Ok(true)) => {}
                     Ok(_) => return Err(End::Gone),
                     Err(_) => return Err(self.close_with("* BYE autologout: idle for too long").await),
@@ -351,11 +380,13 @@ fn state_bit(phase: &Phase) -> u8 {
 pub(crate) async fn run(server: &ImapServer, conn: Connection, shutdown: CancellationToken) {
     let s = &server.settings;
     let tls = conn.stream.is_tls();
+    let frag_limit = s.max_message_size.saturating_add(s.max_line_length);
     let mut io = Io {
         stream: Some(conn.stream),
-        frag: Fragmentizer::new(s.max_message_size.saturating_add(s.max_line_length)),
+        frag: Fragmentizer::new(frag_limit),
         out: Vec::with_capacity(4096),
         read_buf: vec![0; READ_CHUNK],
+        frag_limit,
         max_literal: s.max_message_size,
         max_line: s.max_line_length,
         line_too_long: false,
@@ -497,11 +528,11 @@ async fn command_loop(
                     return e;
                 }
                 // CVE-2011-0411: nothing sent before the handshake is read after it.
-                io.frag = Fragmentizer::new(s.max_message_size.saturating_add(s.max_line_length));
+                io.frag = Fragmentizer::new(io.frag_limit);
                 let Some(plain) = io.stream.take() else {
                     return End::Gone;
                 };
-                match plain.start_tls(acceptor, handshake_timeout).await {
+                match Box::pin(plain.start_tls(acceptor, handshake_timeout)).await {
                     Ok(tls) => {
                         io.stream = Some(tls);
                         state.tls = true;
@@ -533,7 +564,7 @@ async fn command_loop(
                 initial_response,
             } => {
                 let ir = initial_response.map(|r| r.declassify().to_vec());
-                if let Some(end) = crate::auth::authenticate(
+                if let Some(end) = Box::pin(crate::auth::authenticate(
                     server,
                     io,
                     state,
@@ -541,24 +572,26 @@ async fn command_loop(
                     mechanism.as_ref(),
                     ir,
                     shutdown,
-                )
+                ))
                 .await
                 {
                     return end;
                 }
                 if state.account.is_some() {
-                    enter_authenticated(server, state).await;
+                    Box::pin(enter_authenticated(server, state)).await;
                 }
                 continue;
             }
             CommandBody::Login { username, password } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
                 let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
-                if let Some(end) = crate::auth::login(server, io, state, &tag, &user, &pass).await {
+                if let Some(end) =
+                    Box::pin(crate::auth::login(server, io, state, &tag, &user, &pass)).await
+                {
                     return end;
                 }
                 if state.account.is_some() {
-                    enter_authenticated(server, state).await;
+                    Box::pin(enter_authenticated(server, state)).await;
                 }
                 continue;
             }
@@ -584,7 +617,7 @@ async fn command_loop(
                 }
                 let command = body.name();
                 let started = std::time::Instant::now();
-                let result = execute(server, io, state, &tag, body, &lifted).await;
+                let result = Box::pin(execute(server, io, state, &tag, body, &lifted)).await;
                 metrics::histogram!("mailroom_imap_command_duration_seconds", "command" => command)
                     .record(started.elapsed().as_secs_f64());
                 match result {
@@ -638,7 +671,7 @@ async fn enter_authenticated(server: &ImapServer, state: &mut State) {
 async fn sync_selected(server: &ImapServer, io: &mut Io, state: &mut State, allow_expunge: bool) {
     let mode = state.sync_mode(allow_expunge);
     if let Phase::Selected(sel) = &mut state.phase
-        && let Err(e) = sel.sync(&server.store, mode, &mut io.out).await
+        && let Err(e) = Box::pin(sel.sync(&server.store, mode, &mut io.out)).await
     {
         tracing::warn!(error = %e, "IMAP mailbox sync failed");
     }
@@ -1667,6 +1700,7 @@ async fn idle(
             return Ok(());
         }
         io.flush(s.authenticated_idle_timeout).await?;
+        io.hibernate();
         let selected_box = match &state.phase {
             Phase::Selected(sel) => Some(sel.mailbox.id),
             _ => None,
@@ -1686,7 +1720,7 @@ async fn idle(
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(io.close_with("* BYE autologout: idle for too long").await);
             }
-            read = io.read_more() => match read {
+            read = io.read_more(IDLE_READ_CHUNK) => match read {
                 Ok(true) => {}
                 _ => return Err(End::Gone),
             },

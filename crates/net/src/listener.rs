@@ -223,7 +223,7 @@ pub async fn serve<S: Session>(
                 let mut stream = MailStream::Plain(tcp);
                 if mode == TlsMode::Implicit {
                     let Some(acceptor) = &ctx.tls else { return };
-                    stream = match stream.start_tls(acceptor, ctx.handshake_timeout).await {
+                    stream = match Box::pin(stream.start_tls(acceptor, ctx.handshake_timeout)).await {
                         Ok(s) => s,
                         Err(e) => {
                             debug!(error = %e, "TLS handshake failed");
