@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use mailroom_address::{Address, Domain};
 use mailroom_rpc::delivery::delivery_client::DeliveryClient;
+use mailroom_rpc::internal::{AttachCredential, InternalSecret, Role};
+use tonic::service::interceptor::InterceptedService;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
 use mailroom_store::testing::TestDb;
 use sqlx::Connection as _;
@@ -285,6 +287,7 @@ where
 struct Mailroom {
     addr: SocketAddr,
     channel: Channel,
+    credential: AttachCredential,
     db_url: String,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -309,9 +312,13 @@ async fn start_mailroom() -> Option<(Mailroom, TestDb, mailroom_store::Store)> {
         .expect("bind the gRPC listener");
     let addr = listener.local_addr().unwrap();
     let mut routes = RoutesBuilder::default();
+    // The Delivery service admits only the MTA's role (issue 21).
+    let secret = InternalSecret::generate();
+    let credential = AttachCredential(secret.credential(Role::Mta));
     routes.add_service(mailroom_mda::service(
         store.clone(),
         "mx.bench.test".to_string(),
+        secret,
     ));
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -332,6 +339,7 @@ async fn start_mailroom() -> Option<(Mailroom, TestDb, mailroom_store::Store)> {
         Mailroom {
             addr,
             channel,
+            credential,
             db_url,
             stop,
             server,
@@ -345,16 +353,18 @@ async fn start_mailroom() -> Option<(Mailroom, TestDb, mailroom_store::Store)> {
 impl Mailroom {
     async fn run(&self, callers: usize, total: usize, max: Duration) -> Figures {
         let channel = self.channel.clone();
+        let credential = self.credential.clone();
         drive(
             callers,
             total,
             max,
             self.seq.clone(),
             move |_| {
-                let c = DeliveryClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+                let c = DeliveryClient::with_interceptor(channel.clone(), credential.clone())
+                    .max_encoding_message_size(64 << 20);
                 async move { Ok::<_, AnyError>(c) }
             },
-            |mut client: DeliveryClient<Channel>, seq| async move {
+            |mut client: DeliveryClient<InterceptedService<Channel, AttachCredential>>, seq| async move {
                 let to = account(seq);
                 let request = DeliverRequest {
                     queue_id: seq as i64,
