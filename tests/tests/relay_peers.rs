@@ -786,7 +786,10 @@ async fn two_mta_processes_share_a_postgres_queue_and_deliver_each_message_once(
     let Some((store, db)) = mailroom_store::testing::TestDb::postgres().await else {
         return;
     };
-    let sink = CountingSink::bind("127.0.0.2", Duration::from_millis(200)).await;
+    // Each session held 400 ms: 50 messages take a lone process 10 s, so
+    // the second process starts working long before the first could be
+    // done, even on a loaded machine.
+    let sink = CountingSink::bind("127.0.0.2", Duration::from_millis(400)).await;
     let dns = TestDns::start(
         "shared.test",
         &[("@", mx(10, "mx.shared.test")), ("mx", a("127.0.0.2"))],
