@@ -39,6 +39,7 @@ mod lane;
 mod maildrop;
 mod mailstore;
 mod migrate;
+mod presence;
 mod queue;
 mod reader;
 mod recent;
@@ -52,6 +53,7 @@ pub use directory::{
 pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
+pub use presence::Presence;
 pub use queue::*;
 pub use reader::TextReader;
 
