@@ -34,6 +34,7 @@ use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
 
 mod auth;
+pub mod compress;
 mod fetch;
 pub mod names;
 pub mod preparse;
