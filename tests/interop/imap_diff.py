@@ -3,7 +3,7 @@
 against a throw-away Dovecot (the reference implementation), responses
 compared after normalising what may legitimately differ.
 
-Usage: imap_diff.py --port PORT --user USER --password PASSWORD
+Usage: imap_diff.py --port PORT --user USER --password PASSWORD [--compress]
   PORT is a Mailroom IMAP listener on 127.0.0.1 (plaintext LOGIN is allowed
   on loopback) where USER exists with an empty INBOX. Dovecot is started from
   its own configuration in a temporary directory (`dovecot -c FILE`) with the
@@ -19,12 +19,15 @@ normalised:
 and then compared line by line. A difference is an error unless the
 command is listed in DOCUMENTED with the RFC text that allows Mailroom's
 answer (or, for a known Mailroom bug not fixed yet, the issue that tracks
-it). Exit status: 0 when every difference is documented, 1 otherwise, 2
+it). With --compress both sessions send COMPRESS DEFLATE (RFC 4978) right
+after LOGIN and run compressed (Python's zlib, raw deflate) on both servers,
+Dovecot with its imap_zlib plugin; a second COMPRESS is compared too. Exit status: 0 when every difference is documented, 1 otherwise, 2
 when Dovecot cannot be started. Checks are explicit (no `assert`, which
 `python3 -O` removes).
 """
 
 import argparse
+import zlib
 import os
 import pwd
 import re
@@ -295,9 +298,37 @@ class Conn:
                 return lines
 
 
-def login(port, user, password):
+class Deflated:
+    """A socket seen through RFC 4978 compression: raw deflate both ways,
+    each write ended with a SYNC_FLUSH."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.z = zlib.compressobj(wbits=-15)
+        self.d = zlib.decompressobj(wbits=-15)
+
+    def sendall(self, data):
+        self.sock.sendall(self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH))
+
+    def recv(self, n):
+        while True:
+            chunk = self.sock.recv(n)
+            if not chunk:
+                return b""
+            out = self.d.decompress(chunk)
+            if out:
+                return out
+
+
+def login(port, user, password, compress=False):
     c = Conn(port)
     c.command(f'LOGIN "{user}" "{password}"')
+    if compress:
+        done = c.command("COMPRESS DEFLATE")
+        if not done[-1].startswith(f"d{c.n} OK".encode()) or c.buf:
+            print(f"COMPRESS DEFLATE failed on port {port}: {done}")
+            sys.exit(1)
+        c.sock = Deflated(c.sock)
     return c
 
 
@@ -391,6 +422,9 @@ disable_plaintext_auth = no
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 mail_plugins =
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
 namespace inbox {{
   inbox = yes
   separator = /
@@ -435,13 +469,15 @@ service imap-login {{
 # ---------------------------------------------------------------------------
 
 
-def run_session(port, user, password):
-    c = login(port, user, password)
+def run_session(port, user, password, compress=False):
+    c = login(port, user, password, compress)
     # The same state on both: fixtures appended in order with their flags
     # and dates, the folder separator the same ("/").
     for message, flags, date in FIXTURES:
         c.command(f'APPEND INBOX {flags} "{date}"', literal=message)
     results = []
+    if compress:
+        results.append(("COMPRESS DEFLATE", normalise(c.command("COMPRESS DEFLATE"))))
     for cmd in COMMANDS:
         results.append((cmd, normalise(c.command(cmd))))
     c.command("LOGOUT")
@@ -453,13 +489,14 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
+    p.add_argument("--compress", action="store_true")
     args = p.parse_args()
     dovecot = Dovecot(args.user, args.password)
     try:
-        theirs = run_session(dovecot.port, args.user, args.password)
+        theirs = run_session(dovecot.port, args.user, args.password, args.compress)
     finally:
         dovecot.stop()
-    ours = run_session(args.port, args.user, args.password)
+    ours = run_session(args.port, args.user, args.password, args.compress)
     for what, why, _, _ in KNOWN:
         print(f"known difference, not compared: {what}: {why}")
     undocumented = documented = 0
@@ -477,7 +514,9 @@ def main():
             print(f"  mailroom: {line[:400]}")
         for line in b:
             print(f"  dovecot:  {line[:400]}")
-    print(f"{len(COMMANDS)} commands, {documented} documented differences, {undocumented} undocumented")
+    if args.compress:
+        print(f"compressed: {ours[0][0]}: {ours[0][1]} / dovecot {theirs[0][1]}")
+    print(f"{len(ours)} commands, {documented} documented differences, {undocumented} undocumented")
     sys.exit(1 if undocumented else 0)
 
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mailroom_tests::{
-    Backend, PASSWORD, deliver_message, inbox_id, run_tool, start, with_accounts,
+    Backend, PASSWORD, deliver_message, inbox_id, run_tool, start, start_with, with_accounts,
 };
 
 const ALICE: &str = "alice@example.test";
@@ -65,4 +65,36 @@ async fn python_zlib_client_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_zlib_client_postgres() {
     python_zlib_client(Backend::Postgres).await;
+}
+
+/// Memory of idling compressed sessions against plain ones, in this (the
+/// server's) process: a measurement for docs/BENCHMARKS.md, not a check.
+/// `cargo test -p mailroom-tests --test interop_compress -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn idle_memory_plain_and_compressed() {
+    let r = start_with(Backend::Sqlite, None, |c| {
+        c.limits.max_connections = 5000;
+        c.limits.max_connections_per_ip = 5000;
+    })
+    .await
+    .unwrap();
+    let _store = with_accounts(&r, &[ALICE]).await;
+    deliver_message(&r, 1, ALICE, &large_message()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/imap_compress_idle.py");
+    let port = r.stack.addr("imap").unwrap().port().to_string();
+    let pid = std::process::id().to_string();
+    let n = std::env::var("COMPRESS_IDLE_SESSIONS").unwrap_or_else(|_| "500".into());
+    let out = tokio::task::spawn_blocking(move || {
+        run_tool(
+            "python3 imap_compress_idle.py",
+            Command::new("python3").args([script, "127.0.0.1", &port, ALICE, PASSWORD, &pid, &n]),
+            &[0],
+        )
+    })
+    .await
+    .unwrap();
+    println!("{out}");
+    assert_eq!(out.matches("rss: ").count(), 6, "{out}");
+    r.stack.stop(Duration::from_secs(5)).await;
 }
