@@ -38,6 +38,7 @@ mod known;
 mod lane;
 mod maildrop;
 mod mailstore;
+mod metadata;
 mod migrate;
 mod queue;
 mod reader;
@@ -52,6 +53,7 @@ pub use directory::{
 pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
+pub use metadata::MetadataEntry;
 pub use queue::*;
 pub use reader::TextReader;
 
