@@ -36,6 +36,7 @@ use tokio::io::AsyncWriteExt;
 mod auth;
 pub mod compress;
 mod fetch;
+mod metadata;
 pub mod names;
 pub mod preparse;
 mod search;

@@ -369,6 +369,8 @@ fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
         | C::GetQuota { .. }
         | C::GetQuotaRoot { .. }
         | C::SetQuota { .. }
+        | C::GetMetadata { .. }
+        | C::SetMetadata { .. }
         | C::Compress { .. } => AUTH,
         C::Check
         | C::Close
@@ -481,6 +483,8 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "BINARY",
             "STATUS=SIZE",
             "COMPRESS=DEFLATE",
+            "METADATA",
+            "METADATA-SERVER",
         ]),
     }
     caps.join(" ")
@@ -1131,6 +1135,15 @@ async fn execute(
             Ok("OK GETQUOTA completed".into())
         }
         CommandBody::SetQuota { .. } => Err(no("[NOPERM] quotas are set by the administrator")),
+        CommandBody::GetMetadata {
+            options,
+            mailbox,
+            entries,
+        } => crate::metadata::get(server, io, state, &options, &mailbox, entries.as_ref()).await,
+        CommandBody::SetMetadata {
+            mailbox,
+            entry_values,
+        } => crate::metadata::set(server, state, &mailbox, entry_values.as_ref()).await,
         CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
             Err(bad("SORT and THREAD are not supported"))
         }
