@@ -78,7 +78,7 @@ ok("NIL removes an entry")
 # DEPTH and MAXSIZE (RFC 5464 §4.2.1, §4.2.2).
 assert setm("INBOX", '/private/filters/a "1"', '/private/filters/a/deep "2"', '/private/filters/b "333"')[0] == "OK"
 typ, _, data = cmd("GETMETADATA", "(DEPTH 1)", "INBOX", "/private/filters")
-assert data == [b'"INBOX" (/private/filters NIL /private/filters/a "1" /private/filters/b "333")'], data
+assert data == [b'"INBOX" (/private/filters/a "1" /private/filters/b "333")'], data
 typ, _, data = cmd("GETMETADATA", "(DEPTH infinity)", "INBOX", "/private/filters")
 assert b"/private/filters/a/deep" in data[0], data
 typ, text, data = cmd("GETMETADATA", "(MAXSIZE 2 DEPTH 1)", "INBOX", "/private/filters")

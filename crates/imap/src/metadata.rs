@@ -19,8 +19,9 @@
 //! - GETMETADATA's MAXSIZE leaves out longer values and reports the
 //!   longest one left out with `OK [METADATA LONGENTRIES n]` (§4.2.1);
 //!   DEPTH 0, 1 and infinity select the entry, its children, or its whole
-//!   subtree (§4.2.2). A requested entry that does not exist is answered
-//!   with NIL, as Dovecot does.
+//!   subtree (§4.2.2). Without DEPTH a requested entry that does not exist
+//!   is answered with NIL; with DEPTH only what exists is listed (both as
+//!   Dovecot 2.3 answers).
 
 use imap_types::core::{AString, IString, NString, NString8};
 use imap_types::extensions::metadata::{Depth, Entry, EntryValue, GetMetadataOption};
@@ -152,7 +153,10 @@ pub(crate) async fn get(
                 .is_some_and(|rest| !rest.contains('/')),
             Depth::Infinity => name.starts_with(&prefix),
         });
-        if !stored.iter().any(|(name, _)| name == want) && !found.iter().any(|(n, _)| n == want) {
+        if matches!(depth, Depth::Null)
+            && !stored.iter().any(|(name, _)| name == want)
+            && !found.iter().any(|(n, _)| n == want)
+        {
             found.push((want, None));
         }
         for (name, value) in own.chain(below) {
