@@ -9,7 +9,8 @@
 //! | not authenticated | STARTTLS (cleartext only), AUTHENTICATE, LOGIN             |
 //! | authenticated     | ENABLE, SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,|
 //! |                   | UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE,  |
-//! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA                           |
+//! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA, COMPRESS,                |
+//! |                   | GETMETADATA, SETMETADATA                                   |
 //! | selected          | all of authenticated, plus CHECK, CLOSE, UNSELECT, EXPUNGE,|
 //! |                   | UID EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE (and UID …)  |
 //! | logout            | nothing: the connection closes                             |
@@ -23,7 +24,9 @@
 //! * responses are collected in an output buffer and flushed before the
 //!   session waits for input, so pipelined commands are answered in few writes;
 //! * after STARTTLS anything the client sent before the handshake is
-//!   discarded (CVE-2011-0411 / RFC 9051 §6.2.1);
+//!   discarded (CVE-2011-0411 / RFC 9051 §6.2.1); likewise after COMPRESS
+//!   DEFLATE, from which on every flush and read goes through
+//!   [`crate::compress`] (one SYNC_FLUSH per flush);
 //! * after every command in the selected state the session reads the store's
 //!   changes and announces them, following RFC 9051 §7.5.1 ([`crate::selected`]).
 
