@@ -15,6 +15,12 @@ import ssl
 import sys
 import zlib
 
+def check(condition, detail=""):
+    """An explicit check (`assert` would vanish under `python3 -O`)."""
+    if not condition:
+        raise SystemExit(f"check failed: {detail!r}")
+
+
 HOST, PORT, TLSPORT, USER, PASSWORD, BODYFILE = sys.argv[1:7]
 
 
@@ -77,8 +83,8 @@ class Conn:
 
     def compress(self):
         done = self.cmd(b"z1", b"COMPRESS DEFLATE")
-        assert done[-1].startswith(b"z1 OK"), done
-        assert self.buf == b"", "clear text after the OK"
+        check(done[-1].startswith(b"z1 OK"), done)
+        check(self.buf == b"", "clear text after the OK")
         self.z = zlib.compressobj(wbits=-15)
         self.d = zlib.decompressobj(wbits=-15)
 
@@ -89,19 +95,19 @@ def ok(what):
 
 def login(c):
     greeting = c.line()
-    assert greeting.startswith(b"* OK"), greeting
+    check(greeting.startswith(b"* OK"), greeting)
     r = c.cmd(b"l", b'LOGIN "%s" "%s"' % (USER.encode(), PASSWORD.encode()))
-    assert r[-1].startswith(b"l OK"), r
+    check(r[-1].startswith(b"l OK"), r)
     caps = c.cmd(b"c", b"CAPABILITY")
-    assert b"COMPRESS=DEFLATE" in caps[0], caps
+    check(b"COMPRESS=DEFLATE" in caps[0], caps)
 
 
 # Before login COMPRESS is refused.
 c = Conn(PORT)
 greeting = c.line()
-assert b"COMPRESS" not in greeting, greeting
+check(b"COMPRESS" not in greeting, greeting)
 r = c.cmd(b"p", b"COMPRESS DEFLATE")
-assert r[-1].startswith(b"p BAD"), r
+check(r[-1].startswith(b"p BAD"), r)
 ok("COMPRESS refused before login")
 
 # Plain TCP: LOGIN, COMPRESS, a second COMPRESS, SELECT, a large FETCH.
@@ -109,21 +115,21 @@ c = Conn(PORT)
 login(c)
 c.compress()
 r = c.cmd(b"z2", b"COMPRESS DEFLATE")
-assert r[-1].startswith(b"z2 NO [COMPRESSIONACTIVE]"), r
+check(r[-1].startswith(b"z2 NO [COMPRESSIONACTIVE]"), r)
 r = c.cmd(b"s", b"SELECT INBOX")
-assert r[-1].startswith(b"s OK"), r
-assert b"* 1 EXISTS" in r, r
+check(r[-1].startswith(b"s OK"), r)
+check(b"* 1 EXISTS" in r, r)
 ok("COMPRESS DEFLATE, then NO [COMPRESSIONACTIVE], then SELECT")
 
 before = c.raw_in
 r = c.cmd(b"f", b"UID FETCH 1 BODY.PEEK[]")
 lit = [x for x in r if isinstance(x, tuple)]
-assert len(lit) == 1, r
+check(len(lit) == 1, r)
 body = lit[0][1]
 with open(BODYFILE, "wb") as f:
     f.write(body)
 wire = c.raw_in - before
-assert wire < len(body) // 3, (wire, len(body))
+check(wire < len(body) // 3, (wire, len(body)))
 ok("FETCH of %d bytes came as %d deflated bytes" % (len(body), wire))
 
 # APPEND a large message through the compressed client->server direction,
@@ -131,39 +137,39 @@ ok("FETCH of %d bytes came as %d deflated bytes" % (len(body), wire))
 big = b"Subject: up\r\n\r\n" + b"".join(b"line %06d of the upload\r\n" % i for i in range(20000))
 c.send(b"a APPEND INBOX {%d}\r\n" % len(big))
 cont = c.line()
-assert cont.startswith(b"+"), cont
+check(cont.startswith(b"+"), cont)
 before = c.raw_out
 c.send(big + b"\r\n")
 r = c.response(b"a")
-assert r[-1].startswith(b"a OK [APPENDUID"), r
-assert c.raw_out - before < len(big) // 3, (c.raw_out - before, len(big))
+check(r[-1].startswith(b"a OK [APPENDUID"), r)
+check(c.raw_out - before < len(big) // 3, (c.raw_out - before, len(big)))
 uid = int(re.search(rb"APPENDUID \d+ (\d+)", r[-1]).group(1))
 r = c.cmd(b"g", b"UID FETCH %d BODY.PEEK[]" % uid)
 lit = [x for x in r if isinstance(x, tuple)]
-assert lit and lit[0][1] == big, "appended message differs"
+check(lit and lit[0][1] == big, "appended message differs")
 ok("APPEND of %d bytes, deflated, reads back the same" % len(big))
 
 # IDLE: a message appended on another (uncompressed) connection is pushed
 # at once, which needs the server's SYNC_FLUSH.
 c.send(b"i IDLE\r\n")
 cont = c.line()
-assert cont.startswith(b"+"), cont
+check(cont.startswith(b"+"), cont)
 other = Conn(PORT)
 login(other)
 msg = b"Subject: pushed\r\n\r\nhello\r\n"
 other.send(b"o APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
 r = other.response(b"o")
-assert r[-1].startswith(b"o OK"), r
+check(r[-1].startswith(b"o OK"), r)
 other.cmd(b"x", b"LOGOUT")
 pushed = c.line()
-assert re.fullmatch(rb"\* \d+ EXISTS", pushed), pushed
+check(re.fullmatch(rb"\* \d+ EXISTS", pushed), pushed)
 c.send(b"DONE\r\n")
 r = c.response(b"i")
-assert r[-1].startswith(b"i OK"), r
+check(r[-1].startswith(b"i OK"), r)
 ok("IDLE push arrived compressed: %s" % pushed.decode())
 
 r = c.cmd(b"q", b"LOGOUT")
-assert any(x.startswith(b"* BYE") for x in r if isinstance(x, bytes)), r
+check(any(x.startswith(b"* BYE") for x in r if isinstance(x, bytes)), r)
 ok("LOGOUT over the compressed stream")
 
 # TLS: compression inside TLS.
@@ -171,10 +177,10 @@ t = Conn(TLSPORT, tls=True)
 login(t)
 t.compress()
 r = t.cmd(b"s", b"EXAMINE INBOX")
-assert r[-1].startswith(b"s OK"), r
+check(r[-1].startswith(b"s OK"), r)
 r = t.cmd(b"f", b"UID FETCH 1 BODY.PEEK[]")
 lit = [x for x in r if isinstance(x, tuple)]
-assert lit and lit[0][1] == body, "FETCH over TLS differs"
+check(lit and lit[0][1] == body, "FETCH over TLS differs")
 r = t.cmd(b"q", b"LOGOUT")
-assert r[-1].startswith(b"q OK"), r
+check(r[-1].startswith(b"q OK"), r)
 ok("COMPRESS inside TLS, FETCH the same body")

@@ -13,6 +13,12 @@ import sys
 import time
 import zlib
 
+def check(condition, detail=""):
+    """An explicit check (`assert` would vanish under `python3 -O`)."""
+    if not condition:
+        raise SystemExit(f"check failed: {detail!r}")
+
+
 HOST, PORT, USER, PASSWORD, PID, N = sys.argv[1:7]
 N = int(N)
 
@@ -39,13 +45,13 @@ def session(compress, idle=True):
         while True:
             if d:
                 chunk = s.recv(65536)
-                assert chunk
+                check(chunk)
                 buf += d.decompress(chunk)
                 if prefix in buf:
                     return
             else:
                 line = f.readline()
-                assert line, "closed"
+                check(line, "closed")
                 if line.startswith(prefix):
                     return
 

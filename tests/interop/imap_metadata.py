@@ -11,6 +11,12 @@ Prints one `ok: ` line per passed check; any failure raises (exit 1).
 import imaplib
 import sys
 
+def check(condition, detail=""):
+    """An explicit check (`assert` would vanish under `python3 -O`)."""
+    if not condition:
+        raise SystemExit(f"check failed: {detail!r}")
+
+
 HOST, PORT, USER, PASSWORD = sys.argv[1:5]
 MAX_VALUE, MAX_ENTRIES = int(sys.argv[5]), int(sys.argv[6])
 
@@ -25,7 +31,7 @@ def ok(what):
 c = imaplib.IMAP4(HOST, int(PORT))
 c.login(USER, PASSWORD)
 typ, caps = c.capability()
-assert b"METADATA" in caps[0].split() and b"METADATA-SERVER" in caps[0].split(), caps
+check(b"METADATA" in caps[0].split() and b"METADATA-SERVER" in caps[0].split(), caps)
 
 
 def cmd(name, *args):
@@ -56,82 +62,82 @@ def setm(mailbox, *pairs, literal=None):
 
 # RFC 5464 §4.3 example 1 and §4.2 examples.
 typ, text, _ = setm('""', '/shared/comment "Shared comment"')
-assert typ == "OK", (typ, text)
+check(typ == "OK", (typ, text))
 typ, text, data = cmd("GETMETADATA", '""', "/shared/comment")
-assert typ == "OK" and data == [b'"" (/shared/comment "Shared comment")'], (typ, data)
+check(typ == "OK" and data == [b'"" (/shared/comment "Shared comment")'], (typ, data))
 ok("RFC 5464 server entry set and read back")
 
 c.create("INBOX/Sub")
 typ, text, _ = setm("INBOX", '/private/comment "My own comment"', '/shared/comment "Shared"')
-assert typ == "OK", text
+check(typ == "OK", text)
 typ, text, data = cmd("GETMETADATA", "INBOX", "(/shared/comment /private/comment)")
-assert typ == "OK" and data == [b'"INBOX" (/shared/comment "Shared" /private/comment "My own comment")'], data
+check(typ == "OK" and data == [b'"INBOX" (/shared/comment "Shared" /private/comment "My own comment")'], data)
 ok("RFC 5464 mailbox entries, two at once")
 
 # Removal with NIL; a missing entry reads as NIL.
 typ, _, _ = setm("INBOX", "/shared/comment NIL")
-assert typ == "OK"
+check(typ == "OK")
 typ, _, data = cmd("GETMETADATA", "INBOX", "/shared/comment")
-assert data == [b'"INBOX" (/shared/comment NIL)'], data
+check(data == [b'"INBOX" (/shared/comment NIL)'], data)
 ok("NIL removes an entry")
 
 # DEPTH and MAXSIZE (RFC 5464 §4.2.1, §4.2.2).
-assert setm("INBOX", '/private/filters/a "1"', '/private/filters/a/deep "2"', '/private/filters/b "333"')[0] == "OK"
+check(setm("INBOX", '/private/filters/a "1"', '/private/filters/a/deep "2"', '/private/filters/b "333"')[0] == "OK")
 typ, _, data = cmd("GETMETADATA", "(DEPTH 1)", "INBOX", "/private/filters")
-assert data == [b'"INBOX" (/private/filters/a "1" /private/filters/b "333")'], data
+check(data == [b'"INBOX" (/private/filters/a "1" /private/filters/b "333")'], data)
 typ, _, data = cmd("GETMETADATA", "(DEPTH infinity)", "INBOX", "/private/filters")
-assert b"/private/filters/a/deep" in data[0], data
+check(b"/private/filters/a/deep" in data[0], data)
 typ, text, data = cmd("GETMETADATA", "(MAXSIZE 2 DEPTH 1)", "INBOX", "/private/filters")
-assert typ == "OK" and "[METADATA LONGENTRIES 3]" in text, (typ, text)
-assert b"/private/filters/b" not in data[0] and b'/private/filters/a "1"' in data[0], data
+check(typ == "OK" and "[METADATA LONGENTRIES 3]" in text, (typ, text))
+check(b"/private/filters/b" not in data[0] and b'/private/filters/a "1"' in data[0], data)
 ok("DEPTH 1, DEPTH infinity and MAXSIZE with LONGENTRIES")
 
 # Case-insensitive names.
 typ, _, data = cmd("GETMETADATA", "INBOX", "/PRIVATE/Comment")
-assert data == [b'"INBOX" (/private/comment "My own comment")'], data
+check(data == [b'"INBOX" (/private/comment "My own comment")'], data)
 ok("entry names are case-insensitive")
 
 # A value at the size limit (binary, so a literal8 comes back) and one byte over.
 at_limit = bytes(range(256)) * (MAX_VALUE // 256) + b"x" * (MAX_VALUE % 256)
-assert len(at_limit) == MAX_VALUE
+check(len(at_limit) == MAX_VALUE)
 typ, text, _ = setm("INBOX", "/private/big", literal=at_limit)
-assert typ == "OK", text
+check(typ == "OK", text)
 typ, _, data = cmd("GETMETADATA", "INBOX", "/private/big")
-assert isinstance(data[0], tuple) and data[0][1] == at_limit, data[0][:1]
+check(isinstance(data[0], tuple) and data[0][1] == at_limit, data[0][:1])
 typ, text, _ = setm("INBOX", "/private/big", literal=at_limit + b"y")
-assert typ == "NO" and f"[METADATA MAXSIZE {MAX_VALUE}]" in text, (typ, text)
+check(typ == "NO" and f"[METADATA MAXSIZE {MAX_VALUE}]" in text, (typ, text))
 typ, _, data = cmd("GETMETADATA", "INBOX", "/private/big")
-assert data[0][1] == at_limit, "the refused value replaced the old one"
+check(data[0][1] == at_limit, "the refused value replaced the old one")
 ok("a value of %d bytes is stored, one byte more is NO [METADATA MAXSIZE]" % MAX_VALUE)
 
 # Too many entries: all or nothing.
 typ, text, _ = setm('"INBOX/Sub"', *['/private/e%d "v"' % i for i in range(MAX_ENTRIES)])
-assert typ == "OK", text
+check(typ == "OK", text)
 typ, text, _ = setm('"INBOX/Sub"', '/private/one-more "v"')
-assert typ == "NO" and "[METADATA TOOMANY]" in text, (typ, text)
+check(typ == "NO" and "[METADATA TOOMANY]" in text, (typ, text))
 typ, text, _ = setm('"INBOX/Sub"', "/private/e0 NIL", '/private/one-more "v"')
-assert typ == "OK", text
+check(typ == "OK", text)
 ok("%d entries on a mailbox, one more is NO [METADATA TOOMANY]" % MAX_ENTRIES)
 
 # A missing mailbox, a bad entry name.
 typ, text, _ = cmd("GETMETADATA", "Nonexistent", "/private/comment")
-assert typ == "NO" and "[NONEXISTENT]" in text, (typ, text)
+check(typ == "NO" and "[NONEXISTENT]" in text, (typ, text))
 typ, text, _ = setm("Nonexistent", '/private/comment "x"')
-assert typ == "NO" and "[NONEXISTENT]" in text, (typ, text)
+check(typ == "NO" and "[NONEXISTENT]" in text, (typ, text))
 for bad in ("/comment", "/private/", "/private//x", "/private/a*"):
     typ, _, _ = setm("INBOX", '%s "x"' % bad)
-    assert typ == "BAD", bad
+    check(typ == "BAD", bad)
 ok("missing mailbox NO [NONEXISTENT], bad entry names BAD")
 
 # RENAME moves the entries, DELETE removes them.
 c.create("Work")
-assert setm("Work", '/private/comment "work"')[0] == "OK"
-assert c.rename("Work", "Job")[0] == "OK"
+check(setm("Work", '/private/comment "work"')[0] == "OK")
+check(c.rename("Work", "Job")[0] == "OK")
 typ, _, data = cmd("GETMETADATA", "Job", "/private/comment")
-assert data == [b'"Job" (/private/comment "work")'], data
-assert c.delete("Job")[0] == "OK"
+check(data == [b'"Job" (/private/comment "work")'], data)
+check(c.delete("Job")[0] == "OK")
 c.create("Job")
 typ, _, data = cmd("GETMETADATA", "Job", "/private/comment")
-assert data == [b'"Job" (/private/comment NIL)'], data
+check(data == [b'"Job" (/private/comment NIL)'], data)
 ok("RENAME keeps a mailbox's entries, DELETE removes them")
 c.logout()
