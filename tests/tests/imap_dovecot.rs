@@ -5,14 +5,15 @@
 //! normalised responses must agree or differ only where
 //! `tests/interop/imap_diff.py` documents why (with the RFC text). The
 //! same session runs once more with COMPRESS=DEFLATE (RFC 4978) on both
-//! servers (Dovecot's imap_zlib plugin).
+//! servers (Dovecot's imap_zlib plugin), and with METADATA (RFC 5464)
+//! commands after it (Dovecot's `mail_attribute_dict`).
 
 use std::process::Command;
 use std::time::Duration;
 
 use mailroom_tests::{Backend, PASSWORD, run_tool, start, with_accounts};
 
-async fn against_dovecot(backend: Backend, compress: bool) {
+async fn against_dovecot(backend: Backend, extra: &'static [&'static str]) {
     let Some(r) = start(backend).await else {
         return;
     };
@@ -32,7 +33,7 @@ async fn against_dovecot(backend: Backend, compress: bool) {
                     "--password",
                     PASSWORD,
                 ])
-                .args(compress.then_some("--compress")),
+                .args(extra),
             &[0],
         )
     })
@@ -45,20 +46,30 @@ async fn against_dovecot(backend: Backend, compress: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_session_as_dovecot_on_sqlite() {
-    against_dovecot(Backend::Sqlite, false).await;
+    against_dovecot(Backend::Sqlite, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_session_as_dovecot_on_postgres() {
-    against_dovecot(Backend::Postgres, false).await;
+    against_dovecot(Backend::Postgres, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_compressed_session_as_dovecot_on_sqlite() {
-    against_dovecot(Backend::Sqlite, true).await;
+    against_dovecot(Backend::Sqlite, &["--compress"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_compressed_session_as_dovecot_on_postgres() {
-    against_dovecot(Backend::Postgres, true).await;
+    against_dovecot(Backend::Postgres, &["--compress"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_metadata_as_dovecot_on_sqlite() {
+    against_dovecot(Backend::Sqlite, &["--metadata"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_metadata_as_dovecot_on_postgres() {
+    against_dovecot(Backend::Postgres, &["--metadata"]).await;
 }
