@@ -34,7 +34,9 @@ use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
 
 mod auth;
+pub mod compress;
 mod fetch;
+mod metadata;
 pub mod names;
 pub mod preparse;
 mod search;

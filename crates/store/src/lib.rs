@@ -38,6 +38,7 @@ mod known;
 mod lane;
 mod maildrop;
 mod mailstore;
+mod metadata;
 mod migrate;
 mod presence;
 mod queue;
@@ -54,6 +55,7 @@ pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
 pub use presence::Presence;
+pub use metadata::MetadataEntry;
 pub use queue::*;
 pub use reader::TextReader;
 

@@ -58,6 +58,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0007_domain_postmaster.sql"),
         false,
     ),
+    (
+        9,
+        "imap metadata",
+        include_str!("../migrations/0009_metadata.sql"),
+        false,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.
