@@ -187,6 +187,7 @@ mailroom_tests::on_both!(
     fetch_never_describes_a_message_expunged_meanwhile_as_empty,
     new_keywords_are_announced_before_use,
     recent_is_seen_by_one_rev1_session_only,
+    multiappend_is_all_or_nothing,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -1696,4 +1697,170 @@ async fn concurrent_mix_never_describes_a_message_as_empty() {
         &wrong[..wrong.len().min(3)]
     );
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// `APPEND mailbox (flags) date {n}… (flags) {m}…` with `LITERAL+` literals.
+fn multiappend(tag: &str, mailbox: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = format!("{tag} APPEND {mailbox}").into_bytes();
+    for (args, data) in parts {
+        if !args.is_empty() {
+            out.extend_from_slice(format!(" {args}").as_bytes());
+        }
+        out.extend_from_slice(format!(" {{{}+}}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// MULTIAPPEND (RFC 3502): several messages in one command, one APPENDUID
+/// with the UID set, and all or nothing: a message too big, a bad date or a
+/// set over the quota stores none of them and leaves no UID gap.
+async fn multiappend_is_all_or_nothing(r: &Running) {
+    setup(r, 0).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "MULTIAPPEND"), "{caps:?}");
+    let (m1, m2, m3) = (
+        message("one", "1"),
+        message("two", "2"),
+        message("three", "3"),
+    );
+    // RFC 3502 §6.3.11's shape: flags and a date on some messages only.
+    c.send(&multiappend(
+        "a1",
+        "Drafts",
+        &[
+            ("(\\Seen) \"05-Nov-2026 08:00:00 +0100\"", &m1),
+            ("", &m2),
+            ("(\\Flagged $Later)", &m3),
+        ],
+    ))
+    .await;
+    let (_, done) = c.until("a1").await;
+    let uidvalidity = done
+        .strip_prefix("a1 OK [APPENDUID ")
+        .and_then(|s| s.strip_suffix(" 1:3] APPEND completed"))
+        .unwrap_or_else(|| panic!("{done}"));
+    c.ok("EXAMINE Drafts").await;
+    let f = c
+        .ok("FETCH 1:3 (UID FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert_eq!(f.len(), 3, "{f:#?}");
+    assert!(
+        f[0].starts_with(
+            "* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) INTERNALDATE \"05-Nov-2026 07:00:00 +0000\""
+        ),
+        "{}",
+        f[0]
+    );
+    assert!(f[0].ends_with("Subject: one\r\n\r\n)"), "{}", f[0]);
+    assert!(
+        f[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Recent) "),
+        "{}",
+        f[1]
+    );
+    assert!(f[1].ends_with("Subject: two\r\n\r\n)"), "{}", f[1]);
+    assert!(
+        f[2].starts_with("* 3 FETCH (UID 3 FLAGS (\\Flagged \\Recent $Later) "),
+        "{}",
+        f[2]
+    );
+    assert!(f[2].ends_with("Subject: three\r\n\r\n)"), "{}", f[2]);
+    c.ok("UNSELECT").await;
+    let status = vec!["* STATUS \"Drafts\" (MESSAGES 3 UIDNEXT 4)".to_string()];
+
+    // Synchronising literals: the third is too big, refused before it is
+    // sent; the two the server already read are not stored.
+    c.send(format!("a2 APPEND Drafts {{{}}}\r\n", m1.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&m1).await;
+    c.send(format!(" (\\Seen) {{{}}}\r\n", m2.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&m2).await;
+    c.send(b" {4294967295}\r\n").await;
+    let line = c.line().await;
+    assert!(line.starts_with("a2 NO [TOOBIG]"), "{line}");
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+
+    // A bad date or flag on the second message: BAD, nothing stored.
+    for (tag, args) in [
+        ("a3", "\"31-Feb-2026 08:00:00 +0100\""),
+        ("a4", "(bad%keyword)"),
+        ("a5", "(\\Seen"),
+    ] {
+        c.send(&multiappend(
+            tag,
+            "Drafts",
+            &[("", &m1), (args, &m2), ("", &m3)],
+        ))
+        .await;
+        let (_, done) = c.until(tag).await;
+        assert!(done.starts_with(&format!("{tag} BAD")), "{args} -> {done}");
+    }
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+
+    // Into a mailbox that does not exist: TRYCREATE, nothing created.
+    c.send(&multiappend("a6", "Nowhere", &[("", &m1), ("", &m2)]))
+        .await;
+    let (_, done) = c.until("a6").await;
+    assert!(done.starts_with("a6 NO [TRYCREATE]"), "{done}");
+
+    // Over the quota part-way: the first would fit, the set does not.
+    let big = realistic_message(3);
+    let used = (m1.len() + m2.len() + m3.len()) as u64;
+    let store = mailroom_tests::open_store(r).await;
+    let alice = mailroom_address::Address::parse(ALICE).unwrap();
+    store
+        .set_quota(&alice, used + big.len() as u64 + 100)
+        .await
+        .unwrap();
+    c.send(&multiappend("a7", "Drafts", &[("", &big), ("", &big)]))
+        .await;
+    let (untagged, done) = c.until("a7").await;
+    assert!(done.starts_with("a7 NO [OVERQUOTA]"), "{done}");
+    assert_eq!(untagged, Vec::<String>::new());
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+    // The single one fits and takes the next UID: no gap was left.
+    let (_, done) = c.append_plus("a8", "Drafts", &big).await;
+    assert!(
+        done.starts_with(&format!("a8 OK [APPENDUID {uidvalidity} 4]")),
+        "{done}"
+    );
+    store.set_quota(&alice, 0).await.unwrap();
+
+    // Into the selected mailbox: the session is told of both.
+    c.ok("SELECT Drafts").await;
+    c.send(&multiappend(
+        "a9",
+        "Drafts",
+        &[("", &m1), ("(\\Answered)", &m2)],
+    ))
+    .await;
+    let (untagged, done) = c.until("a9").await;
+    assert!(
+        done.starts_with(&format!("a9 OK [APPENDUID {uidvalidity} 5:6]")),
+        "{done}"
+    );
+    assert!(
+        untagged.contains(&"* 6 EXISTS".to_string()),
+        "{untagged:#?}"
+    );
+    let f = c.ok("UID FETCH 5:6 (FLAGS)").await;
+    assert_eq!(
+        f,
+        vec![
+            "* 5 FETCH (UID 5 FLAGS (\\Recent))",
+            "* 6 FETCH (UID 6 FLAGS (\\Answered \\Recent))"
+        ]
+    );
+    // A single APPEND is still a single APPEND.
+    let (_, done) = c.append_plus("a10", "Drafts", &m3).await;
+    assert!(
+        done.starts_with(&format!("a10 OK [APPENDUID {uidvalidity} 7]")),
+        "{done}"
+    );
 }

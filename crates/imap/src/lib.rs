@@ -33,6 +33,7 @@ use mailroom_sasl::SaslConfig;
 use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
 
+mod append;
 mod auth;
 mod fetch;
 pub mod names;

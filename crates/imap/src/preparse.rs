@@ -8,7 +8,9 @@
 //!   and several patterns in parentheses, `LIST "" (a/* b)` (RFC 5258 §3):
 //!   the codec is given the first, the session matches them all;
 //! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
-//!   RFC 4731, part of IMAP4rev2).
+//!   RFC 4731, part of IMAP4rev2);
+//! * `APPEND mailbox message message…` (MULTIAPPEND, RFC 3502): cut into
+//!   single APPENDs by `crate::append`.
 //!
 //! [`lift`] removes these groups from the command's text, parses them here,
 //! and gives the rest to the codec. The groups are only recognised at the
@@ -35,6 +37,9 @@ pub struct Lifted {
     pub has_list_return: bool,
     /// `SEARCH RETURN (...)`, upper case; `Some(empty)` means `RETURN ()` (= ALL).
     pub search_return: Option<Vec<String>>,
+    /// MULTIAPPEND (RFC 3502): the messages after the first, each as a
+    /// single APPEND command (see `crate::append`); empty for one message.
+    pub more_appends: Vec<Vec<u8>>,
 }
 
 /// A parenthesised group of atoms, one level of nesting.
@@ -100,6 +105,13 @@ fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
 /// place for the codec to refuse.
 pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     let mut lifted = Lifted::default();
+    // APPEND mailbox msg msg… (MULTIAPPEND): the codec is given the first.
+    if let Some(at) = after_words(message, &["APPEND"])
+        && let Some((first, more)) = crate::append::split(message, at)
+    {
+        lifted.more_appends = more;
+        return (Some(first), lifted);
+    }
     // LIST (selection) ... [RETURN (...)]
     if let Some(at) = after_words(message, &["LIST"]) {
         let mut out = message.to_vec();
@@ -175,7 +187,7 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
 
 /// The length of the quoted string or atom at the start of `s` (`None` for
 /// a literal, or nothing there).
-fn astring_len(s: &[u8]) -> Option<usize> {
+pub(crate) fn astring_len(s: &[u8]) -> Option<usize> {
     if s.first() == Some(&b'"') {
         let mut i = 1;
         loop {

@@ -462,6 +462,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "UTF8=ACCEPT",
             "BINARY",
             "STATUS=SIZE",
+            "MULTIAPPEND",
         ]),
     }
     caps.join(" ")
@@ -922,6 +923,9 @@ async fn execute(
                 names::quote(&names::to_wire(&mb.name, state.utf8), state.utf8)
             ));
             Ok("OK STATUS completed".into())
+        }
+        body @ CommandBody::Append { .. } if !lifted.more_appends.is_empty() => {
+            crate::append::multi(server, state, body, &lifted.more_appends).await
         }
         CommandBody::Append {
             mailbox,

@@ -39,9 +39,8 @@ use std::time::{Duration, Instant};
 
 use mailroom_address::{Address, Domain};
 use mailroom_rpc::delivery::delivery_client::DeliveryClient;
-use mailroom_rpc::internal::{AttachCredential, InternalSecret, Role};
-use tonic::service::interceptor::InterceptedService;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
+use mailroom_rpc::internal::{AttachCredential, InternalSecret, Role};
 use mailroom_store::testing::TestDb;
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
@@ -49,6 +48,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Size of every message, in bytes.
