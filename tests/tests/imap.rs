@@ -188,6 +188,7 @@ mailroom_tests::on_both!(
     new_keywords_are_announced_before_use,
     recent_is_seen_by_one_rev1_session_only,
     multiappend_is_all_or_nothing,
+    create_special_use,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -1862,5 +1863,67 @@ async fn multiappend_is_all_or_nothing(r: &Running) {
     assert!(
         done.starts_with(&format!("a10 OK [APPENDUID {uidvalidity} 7]")),
         "{done}"
+    );
+}
+
+/// CREATE-SPECIAL-USE (RFC 6154 §3 and the example of §5.3): a mailbox
+/// created with a use is listed with it; an unknown or unsupported use, or
+/// one named twice, is `NO [USEATTR]` and creates nothing.
+async fn create_special_use(r: &Running) {
+    setup(r, 0).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        caps[0].split(' ').any(|w| w == "CREATE-SPECIAL-USE"),
+        "{caps:?}"
+    );
+    c.ok("CREATE MySpecialArchive (USE (\\Archive))").await;
+    assert_eq!(
+        c.ok("LIST \"\" MySpecialArchive").await,
+        vec!["* LIST (\\Archive \\HasNoChildren) \"/\" \"MySpecialArchive\""]
+    );
+    // Several uses, any case, a quoted name, a hierarchy.
+    c.ok("CREATE \"Old Mail/Sent 2025\" (USE (\\sent \\JUNK))")
+        .await;
+    assert_eq!(
+        c.ok("LIST (SPECIAL-USE) \"\" \"Old Mail/*\"").await,
+        vec!["* LIST (\\Sent \\Junk \\HasNoChildren) \"/\" \"Old Mail/Sent 2025\""]
+    );
+    for (tag, command, answer) in [
+        ("t1", "CREATE Everything (USE (\\All))", "NO [USEATTR]"),
+        ("t2", "CREATE Starred (USE (\\Flagged))", "NO [USEATTR]"),
+        ("t3", "CREATE Odd (USE (\\Important))", "NO [USEATTR]"),
+        ("t4", "CREATE Twice (USE (\\Trash \\trash))", "NO [USEATTR]"),
+        ("t5", "CREATE Empty (USE ())", "BAD"),
+        ("t6", "CREATE Unknown (FOO (\\Archive))", "BAD"),
+        ("t7", "CREATE Unclosed (USE (\\Archive)", "BAD"),
+    ] {
+        c.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        let (_, done) = c.until(tag).await;
+        assert!(
+            done.starts_with(&format!("{tag} {answer}")),
+            "{command} -> {done}"
+        );
+    }
+    for name in [
+        "Everything",
+        "Starred",
+        "Odd",
+        "Twice",
+        "Empty",
+        "Unknown",
+        "Unclosed",
+    ] {
+        assert_eq!(
+            c.ok(&format!("LIST \"\" {name}")).await,
+            Vec::<String>::new()
+        );
+    }
+    // A plain CREATE still makes a mailbox without a use.
+    c.ok("CREATE Plain").await;
+    assert_eq!(
+        c.ok("LIST \"\" Plain").await,
+        vec!["* LIST (\\HasNoChildren) \"/\" \"Plain\""]
     );
 }

@@ -41,6 +41,7 @@ pub mod preparse;
 mod search;
 pub mod selected;
 pub mod session;
+mod specialuse;
 
 pub use mailroom_net::AuthThrottle;
 

@@ -10,7 +10,8 @@
 //! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
 //!   RFC 4731, part of IMAP4rev2);
 //! * `APPEND mailbox message message…` (MULTIAPPEND, RFC 3502): cut into
-//!   single APPENDs by `crate::append`.
+//!   single APPENDs by `crate::append`;
+//! * `CREATE name (USE (\Archive …))` (CREATE-SPECIAL-USE, RFC 6154 §3).
 //!
 //! [`lift`] removes these groups from the command's text, parses them here,
 //! and gives the rest to the codec. The groups are only recognised at the
@@ -40,6 +41,9 @@ pub struct Lifted {
     /// MULTIAPPEND (RFC 3502): the messages after the first, each as a
     /// single APPEND command (see `crate::append`); empty for one message.
     pub more_appends: Vec<Vec<u8>>,
+    /// `CREATE name (USE (attr …))` (CREATE-SPECIAL-USE, RFC 6154 §3): the
+    /// attributes, upper case; `None` without a USE parameter.
+    pub create_use: Option<Vec<String>>,
 }
 
 /// A parenthesised group of atoms, one level of nesting.
@@ -111,6 +115,24 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     {
         lifted.more_appends = more;
         return (Some(first), lifted);
+    }
+    // CREATE name (USE (attr …)): the group must end the command.
+    if let Some(at) = after_words(message, &["CREATE"])
+        && let Some(n) = astring_len(&message[at..])
+        && message.get(at + n) == Some(&b' ')
+        && let Some((items, len)) = group(&message[at + n + 1..])
+    {
+        let end = message.len() - trailing_newline(message);
+        if let [Item::Atom(word), Item::Group(uses)] = items.as_slice()
+            && word == "USE"
+            && at + n + 1 + len == end
+            && uses.iter().all(|u| matches!(u, Item::Atom(_)))
+        {
+            lifted.create_use = Some(atoms(uses));
+            let mut out = message[..at + n].to_vec();
+            out.extend_from_slice(&message[end..]);
+            return (Some(out), lifted);
+        }
     }
     // LIST (selection) ... [RETURN (...)]
     if let Some(at) = after_words(message, &["LIST"]) {

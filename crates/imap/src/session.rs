@@ -463,6 +463,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "BINARY",
             "STATUS=SIZE",
             "MULTIAPPEND",
+            "CREATE-SPECIAL-USE",
         ]),
     }
     caps.join(" ")
@@ -828,8 +829,12 @@ async fn execute(
                 return Err(no("[ALREADYEXISTS] INBOX always exists"));
             }
             let account = state.account_id();
+            let uses = match &lifted.create_use {
+                Some(wanted) => Some(crate::specialuse::uses_for_create(wanted)?),
+                None => None,
+            };
             create_parents(server, account, &name, None).await?;
-            match store.create_mailbox(account, &name, None).await {
+            match store.create_mailbox(account, &name, uses.as_deref()).await {
                 Ok(_) => Ok("OK CREATE completed".into()),
                 Err(StoreError::AlreadyExists(_)) => Err(no("[ALREADYEXISTS] mailbox exists")),
                 Err(e) => Err(e.into()),
