@@ -20,7 +20,10 @@
 //! * one `APPENDUID uidvalidity uid-set` (RFC 4315 §3) with every new UID,
 //!   in the order the messages were given;
 //! * only the message parts are cut: mailbox names, quoted strings and
-//!   literals are skipped by their syntax, never searched for keywords.
+//!   literals are skipped by their syntax, never searched for keywords;
+//! * a run of spaces before a message counts as the one SP of the grammar
+//!   (Python imapclient 3's and 4's `multiappend()` send two; Dovecot takes
+//!   them); each cut APPEND has exactly one.
 
 use imap_codec::CommandCodec;
 use imap_codec::decode::Decoder;
@@ -45,8 +48,12 @@ pub(crate) fn split(message: &[u8], at: usize) -> Option<(Vec<u8>, Vec<Vec<u8>>)
         if message.get(p) != Some(&b' ') {
             return None;
         }
-        let start = p + 1;
-        p = start;
+        // One SP by the grammar; imapclient's multiappend() sends two
+        // between messages, which Dovecot accepts, so more are skipped.
+        while message.get(p) == Some(&b' ') {
+            p += 1;
+        }
+        let start = p;
         if message.get(p) == Some(&b'(') {
             p += message[p..].iter().position(|&b| b == b')')? + 1;
             if message.get(p) != Some(&b' ') {
@@ -243,6 +250,11 @@ mod tests {
             b"a1 APPEND \"Sent Items\" (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {2+}\r\nde\r\n"
         );
         assert_eq!(more[1], b"a1 APPEND \"Sent Items\" {1}\r\nf\r\n");
+        // Two spaces between messages, as imapclient sends them.
+        let m = b"a APPEND INBOX (\\Seen) {1+}\r\nx  {1+}\r\ny\r\n";
+        let (first, more) = split(m, 9).unwrap();
+        assert_eq!(first, b"a APPEND INBOX (\\Seen) {1+}\r\nx\r\n");
+        assert_eq!(more, vec![b"a APPEND INBOX {1+}\r\ny\r\n".to_vec()]);
     }
 
     #[test]
