@@ -189,6 +189,7 @@ mailroom_tests::on_both!(
     recent_is_seen_by_one_rev1_session_only,
     multiappend_is_all_or_nothing,
     create_special_use,
+    unauthenticate_returns_to_the_greeting_state,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -1926,4 +1927,56 @@ async fn create_special_use(r: &Running) {
         c.ok("LIST \"\" Plain").await,
         vec!["* LIST (\\HasNoChildren) \"/\" \"Plain\""]
     );
+}
+
+/// UNAUTHENTICATE (RFC 8437): back to the not-authenticated state without
+/// closing the connection; the selected mailbox is left without an expunge,
+/// ENABLEd extensions are forgotten, and another user may log in.
+async fn unauthenticate_returns_to_the_greeting_state(r: &Running) {
+    setup(r, 2).await;
+    let mut c = connect(imap(r)).await;
+    // Only after authentication.
+    let (_, done) = c.cmd("UNAUTHENTICATE").await;
+    assert!(done.ends_with(" BAD log in first"), "{done}");
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        caps[0].split(' ').any(|w| w == "UNAUTHENTICATE"),
+        "{caps:?}"
+    );
+    assert_eq!(
+        c.ok("ENABLE UTF8=ACCEPT").await,
+        vec!["* ENABLED UTF8=ACCEPT"]
+    );
+    c.ok("SELECT INBOX").await;
+    c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let (untagged, done) = c.cmd("unauthenticate").await;
+    assert_eq!(untagged, Vec::<String>::new());
+    assert!(done.contains(" OK "), "{done}");
+    // Not authenticated: mailbox commands are refused, login is offered.
+    let (_, done) = c.cmd("SELECT INBOX").await;
+    assert!(done.ends_with(" BAD log in first"), "{done}");
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].contains("AUTH=PLAIN"), "{caps:?}");
+    assert!(!caps[0].contains("UNAUTHENTICATE"), "{caps:?}");
+    // Another user, on the same connection, sees only their own mail.
+    c.ok(&format!("LOGIN bob@example.test \"{PASSWORD}\""))
+        .await;
+    let sel = c.ok("SELECT INBOX").await;
+    assert!(sel.contains(&"* 0 EXISTS".to_string()), "{sel:#?}");
+    c.ok("UNAUTHENTICATE").await;
+    // Back as alice: nothing was expunged, ENABLE starts afresh.
+    c.login().await;
+    assert_eq!(
+        c.ok("ENABLE UTF8=ACCEPT").await,
+        vec!["* ENABLED UTF8=ACCEPT"]
+    );
+    let sel = c.ok("EXAMINE INBOX").await;
+    assert!(sel.contains(&"* 2 EXISTS".to_string()), "{sel:#?}");
+    let f = c.ok("FETCH 1 (FLAGS)").await;
+    assert_eq!(f, vec!["* 1 FETCH (FLAGS (\\Deleted))"]);
+    // Arguments make it a different command.
+    let (_, done) = c.cmd("UNAUTHENTICATE now").await;
+    assert!(done.contains(" BAD "), "{done}");
+    c.ok("NOOP").await;
 }

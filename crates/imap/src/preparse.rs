@@ -207,6 +207,18 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     (None, lifted)
 }
 
+/// Whether `message` is the command `word` without arguments (`tag WORD`
+/// CRLF, the word in any case): commands the codec does not know, such as
+/// UNAUTHENTICATE (RFC 8437).
+pub fn bare_command(message: &[u8], word: &str) -> bool {
+    let Some(sp) = message.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let rest = &message[sp + 1..];
+    let n = trailing_newline(rest);
+    n > 0 && rest[..rest.len() - n].eq_ignore_ascii_case(word.as_bytes())
+}
+
 /// The length of the quoted string or atom at the start of `s` (`None` for
 /// a literal, or nothing there).
 pub(crate) fn astring_len(s: &[u8]) -> Option<usize> {

@@ -300,6 +300,18 @@ impl State {
         }
     }
 
+    /// UNAUTHENTICATE (RFC 8437 §3): back to the not-authenticated state
+    /// as after the greeting. The selected mailbox is closed without an
+    /// expunge, the account and its change events are dropped and ENABLEd
+    /// extensions are forgotten; TLS and the failed-login count stay.
+    pub(crate) fn unauthenticate(&mut self) {
+        self.phase = Phase::NotAuthenticated;
+        self.account = None;
+        self.events = None;
+        self.enabled.clear();
+        (self.utf8, self.rev2, self.condstore, self.qresync) = (false, false, false, false);
+    }
+
     pub(crate) fn account_id(&self) -> i64 {
         self.account.as_ref().map_or(0, |a| a.id)
     }
@@ -464,6 +476,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "STATUS=SIZE",
             "MULTIAPPEND",
             "CREATE-SPECIAL-USE",
+            "UNAUTHENTICATE",
         ]),
     }
     caps.join(" ")
@@ -497,6 +510,18 @@ async fn command_loop(
         };
         let (rewritten, lifted) = preparse::lift(&bytes);
         let input = rewritten.as_deref().unwrap_or(&bytes);
+        if preparse::bare_command(input, "UNAUTHENTICATE")
+            && let Some(tag) = imap_tag(input)
+        {
+            if matches!(state.phase, Phase::NotAuthenticated) {
+                state.errors += 1;
+                io.line(&format!("{tag} BAD log in first"));
+            } else {
+                state.unauthenticate();
+                io.line(&format!("{tag} OK back to the not authenticated state"));
+            }
+            continue;
+        }
         let command = match CommandCodec::default().decode(input) {
             Ok((b"", command)) => command,
             _ => {
