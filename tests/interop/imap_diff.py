@@ -271,7 +271,22 @@ DOCUMENTED = {
 # Differences allowed everywhere, as a normalisation applied to both sides
 # (printed on every run, so that none is forgotten): (what, reason, pattern,
 # replacement).
-KNOWN = []
+KNOWN = [
+    (
+        "MAILBOXID in CREATE's OK",
+        "RFC 8474 §4: an OBJECTID server returns the new mailbox's MAILBOXID with CREATE; "
+        "Dovecot 2.3 does not implement OBJECTID",
+        r"^TAG OK \[MAILBOXID \([^)]*\)\]$",
+        "TAG OK",
+    ),
+    (
+        "MAILBOXID at SELECT/EXAMINE",
+        "RFC 8474 §4: an OBJECTID server sends OK [MAILBOXID] with SELECT and EXAMINE; "
+        "Dovecot 2.3 does not implement OBJECTID",
+        r"^\* OK \[MAILBOXID \([^)]*\)\]$",
+        "",
+    ),
+]
 
 # ---------------------------------------------------------------------------
 # A raw IMAP connection that reads literals.

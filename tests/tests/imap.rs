@@ -190,6 +190,7 @@ mailroom_tests::on_both!(
     multiappend_is_all_or_nothing,
     create_special_use,
     unauthenticate_returns_to_the_greeting_state,
+    object_ids,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -1979,4 +1980,114 @@ async fn unauthenticate_returns_to_the_greeting_state(r: &Running) {
     let (_, done) = c.cmd("UNAUTHENTICATE now").await;
     assert!(done.contains(" BAD "), "{done}");
     c.ok("NOOP").await;
+}
+
+/// The object id in `(…)` after `key` in `line`.
+fn object_id(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!("{key} ("))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 2..];
+    rest[..rest.find(')').unwrap()].to_string()
+}
+
+/// OBJECTID (RFC 8474): MAILBOXID from CREATE, SELECT and STATUS, kept by
+/// RENAME and new for a new mailbox of the same name; EMAILID from FETCH,
+/// the same after COPY and MOVE, found by SEARCH; THREADID NIL (threads
+/// are not tracked, §5.2).
+async fn object_ids(r: &Running) {
+    setup(r, 2).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "OBJECTID"), "{caps:?}");
+    // MAILBOXID (§4).
+    let (_, done) = c.cmd("CREATE Projects").await;
+    assert!(done.contains(" OK [MAILBOXID ("), "{done}");
+    let id = object_id(&done, "MAILBOXID");
+    assert!(
+        id.len() <= 255
+            && id.starts_with(|c: char| c.is_ascii_alphabetic())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{id}"
+    );
+    assert_eq!(
+        c.ok("STATUS Projects (MAILBOXID)").await,
+        vec![format!("* STATUS \"Projects\" (MAILBOXID ({id}))")]
+    );
+    c.ok("RENAME Projects Work").await;
+    assert_eq!(
+        c.ok("STATUS Work (UIDNEXT MAILBOXID)").await,
+        vec![format!("* STATUS \"Work\" (UIDNEXT 1 MAILBOXID ({id}))")]
+    );
+    let sel = c.ok("SELECT Work").await;
+    assert!(
+        sel.iter()
+            .any(|l| l.starts_with(&format!("* OK [MAILBOXID ({id})]"))),
+        "{sel:#?}"
+    );
+    c.ok("UNSELECT").await;
+    c.ok("DELETE Work").await;
+    let (_, done) = c.cmd("CREATE Work").await;
+    assert_ne!(object_id(&done, "MAILBOXID"), id);
+    let inbox = c.ok("STATUS INBOX (MAILBOXID)").await;
+    assert_ne!(object_id(&inbox[0], "MAILBOXID"), id);
+
+    // EMAILID and THREADID (§5).
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1:2 (EMAILID THREADID)").await;
+    assert_eq!(f.len(), 2, "{f:#?}");
+    let (e1, e2) = (object_id(&f[0], "EMAILID"), object_id(&f[1], "EMAILID"));
+    assert_ne!(e1, e2);
+    assert_eq!(f[0], format!("* 1 FETCH (EMAILID ({e1}) THREADID NIL)"));
+    assert_eq!(
+        c.ok("FETCH 2 (FLAGS EMAILID)").await,
+        vec![format!("* 2 FETCH (FLAGS () EMAILID ({e2}))")]
+    );
+    assert_eq!(
+        c.ok("UID FETCH 1 EMAILID").await,
+        vec![format!("* 1 FETCH (UID 1 EMAILID ({e1}))")]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH EMAILID {e2}")).await,
+        vec!["* SEARCH 2"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH UNSEEN EMAILID {e1}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SEEN EMAILID {e1}")).await,
+        vec!["* SEARCH"]
+    );
+    assert_eq!(c.ok("SEARCH EMAILID Enothing").await, vec!["* SEARCH"]);
+    assert_eq!(c.ok("SEARCH THREADID T1").await, vec!["* SEARCH"]);
+    // Stable across COPY and MOVE within the account.
+    c.ok("COPY 1 Archive").await;
+    c.ok("MOVE 2 Archive").await;
+    c.ok("SELECT Archive").await;
+    let f = c.ok("FETCH 1:* (EMAILID)").await;
+    assert_eq!(
+        f,
+        vec![
+            format!("* 1 FETCH (EMAILID ({e1}))"),
+            format!("* 2 FETCH (EMAILID ({e2}))")
+        ]
+    );
+    c.ok("SELECT INBOX").await;
+    assert_eq!(
+        c.ok("FETCH 1 (EMAILID)").await,
+        vec![format!("* 1 FETCH (EMAILID ({e1}))")]
+    );
+    // Bad input.
+    for bad in [
+        "SEARCH EMAILID",
+        "FETCH 1 (EMAILID",
+        "STATUS INBOX (MAILBOXID",
+    ] {
+        let (_, done) = c.cmd(bad).await;
+        assert!(done.contains(" BAD "), "{bad} -> {done}");
+    }
 }

@@ -72,6 +72,7 @@ pub(crate) async fn fetch(
     names: MacroOrMessageDataItemNames<'_>,
     uid: bool,
     modifiers: &[FetchModifier],
+    lifted: &crate::preparse::Lifted,
 ) -> Outcome {
     let mut items: Vec<MessageDataItemName<'_>> = match names {
         MacroOrMessageDataItemNames::Macro(m) => m
@@ -136,9 +137,11 @@ pub(crate) async fn fetch(
     let needs_text = items.iter().any(wants_text);
     // The one item that wants the text, when it wants all of it as it is:
     // large messages are then sent piece by piece, under this name.
+    // (OBJECTID items are added to the encoded line, so no streaming then.)
     let whole_text: Option<&'static str> = {
         let mut wanting = items.iter().filter(|n| wants_text(n));
         match (wanting.next(), wanting.next()) {
+            _ if !lifted.fetch_object.is_empty() => None,
             (
                 Some(MessageDataItemName::BodyExt {
                     section: None,
@@ -236,6 +239,11 @@ pub(crate) async fn fetch(
         } else {
             Vec::new()
         };
+        let email_ids = if lifted.fetch_object.iter().any(|n| n == "EMAILID") {
+            server.store.email_ids(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
         for &i in chunk {
             let meta = &sel.messages[i];
             // The name of the item sent piece by piece, for a large message.
@@ -285,6 +293,34 @@ pub(crate) async fn fetch(
             if let Some(name) = streaming {
                 send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
                     .await?;
+                continue;
+            }
+            if !lifted.fetch_object.is_empty() {
+                // OBJECTID items (crate::objectid), after the codec's.
+                let email_id = email_ids
+                    .iter()
+                    .find(|(u, _)| *u == meta.uid)
+                    .map(|(_, id)| id.as_str());
+                if email_id.is_none() && lifted.fetch_object.iter().any(|n| n == "EMAILID") {
+                    continue; // removed meanwhile
+                }
+                let extra = crate::objectid::fetch_items(&lifted.fetch_object, email_id);
+                if lifted.fetch_object_only && !uid {
+                    // The `UID` put in for an emptied list was not asked for.
+                    let n = out_items.len();
+                    out_items.retain(|it| !matches!(it, MessageDataItem::Uid(_)));
+                    origins.truncate(out_items.len().min(n));
+                }
+                let mut line = encode_fetch(i + 1, out_items, &origins)
+                    .unwrap_or_else(|| format!("* {} FETCH ()\r\n", i + 1).into_bytes());
+                let at = line.len() - 3;
+                let extra = if line[at - 1] == b'(' {
+                    extra.trim_start().to_string()
+                } else {
+                    extra
+                };
+                line.splice(at..at, extra.into_bytes());
+                io.out.extend_from_slice(&line);
                 continue;
             }
             if let Some(encoded) = encode_fetch(i + 1, out_items, &origins) {

@@ -37,6 +37,7 @@ mod append;
 mod auth;
 mod fetch;
 pub mod names;
+mod objectid;
 pub mod preparse;
 mod search;
 pub mod selected;

@@ -11,7 +11,8 @@
 //!   RFC 4731, part of IMAP4rev2);
 //! * `APPEND mailbox message message…` (MULTIAPPEND, RFC 3502): cut into
 //!   single APPENDs by `crate::append`;
-//! * `CREATE name (USE (\Archive …))` (CREATE-SPECIAL-USE, RFC 6154 §3).
+//! * `CREATE name (USE (\Archive …))` (CREATE-SPECIAL-USE, RFC 6154 §3);
+//! * OBJECTID's FETCH, STATUS and SEARCH items (RFC 8474), by `crate::objectid`.
 //!
 //! [`lift`] removes these groups from the command's text, parses them here,
 //! and gives the rest to the codec. The groups are only recognised at the
@@ -44,6 +45,17 @@ pub struct Lifted {
     /// `CREATE name (USE (attr …))` (CREATE-SPECIAL-USE, RFC 6154 §3): the
     /// attributes, upper case; `None` without a USE parameter.
     pub create_use: Option<Vec<String>>,
+    /// FETCH `EMAILID`/`THREADID` (OBJECTID, RFC 8474; see
+    /// `crate::objectid`), upper case, in the order asked.
+    pub fetch_object: Vec<String>,
+    /// The FETCH asked for nothing else (its list was replaced by `UID`).
+    pub fetch_object_only: bool,
+    /// STATUS `MAILBOXID` was asked for.
+    pub status_mailboxid: bool,
+    /// … and nothing else (the list was replaced by `MESSAGES`).
+    pub status_mailboxid_only: bool,
+    /// SEARCH `EMAILID x` / `THREADID x` at the top level: (key, value).
+    pub search_object: Vec<(String, String)>,
 }
 
 /// A parenthesised group of atoms, one level of nesting.
@@ -90,7 +102,7 @@ fn group(s: &[u8]) -> Option<(Vec<Item>, usize)> {
 
 /// Position just after `tag SP` and the command word(s), when the command
 /// is `words` (case-insensitive); e.g. `["UID", "SEARCH"]`.
-fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
+pub(crate) fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
     let mut i = line.iter().position(|&b| b == b' ')? + 1;
     for w in words {
         let end = i + w.len();
@@ -109,6 +121,12 @@ fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
 /// place for the codec to refuse.
 pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     let mut lifted = Lifted::default();
+    let object = crate::objectid::lift(message, &mut lifted);
+    let (out, lifted) = lift_rest(object.as_deref().unwrap_or(message), lifted);
+    (out.or(object), lifted)
+}
+
+fn lift_rest(message: &[u8], mut lifted: Lifted) -> (Option<Vec<u8>>, Lifted) {
     // APPEND mailbox msg msg… (MULTIAPPEND): the codec is given the first.
     if let Some(at) = after_words(message, &["APPEND"])
         && let Some((first, more)) = crate::append::split(message, at)

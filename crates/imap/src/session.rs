@@ -477,6 +477,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "MULTIAPPEND",
             "CREATE-SPECIAL-USE",
             "UNAUTHENTICATE",
+            "OBJECTID",
         ]),
     }
     caps.join(" ")
@@ -860,7 +861,10 @@ async fn execute(
             };
             create_parents(server, account, &name, None).await?;
             match store.create_mailbox(account, &name, uses.as_deref()).await {
-                Ok(_) => Ok("OK CREATE completed".into()),
+                Ok(mb) => Ok(format!(
+                    "OK [MAILBOXID ({})] CREATE completed",
+                    mailroom_store::mailbox_object_id(&mb)
+                )),
                 Err(StoreError::AlreadyExists(_)) => Err(no("[ALREADYEXISTS] mailbox exists")),
                 Err(e) => Err(e.into()),
             }
@@ -947,7 +951,15 @@ async fn execute(
         } => {
             let name = mailbox_name(state, &mailbox)?;
             let mb = existing_mailbox(server, state, &name).await?;
-            let items = status_items(server, &mb, item_names.as_ref()).await?;
+            let mut items = status_items(server, &mb, item_names.as_ref()).await?;
+            if lifted.status_mailboxid {
+                let id = format!("MAILBOXID ({})", mailroom_store::mailbox_object_id(&mb));
+                items = if lifted.status_mailboxid_only {
+                    id
+                } else {
+                    format!("{items} {id}")
+                };
+            }
             io.line(&format!(
                 "* STATUS {} ({items})",
                 names::quote(&names::to_wire(&mb.name, state.utf8), state.utf8)
@@ -1072,6 +1084,7 @@ async fn execute(
                 macro_or_item_names,
                 uid,
                 &modifiers,
+                lifted,
             )
             .await
         }
@@ -1325,6 +1338,10 @@ async fn select(
     io.line(&format!(
         "* OK [UIDNEXT {}] predicted next UID",
         sel.mailbox.uidnext
+    ));
+    io.line(&format!(
+        "* OK [MAILBOXID ({})] the mailbox's object id",
+        mailroom_store::mailbox_object_id(&sel.mailbox)
     ));
     io.line(&format!(
         "* OK [HIGHESTMODSEQ {}] highest",

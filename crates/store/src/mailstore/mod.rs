@@ -211,6 +211,8 @@ use sql::*;
 
 mod mailboxes;
 mod multiappend;
+mod objectid;
+pub use objectid::mailbox_object_id;
 mod reads;
 mod sync;
 mod writes;
