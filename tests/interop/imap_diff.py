@@ -223,6 +223,13 @@ COMMANDS = (
         "STATUS INBOX (MESSAGES UIDNEXT)",
         "EXAMINE INBOX",
         "FETCH 4:* (UID FLAGS INTERNALDATE RFC822.SIZE)",
+        # SAVEDATE (RFC 8514): the dates are the servers' clocks, compared
+        # as present or NIL; the searches by their results.
+        "FETCH 1:* (SAVEDATE)",
+        "SEARCH SAVEDATESUPPORTED",
+        "SEARCH SAVEDBEFORE 1-Jan-2000",
+        "SEARCH SAVEDSINCE 1-Jan-2000",
+        "SEARCH SAVEDON 1-Jan-2000",
         "CLOSE",
         ("MULTIAPPEND nonexistent", ["nonexistent", PLAIN, "", EMPTY_BODY]),
         ("MULTIAPPEND bad flag", ["INBOX", PLAIN, "(bad%flag)", EMPTY_BODY]),
@@ -402,6 +409,7 @@ def normalise(lines):
         line = line.replace(" [CLIENTBUG]", "")
         line = re.sub(r"\[COPYUID \d+ ", "[COPYUID n ", line)
         line = re.sub(r"\[APPENDUID \d+ ", "[APPENDUID n ", line)
+        line = re.sub(r'SAVEDATE "[^"]*"', 'SAVEDATE "date"', line)
         if re.match(r"^\* \d+ FETCH \((BODY|BODYSTRUCTURE) \(", line):
             line = re.sub(r'"([A-Za-z0-9.+-]+)"', lambda m: '"' + m.group(1).lower() + '"', line)
         # Status responses: keep the status and the response code only.

@@ -191,6 +191,7 @@ mailroom_tests::on_both!(
     create_special_use,
     unauthenticate_returns_to_the_greeting_state,
     object_ids,
+    savedate,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -2086,6 +2087,111 @@ async fn object_ids(r: &Running) {
         "SEARCH EMAILID",
         "FETCH 1 (EMAILID",
         "STATUS INBOX (MAILBOXID",
+    ] {
+        let (_, done) = c.cmd(bad).await;
+        assert!(done.contains(" BAD "), "{bad} -> {done}");
+    }
+}
+
+/// Today's date (UTC) in IMAP's `d-Mon-yyyy` form.
+fn imap_today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let names = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!("{day}-{}-{year}", names[(month - 1) as usize])
+}
+
+/// SAVEDATE (RFC 8514): an APPENDed message's save date is when it was
+/// saved, not its INTERNALDATE; SEARCH SAVEDBEFORE/SAVEDON/SAVEDSINCE use
+/// it, SAVEDATESUPPORTED matches every message; delivered and copied
+/// messages have one too.
+async fn savedate(r: &Running) {
+    setup(r, 1).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "SAVEDATE"), "{caps:?}");
+    let before = imap_today();
+    let msg = message("saved", "body");
+    let (_, done) = c
+        .append_plus("a1", "Drafts \"05-Nov-2020 08:00:00 +0100\"", &msg)
+        .await;
+    assert!(done.starts_with("a1 OK"), "{done}");
+    let after = imap_today();
+    c.ok("SELECT Drafts").await;
+    let f = c.ok("FETCH 1 (INTERNALDATE SAVEDATE)").await;
+    let line = &f[0];
+    assert!(
+        line.starts_with("* 1 FETCH (INTERNALDATE \"05-Nov-2020 07:00:00 +0000\" SAVEDATE \""),
+        "{line}"
+    );
+    let saved = line.split("SAVEDATE \"").nth(1).unwrap();
+    let day = saved
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_string();
+    assert!(day == before || day == after, "{line} (today {before})");
+    assert!(saved.ends_with(" +0000\")"), "{line}");
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDON {day}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDSINCE {day}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDBEFORE {day}")).await,
+        vec!["* SEARCH"]
+    );
+    assert_eq!(c.ok("SEARCH SAVEDON 5-Nov-2020").await, vec!["* SEARCH"]);
+    assert_eq!(c.ok("SEARCH ON 5-Nov-2020").await, vec!["* SEARCH 1"]);
+    assert_eq!(
+        c.ok("SEARCH SAVEDBEFORE 1-Jan-2200").await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(c.ok("SEARCH SAVEDATESUPPORTED").await, vec!["* SEARCH 1"]);
+    assert_eq!(
+        c.ok("UID SEARCH SAVEDATESUPPORTED SAVEDSINCE 1-Jan-2000 UNSEEN")
+            .await,
+        vec!["* SEARCH 1"]
+    );
+    // A delivered message and a copy have save dates of their own.
+    c.ok("COPY 1 Archive").await;
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1 (SAVEDATE)").await;
+    assert!(f[0].starts_with("* 1 FETCH (SAVEDATE \""), "{f:?}");
+    c.ok("SELECT Archive").await;
+    let f = c.ok("FETCH 1 (SAVEDATE INTERNALDATE)").await;
+    assert!(
+        f[0].contains("INTERNALDATE \"05-Nov-2020 07:00:00 +0000\""),
+        "{f:?}"
+    );
+    let copied = f[0].split("SAVEDATE \"").nth(1).unwrap();
+    let copied_day = copied.split(' ').next().unwrap().trim_start_matches('0');
+    assert!(copied_day == before || copied_day == after, "{f:?}");
+    // Bad input.
+    for bad in [
+        "SEARCH SAVEDON 31-Feb-2020",
+        "SEARCH SAVEDON",
+        "SEARCH SAVEDSINCE yesterday",
+        "FETCH 1 (SAVEDATE",
     ] {
         let (_, done) = c.cmd(bad).await;
         assert!(done.contains(" BAD "), "{bad} -> {done}");

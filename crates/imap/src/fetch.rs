@@ -244,6 +244,11 @@ pub(crate) async fn fetch(
         } else {
             Vec::new()
         };
+        let saved_dates = if lifted.fetch_object.iter().any(|n| n == "SAVEDATE") {
+            server.store.saved_dates(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
         for &i in chunk {
             let meta = &sel.messages[i];
             // The name of the item sent piece by piece, for a large message.
@@ -304,7 +309,14 @@ pub(crate) async fn fetch(
                 if email_id.is_none() && lifted.fetch_object.iter().any(|n| n == "EMAILID") {
                     continue; // removed meanwhile
                 }
-                let extra = crate::objectid::fetch_items(&lifted.fetch_object, email_id);
+                let saved = saved_dates
+                    .iter()
+                    .find(|(u, _)| *u == meta.uid)
+                    .map(|(_, t)| *t);
+                if saved.is_none() && lifted.fetch_object.iter().any(|n| n == "SAVEDATE") {
+                    continue; // removed meanwhile
+                }
+                let extra = crate::objectid::fetch_items(&lifted.fetch_object, email_id, saved);
                 if lifted.fetch_object_only && !uid {
                     // The `UID` put in for an emptied list was not asked for.
                     let n = out_items.len();

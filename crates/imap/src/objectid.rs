@@ -1,13 +1,15 @@
-//! OBJECTID (RFC 8474): MAILBOXID, EMAILID and THREADID.
+//! OBJECTID (RFC 8474): MAILBOXID, EMAILID and THREADID; and SAVEDATE
+//! (RFC 8514), whose FETCH item and SEARCH keys are lifted the same way.
 //!
 //! The codec knows none of the three, so [`lift`] (called first by
 //! [`crate::preparse::lift`]) takes them off a command:
-//! * `FETCH set (… EMAILID THREADID …)`: the items are removed (a list left
+//! * `FETCH set (… EMAILID THREADID SAVEDATE …)`: the items are removed (a list left
 //!   empty becomes `UID`, which is then not sent unless asked for) and
 //!   answered after the codec's items ([`fetch_items`]);
 //! * `STATUS name (… MAILBOXID …)`: likewise (an empty list becomes
 //!   `MESSAGES`, then not sent);
-//! * `SEARCH … EMAILID id … THREADID id …` among the top-level criteria
+//! * `SEARCH … EMAILID id … THREADID id …`, `SAVEDBEFORE`/`SAVEDON`/
+//!   `SAVEDSINCE date` and `SAVEDATESUPPORTED` among the top-level criteria
 //!   (which are ANDed): each pair becomes `ALL` and the result is filtered
 //!   ([`filter_search`]). Inside `OR`, `NOT` or a parenthesised group they
 //!   are left to the codec, which refuses them (`BAD`); a documented limit.
@@ -16,7 +18,9 @@
 //! ([`mailroom_store::Store::email_ids`], [`mailroom_store::mailbox_object_id`]:
 //! stable across COPY, MOVE and RENAME). Threads are not tracked, so
 //! THREADID is `NIL` for every message (RFC 8474 §5.2 allows it) and
-//! `SEARCH THREADID x` matches nothing.
+//! `SEARCH THREADID x` matches nothing. Save dates come from the store
+//! ([`mailroom_store::Store::saved_dates`]); every mailbox has them, so
+//! `SAVEDATESUPPORTED` matches every message (RFC 8514 §3).
 
 use mailroom_store::MessageMeta;
 
@@ -30,8 +34,12 @@ pub(crate) fn lift(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     let words = |w: &[&str]| crate::preparse::after_words(message, w);
     if let Some(at) = words(&["FETCH"]).or_else(|| words(&["UID", "FETCH"])) {
         let set_end = at + message[at..].iter().position(|&b| b == b' ')?;
-        let (out, removed, emptied) =
-            lift_list(message, set_end + 1, &["EMAILID", "THREADID"], "UID")?;
+        let (out, removed, emptied) = lift_list(
+            message,
+            set_end + 1,
+            &["EMAILID", "THREADID", "SAVEDATE"],
+            "UID",
+        )?;
         lifted.fetch_object = removed;
         lifted.fetch_object_only = emptied;
         return Some(out);
@@ -172,7 +180,18 @@ fn lift_search(message: &[u8], at: usize, lifted: &mut Lifted) -> Option<Vec<u8>
             pieces.extend(toks[i..].iter().map(|r| rest[r.clone()].to_vec()));
             break;
         }
-        if (w == "EMAILID" || w == "THREADID") && i + 1 < toks.len() {
+        if w == "SAVEDATESUPPORTED" {
+            lifted.search_object.push((w, String::new()));
+            pieces.push(b"ALL".to_vec());
+            found = true;
+            i += 1;
+            continue;
+        }
+        if matches!(
+            w.as_str(),
+            "EMAILID" | "THREADID" | "SAVEDBEFORE" | "SAVEDON" | "SAVEDSINCE"
+        ) && i + 1 < toks.len()
+        {
             let value = String::from_utf8_lossy(&rest[toks[i + 1].clone()]).into_owned();
             lifted.search_object.push((w, value));
             pieces.push(b"ALL".to_vec());
@@ -196,17 +215,34 @@ fn lift_search(message: &[u8], at: usize, lifted: &mut Lifted) -> Option<Vec<u8>
     Some(out)
 }
 
-/// ` EMAILID (…) THREADID NIL` for a FETCH response, as asked.
-pub(crate) fn fetch_items(names: &[String], email_id: Option<&str>) -> String {
+/// ` EMAILID (…) THREADID NIL SAVEDATE "…"` for a FETCH response, as asked.
+pub(crate) fn fetch_items(names: &[String], email_id: Option<&str>, saved: Option<i64>) -> String {
     let mut out = String::new();
     for n in names {
-        match (n.as_str(), email_id) {
-            ("EMAILID", Some(id)) => out.push_str(&format!(" EMAILID ({id})")),
-            ("THREADID", _) => out.push_str(" THREADID NIL"),
+        match n.as_str() {
+            "EMAILID" => {
+                if let Some(id) = email_id {
+                    out.push_str(&format!(" EMAILID ({id})"));
+                }
+            }
+            "THREADID" => out.push_str(" THREADID NIL"),
+            "SAVEDATE" => match saved.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+                Some(d) => out.push_str(
+                    &d.format(" SAVEDATE \"%d-%b-%Y %H:%M:%S +0000\"")
+                        .to_string(),
+                ),
+                None => out.push_str(" SAVEDATE NIL"),
+            },
             _ => {}
         }
     }
     out
+}
+
+/// The day of a SAVED* search key's date (`1-Feb-1994`, quoted or not).
+fn search_day(value: &str) -> Result<chrono::NaiveDate, Failure> {
+    chrono::NaiveDate::parse_from_str(value.trim_matches('"'), "%d-%b-%Y")
+        .map_err(|_| Failure::Bad(format!("{value} is not a date")))
 }
 
 /// Keeps the matches (indexes into `messages`) that satisfy the lifted
@@ -218,18 +254,52 @@ pub(crate) async fn filter_search(
     matched: Vec<usize>,
     criteria: &[(String, String)],
 ) -> Result<Vec<usize>, Failure> {
+    let mut days = Vec::new();
+    for (k, v) in criteria {
+        if k.starts_with("SAVED") && k != "SAVEDATESUPPORTED" {
+            days.push((k.as_str(), search_day(v)?));
+        }
+    }
     if criteria.iter().any(|(k, _)| k == "THREADID") || matched.is_empty() {
         return Ok(Vec::new());
     }
     let uids: Vec<u32> = matched.iter().map(|&i| messages[i].uid).collect();
-    let ids = server.store.email_ids(mailbox_id, &uids).await?;
+    let emails: Vec<&str> = criteria
+        .iter()
+        .filter(|(k, _)| k == "EMAILID")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let ids = if emails.is_empty() {
+        Vec::new()
+    } else {
+        server.store.email_ids(mailbox_id, &uids).await?
+    };
+    let saved = if days.is_empty() {
+        Vec::new()
+    } else {
+        server.store.saved_dates(mailbox_id, &uids).await?
+    };
     Ok(matched
         .into_iter()
         .filter(|&i| {
             let uid = messages[i].uid;
-            ids.iter()
+            let email_ok = emails.is_empty()
+                || ids
+                    .iter()
+                    .find(|(u, _)| *u == uid)
+                    .is_some_and(|(_, id)| emails.iter().all(|want| want == id));
+            let day = saved
+                .iter()
                 .find(|(u, _)| *u == uid)
-                .is_some_and(|(_, id)| criteria.iter().all(|(_, want)| want == id))
+                .and_then(|(_, t)| chrono::DateTime::from_timestamp(*t, 0))
+                .map(|d| d.date_naive());
+            let saved_ok = days.iter().all(|(k, want)| match (*k, day) {
+                ("SAVEDBEFORE", Some(d)) => d < *want,
+                ("SAVEDON", Some(d)) => d == *want,
+                ("SAVEDSINCE", Some(d)) => d >= *want,
+                _ => false,
+            });
+            email_ok && saved_ok
         })
         .collect())
 }

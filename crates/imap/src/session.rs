@@ -478,6 +478,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "CREATE-SPECIAL-USE",
             "UNAUTHENTICATE",
             "OBJECTID",
+            "SAVEDATE",
         ]),
     }
     caps.join(" ")

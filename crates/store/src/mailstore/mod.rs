@@ -212,6 +212,7 @@ use sql::*;
 mod mailboxes;
 mod multiappend;
 mod objectid;
+mod savedate;
 pub use objectid::mailbox_object_id;
 mod reads;
 mod sync;

@@ -30,22 +30,41 @@ fn email_id(blob_hash: &str, prefix: &[u8]) -> String {
     format!("E{}", &hex::encode(h.finalize())[..26])
 }
 
+/// The lowest and highest of `uids` and the set of them (`None` when
+/// empty): reads of a few columns by UID take the range, then filter.
+pub(super) fn uid_span(uids: &[u32]) -> Option<(i64, i64, std::collections::HashSet<u32>)> {
+    let lo = *uids.iter().min()?;
+    let hi = *uids.iter().max()?;
+    Some((i64::from(lo), i64::from(hi), uids.iter().copied().collect()))
+}
+
 impl Store {
     /// The EMAILIDs of the messages of `uids` that exist in the mailbox,
     /// in UID order (others are left out).
     pub async fn email_ids(&self, mailbox_id: i64, uids: &[u32]) -> Result<Vec<(u32, String)>> {
-        let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
+        let rows = self.object_rows(mailbox_id, uids).await?;
+        Ok(rows.into_iter().map(|(uid, id, _)| (uid, id)).collect())
+    }
+
+    /// (UID, EMAILID, save date) of the messages of `uids` that exist in
+    /// the mailbox, in UID order; the save date falls back to INTERNALDATE
+    /// where none is recorded.
+    pub(super) async fn object_rows(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, String, i64)>> {
+        let Some((lo, hi, wanted)) = uid_span(uids) else {
             return Ok(Vec::new());
         };
-        let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
         on_backend!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT uid, blob_hash, prefix FROM messages
+                "SELECT uid, blob_hash, prefix, saved_at, internal_date FROM messages
                   WHERE mailbox_id = $1 AND uid >= $2 AND uid <= $3 ORDER BY uid",
             )
             .bind(mailbox_id)
-            .bind(i64::from(lo))
-            .bind(i64::from(hi))
+            .bind(lo)
+            .bind(hi)
             .fetch_all(pool)
             .await?;
             let mut out = Vec::with_capacity(wanted.len());
@@ -54,7 +73,9 @@ impl Store {
                 if wanted.contains(&uid) {
                     let hash: String = row.try_get("blob_hash")?;
                     let prefix: Vec<u8> = row.try_get("prefix")?;
-                    out.push((uid, email_id(&hash, &prefix)));
+                    let saved: Option<i64> = row.try_get("saved_at")?;
+                    let internal: i64 = row.try_get("internal_date")?;
+                    out.push((uid, email_id(&hash, &prefix), saved.unwrap_or(internal)));
                 }
             }
             Ok(out)
