@@ -230,6 +230,9 @@ COMMANDS = (
         "SEARCH SAVEDBEFORE 1-Jan-2000",
         "SEARCH SAVEDSINCE 1-Jan-2000",
         "SEARCH SAVEDON 1-Jan-2000",
+        # PREVIEW (RFC 8970).
+        "FETCH 1:* (PREVIEW)",
+        "FETCH 1:* (PREVIEW (LAZY))",
         "CLOSE",
         ("MULTIAPPEND nonexistent", ["nonexistent", PLAIN, "", EMPTY_BODY]),
         ("MULTIAPPEND bad flag", ["INBOX", PLAIN, "(bad%flag)", EMPTY_BODY]),

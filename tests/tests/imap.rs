@@ -192,6 +192,7 @@ mailroom_tests::on_both!(
     unauthenticate_returns_to_the_greeting_state,
     object_ids,
     savedate,
+    preview,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -2196,4 +2197,61 @@ async fn savedate(r: &Running) {
         let (_, done) = c.cmd(bad).await;
         assert!(done.contains(" BAD "), "{bad} -> {done}");
     }
+}
+
+/// PREVIEW (RFC 8970): up to 200 characters of the first text part,
+/// whitespace normalised, HTML without tags, decoded from its transfer
+/// encoding and charset; LAZY changes nothing; reading it does not set
+/// \Seen; a message without text has the empty preview.
+async fn preview(r: &Running) {
+    setup(r, 1).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "PREVIEW"), "{caps:?}");
+    c.ok("SELECT INBOX").await;
+    assert_eq!(
+        c.ok("FETCH 1 (PREVIEW)").await,
+        vec!["* 1 FETCH (PREVIEW \"body 1\")"]
+    );
+    assert_eq!(
+        c.ok("FETCH 1 (FLAGS PREVIEW (LAZY))").await,
+        vec!["* 1 FETCH (FLAGS () PREVIEW \"body 1\")"]
+    );
+    assert_eq!(
+        c.ok("UID FETCH 1 (PREVIEW)").await,
+        vec!["* 1 FETCH (UID 1 PREVIEW \"body 1\")"]
+    );
+    // Not \Seen by it.
+    assert_eq!(c.ok("FETCH 1 (FLAGS)").await, vec!["* 1 FETCH (FLAGS ())"]);
+    let html = b"From: a@example.test\r\nSubject: h\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><style>p {color: red}</style>\
+<p>Hello   <b>there</b>,</p>\r\n<p>second &amp; last</p></html>\r\n--b--\r\n";
+    c.append_plus("a1", "INBOX", html).await;
+    let qp = "From: a@example.test\r\nSubject: q\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 \"au\"\r\n\r\n  lait\r\n"
+        .as_bytes();
+    c.append_plus("a2", "INBOX", qp).await;
+    let long = message("long", &"0123456789 ".repeat(40));
+    c.append_plus("a3", "INBOX", &long).await;
+    c.append_plus("a4", "INBOX", b"Subject: empty\r\n\r\n")
+        .await;
+    let f = c.ok("FETCH 2:5 (PREVIEW)").await;
+    assert_eq!(f[0], "* 2 FETCH (PREVIEW \"Hello there , second & last\")");
+    // Not ASCII, or with a quote: a literal.
+    let cafe = "Caf\u{e9} \"au\" lait";
+    assert_eq!(
+        f[1],
+        format!("* 3 FETCH (PREVIEW {{{}}}\r\n{cafe})", cafe.len())
+    );
+    let cut = f[2]
+        .strip_prefix("* 4 FETCH (PREVIEW \"")
+        .and_then(|p| p.strip_suffix("\")"))
+        .unwrap_or_else(|| panic!("{}", f[2]));
+    assert_eq!(cut.chars().count(), 200, "{cut}");
+    assert!("0123456789 ".repeat(40).starts_with(cut), "{cut}");
+    assert_eq!(f[3], "* 5 FETCH (PREVIEW \"\")");
+    // An unknown modifier is refused.
+    let (_, done) = c.cmd("FETCH 1 (PREVIEW (FUZZY))").await;
+    assert!(done.contains(" BAD "), "{done}");
 }

@@ -134,7 +134,8 @@ pub(crate) async fn fetch(
     // the server omit them); the client hears of their expunge later.
     idx.retain(|&i| !sel.is_gone(sel.messages[i].uid));
 
-    let needs_text = items.iter().any(wants_text);
+    let needs_text =
+        items.iter().any(wants_text) || lifted.fetch_object.iter().any(|n| n == "PREVIEW");
     // The one item that wants the text, when it wants all of it as it is:
     // large messages are then sent piece by piece, under this name.
     // (OBJECTID items are added to the encoded line, so no streaming then.)
@@ -316,7 +317,13 @@ pub(crate) async fn fetch(
                 if saved.is_none() && lifted.fetch_object.iter().any(|n| n == "SAVEDATE") {
                     continue; // removed meanwhile
                 }
-                let extra = crate::objectid::fetch_items(&lifted.fetch_object, email_id, saved);
+                let preview = text.map(mailroom_mime::preview);
+                let extra = crate::objectid::fetch_items(
+                    &lifted.fetch_object,
+                    email_id,
+                    saved,
+                    preview.as_deref(),
+                );
                 if lifted.fetch_object_only && !uid {
                     // The `UID` put in for an emptied list was not asked for.
                     let n = out_items.len();

@@ -1,9 +1,11 @@
-//! OBJECTID (RFC 8474): MAILBOXID, EMAILID and THREADID; and SAVEDATE
-//! (RFC 8514), whose FETCH item and SEARCH keys are lifted the same way.
+//! OBJECTID (RFC 8474): MAILBOXID, EMAILID and THREADID; SAVEDATE (RFC
+//! 8514) and PREVIEW (RFC 8970), whose FETCH items and SEARCH keys are
+//! lifted the same way.
 //!
 //! The codec knows none of the three, so [`lift`] (called first by
 //! [`crate::preparse::lift`]) takes them off a command:
-//! * `FETCH set (… EMAILID THREADID SAVEDATE …)`: the items are removed (a list left
+//! * `FETCH set (… EMAILID THREADID SAVEDATE PREVIEW [(LAZY)] …)`: the
+//!   items are removed (a list left
 //!   empty becomes `UID`, which is then not sent unless asked for) and
 //!   answered after the codec's items ([`fetch_items`]);
 //! * `STATUS name (… MAILBOXID …)`: likewise (an empty list becomes
@@ -37,7 +39,7 @@ pub(crate) fn lift(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
         let (out, removed, emptied) = lift_list(
             message,
             set_end + 1,
-            &["EMAILID", "THREADID", "SAVEDATE"],
+            &["EMAILID", "THREADID", "SAVEDATE", "PREVIEW"],
             "UID",
         )?;
         lifted.fetch_object = removed;
@@ -123,10 +125,17 @@ fn lift_list(
     let inner = &message[inner_start..inner_end];
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut removed = Vec::new();
-    for r in items(inner)? {
+    let all = items(inner)?;
+    let mut skip_lazy = false;
+    for r in all {
         let word = std::str::from_utf8(&inner[r.clone()]).ok();
+        let after_preview = std::mem::take(&mut skip_lazy);
         match word.map(str::to_ascii_uppercase) {
+            // RFC 8970 §3: PREVIEW's only modifier; the preview is always
+            // computed, so LAZY changes nothing.
+            Some(w) if after_preview && w == "(LAZY)" => {}
             Some(w) if names.contains(&w.as_str()) => {
+                skip_lazy = w == "PREVIEW";
                 if !removed.contains(&w) {
                     removed.push(w);
                 }
@@ -215,8 +224,14 @@ fn lift_search(message: &[u8], at: usize, lifted: &mut Lifted) -> Option<Vec<u8>
     Some(out)
 }
 
-/// ` EMAILID (…) THREADID NIL SAVEDATE "…"` for a FETCH response, as asked.
-pub(crate) fn fetch_items(names: &[String], email_id: Option<&str>, saved: Option<i64>) -> String {
+/// ` EMAILID (…) THREADID NIL SAVEDATE "…" PREVIEW …` for a FETCH
+/// response, as asked.
+pub(crate) fn fetch_items(
+    names: &[String],
+    email_id: Option<&str>,
+    saved: Option<i64>,
+    preview: Option<&str>,
+) -> String {
     let mut out = String::new();
     for n in names {
         match n.as_str() {
@@ -232,6 +247,17 @@ pub(crate) fn fetch_items(names: &[String], email_id: Option<&str>, saved: Optio
                         .to_string(),
                 ),
                 None => out.push_str(" SAVEDATE NIL"),
+            },
+            "PREVIEW" => match preview {
+                // A quoted string when it can be one, else a literal.
+                Some(p)
+                    if p.bytes()
+                        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') =>
+                {
+                    out.push_str(&format!(" PREVIEW \"{p}\""));
+                }
+                Some(p) => out.push_str(&format!(" PREVIEW {{{}}}\r\n{p}", p.len())),
+                None => out.push_str(" PREVIEW NIL"),
             },
             _ => {}
         }

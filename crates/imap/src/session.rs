@@ -479,6 +479,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "UNAUTHENTICATE",
             "OBJECTID",
             "SAVEDATE",
+            "PREVIEW",
         ]),
     }
     caps.join(" ")
