@@ -64,6 +64,7 @@ fn wants_text(name: &MessageDataItemName<'_>) -> bool {
 }
 
 /// FETCH and UID FETCH.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     server: &ImapServer,
     io: &mut Io,
