@@ -3,7 +3,7 @@
 against a throw-away Dovecot (the reference implementation), responses
 compared after normalising what may legitimately differ.
 
-Usage: imap_diff.py --port PORT --user USER --password PASSWORD
+Usage: imap_diff.py --port PORT --user USER --password PASSWORD [--compress] [--metadata]
   PORT is a Mailroom IMAP listener on 127.0.0.1 (plaintext LOGIN is allowed
   on loopback) where USER exists with an empty INBOX. Dovecot is started from
   its own configuration in a temporary directory (`dovecot -c FILE`) with the
@@ -19,12 +19,17 @@ normalised:
 and then compared line by line. A difference is an error unless the
 command is listed in DOCUMENTED with the RFC text that allows Mailroom's
 answer (or, for a known Mailroom bug not fixed yet, the issue that tracks
-it). Exit status: 0 when every difference is documented, 1 otherwise, 2
+it). With --compress both sessions send COMPRESS DEFLATE (RFC 4978) right
+after LOGIN and run compressed (Python's zlib, raw deflate) on both servers,
+Dovecot with its imap_zlib plugin; a second COMPRESS is compared too. With
+--metadata the METADATA_COMMANDS (RFC 5464) follow, Dovecot keeping its
+entries in a mail_attribute_dict file. Exit status: 0 when every difference is documented, 1 otherwise, 2
 when Dovecot cannot be started. Checks are explicit (no `assert`, which
 `python3 -O` removes).
 """
 
 import argparse
+import zlib
 import os
 import pwd
 import re
@@ -298,6 +303,38 @@ KNOWN = [
     ),
 ]
 
+# METADATA (RFC 5464), with --metadata: Dovecot keeps entries in a
+# mail_attribute_dict file. Server /shared entries are left out: Dovecot
+# lets no user set them (NO [CANNOT]), Mailroom keeps them per account.
+METADATA_COMMANDS = [
+    "CREATE Meta",
+    'SETMETADATA INBOX (/private/comment "My own comment" /shared/comment "Shared")',
+    "GETMETADATA INBOX /private/comment",
+    "GETMETADATA INBOX (/shared/comment /private/comment)",
+    "GETMETADATA INBOX /private/nothing",
+    'SETMETADATA INBOX (/private/filters/a "1" /private/filters/a/deep "2" /private/filters/b "333")',
+    "GETMETADATA (DEPTH 1) INBOX /private/filters",
+    "GETMETADATA (DEPTH infinity) INBOX /private/filters",
+    "GETMETADATA (MAXSIZE 2 DEPTH 1) INBOX /private/filters",
+    "SETMETADATA INBOX (/shared/comment NIL)",
+    "GETMETADATA INBOX /shared/comment",
+    'SETMETADATA "" (/private/comment "server")',
+    'GETMETADATA "" /private/comment',
+    "GETMETADATA Nonexistent /private/comment",
+    'SETMETADATA INBOX (/private/ "x")',
+    'SETMETADATA INBOX (/private/a*b "x")',
+    'SETMETADATA Meta (/private/comment "m")',
+    "RENAME Meta Meta2",
+    "GETMETADATA Meta2 /private/comment",
+    "DELETE Meta2",
+    "CREATE Meta2",
+    "GETMETADATA Meta2 /private/comment",
+]
+DOCUMENTED["GETMETADATA Nonexistent /private/comment"] = (
+    "RFC 5530 §3: NONEXISTENT is the response code for a mailbox that does not exist; "
+    "Dovecot's NO carries none"
+)
+
 # ---------------------------------------------------------------------------
 # A raw IMAP connection that reads literals.
 # ---------------------------------------------------------------------------
@@ -371,9 +408,37 @@ class Conn:
                 return lines
 
 
-def login(port, user, password):
+class Deflated:
+    """A socket seen through RFC 4978 compression: raw deflate both ways,
+    each write ended with a SYNC_FLUSH."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.z = zlib.compressobj(wbits=-15)
+        self.d = zlib.decompressobj(wbits=-15)
+
+    def sendall(self, data):
+        self.sock.sendall(self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH))
+
+    def recv(self, n):
+        while True:
+            chunk = self.sock.recv(n)
+            if not chunk:
+                return b""
+            out = self.d.decompress(chunk)
+            if out:
+                return out
+
+
+def login(port, user, password, compress=False):
     c = Conn(port)
     c.command(f'LOGIN "{user}" "{password}"')
+    if compress:
+        done = c.command("COMPRESS DEFLATE")
+        if not done[-1].startswith(f"d{c.n} OK".encode()) or c.buf:
+            print(f"COMPRESS DEFLATE failed on port {port}: {done}")
+            sys.exit(1)
+        c.sock = Deflated(c.sock)
     return c
 
 
@@ -382,10 +447,36 @@ def login(port, user, password):
 # ---------------------------------------------------------------------------
 
 
+def normalise_metadata(line):
+    """RFC 5464 §4.4.1: values are nstrings (quoted or literal, the same
+    octets), the mailbox an astring; entries come in no set order."""
+    line = re.sub(
+        r"\{(\d+)\}\r\n",
+        lambda m: "\x00LIT%s\x00" % m.group(1),
+        line,
+    )
+    # Fold each literal marker and its octets into a quoted string.
+    while "\x00LIT" in line:
+        i = line.index("\x00LIT")
+        j = line.index("\x00", i + 1)
+        n = int(line[i + 4 : j])
+        line = line[:i] + '"' + line[j + 1 : j + 1 + n] + '"' + line[j + 1 + n :]
+    m = re.match(r'^\* METADATA ("[^"]*"|\S+) \((.*)\)$', line, re.S)
+    if not m:
+        return line
+    mailbox = m.group(1)
+    if mailbox != '""':
+        mailbox = mailbox.strip('"')
+    pairs = re.findall(r'(\S+) ("(?:[^"\\]|\\.)*"|NIL)', m.group(2))
+    return f"* METADATA {mailbox} (" + " ".join(f"{k} {v}" for k, v in sorted(pairs)) + ")"
+
+
 def normalise(lines):
     out = []
     for raw in lines:
         line = raw.decode("utf-8", "replace")
+        if line.startswith("* METADATA "):
+            line = normalise_metadata(line)
         line = re.sub(r"^d\d+ ", "TAG ", line)
         if line.startswith("* CAPABILITY") or "[CAPABILITY " in line:
             continue
@@ -466,9 +557,14 @@ listen = 127.0.0.1
 protocols = imap
 ssl = no
 disable_plaintext_auth = no
+mail_attribute_dict = file:%h/dovecot-attributes
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 mail_plugins =
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+  imap_metadata = yes
+}}
 namespace inbox {{
   inbox = yes
   separator = /
@@ -513,14 +609,16 @@ service imap-login {{
 # ---------------------------------------------------------------------------
 
 
-def run_session(port, user, password):
-    c = login(port, user, password)
+def run_session(port, user, password, compress=False, metadata=False):
+    c = login(port, user, password, compress)
     # The same state on both: fixtures appended in order with their flags
     # and dates, the folder separator the same ("/").
     for message, flags, date in FIXTURES:
         c.command(f'APPEND INBOX {flags} "{date}"', literal=message)
     results = []
-    for cmd in COMMANDS:
+    if compress:
+        results.append(("COMPRESS DEFLATE", normalise(c.command("COMPRESS DEFLATE"))))
+    for cmd in COMMANDS + (METADATA_COMMANDS if metadata else []):
         if isinstance(cmd, tuple):
             label, parts = cmd
             results.append((label, normalise(c.multiappend(parts))))
@@ -535,15 +633,17 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
+    p.add_argument("--compress", action="store_true")
+    p.add_argument("--metadata", action="store_true")
     args = p.parse_args()
     dovecot = Dovecot(args.user, args.password)
     try:
         caps = login(dovecot.port, args.user, args.password).command("CAPABILITY")
         dovecot_caps = [l.decode() for l in caps if l.startswith(b"* CAPABILITY")]
-        theirs = run_session(dovecot.port, args.user, args.password)
+        theirs = run_session(dovecot.port, args.user, args.password, args.compress, args.metadata)
     finally:
         dovecot.stop()
-    ours = run_session(args.port, args.user, args.password)
+    ours = run_session(args.port, args.user, args.password, args.compress, args.metadata)
     for what, why, _, _ in KNOWN:
         print(f"known difference, not compared: {what}: {why}")
     undocumented = documented = 0
@@ -562,7 +662,9 @@ def main():
             print(f"  mailroom: {line[:400]}")
         for line in b:
             print(f"  dovecot:  {line[:400]}")
-    print(f"{len(COMMANDS)} commands, {documented} documented differences, {undocumented} undocumented")
+    if args.compress:
+        print(f"compressed: {ours[0][0]}: {ours[0][1]} / dovecot {theirs[0][1]}")
+    print(f"{len(ours)} commands, {documented} documented differences, {undocumented} undocumented")
     sys.exit(1 if undocumented else 0)
 
 

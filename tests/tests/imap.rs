@@ -500,8 +500,11 @@ async fn idle_pushes_new_mail_and_expunges(r: &Running) {
     deliver_message(r, 20, ALICE, &message("pushed", "x")).await;
     assert_eq!(a.line().await, "* 2 EXISTS");
     assert_eq!(a.line().await, "* 1 RECENT");
+    // Pushed, not found by polling (the session's timeout is minutes); the
+    // latency itself (median 60 ms to 100 sessions) is measured by
+    // bench/imap-mixed.py, not here: a loaded machine must not fail this.
     assert!(
-        sent.elapsed() < Duration::from_secs(1),
+        sent.elapsed() < Duration::from_secs(10),
         "{:?}",
         sent.elapsed()
     );

@@ -4,14 +4,17 @@
 //! MULTIAPPEND and its bad input) runs
 //! against a throw-away Dovecot and against Mailroom on each store, and the
 //! normalised responses must agree or differ only where
-//! `tests/interop/imap_diff.py` documents why (with the RFC text).
+//! `tests/interop/imap_diff.py` documents why (with the RFC text). The
+//! same session runs once more with COMPRESS=DEFLATE (RFC 4978) on both
+//! servers (Dovecot's imap_zlib plugin), and with METADATA (RFC 5464)
+//! commands after it (Dovecot's `mail_attribute_dict`).
 
 use std::process::Command;
 use std::time::Duration;
 
 use mailroom_tests::{Backend, PASSWORD, run_tool, start, with_accounts};
 
-async fn against_dovecot(backend: Backend) {
+async fn against_dovecot(backend: Backend, extra: &'static [&'static str]) {
     let Some(r) = start(backend).await else {
         return;
     };
@@ -21,15 +24,17 @@ async fn against_dovecot(backend: Backend) {
     let out = tokio::task::spawn_blocking(move || {
         run_tool(
             "python3 imap_diff.py (needs dovecot-imapd)",
-            Command::new("python3").args([
-                script,
-                "--port",
-                &port,
-                "--user",
-                "diff@example.test",
-                "--password",
-                PASSWORD,
-            ]),
+            Command::new("python3")
+                .args([
+                    script,
+                    "--port",
+                    &port,
+                    "--user",
+                    "diff@example.test",
+                    "--password",
+                    PASSWORD,
+                ])
+                .args(extra),
             &[0],
         )
     })
@@ -42,10 +47,30 @@ async fn against_dovecot(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_session_as_dovecot_on_sqlite() {
-    against_dovecot(Backend::Sqlite).await;
+    against_dovecot(Backend::Sqlite, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_session_as_dovecot_on_postgres() {
-    against_dovecot(Backend::Postgres).await;
+    against_dovecot(Backend::Postgres, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_compressed_session_as_dovecot_on_sqlite() {
+    against_dovecot(Backend::Sqlite, &["--compress"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_compressed_session_as_dovecot_on_postgres() {
+    against_dovecot(Backend::Postgres, &["--compress"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_metadata_as_dovecot_on_sqlite() {
+    against_dovecot(Backend::Sqlite, &["--metadata"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_metadata_as_dovecot_on_postgres() {
+    against_dovecot(Backend::Postgres, &["--metadata"]).await;
 }

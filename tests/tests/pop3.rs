@@ -165,7 +165,61 @@ async fn uids(store: &Store, inbox: i64) -> Vec<u32> {
 mailroom_tests::on_both!(
     commands_read_the_snapshot_and_quit_applies_deletions,
     a_dropped_connection_deletes_nothing_and_the_maildrop_is_exclusive,
+    retr_reads_ahead_and_every_message_comes_whole,
 );
+
+/// RETR reads the next messages ahead in one query (at most 16 and 1 MiB):
+/// a download in order, a message asked twice, one out of order, one marked
+/// deleted in between and a 1.5 MiB one that is read alone all come back
+/// byte for byte as stored.
+async fn retr_reads_ahead_and_every_message_comes_whole(r: &Running) {
+    let store = with_accounts(r, &[ALICE]).await;
+    let mut sent = Vec::new();
+    for i in 1..=40usize {
+        let mut m = format!("From: a@remote.test\r\nSubject: n{i}\r\n\r\n").into_bytes();
+        let size = if i == 23 { 1_500_000 } else { 200 + i * 997 };
+        while m.len() < size {
+            m.extend_from_slice(format!("line {i} of message {i}\r\n").as_bytes());
+        }
+        deliver_message(r, i as i64, ALICE, &m).await;
+        sent.push(m);
+    }
+    let account = store
+        .get_account(&Address::parse(ALICE).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let inbox = store
+        .list_mailboxes(account.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .unwrap()
+        .id;
+    let mut c = connect(pop3(r)).await;
+    assert!(
+        c.login(ALICE, PASSWORD)
+            .await
+            .starts_with("+OK maildrop has 40")
+    );
+    assert!(c.cmd("DELE 3").await.starts_with("+OK"));
+    let mut order: Vec<usize> = (1..=40).filter(|&n| n != 3).collect();
+    order.insert(5, 30); // out of order, then again in its turn
+    order.insert(10, 7); // again, after it was read
+    for n in order {
+        let stored = store.read_message(inbox, n as u32).await.unwrap().unwrap();
+        let (first, body) = c.multi(&format!("RETR {n}")).await;
+        assert_eq!(first, format!("+OK {} octets", stored.len()), "RETR {n}");
+        assert!(unstuff(&body) == stored, "RETR {n} is the stored text");
+        assert!(stored.ends_with(&sent[n - 1]), "message {n} as delivered");
+    }
+    assert!(c.cmd("RETR 3").await.starts_with("-ERR"), "marked deleted");
+    assert!(c.cmd("RSET").await.starts_with("+OK"));
+    let (_, body) = c.multi("RETR 3").await;
+    assert!(unstuff(&body).ends_with(&sent[2]), "RETR 3 after RSET");
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+}
 
 async fn commands_read_the_snapshot_and_quit_applies_deletions(r: &Running) {
     let (store, inbox, uidvalidity) = setup(r).await;

@@ -221,6 +221,16 @@ async fn inbound_checks(backend: Backend) {
         ("twospf".into(), txt("v=spf1 -all")),
         // SPF fail, no DMARC: delivered, marked.
         ("nodmarc".into(), txt("v=spf1 -all")),
+        // pct=0 (RFC 7489 §6.6.4): the next milder policy applies.
+        ("pctzero".into(), txt("v=spf1 -all")),
+        ("_dmarc.pctzero".into(), txt("v=DMARC1; p=reject; pct=0")),
+        ("pctzeroq".into(), txt("v=spf1 -all")),
+        (
+            "_dmarc.pctzeroq".into(),
+            txt("v=DMARC1; p=quarantine; pct=0"),
+        ),
+        ("pctall".into(), txt("v=spf1 -all")),
+        ("_dmarc.pctall".into(), txt("v=DMARC1; p=reject; pct=100")),
     ];
     records.extend(keys.records("good"));
     let dns = start_dns(records).await;
@@ -297,6 +307,22 @@ async fn inbound_checks(backend: Backend) {
     let (code, text) = send(&r, "x@testing.test", &message("x@testing.test", "testing")).await;
     assert_eq!(code, 250, "{text}");
     delivered(&store, junk, "testing").await;
+
+    // pct=0: p=reject applied as quarantine, p=quarantine as none; pct=100
+    // as written.
+    let (code, text) = send(&r, "x@pctzero.test", &message("x@pctzero.test", "pctzero")).await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, junk, "pctzero").await;
+    let (code, text) = send(
+        &r,
+        "x@pctzeroq.test",
+        &message("x@pctzeroq.test", "pctzeroq"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    delivered(&store, inbox, "pctzeroq").await;
+    let (code, text) = send(&r, "x@pctall.test", &message("x@pctall.test", "pctall")).await;
+    assert_eq!((code, &text[..5]), (550, "5.7.1"), "{text}");
 
     // Two SPF records: permerror, delivered (no DMARC record).
     let (code, text) = send(&r, "x@twospf.test", &message("x@twospf.test", "twospf")).await;

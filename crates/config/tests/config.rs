@@ -173,8 +173,17 @@ fn deployment_files_only_set_known_keys() {
         root.join("docker-compose.yml"),
         root.join("deploy/Dockerfile"),
     ];
-    for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
-        files.push(entry.unwrap().path());
+    // The manifests, subfolders (the demo PostgreSQL) included.
+    let mut dirs = vec![root.join("deploy/kubernetes")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
     }
     let known = Config::all_keys();
     let mut checked = 0;

@@ -35,7 +35,9 @@ use tokio::io::AsyncWriteExt;
 
 mod append;
 mod auth;
+pub mod compress;
 mod fetch;
+mod metadata;
 pub mod names;
 mod objectid;
 pub mod preparse;

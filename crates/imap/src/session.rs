@@ -9,7 +9,8 @@
 //! | not authenticated | STARTTLS (cleartext only), AUTHENTICATE, LOGIN             |
 //! | authenticated     | ENABLE, SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,|
 //! |                   | UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE,  |
-//! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA                           |
+//! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA, COMPRESS,                |
+//! |                   | GETMETADATA, SETMETADATA                                   |
 //! | selected          | all of authenticated, plus CHECK, CLOSE, UNSELECT, EXPUNGE,|
 //! |                   | UID EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE (and UID …)  |
 //! | logout            | nothing: the connection closes                             |
@@ -23,7 +24,9 @@
 //! * responses are collected in an output buffer and flushed before the
 //!   session waits for input, so pipelined commands are answered in few writes;
 //! * after STARTTLS anything the client sent before the handshake is
-//!   discarded (CVE-2011-0411 / RFC 9051 §6.2.1);
+//!   discarded (CVE-2011-0411 / RFC 9051 §6.2.1); likewise after COMPRESS
+//!   DEFLATE, from which on every flush and read goes through
+//!   [`crate::compress`] (one SYNC_FLUSH per flush);
 //! * after every command in the selected state the session reads the store's
 //!   changes and announces them, following RFC 9051 §7.5.1 ([`crate::selected`]).
 
@@ -44,6 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
 use crate::ImapServer;
+use crate::compress::Deflate;
 use crate::names::{self, BadName};
 use crate::preparse::{self, Lifted};
 use crate::selected::{Selected, SyncMode, uid_set};
@@ -91,6 +95,8 @@ pub(crate) struct Io {
     max_line: u32,
     /// The current message had a line over `max_line`.
     line_too_long: bool,
+    /// COMPRESS=DEFLATE is active (RFC 4978, see [`crate::compress`]).
+    deflate: Option<Box<Deflate>>,
 }
 
 impl Io {
@@ -108,8 +114,16 @@ impl Io {
         }
         let out = std::mem::take(&mut self.out);
         let stream = self.stream.as_mut().ok_or(End::Gone)?;
+        let mut zout = Vec::new();
+        let wire = match self.deflate.as_mut() {
+            Some(z) => {
+                z.compress(&out, &mut zout).map_err(|_| End::Gone)?;
+                &zout
+            }
+            None => &out,
+        };
         let write = async {
-            stream.write_all(&out).await?;
+            stream.write_all(wire).await?;
             stream.flush().await
         };
         match tokio::time::timeout(timeout, write).await {
@@ -154,7 +168,10 @@ impl Io {
         if n == 0 {
             return Ok(false);
         }
-        self.frag.enqueue_bytes(&self.read_buf[..n]);
+        match self.deflate.as_mut() {
+            Some(z) => z.decompress(&self.read_buf[..n], |b| self.frag.enqueue_bytes(b))?,
+            None => self.frag.enqueue_bytes(&self.read_buf[..n]),
+        }
         Ok(true)
     }
 
@@ -171,6 +188,9 @@ impl Io {
         debug_assert!(self.out.is_empty());
         self.out = Vec::new();
         self.read_buf = Vec::new();
+        if let Some(z) = self.deflate.as_mut() {
+            z.hibernate();
+        }
         if self.frag.message_bytes().is_empty() {
             self.frag = Fragmentizer::new(self.frag_limit);
         }
@@ -364,6 +384,8 @@ fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
         | C::GetQuota { .. }
         | C::GetQuotaRoot { .. }
         | C::SetQuota { .. }
+        | C::GetMetadata { .. }
+        | C::SetMetadata { .. }
         | C::Compress { .. } => AUTH,
         C::Check
         | C::Close
@@ -402,6 +424,7 @@ pub(crate) async fn run(server: &ImapServer, conn: Connection, shutdown: Cancell
         max_literal: s.max_message_size,
         max_line: s.max_line_length,
         line_too_long: false,
+        deflate: None,
     };
     let mut state = State {
         peer: conn.peer,
@@ -480,6 +503,9 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "OBJECTID",
             "SAVEDATE",
             "PREVIEW",
+            "COMPRESS=DEFLATE",
+            "METADATA",
+            "METADATA-SERVER",
         ]),
     }
     caps.join(" ")
@@ -572,6 +598,21 @@ async fn command_loop(
                         return End::Gone;
                     }
                 }
+                continue;
+            }
+            CommandBody::Compress { .. } => {
+                if io.deflate.is_some() {
+                    io.line(&format!("{tag} NO [COMPRESSIONACTIVE] DEFLATE is active"));
+                    continue;
+                }
+                io.line(&format!("{tag} OK DEFLATE active"));
+                if let Err(e) = io.flush(s.idle_timeout).await {
+                    return e;
+                }
+                // RFC 4978 §3: what follows the command is compressed; bytes
+                // pipelined behind it were framed as clear text, so drop them.
+                io.frag = Fragmentizer::new(io.frag_limit);
+                io.deflate = Some(Box::default());
                 continue;
             }
             CommandBody::Logout => {
@@ -1146,7 +1187,15 @@ async fn execute(
             Ok("OK GETQUOTA completed".into())
         }
         CommandBody::SetQuota { .. } => Err(no("[NOPERM] quotas are set by the administrator")),
-        CommandBody::Compress { .. } => Err(no("[CANNOT] COMPRESS is not supported")),
+        CommandBody::GetMetadata {
+            options,
+            mailbox,
+            entries,
+        } => crate::metadata::get(server, io, state, &options, &mailbox, entries.as_ref()).await,
+        CommandBody::SetMetadata {
+            mailbox,
+            entry_values,
+        } => crate::metadata::set(server, state, &mailbox, entry_values.as_ref()).await,
         CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
             Err(bad("SORT and THREAD are not supported"))
         }
@@ -1154,6 +1203,7 @@ async fn execute(
         CommandBody::StartTLS
         | CommandBody::Logout
         | CommandBody::Idle
+        | CommandBody::Compress { .. }
         | CommandBody::Authenticate { .. }
         | CommandBody::Login { .. } => Err(bad("unexpected command")),
     }

@@ -380,3 +380,26 @@ impl Queue for QueueService {
         }
     }
 }
+
+/// Takes `worker`'s presence in the store before it leases anything
+/// (PostgreSQL: a dead worker's leases come back within seconds, see
+/// `mailroom_store::Presence`), retrying while the database is away. `None`
+/// only when shutdown comes first.
+async fn hold_presence(
+    store: &Store,
+    worker: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<mailroom_store::Presence> {
+    loop {
+        match store.hold_presence(worker).await {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "cannot announce the queue worker; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

@@ -235,6 +235,7 @@ impl Relay {
     /// Runs until `shutdown`; attempts in progress finish first.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        let _presence = crate::hold_presence(&inner.store, &inner.id, &shutdown).await;
         let leases = outcome::Leases::new(inner.store.clone(), inner.id.clone(), inner.lease_secs);
         let renewal = leases.renew();
         let slots = Arc::new(Semaphore::new(CONCURRENT_DESTINATIONS));

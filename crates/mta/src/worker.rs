@@ -137,6 +137,7 @@ impl LocalDelivery {
 
     /// Runs until `shutdown`; an attempt in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let _presence = crate::hold_presence(&self.store, &self.id, &shutdown).await;
         let leases = outcome::Leases::new(self.store.clone(), self.id.clone(), self.lease_secs);
         let renewal = leases.renew();
         loop {

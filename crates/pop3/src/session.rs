@@ -209,9 +209,37 @@ pub(crate) struct Transaction {
     deleted: Vec<bool>,
     /// Held until the session ends.
     lock: Option<MaildropLock>,
+    /// Texts read ahead by RETR (see [`Transaction::read_ahead`]), by UID.
+    prefetched: Vec<(u32, Vec<u8>)>,
 }
 
+/// RETR reads this many messages ahead, in one store query: downloaders
+/// retrieve the maildrop in order, and a round trip per message was most of
+/// a RETR's cost (issue 17). Bounded also by [`READ_AHEAD_BYTES`].
+const READ_AHEAD: usize = 16;
+/// The most a session holds read ahead (one message larger than this is
+/// read alone).
+const READ_AHEAD_BYTES: u64 = 1 << 20;
+
 impl Transaction {
+    /// The UIDs to read for `RETR n`: message `n`, then the live messages
+    /// after it, up to [`READ_AHEAD`] messages and [`READ_AHEAD_BYTES`].
+    fn read_ahead(&self, n: usize) -> Vec<u32> {
+        let mut uids = Vec::new();
+        let mut bytes = 0;
+        for (i, m) in self.maildrop.messages.iter().enumerate().skip(n - 1) {
+            if self.deleted[i] {
+                continue;
+            }
+            if !uids.is_empty() && (uids.len() >= READ_AHEAD || bytes + m.size > READ_AHEAD_BYTES) {
+                break;
+            }
+            bytes += m.size;
+            uids.push(m.uid);
+        }
+        uids
+    }
+
     /// The message numbered `n` (1-based), unless it does not exist or is
     /// marked as deleted (RFC 1939 §5: such numbers are refused).
     fn message(&self, n: usize) -> Option<mailroom_store::MaildropMessage> {
@@ -502,6 +530,7 @@ pub(crate) async fn enter_transaction(
         maildrop,
         deleted,
         lock: Some(lock),
+        prefetched: Vec::new(),
     };
     let (n, size) = t.stat();
     tracing::info!(account = %t.account, messages = n, "POP3 login");
@@ -604,11 +633,40 @@ async fn transaction_command(
                 io.err(NO_SUCH);
                 return Ok(());
             };
-            let text = match server
-                .store
-                .read_message(t.maildrop.mailbox_id, m.uid)
-                .await
-            {
+            let read = match command {
+                // RETR: from what was read ahead, else this message and
+                // the next ones in one query. (Texts of a UID never change;
+                // one removed meanwhile by IMAP is still served, as from the
+                // snapshot taken at login.)
+                Command::Retr(_) => match t.prefetched.iter().position(|(uid, _)| *uid == m.uid) {
+                    Some(i) => Ok(Some(t.prefetched.swap_remove(i).1)),
+                    None => {
+                        let uids = t.read_ahead(n);
+                        match server
+                            .store
+                            .message_texts(t.maildrop.mailbox_id, &uids)
+                            .await
+                        {
+                            Ok(mut texts) => {
+                                let this = texts
+                                    .iter()
+                                    .position(|(uid, _)| *uid == m.uid)
+                                    .map(|i| texts.swap_remove(i).1);
+                                t.prefetched = texts;
+                                Ok(this)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                },
+                _ => {
+                    server
+                        .store
+                        .read_message(t.maildrop.mailbox_id, m.uid)
+                        .await
+                }
+            };
+            let text = match read {
                 Ok(Some(text)) => text,
                 Ok(None) => {
                     // Removed meanwhile (by IMAP): RFC 1939 leaves no better answer.

@@ -255,12 +255,29 @@ impl Checker {
                 Handling::Junk | Handling::Reject => temp_dmarc(dmarc.domain()),
             },
             DmarcResult::Fail(_) | DmarcResult::PermError(_) => {
-                let p = match dmarc.policy() {
+                // RFC 7489 §6.6.4: `pct=` applies the policy to that share
+                // of failing mail, the next milder one to the rest
+                // (`mail-auth` follows DMARCbis, which dropped `pct=`).
+                let pct = dmarc_pct(&self.auth.0, dmarc.domain()).await;
+                let policy = match dmarc.policy() {
+                    p @ (Policy::Reject | Policy::Quarantine)
+                        if pct < 100 && rand::random_range(0..100u8) >= pct =>
+                    {
+                        tracing::info!(
+                            domain = dmarc.domain(),
+                            pct,
+                            "DMARC policy sampled out by pct="
+                        );
+                        milder(p)
+                    }
+                    p => p,
+                };
+                let p = match policy {
                     Policy::Reject => "reject",
                     _ => "quarantine",
                 };
                 handle(
-                    dmarc_handling(dmarc.policy(), decisions),
+                    dmarc_handling(policy, decisions),
                     Action::Reject(
                         550,
                         "5.7.1",
@@ -413,6 +430,43 @@ fn temp_dmarc(domain: &str) -> Action {
         "4.7.0",
         format!("DMARC check of {domain} could not be completed, try again later"),
     )
+}
+
+/// The next milder DMARC policy (RFC 7489 §6.6.4).
+fn milder(policy: Policy) -> Policy {
+    match policy {
+        Policy::Reject => Policy::Quarantine,
+        _ => Policy::None,
+    }
+}
+
+/// The `pct=` of the DMARC record that applies to `domain` (its own, else
+/// the nearest parent's, as the policy lookup walks up): 100 when absent or
+/// not a number from 0 to 100 (RFC 7489 §6.3).
+async fn dmarc_pct(resolver: &TokioResolver, domain: &str) -> u8 {
+    let mut name = domain.trim_end_matches('.');
+    // The same bound on the walk as the policy lookup's (DMARCbis §4.10:
+    // at most 8 lookups).
+    for _ in 0..8 {
+        if let Ok(records) = crate::dns::txt_records(resolver, &format!("_dmarc.{name}")).await
+            && let Some(record) = records
+                .iter()
+                .find(|r| r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1"))
+        {
+            return String::from_utf8_lossy(record)
+                .split(';')
+                .filter_map(|tag| tag.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
+                .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+                .filter(|&p| p <= 100)
+                .unwrap_or(100);
+        }
+        match name.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => name = parent,
+            _ => break,
+        }
+    }
+    100
 }
 
 /// How many DMARC records (`v=DMARC1`) `_dmarc.<domain>` publishes.

@@ -38,7 +38,9 @@ mod known;
 mod lane;
 mod maildrop;
 mod mailstore;
+mod metadata;
 mod migrate;
+mod presence;
 mod queue;
 mod reader;
 mod recent;
@@ -52,6 +54,8 @@ pub use directory::{
 pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
+pub use metadata::MetadataEntry;
+pub use presence::Presence;
 pub use queue::*;
 pub use reader::TextReader;
 

@@ -64,6 +64,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         include_str!("../migrations/0008_savedate.sql"),
         false,
     ),
+    (
+        9,
+        "imap metadata",
+        include_str!("../migrations/0009_metadata.sql"),
+        false,
+    ),
 ];
 
 /// The dialect words substituted into the shared SQL.

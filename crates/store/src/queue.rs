@@ -574,8 +574,19 @@ impl Store {
         } else {
             ""
         };
-        let due = "state IN ('pending', 'deferred') AND next_attempt_at <= $3
-                   AND (lease_until IS NULL OR lease_until < $3)";
+        // On PostgreSQL a lease whose worker is gone (no presence lock,
+        // crate::presence) is due at once, not when it runs out.
+        let due = if self.is_postgres() {
+            format!(
+                "state IN ('pending', 'deferred') AND next_attempt_at <= $3
+                 AND (lease_until IS NULL OR lease_until < $3 OR {})",
+                crate::presence::owner_gone_sql()
+            )
+        } else {
+            "state IN ('pending', 'deferred') AND next_attempt_at <= $3
+             AND (lease_until IS NULL OR lease_until < $3)"
+                .to_string()
+        };
         // Parameters: $1 worker, $2 lease end, $3 now, $4 limit, then for
         // remote leases $5 the default cap, then (domain, cap) pairs.
         let mut domains: Vec<(&str, i64)> = Vec::new();
@@ -733,8 +744,8 @@ impl Store {
     /// process on the same file, or this one) is left alone, as is one whose
     /// owner names no process or where `/proc` cannot tell. Returns how many
     /// recipients came back. On PostgreSQL, where the processes may run on
-    /// other hosts, it does nothing (their leases lapse when their renewals
-    /// stop).
+    /// other hosts, it does nothing: there a dead worker's leases come back
+    /// once its presence lock is gone (`crate::presence`).
     pub async fn reclaim_leases_at_start(&self) -> Result<u64> {
         let Backend::Sqlite(pool) = self.backend() else {
             return Ok(0);

@@ -43,6 +43,8 @@ on_both!(
     events_announce_every_change,
     concurrent_writers_keep_the_invariants,
     texts_are_read_in_pieces,
+    metadata_entries_are_set_replaced_and_removed,
+    metadata_follows_rename_and_goes_with_delete,
 );
 
 const PW: &str = "correct horse battery";
@@ -1760,12 +1762,18 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 /// listens, or ever with `fresh_for` zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_process_knows_follows_every_process() {
-    let Some((store, db)) = mailroom_store::testing::TestDb::postgres().await else {
+    let Some((_, db)) = mailroom_store::testing::TestDb::postgres().await else {
         return;
     };
-    let other = Store::connect(&db.url, &mailroom_store::StoreOptions::default())
-        .await
-        .unwrap();
+    // Marks trusted for a minute, not the default second: a loaded machine
+    // may take longer than a second over the round trips below (issue 18).
+    // Expiry itself is `known.rs`'s `marks_expire`.
+    let options = mailroom_store::StoreOptions {
+        fresh_for: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let store = Store::connect(&db.url, &options).await.unwrap();
+    let other = Store::connect(&db.url, &options).await.unwrap();
     let a = account(&store, "alice@example.test", 0).await;
     let inbox = mailbox(&store, a, "INBOX").await;
     let uid = append(&store, inbox.id, 1, 100).await;
@@ -1972,4 +1980,137 @@ async fn texts_are_read_in_pieces(store: &Store) {
     assert_eq!(text, whole[0].1);
     assert_eq!(sizes[0], prefix.len(), "the prefix first");
     assert!(store.open_text(inbox.id, 99, 10).await.unwrap().is_none());
+}
+
+/// METADATA (RFC 5464): set, replace, remove, the entry limit (all or
+/// nothing), accounts and scopes kept apart.
+fn md_entry(entry: &str, value: Option<&[u8]>) -> (String, Option<Vec<u8>>) {
+    (entry.to_string(), value.map(<[u8]>::to_vec))
+}
+
+async fn metadata_entries_are_set_replaced_and_removed(store: &Store) {
+    let alice = account(store, "alice@example.test", 0).await;
+    let bob = account(store, "bob@example.test", 0).await;
+    assert!(
+        store
+            .set_metadata(
+                alice,
+                None,
+                &[
+                    md_entry("/private/comment", Some(b"one")),
+                    md_entry("/shared/comment", Some(b"\x00two"))
+                ],
+                10
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_metadata(
+                alice,
+                None,
+                &[md_entry("/private/comment", Some(b"uno"))],
+                10
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_metadata(alice, None).await.unwrap(),
+        vec![
+            ("/private/comment".to_string(), b"uno".to_vec()),
+            ("/shared/comment".to_string(), b"\x00two".to_vec())
+        ]
+    );
+    assert!(store.get_metadata(bob, None).await.unwrap().is_empty());
+    // Over the limit: nothing changes, not even the removal in the same call.
+    assert!(
+        !store
+            .set_metadata(
+                alice,
+                None,
+                &[
+                    md_entry("/shared/comment", None),
+                    md_entry("/private/a", Some(b"1")),
+                    md_entry("/private/b", Some(b"2"))
+                ],
+                2
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_metadata(alice, None).await.unwrap().len(), 2);
+    assert!(
+        store
+            .set_metadata(
+                alice,
+                None,
+                &[
+                    md_entry("/shared/comment", None),
+                    md_entry("/private/missing", None)
+                ],
+                2
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_metadata(alice, None).await.unwrap(),
+        vec![("/private/comment".to_string(), b"uno".to_vec())]
+    );
+}
+
+/// A mailbox's METADATA entries follow RENAME and go with DELETE.
+async fn metadata_follows_rename_and_goes_with_delete(store: &Store) {
+    let alice = account(store, "alice@example.test", 0).await;
+    let a = store.create_mailbox(alice, "a", None).await.unwrap();
+    assert!(
+        store
+            .set_metadata(
+                alice,
+                Some(a.id),
+                &[md_entry("/private/comment", Some(b"box"))],
+                10
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_metadata(
+                alice,
+                None,
+                &[md_entry("/private/comment", Some(b"server"))],
+                10
+            )
+            .await
+            .unwrap()
+    );
+    store.rename_mailbox(alice, "a", "b").await.unwrap();
+    let b = store.mailbox_by_name(alice, "b").await.unwrap().unwrap();
+    assert_eq!(
+        store.get_metadata(alice, Some(b.id)).await.unwrap(),
+        vec![("/private/comment".to_string(), b"box".to_vec())]
+    );
+    store.delete_mailbox(alice, "b").await.unwrap();
+    assert!(
+        store
+            .get_metadata(alice, Some(b.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.create_mailbox(alice, "b", None).await.unwrap();
+    assert!(
+        store
+            .get_metadata(alice, Some(again.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.get_metadata(alice, None).await.unwrap(),
+        vec![("/private/comment".to_string(), b"server".to_vec())]
+    );
 }
