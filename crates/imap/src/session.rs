@@ -10,7 +10,8 @@
 //! | authenticated     | ENABLE, SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,|
 //! |                   | UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE,  |
 //! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA, COMPRESS,                |
-//! |                   | GETMETADATA, SETMETADATA                                   |
+//! |                   | GETMETADATA, SETMETADATA, UNAUTHENTICATE (seen before the  |
+//! |                   | codec, RFC 8437)                                           |
 //! | selected          | all of authenticated, plus CHECK, CLOSE, UNSELECT, EXPUNGE,|
 //! |                   | UID EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE (and UID …)  |
 //! | logout            | nothing: the connection closes                             |
