@@ -224,3 +224,32 @@ got = c.fetch([1], ["RFC822"])[1]
 expect(got[b"RFC822"] == big, len(got[b"RFC822"]))
 c.logout()
 print("ok: imapclient fetches a 3 MiB message whole")
+
+# 6. MULTIAPPEND (RFC 3502) through imapclient's multiappend(): three
+#    messages, flags and a date on some, one APPENDUID with the UID range.
+import datetime  # noqa: E402
+
+c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+c.login(user, password)
+expect(b"MULTIAPPEND" in c.capabilities(), c.capabilities())
+c.create_folder("Uploads")
+when = datetime.datetime(2024, 3, 1, 12, 30, 0, tzinfo=datetime.timezone.utc)
+reply = c.multiappend("Uploads", [
+    {"msg": b"From: me@example.test\r\nSubject: up1\r\n\r\none\r\n", "flags": [b"\\Seen"], "date": when},
+    b"From: me@example.test\r\nSubject: up2\r\n\r\ntwo\r\n",
+    {"msg": b"From: me@example.test\r\nSubject: up3\r\n\r\nthree\r\n", "flags": [b"\\Flagged", b"$Up"]},
+])
+typ, data = reply
+expect(typ == "OK" and data[0].startswith(b"[APPENDUID ") and data[0].split(b"]")[0].endswith(b" 1:3"),
+       reply)
+c.select_folder("Uploads", readonly=True)
+got = c.fetch([1, 2, 3], ["FLAGS", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+expect(sorted(got) == [1, 2, 3], got)
+subjects = [got[i][b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for i in (1, 2, 3)]
+expect(subjects == [b"Subject: up1", b"Subject: up2", b"Subject: up3"], subjects)
+expect(b"\\Seen" in got[1][b"FLAGS"] and b"\\Seen" not in got[2][b"FLAGS"], got)
+expect(set(got[3][b"FLAGS"]) >= {b"\\Flagged", b"$Up"}, got[3])
+expect(got[1][b"INTERNALDATE"].astimezone(datetime.timezone.utc).replace(tzinfo=None)
+       == datetime.datetime(2024, 3, 1, 12, 30, 0), got[1])
+c.logout()
+print("ok: imapclient MULTIAPPEND")

@@ -187,6 +187,12 @@ mailroom_tests::on_both!(
     fetch_never_describes_a_message_expunged_meanwhile_as_empty,
     new_keywords_are_announced_before_use,
     recent_is_seen_by_one_rev1_session_only,
+    multiappend_is_all_or_nothing,
+    create_special_use,
+    unauthenticate_returns_to_the_greeting_state,
+    object_ids,
+    savedate,
+    preview,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -1699,4 +1705,556 @@ async fn concurrent_mix_never_describes_a_message_as_empty() {
         &wrong[..wrong.len().min(3)]
     );
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// `APPEND mailbox (flags) date {n}… (flags) {m}…` with `LITERAL+` literals.
+fn multiappend(tag: &str, mailbox: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = format!("{tag} APPEND {mailbox}").into_bytes();
+    for (args, data) in parts {
+        if !args.is_empty() {
+            out.extend_from_slice(format!(" {args}").as_bytes());
+        }
+        out.extend_from_slice(format!(" {{{}+}}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// MULTIAPPEND (RFC 3502): several messages in one command, one APPENDUID
+/// with the UID set, and all or nothing: a message too big, a bad date or a
+/// set over the quota stores none of them and leaves no UID gap.
+async fn multiappend_is_all_or_nothing(r: &Running) {
+    setup(r, 0).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "MULTIAPPEND"), "{caps:?}");
+    let (m1, m2, m3) = (
+        message("one", "1"),
+        message("two", "2"),
+        message("three", "3"),
+    );
+    // RFC 3502 §6.3.11's shape: flags and a date on some messages only.
+    c.send(&multiappend(
+        "a1",
+        "Drafts",
+        &[
+            ("(\\Seen) \"05-Nov-2026 08:00:00 +0100\"", &m1),
+            ("", &m2),
+            ("(\\Flagged $Later)", &m3),
+        ],
+    ))
+    .await;
+    let (_, done) = c.until("a1").await;
+    let uidvalidity = done
+        .strip_prefix("a1 OK [APPENDUID ")
+        .and_then(|s| s.strip_suffix(" 1:3] APPEND completed"))
+        .unwrap_or_else(|| panic!("{done}"));
+    c.ok("EXAMINE Drafts").await;
+    let f = c
+        .ok("FETCH 1:3 (UID FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert_eq!(f.len(), 3, "{f:#?}");
+    assert!(
+        f[0].starts_with(
+            "* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) INTERNALDATE \"05-Nov-2026 07:00:00 +0000\""
+        ),
+        "{}",
+        f[0]
+    );
+    assert!(f[0].ends_with("Subject: one\r\n\r\n)"), "{}", f[0]);
+    assert!(
+        f[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Recent) "),
+        "{}",
+        f[1]
+    );
+    assert!(f[1].ends_with("Subject: two\r\n\r\n)"), "{}", f[1]);
+    assert!(
+        f[2].starts_with("* 3 FETCH (UID 3 FLAGS (\\Flagged \\Recent $Later) "),
+        "{}",
+        f[2]
+    );
+    assert!(f[2].ends_with("Subject: three\r\n\r\n)"), "{}", f[2]);
+    c.ok("UNSELECT").await;
+    let status = vec!["* STATUS \"Drafts\" (MESSAGES 3 UIDNEXT 4)".to_string()];
+
+    // Synchronising literals: the third is too big, refused before it is
+    // sent; the two the server already read are not stored.
+    c.send(format!("a2 APPEND Drafts {{{}}}\r\n", m1.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&m1).await;
+    c.send(format!(" (\\Seen) {{{}}}\r\n", m2.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&m2).await;
+    c.send(b" {4294967295}\r\n").await;
+    let line = c.line().await;
+    assert!(line.starts_with("a2 NO [TOOBIG]"), "{line}");
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+
+    // A bad date or flag on the second message: BAD, nothing stored.
+    for (tag, args) in [
+        ("a3", "\"31-Feb-2026 08:00:00 +0100\""),
+        ("a4", "(bad%keyword)"),
+        ("a5", "(\\Seen"),
+    ] {
+        c.send(&multiappend(
+            tag,
+            "Drafts",
+            &[("", &m1), (args, &m2), ("", &m3)],
+        ))
+        .await;
+        let (_, done) = c.until(tag).await;
+        assert!(done.starts_with(&format!("{tag} BAD")), "{args} -> {done}");
+    }
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+
+    // Into a mailbox that does not exist: TRYCREATE, nothing created.
+    c.send(&multiappend("a6", "Nowhere", &[("", &m1), ("", &m2)]))
+        .await;
+    let (_, done) = c.until("a6").await;
+    assert!(done.starts_with("a6 NO [TRYCREATE]"), "{done}");
+
+    // Over the quota part-way: the first would fit, the set does not.
+    let big = realistic_message(3);
+    let used = (m1.len() + m2.len() + m3.len()) as u64;
+    let store = mailroom_tests::open_store(r).await;
+    let alice = mailroom_address::Address::parse(ALICE).unwrap();
+    store
+        .set_quota(&alice, used + big.len() as u64 + 100)
+        .await
+        .unwrap();
+    c.send(&multiappend("a7", "Drafts", &[("", &big), ("", &big)]))
+        .await;
+    let (untagged, done) = c.until("a7").await;
+    assert!(done.starts_with("a7 NO [OVERQUOTA]"), "{done}");
+    assert_eq!(untagged, Vec::<String>::new());
+    assert_eq!(c.ok("STATUS Drafts (MESSAGES UIDNEXT)").await, status);
+    // The single one fits and takes the next UID: no gap was left.
+    let (_, done) = c.append_plus("a8", "Drafts", &big).await;
+    assert!(
+        done.starts_with(&format!("a8 OK [APPENDUID {uidvalidity} 4]")),
+        "{done}"
+    );
+    store.set_quota(&alice, 0).await.unwrap();
+
+    // Into the selected mailbox: the session is told of both.
+    c.ok("SELECT Drafts").await;
+    c.send(&multiappend(
+        "a9",
+        "Drafts",
+        &[("", &m1), ("(\\Answered)", &m2)],
+    ))
+    .await;
+    let (untagged, done) = c.until("a9").await;
+    assert!(
+        done.starts_with(&format!("a9 OK [APPENDUID {uidvalidity} 5:6]")),
+        "{done}"
+    );
+    assert!(
+        untagged.contains(&"* 6 EXISTS".to_string()),
+        "{untagged:#?}"
+    );
+    let f = c.ok("UID FETCH 5:6 (FLAGS)").await;
+    assert_eq!(
+        f,
+        vec![
+            "* 5 FETCH (UID 5 FLAGS (\\Recent))",
+            "* 6 FETCH (UID 6 FLAGS (\\Answered \\Recent))"
+        ]
+    );
+    // A single APPEND is still a single APPEND.
+    let (_, done) = c.append_plus("a10", "Drafts", &m3).await;
+    assert!(
+        done.starts_with(&format!("a10 OK [APPENDUID {uidvalidity} 7]")),
+        "{done}"
+    );
+}
+
+/// CREATE-SPECIAL-USE (RFC 6154 §3 and the example of §5.3): a mailbox
+/// created with a use is listed with it; an unknown or unsupported use, or
+/// one named twice, is `NO [USEATTR]` and creates nothing.
+async fn create_special_use(r: &Running) {
+    setup(r, 0).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        caps[0].split(' ').any(|w| w == "CREATE-SPECIAL-USE"),
+        "{caps:?}"
+    );
+    c.ok("CREATE MySpecialArchive (USE (\\Archive))").await;
+    assert_eq!(
+        c.ok("LIST \"\" MySpecialArchive").await,
+        vec!["* LIST (\\Archive \\HasNoChildren) \"/\" \"MySpecialArchive\""]
+    );
+    // Several uses, any case, a quoted name, a hierarchy.
+    c.ok("CREATE \"Old Mail/Sent 2025\" (USE (\\sent \\JUNK))")
+        .await;
+    assert_eq!(
+        c.ok("LIST (SPECIAL-USE) \"\" \"Old Mail/*\"").await,
+        vec!["* LIST (\\Sent \\Junk \\HasNoChildren) \"/\" \"Old Mail/Sent 2025\""]
+    );
+    for (tag, command, answer) in [
+        ("t1", "CREATE Everything (USE (\\All))", "NO [USEATTR]"),
+        ("t2", "CREATE Starred (USE (\\Flagged))", "NO [USEATTR]"),
+        ("t3", "CREATE Odd (USE (\\Important))", "NO [USEATTR]"),
+        ("t4", "CREATE Twice (USE (\\Trash \\trash))", "NO [USEATTR]"),
+        ("t5", "CREATE Empty (USE ())", "BAD"),
+        ("t6", "CREATE Unknown (FOO (\\Archive))", "BAD"),
+        ("t7", "CREATE Unclosed (USE (\\Archive)", "BAD"),
+    ] {
+        c.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        let (_, done) = c.until(tag).await;
+        assert!(
+            done.starts_with(&format!("{tag} {answer}")),
+            "{command} -> {done}"
+        );
+    }
+    for name in [
+        "Everything",
+        "Starred",
+        "Odd",
+        "Twice",
+        "Empty",
+        "Unknown",
+        "Unclosed",
+    ] {
+        assert_eq!(
+            c.ok(&format!("LIST \"\" {name}")).await,
+            Vec::<String>::new()
+        );
+    }
+    // A plain CREATE still makes a mailbox without a use.
+    c.ok("CREATE Plain").await;
+    assert_eq!(
+        c.ok("LIST \"\" Plain").await,
+        vec!["* LIST (\\HasNoChildren) \"/\" \"Plain\""]
+    );
+}
+
+/// UNAUTHENTICATE (RFC 8437): back to the not-authenticated state without
+/// closing the connection; the selected mailbox is left without an expunge,
+/// ENABLEd extensions are forgotten, and another user may log in.
+async fn unauthenticate_returns_to_the_greeting_state(r: &Running) {
+    setup(r, 2).await;
+    let mut c = connect(imap(r)).await;
+    // Only after authentication.
+    let (_, done) = c.cmd("UNAUTHENTICATE").await;
+    assert!(done.ends_with(" BAD log in first"), "{done}");
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(
+        caps[0].split(' ').any(|w| w == "UNAUTHENTICATE"),
+        "{caps:?}"
+    );
+    assert_eq!(
+        c.ok("ENABLE UTF8=ACCEPT").await,
+        vec!["* ENABLED UTF8=ACCEPT"]
+    );
+    c.ok("SELECT INBOX").await;
+    c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let (untagged, done) = c.cmd("unauthenticate").await;
+    assert_eq!(untagged, Vec::<String>::new());
+    assert!(done.contains(" OK "), "{done}");
+    // Not authenticated: mailbox commands are refused, login is offered.
+    let (_, done) = c.cmd("SELECT INBOX").await;
+    assert!(done.ends_with(" BAD log in first"), "{done}");
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].contains("AUTH=PLAIN"), "{caps:?}");
+    assert!(!caps[0].contains("UNAUTHENTICATE"), "{caps:?}");
+    // Another user, on the same connection, sees only their own mail.
+    c.ok(&format!("LOGIN bob@example.test \"{PASSWORD}\""))
+        .await;
+    let sel = c.ok("SELECT INBOX").await;
+    assert!(sel.contains(&"* 0 EXISTS".to_string()), "{sel:#?}");
+    c.ok("UNAUTHENTICATE").await;
+    // Back as alice: nothing was expunged, ENABLE starts afresh.
+    c.login().await;
+    assert_eq!(
+        c.ok("ENABLE UTF8=ACCEPT").await,
+        vec!["* ENABLED UTF8=ACCEPT"]
+    );
+    let sel = c.ok("EXAMINE INBOX").await;
+    assert!(sel.contains(&"* 2 EXISTS".to_string()), "{sel:#?}");
+    let f = c.ok("FETCH 1 (FLAGS)").await;
+    assert_eq!(f, vec!["* 1 FETCH (FLAGS (\\Deleted))"]);
+    // Arguments make it a different command.
+    let (_, done) = c.cmd("UNAUTHENTICATE now").await;
+    assert!(done.contains(" BAD "), "{done}");
+    c.ok("NOOP").await;
+}
+
+/// The object id in `(…)` after `key` in `line`.
+fn object_id(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!("{key} ("))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 2..];
+    rest[..rest.find(')').unwrap()].to_string()
+}
+
+/// OBJECTID (RFC 8474): MAILBOXID from CREATE, SELECT and STATUS, kept by
+/// RENAME and new for a new mailbox of the same name; EMAILID from FETCH,
+/// the same after COPY and MOVE, found by SEARCH; THREADID NIL (threads
+/// are not tracked, §5.2).
+async fn object_ids(r: &Running) {
+    setup(r, 2).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "OBJECTID"), "{caps:?}");
+    // MAILBOXID (§4).
+    let (_, done) = c.cmd("CREATE Projects").await;
+    assert!(done.contains(" OK [MAILBOXID ("), "{done}");
+    let id = object_id(&done, "MAILBOXID");
+    assert!(
+        id.len() <= 255
+            && id.starts_with(|c: char| c.is_ascii_alphabetic())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{id}"
+    );
+    assert_eq!(
+        c.ok("STATUS Projects (MAILBOXID)").await,
+        vec![format!("* STATUS \"Projects\" (MAILBOXID ({id}))")]
+    );
+    c.ok("RENAME Projects Work").await;
+    assert_eq!(
+        c.ok("STATUS Work (UIDNEXT MAILBOXID)").await,
+        vec![format!("* STATUS \"Work\" (UIDNEXT 1 MAILBOXID ({id}))")]
+    );
+    let sel = c.ok("SELECT Work").await;
+    assert!(
+        sel.iter()
+            .any(|l| l.starts_with(&format!("* OK [MAILBOXID ({id})]"))),
+        "{sel:#?}"
+    );
+    c.ok("UNSELECT").await;
+    c.ok("DELETE Work").await;
+    let (_, done) = c.cmd("CREATE Work").await;
+    assert_ne!(object_id(&done, "MAILBOXID"), id);
+    let inbox = c.ok("STATUS INBOX (MAILBOXID)").await;
+    assert_ne!(object_id(&inbox[0], "MAILBOXID"), id);
+
+    // EMAILID and THREADID (§5).
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1:2 (EMAILID THREADID)").await;
+    assert_eq!(f.len(), 2, "{f:#?}");
+    let (e1, e2) = (object_id(&f[0], "EMAILID"), object_id(&f[1], "EMAILID"));
+    assert_ne!(e1, e2);
+    assert_eq!(f[0], format!("* 1 FETCH (EMAILID ({e1}) THREADID NIL)"));
+    assert_eq!(
+        c.ok("FETCH 2 (FLAGS EMAILID)").await,
+        vec![format!("* 2 FETCH (FLAGS () EMAILID ({e2}))")]
+    );
+    assert_eq!(
+        c.ok("UID FETCH 1 EMAILID").await,
+        vec![format!("* 1 FETCH (UID 1 EMAILID ({e1}))")]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH EMAILID {e2}")).await,
+        vec!["* SEARCH 2"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH UNSEEN EMAILID {e1}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SEEN EMAILID {e1}")).await,
+        vec!["* SEARCH"]
+    );
+    assert_eq!(c.ok("SEARCH EMAILID Enothing").await, vec!["* SEARCH"]);
+    assert_eq!(c.ok("SEARCH THREADID T1").await, vec!["* SEARCH"]);
+    // Stable across COPY and MOVE within the account.
+    c.ok("COPY 1 Archive").await;
+    c.ok("MOVE 2 Archive").await;
+    c.ok("SELECT Archive").await;
+    let f = c.ok("FETCH 1:* (EMAILID)").await;
+    assert_eq!(
+        f,
+        vec![
+            format!("* 1 FETCH (EMAILID ({e1}))"),
+            format!("* 2 FETCH (EMAILID ({e2}))")
+        ]
+    );
+    c.ok("SELECT INBOX").await;
+    assert_eq!(
+        c.ok("FETCH 1 (EMAILID)").await,
+        vec![format!("* 1 FETCH (EMAILID ({e1}))")]
+    );
+    // Bad input.
+    for bad in [
+        "SEARCH EMAILID",
+        "FETCH 1 (EMAILID",
+        "STATUS INBOX (MAILBOXID",
+    ] {
+        let (_, done) = c.cmd(bad).await;
+        assert!(done.contains(" BAD "), "{bad} -> {done}");
+    }
+}
+
+/// Today's date (UTC) in IMAP's `d-Mon-yyyy` form.
+fn imap_today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let names = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!("{day}-{}-{year}", names[(month - 1) as usize])
+}
+
+/// SAVEDATE (RFC 8514): an APPENDed message's save date is when it was
+/// saved, not its INTERNALDATE; SEARCH SAVEDBEFORE/SAVEDON/SAVEDSINCE use
+/// it, SAVEDATESUPPORTED matches every message; delivered and copied
+/// messages have one too.
+async fn savedate(r: &Running) {
+    setup(r, 1).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "SAVEDATE"), "{caps:?}");
+    let before = imap_today();
+    let msg = message("saved", "body");
+    let (_, done) = c
+        .append_plus("a1", "Drafts \"05-Nov-2020 08:00:00 +0100\"", &msg)
+        .await;
+    assert!(done.starts_with("a1 OK"), "{done}");
+    let after = imap_today();
+    c.ok("SELECT Drafts").await;
+    let f = c.ok("FETCH 1 (INTERNALDATE SAVEDATE)").await;
+    let line = &f[0];
+    assert!(
+        line.starts_with("* 1 FETCH (INTERNALDATE \"05-Nov-2020 07:00:00 +0000\" SAVEDATE \""),
+        "{line}"
+    );
+    let saved = line.split("SAVEDATE \"").nth(1).unwrap();
+    let day = saved
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_string();
+    assert!(day == before || day == after, "{line} (today {before})");
+    assert!(saved.ends_with(" +0000\")"), "{line}");
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDON {day}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDSINCE {day}")).await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(
+        c.ok(&format!("SEARCH SAVEDBEFORE {day}")).await,
+        vec!["* SEARCH"]
+    );
+    assert_eq!(c.ok("SEARCH SAVEDON 5-Nov-2020").await, vec!["* SEARCH"]);
+    assert_eq!(c.ok("SEARCH ON 5-Nov-2020").await, vec!["* SEARCH 1"]);
+    assert_eq!(
+        c.ok("SEARCH SAVEDBEFORE 1-Jan-2200").await,
+        vec!["* SEARCH 1"]
+    );
+    assert_eq!(c.ok("SEARCH SAVEDATESUPPORTED").await, vec!["* SEARCH 1"]);
+    assert_eq!(
+        c.ok("UID SEARCH SAVEDATESUPPORTED SAVEDSINCE 1-Jan-2000 UNSEEN")
+            .await,
+        vec!["* SEARCH 1"]
+    );
+    // A delivered message and a copy have save dates of their own.
+    c.ok("COPY 1 Archive").await;
+    c.ok("SELECT INBOX").await;
+    let f = c.ok("FETCH 1 (SAVEDATE)").await;
+    assert!(f[0].starts_with("* 1 FETCH (SAVEDATE \""), "{f:?}");
+    c.ok("SELECT Archive").await;
+    let f = c.ok("FETCH 1 (SAVEDATE INTERNALDATE)").await;
+    assert!(
+        f[0].contains("INTERNALDATE \"05-Nov-2020 07:00:00 +0000\""),
+        "{f:?}"
+    );
+    let copied = f[0].split("SAVEDATE \"").nth(1).unwrap();
+    let copied_day = copied.split(' ').next().unwrap().trim_start_matches('0');
+    assert!(copied_day == before || copied_day == after, "{f:?}");
+    // Bad input.
+    for bad in [
+        "SEARCH SAVEDON 31-Feb-2020",
+        "SEARCH SAVEDON",
+        "SEARCH SAVEDSINCE yesterday",
+        "FETCH 1 (SAVEDATE",
+    ] {
+        let (_, done) = c.cmd(bad).await;
+        assert!(done.contains(" BAD "), "{bad} -> {done}");
+    }
+}
+
+/// PREVIEW (RFC 8970): up to 200 characters of the first text part,
+/// whitespace normalised, HTML without tags, decoded from its transfer
+/// encoding and charset; LAZY changes nothing; reading it does not set
+/// \Seen; a message without text has the empty preview.
+async fn preview(r: &Running) {
+    setup(r, 1).await;
+    let mut c = connect(imap(r)).await;
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(caps[0].split(' ').any(|w| w == "PREVIEW"), "{caps:?}");
+    c.ok("SELECT INBOX").await;
+    assert_eq!(
+        c.ok("FETCH 1 (PREVIEW)").await,
+        vec!["* 1 FETCH (PREVIEW \"body 1\")"]
+    );
+    assert_eq!(
+        c.ok("FETCH 1 (FLAGS PREVIEW (LAZY))").await,
+        vec!["* 1 FETCH (FLAGS () PREVIEW \"body 1\")"]
+    );
+    assert_eq!(
+        c.ok("UID FETCH 1 (PREVIEW)").await,
+        vec!["* 1 FETCH (UID 1 PREVIEW \"body 1\")"]
+    );
+    // Not \Seen by it.
+    assert_eq!(c.ok("FETCH 1 (FLAGS)").await, vec!["* 1 FETCH (FLAGS ())"]);
+    let html = b"From: a@example.test\r\nSubject: h\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><style>p {color: red}</style>\
+<p>Hello   <b>there</b>,</p>\r\n<p>second &amp; last</p></html>\r\n--b--\r\n";
+    c.append_plus("a1", "INBOX", html).await;
+    let qp = "From: a@example.test\r\nSubject: q\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 \"au\"\r\n\r\n  lait\r\n"
+        .as_bytes();
+    c.append_plus("a2", "INBOX", qp).await;
+    let long = message("long", &"0123456789 ".repeat(40));
+    c.append_plus("a3", "INBOX", &long).await;
+    c.append_plus("a4", "INBOX", b"Subject: empty\r\n\r\n")
+        .await;
+    let f = c.ok("FETCH 2:5 (PREVIEW)").await;
+    assert_eq!(f[0], "* 2 FETCH (PREVIEW \"Hello there , second & last\")");
+    // Not ASCII, or with a quote: a literal.
+    let cafe = "Caf\u{e9} \"au\" lait";
+    assert_eq!(
+        f[1],
+        format!("* 3 FETCH (PREVIEW {{{}}}\r\n{cafe})", cafe.len())
+    );
+    let cut = f[2]
+        .strip_prefix("* 4 FETCH (PREVIEW \"")
+        .and_then(|p| p.strip_suffix("\")"))
+        .unwrap_or_else(|| panic!("{}", f[2]));
+    assert_eq!(cut.chars().count(), 200, "{cut}");
+    assert!("0123456789 ".repeat(40).starts_with(cut), "{cut}");
+    assert_eq!(f[3], "* 5 FETCH (PREVIEW \"\")");
+    // An unknown modifier is refused.
+    let (_, done) = c.cmd("FETCH 1 (PREVIEW (FUZZY))").await;
+    assert!(done.contains(" BAD "), "{done}");
 }

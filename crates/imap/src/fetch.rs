@@ -64,6 +64,7 @@ fn wants_text(name: &MessageDataItemName<'_>) -> bool {
 }
 
 /// FETCH and UID FETCH.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     server: &ImapServer,
     io: &mut Io,
@@ -72,6 +73,7 @@ pub(crate) async fn fetch(
     names: MacroOrMessageDataItemNames<'_>,
     uid: bool,
     modifiers: &[FetchModifier],
+    lifted: &crate::preparse::Lifted,
 ) -> Outcome {
     let mut items: Vec<MessageDataItemName<'_>> = match names {
         MacroOrMessageDataItemNames::Macro(m) => m
@@ -133,12 +135,15 @@ pub(crate) async fn fetch(
     // the server omit them); the client hears of their expunge later.
     idx.retain(|&i| !sel.is_gone(sel.messages[i].uid));
 
-    let needs_text = items.iter().any(wants_text);
+    let needs_text =
+        items.iter().any(wants_text) || lifted.fetch_object.iter().any(|n| n == "PREVIEW");
     // The one item that wants the text, when it wants all of it as it is:
     // large messages are then sent piece by piece, under this name.
+    // (OBJECTID items are added to the encoded line, so no streaming then.)
     let whole_text: Option<&'static str> = {
         let mut wanting = items.iter().filter(|n| wants_text(n));
         match (wanting.next(), wanting.next()) {
+            _ if !lifted.fetch_object.is_empty() => None,
             (
                 Some(MessageDataItemName::BodyExt {
                     section: None,
@@ -236,6 +241,16 @@ pub(crate) async fn fetch(
         } else {
             Vec::new()
         };
+        let email_ids = if lifted.fetch_object.iter().any(|n| n == "EMAILID") {
+            server.store.email_ids(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
+        let saved_dates = if lifted.fetch_object.iter().any(|n| n == "SAVEDATE") {
+            server.store.saved_dates(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
         for &i in chunk {
             let meta = &sel.messages[i];
             // The name of the item sent piece by piece, for a large message.
@@ -285,6 +300,47 @@ pub(crate) async fn fetch(
             if let Some(name) = streaming {
                 send_in_pieces(server, io, sel.mailbox.id, meta.uid, i + 1, out_items, name)
                     .await?;
+                continue;
+            }
+            if !lifted.fetch_object.is_empty() {
+                // OBJECTID items (crate::objectid), after the codec's.
+                let email_id = email_ids
+                    .iter()
+                    .find(|(u, _)| *u == meta.uid)
+                    .map(|(_, id)| id.as_str());
+                if email_id.is_none() && lifted.fetch_object.iter().any(|n| n == "EMAILID") {
+                    continue; // removed meanwhile
+                }
+                let saved = saved_dates
+                    .iter()
+                    .find(|(u, _)| *u == meta.uid)
+                    .map(|(_, t)| *t);
+                if saved.is_none() && lifted.fetch_object.iter().any(|n| n == "SAVEDATE") {
+                    continue; // removed meanwhile
+                }
+                let preview = text.map(mailroom_mime::preview);
+                let extra = crate::objectid::fetch_items(
+                    &lifted.fetch_object,
+                    email_id,
+                    saved,
+                    preview.as_deref(),
+                );
+                if lifted.fetch_object_only && !uid {
+                    // The `UID` put in for an emptied list was not asked for.
+                    let n = out_items.len();
+                    out_items.retain(|it| !matches!(it, MessageDataItem::Uid(_)));
+                    origins.truncate(out_items.len().min(n));
+                }
+                let mut line = encode_fetch(i + 1, out_items, &origins)
+                    .unwrap_or_else(|| format!("* {} FETCH ()\r\n", i + 1).into_bytes());
+                let at = line.len() - 3;
+                let extra = if line[at - 1] == b'(' {
+                    extra.trim_start().to_string()
+                } else {
+                    extra
+                };
+                line.splice(at..at, extra.into_bytes());
+                io.out.extend_from_slice(&line);
                 continue;
             }
             if let Some(encoded) = encode_fetch(i + 1, out_items, &origins) {

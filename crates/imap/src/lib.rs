@@ -33,15 +33,18 @@ use mailroom_sasl::SaslConfig;
 use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
 
+mod append;
 mod auth;
 pub mod compress;
 mod fetch;
 mod metadata;
 pub mod names;
+mod objectid;
 pub mod preparse;
 mod search;
 pub mod selected;
 pub mod session;
+mod specialuse;
 
 pub use mailroom_net::AuthThrottle;
 

@@ -8,7 +8,11 @@
 //!   and several patterns in parentheses, `LIST "" (a/* b)` (RFC 5258 §3):
 //!   the codec is given the first, the session matches them all;
 //! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
-//!   RFC 4731, part of IMAP4rev2).
+//!   RFC 4731, part of IMAP4rev2);
+//! * `APPEND mailbox message message…` (MULTIAPPEND, RFC 3502): cut into
+//!   single APPENDs by `crate::append`;
+//! * `CREATE name (USE (\Archive …))` (CREATE-SPECIAL-USE, RFC 6154 §3);
+//! * OBJECTID's FETCH, STATUS and SEARCH items (RFC 8474), by `crate::objectid`.
 //!
 //! [`lift`] removes these groups from the command's text, parses them here,
 //! and gives the rest to the codec. The groups are only recognised at the
@@ -35,6 +39,23 @@ pub struct Lifted {
     pub has_list_return: bool,
     /// `SEARCH RETURN (...)`, upper case; `Some(empty)` means `RETURN ()` (= ALL).
     pub search_return: Option<Vec<String>>,
+    /// MULTIAPPEND (RFC 3502): the messages after the first, each as a
+    /// single APPEND command (see `crate::append`); empty for one message.
+    pub more_appends: Vec<Vec<u8>>,
+    /// `CREATE name (USE (attr …))` (CREATE-SPECIAL-USE, RFC 6154 §3): the
+    /// attributes, upper case; `None` without a USE parameter.
+    pub create_use: Option<Vec<String>>,
+    /// FETCH `EMAILID`/`THREADID` (OBJECTID, RFC 8474; see
+    /// `crate::objectid`), upper case, in the order asked.
+    pub fetch_object: Vec<String>,
+    /// The FETCH asked for nothing else (its list was replaced by `UID`).
+    pub fetch_object_only: bool,
+    /// STATUS `MAILBOXID` was asked for.
+    pub status_mailboxid: bool,
+    /// … and nothing else (the list was replaced by `MESSAGES`).
+    pub status_mailboxid_only: bool,
+    /// SEARCH `EMAILID x` / `THREADID x` at the top level: (key, value).
+    pub search_object: Vec<(String, String)>,
 }
 
 /// A parenthesised group of atoms, one level of nesting.
@@ -81,7 +102,7 @@ fn group(s: &[u8]) -> Option<(Vec<Item>, usize)> {
 
 /// Position just after `tag SP` and the command word(s), when the command
 /// is `words` (case-insensitive); e.g. `["UID", "SEARCH"]`.
-fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
+pub(crate) fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
     let mut i = line.iter().position(|&b| b == b' ')? + 1;
     for w in words {
         let end = i + w.len();
@@ -100,6 +121,37 @@ fn after_words(line: &[u8], words: &[&str]) -> Option<usize> {
 /// place for the codec to refuse.
 pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     let mut lifted = Lifted::default();
+    let object = crate::objectid::lift(message, &mut lifted);
+    let (out, lifted) = lift_rest(object.as_deref().unwrap_or(message), lifted);
+    (out.or(object), lifted)
+}
+
+fn lift_rest(message: &[u8], mut lifted: Lifted) -> (Option<Vec<u8>>, Lifted) {
+    // APPEND mailbox msg msg… (MULTIAPPEND): the codec is given the first.
+    if let Some(at) = after_words(message, &["APPEND"])
+        && let Some((first, more)) = crate::append::split(message, at)
+    {
+        lifted.more_appends = more;
+        return (Some(first), lifted);
+    }
+    // CREATE name (USE (attr …)): the group must end the command.
+    if let Some(at) = after_words(message, &["CREATE"])
+        && let Some(n) = astring_len(&message[at..])
+        && message.get(at + n) == Some(&b' ')
+        && let Some((items, len)) = group(&message[at + n + 1..])
+    {
+        let end = message.len() - trailing_newline(message);
+        if let [Item::Atom(word), Item::Group(uses)] = items.as_slice()
+            && word == "USE"
+            && at + n + 1 + len == end
+            && uses.iter().all(|u| matches!(u, Item::Atom(_)))
+        {
+            lifted.create_use = Some(atoms(uses));
+            let mut out = message[..at + n].to_vec();
+            out.extend_from_slice(&message[end..]);
+            return (Some(out), lifted);
+        }
+    }
     // LIST (selection) ... [RETURN (...)]
     if let Some(at) = after_words(message, &["LIST"]) {
         let mut out = message.to_vec();
@@ -173,9 +225,21 @@ pub fn lift(message: &[u8]) -> (Option<Vec<u8>>, Lifted) {
     (None, lifted)
 }
 
+/// Whether `message` is the command `word` without arguments (`tag WORD`
+/// CRLF, the word in any case): commands the codec does not know, such as
+/// UNAUTHENTICATE (RFC 8437).
+pub fn bare_command(message: &[u8], word: &str) -> bool {
+    let Some(sp) = message.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let rest = &message[sp + 1..];
+    let n = trailing_newline(rest);
+    n > 0 && rest[..rest.len() - n].eq_ignore_ascii_case(word.as_bytes())
+}
+
 /// The length of the quoted string or atom at the start of `s` (`None` for
 /// a literal, or nothing there).
-fn astring_len(s: &[u8]) -> Option<usize> {
+pub(crate) fn astring_len(s: &[u8]) -> Option<usize> {
     if s.first() == Some(&b'"') {
         let mut i = 1;
         loop {

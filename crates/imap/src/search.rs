@@ -88,6 +88,16 @@ pub(crate) async fn search(
             }
         }
     }
+    if !lifted.search_object.is_empty() {
+        matched = crate::objectid::filter_search(
+            server,
+            sel.mailbox.id,
+            &sel.messages,
+            matched,
+            &lifted.search_object,
+        )
+        .await?;
+    }
     let ids: Vec<u32> = matched
         .iter()
         .map(|&i| {

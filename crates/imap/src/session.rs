@@ -10,7 +10,8 @@
 //! | authenticated     | ENABLE, SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,|
 //! |                   | UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE,  |
 //! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA, COMPRESS,                |
-//! |                   | GETMETADATA, SETMETADATA                                   |
+//! |                   | GETMETADATA, SETMETADATA, UNAUTHENTICATE (seen before the  |
+//! |                   | codec, RFC 8437)                                           |
 //! | selected          | all of authenticated, plus CHECK, CLOSE, UNSELECT, EXPUNGE,|
 //! |                   | UID EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE (and UID …)  |
 //! | logout            | nothing: the connection closes                             |
@@ -320,6 +321,18 @@ impl State {
         }
     }
 
+    /// UNAUTHENTICATE (RFC 8437 §3): back to the not-authenticated state
+    /// as after the greeting. The selected mailbox is closed without an
+    /// expunge, the account and its change events are dropped and ENABLEd
+    /// extensions are forgotten; TLS and the failed-login count stay.
+    pub(crate) fn unauthenticate(&mut self) {
+        self.phase = Phase::NotAuthenticated;
+        self.account = None;
+        self.events = None;
+        self.enabled.clear();
+        (self.utf8, self.rev2, self.condstore, self.qresync) = (false, false, false, false);
+    }
+
     pub(crate) fn account_id(&self) -> i64 {
         self.account.as_ref().map_or(0, |a| a.id)
     }
@@ -485,6 +498,12 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "UTF8=ACCEPT",
             "BINARY",
             "STATUS=SIZE",
+            "MULTIAPPEND",
+            "CREATE-SPECIAL-USE",
+            "UNAUTHENTICATE",
+            "OBJECTID",
+            "SAVEDATE",
+            "PREVIEW",
             "COMPRESS=DEFLATE",
             "METADATA",
             "METADATA-SERVER",
@@ -521,6 +540,18 @@ async fn command_loop(
         };
         let (rewritten, lifted) = preparse::lift(&bytes);
         let input = rewritten.as_deref().unwrap_or(&bytes);
+        if preparse::bare_command(input, "UNAUTHENTICATE")
+            && let Some(tag) = imap_tag(input)
+        {
+            if matches!(state.phase, Phase::NotAuthenticated) {
+                state.errors += 1;
+                io.line(&format!("{tag} BAD log in first"));
+            } else {
+                state.unauthenticate();
+                io.line(&format!("{tag} OK back to the not authenticated state"));
+            }
+            continue;
+        }
         let command = match CommandCodec::default().decode(input) {
             Ok((b"", command)) => command,
             _ => {
@@ -868,9 +899,16 @@ async fn execute(
                 return Err(no("[ALREADYEXISTS] INBOX always exists"));
             }
             let account = state.account_id();
+            let uses = match &lifted.create_use {
+                Some(wanted) => Some(crate::specialuse::uses_for_create(wanted)?),
+                None => None,
+            };
             create_parents(server, account, &name, None).await?;
-            match store.create_mailbox(account, &name, None).await {
-                Ok(_) => Ok("OK CREATE completed".into()),
+            match store.create_mailbox(account, &name, uses.as_deref()).await {
+                Ok(mb) => Ok(format!(
+                    "OK [MAILBOXID ({})] CREATE completed",
+                    mailroom_store::mailbox_object_id(&mb)
+                )),
                 Err(StoreError::AlreadyExists(_)) => Err(no("[ALREADYEXISTS] mailbox exists")),
                 Err(e) => Err(e.into()),
             }
@@ -957,12 +995,23 @@ async fn execute(
         } => {
             let name = mailbox_name(state, &mailbox)?;
             let mb = existing_mailbox(server, state, &name).await?;
-            let items = status_items(server, &mb, item_names.as_ref()).await?;
+            let mut items = status_items(server, &mb, item_names.as_ref()).await?;
+            if lifted.status_mailboxid {
+                let id = format!("MAILBOXID ({})", mailroom_store::mailbox_object_id(&mb));
+                items = if lifted.status_mailboxid_only {
+                    id
+                } else {
+                    format!("{items} {id}")
+                };
+            }
             io.line(&format!(
                 "* STATUS {} ({items})",
                 names::quote(&names::to_wire(&mb.name, state.utf8), state.utf8)
             ));
             Ok("OK STATUS completed".into())
+        }
+        body @ CommandBody::Append { .. } if !lifted.more_appends.is_empty() => {
+            crate::append::multi(server, state, body, &lifted.more_appends).await
         }
         CommandBody::Append {
             mailbox,
@@ -1079,6 +1128,7 @@ async fn execute(
                 macro_or_item_names,
                 uid,
                 &modifiers,
+                lifted,
             )
             .await
         }
@@ -1341,6 +1391,10 @@ async fn select(
     io.line(&format!(
         "* OK [UIDNEXT {}] predicted next UID",
         sel.mailbox.uidnext
+    ));
+    io.line(&format!(
+        "* OK [MAILBOXID ({})] the mailbox's object id",
+        mailroom_store::mailbox_object_id(&sel.mailbox)
     ));
     io.line(&format!(
         "* OK [HIGHESTMODSEQ {}] highest",

@@ -41,12 +41,14 @@
 
 mod address;
 mod entity;
+mod preview;
 mod raw;
 mod search;
 mod section;
 mod summary;
 
 pub use address::{AddressFields, MISSING_DOMAIN, MISSING_MAILBOX};
+pub use preview::{PREVIEW_CHARS, preview};
 pub use raw::Raw;
 pub use search::{
     body_contains, header_contains, header_values, sent_date, sent_date_local, text_contains,

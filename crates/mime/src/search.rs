@@ -81,7 +81,7 @@ fn addresses(raw: &[u8], field: &str) -> Vec<String> {
 
 /// The text of a text part: transfer encoding removed (left as it is when
 /// unknown or broken), converted from its charset to UTF-8.
-fn decoded_text(raw: &[u8], e: &Entity<'_>) -> String {
+pub(crate) fn decoded_text(raw: &[u8], e: &Entity<'_>) -> String {
     let body = &raw[e.body.clone()];
     let bytes = decode_transfer(&e.transfer_encoding(raw), body).unwrap_or_else(|_| body.to_vec());
     match e

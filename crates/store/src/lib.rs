@@ -54,8 +54,8 @@ pub use directory::{
 pub use dkim::{DkimKeyInfo, DkimSigningKey};
 pub use maildrop::*;
 pub use mailstore::*;
-pub use presence::Presence;
 pub use metadata::MetadataEntry;
+pub use presence::Presence;
 pub use queue::*;
 pub use reader::TextReader;
 

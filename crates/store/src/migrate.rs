@@ -59,6 +59,12 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
         false,
     ),
     (
+        8,
+        "savedate",
+        include_str!("../migrations/0008_savedate.sql"),
+        false,
+    ),
+    (
         9,
         "imap metadata",
         include_str!("../migrations/0009_metadata.sql"),
@@ -68,11 +74,27 @@ const MIGRATIONS: &[(i64, &str, &str, bool)] = &[
 
 /// The dialect words substituted into the shared SQL.
 fn dialect(sql: &str, backend: &Backend) -> String {
-    let (id, bytes) = match backend {
-        Backend::Postgres(_) => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
-        Backend::Sqlite(_) => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+    let (id, bytes, saved_at) = match backend {
+        Backend::Postgres(_) => (
+            "BIGSERIAL PRIMARY KEY",
+            "BYTEA",
+            "ALTER TABLE messages ALTER COLUMN saved_at
+                 SET DEFAULT (extract(epoch FROM clock_timestamp()))::BIGINT;",
+        ),
+        Backend::Sqlite(_) => (
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "BLOB",
+            "CREATE TRIGGER messages_saved_at AFTER INSERT ON messages
+                 WHEN NEW.saved_at IS NULL
+             BEGIN
+                 UPDATE messages SET saved_at = CAST(strftime('%s', 'now') AS INTEGER)
+                  WHERE id = NEW.id;
+             END;",
+        ),
     };
-    sql.replace("@ID@", id).replace("@BYTES@", bytes)
+    sql.replace("@ID@", id)
+        .replace("@BYTES@", bytes)
+        .replace("@SAVED_AT_DEFAULT@", saved_at)
 }
 
 fn migrator(backend: &Backend) -> Migrator {

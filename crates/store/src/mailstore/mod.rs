@@ -131,6 +131,21 @@ pub struct Appended {
     pub modseq: u64,
 }
 
+/// One message of a MULTIAPPEND ([`Store::append_messages_to`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AppendMessage<'a> {
+    /// The message, CRLF lines.
+    pub content: &'a [u8],
+    /// System flags (bits of [`flag_bits`]).
+    pub flags: i64,
+    /// Keywords (IMAP atoms).
+    pub keywords: &'a [String],
+    /// INTERNALDATE, seconds since the epoch.
+    pub internal_date: i64,
+    /// The cached message summary, if parsed.
+    pub parse_cache: Option<&'a str>,
+}
+
 /// The result of [`Store::expunge_messages`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expunged {
@@ -195,6 +210,10 @@ mod sql;
 use sql::*;
 
 mod mailboxes;
+mod multiappend;
+mod objectid;
+mod savedate;
+pub use objectid::mailbox_object_id;
 mod reads;
 mod sync;
 mod writes;
