@@ -40,6 +40,8 @@ pub mod preparse;
 mod search;
 pub mod selected;
 pub mod session;
+mod sort;
+mod thread;
 
 pub use mailroom_net::AuthThrottle;
 

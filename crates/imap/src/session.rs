@@ -462,6 +462,9 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "UTF8=ACCEPT",
             "BINARY",
             "STATUS=SIZE",
+            "SORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
         ]),
     }
     caps.join(" ")
@@ -601,6 +604,8 @@ async fn command_loop(
                     CommandBody::Fetch { uid: true, .. }
                         | CommandBody::Store { uid: true, .. }
                         | CommandBody::Search { uid: true, .. }
+                        | CommandBody::Sort { uid: true, .. }
+                        | CommandBody::Thread { uid: true, .. }
                         | CommandBody::Copy { .. }
                         | CommandBody::Move { .. }
                         | CommandBody::ExpungeUid { .. }
@@ -610,6 +615,8 @@ async fn command_loop(
                     CommandBody::Fetch { uid: false, .. }
                         | CommandBody::Store { uid: false, .. }
                         | CommandBody::Search { uid: false, .. }
+                        | CommandBody::Sort { uid: false, .. }
+                        | CommandBody::Thread { uid: false, .. }
                 ) || uid_command;
                 if let Phase::Selected(sel) = &mut state.phase {
                     // Only the command about to run may vouch for the store.
@@ -1098,8 +1105,30 @@ async fn execute(
         }
         CommandBody::SetQuota { .. } => Err(no("[NOPERM] quotas are set by the administrator")),
         CommandBody::Compress { .. } => Err(no("[CANNOT] COMPRESS is not supported")),
-        CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
-            Err(bad("SORT and THREAD are not supported"))
+        CommandBody::Sort {
+            sort_criteria,
+            charset,
+            search_criteria,
+            uid,
+        } => {
+            crate::sort::sort(
+                server,
+                io,
+                state,
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            )
+            .await
+        }
+        CommandBody::Thread {
+            algorithm,
+            charset,
+            search_criteria,
+            uid,
+        } => {
+            crate::thread::thread(server, io, state, algorithm, charset, search_criteria, uid).await
         }
         // Handled before `execute` is called.
         CommandBody::StartTLS

@@ -1,0 +1,352 @@
+//! SORT and UID SORT (RFC 5256 §3), with the base subject (§2.1) and the
+//! collation THREAD (`crate::thread`) also uses.
+//!
+//! * **Which messages**: the search criteria are evaluated by
+//!   [`crate::search::matching`], exactly as SEARCH evaluates them.
+//! * **Where the keys come from**: the parse cache the store keeps of each
+//!   message ([`mailroom_mime::Summary`], the one FETCH ENVELOPE uses):
+//!   Date, Subject, From, To, Cc and Message-ID / In-Reply-To are in it,
+//!   so SORT reads no message text when the cache is there (a message
+//!   stored without one is parsed from its text, as FETCH does). ARRIVAL
+//!   (INTERNALDATE) and SIZE come from the session's metadata.
+//! * **Keys** (RFC 5256 §3): ARRIVAL = INTERNALDATE; DATE = the Date
+//!   header in UTC, or INTERNALDATE when it is missing or does not parse;
+//!   FROM / TO / CC = the local part (addr-mailbox) of the first address
+//!   of the field, empty when there is none; SIZE = RFC822.SIZE; SUBJECT
+//!   = the base subject (§2.1, [`base_subject`]).
+//! * **Collation**: strings compare by [`casemap`], RFC 5051's
+//!   i;unicode-casemap in its simple form: each character mapped to its
+//!   Unicode titlecase (here the simple uppercase mapping, which equals
+//!   titlecase except for the four digraph letters), then compared as
+//!   UTF-8 octets. Decomposition (NFKD) is not applied, so `é` and `e` +
+//!   U+0301 sort apart. US-ASCII text compares as Dovecot's does.
+//! * **Invariant**: the order is total and deterministic: after all the
+//!   criteria (each possibly REVERSEd), ties go by sequence number,
+//!   ascending (RFC 5256 §3: "the order is the order in the mailbox"),
+//!   REVERSE never reversing this last tie-break.
+
+use std::cmp::Ordering;
+
+use imap_types::core::{Charset, Vec1};
+use imap_types::extensions::sort::{SortCriterion, SortKey};
+use imap_types::search::SearchKey;
+use mailroom_mime::{AddressFields, Summary};
+
+use crate::ImapServer;
+use crate::search::{check_charset, matching, uses_modseq};
+use crate::selected::Selected;
+use crate::session::{Failure, Io, Outcome, Phase, State};
+
+/// Parse caches read at a time.
+const BATCH: usize = 1024;
+
+/// What SORT and THREAD know of one message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Info {
+    /// Index in the session's messages (sequence number - 1).
+    pub idx: usize,
+    /// The sent date (Date, else INTERNALDATE), Unix seconds.
+    pub date: i64,
+    /// The base subject, collated ([`casemap`]).
+    pub subject: String,
+    /// Whether the subject was a reply or forward (RFC 5256 §2.1).
+    pub reply: bool,
+    /// Collated local part of the first From / To / Cc address.
+    pub from: String,
+    pub to: String,
+    pub cc: String,
+    /// Message-ID and In-Reply-To, as sent.
+    pub message_id: Option<Vec<u8>>,
+    pub in_reply_to: Option<Vec<u8>>,
+}
+
+/// i;unicode-casemap (RFC 5051) in its simple form: see the module docs.
+pub(crate) fn casemap(s: &str) -> String {
+    s.chars().flat_map(char::to_uppercase).collect()
+}
+
+fn first_mailbox(list: &[AddressFields]) -> String {
+    list.iter()
+        .find(|a| a.host.is_some())
+        .and_then(|a| a.mailbox.as_ref())
+        .map(|m| casemap(&m.to_string_lossy()))
+        .unwrap_or_default()
+}
+
+fn is_wsp(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// `s` starts with `p`, ASCII case-insensitively.
+fn starts_ci(s: &str, p: &str) -> bool {
+    s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+}
+
+/// subj-blob = "[" *BLOBCHAR "]" *WSP: what follows it, if `s` starts with one.
+fn strip_blob(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('[')?;
+    let end = rest.find([']', '['])?;
+    (rest.as_bytes()[end] == b']').then(|| rest[end + 1..].trim_start_matches(is_wsp))
+}
+
+/// subj-leader's `*subj-blob subj-refwd`, subj-refwd = ("re" / ("fw" ["d"]))
+/// *WSP [subj-blob] ":": what follows it, if `s` starts with one.
+fn strip_refwd(s: &str) -> Option<&str> {
+    let mut p = s;
+    while let Some(r) = strip_blob(p) {
+        p = r;
+    }
+    let p = if starts_ci(p, "re") {
+        &p[2..]
+    } else if starts_ci(p, "fwd") {
+        &p[3..]
+    } else if starts_ci(p, "fw") {
+        &p[2..]
+    } else {
+        return None;
+    };
+    let p = p.trim_start_matches(is_wsp);
+    let p = strip_blob(p).unwrap_or(p);
+    p.strip_prefix(':')
+}
+
+/// The base subject of a decoded subject (RFC 5256 §2.1), not yet
+/// collated, and whether the subject was a reply or forward (a subj-refwd,
+/// a `(fwd)` trailer or a `[fwd: ...]` wrapper was removed).
+pub(crate) fn base_subject(decoded: &str) -> (String, bool) {
+    // (1) Runs of white space (folding included) become one space.
+    let mut s = String::with_capacity(decoded.len());
+    for w in decoded
+        .split([' ', '\t', '\r', '\n'])
+        .filter(|w| !w.is_empty())
+    {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(w);
+    }
+    let mut reply = false;
+    loop {
+        // (2) subj-trailer = "(fwd)" / WSP, repeatedly.
+        loop {
+            let t = s.trim_end_matches(is_wsp);
+            if t.len() >= 5 && t.as_bytes()[t.len() - 5..].eq_ignore_ascii_case(b"(fwd)") {
+                s.truncate(t.len() - 5);
+                reply = true;
+            } else {
+                s.truncate(t.len());
+                break;
+            }
+        }
+        // (3)-(5) subj-leader and a leading subj-blob, until nothing changes.
+        loop {
+            let before = s.len();
+            let mut t = s.trim_start_matches(is_wsp);
+            if let Some(r) = strip_refwd(t) {
+                t = r;
+                reply = true;
+            }
+            if let Some(r) = strip_blob(t)
+                && !r.is_empty()
+            {
+                t = r;
+            }
+            s = t.to_string();
+            if s.len() == before {
+                break;
+            }
+        }
+        // (6) subj-fwd-hdr "[fwd:" ... subj-fwd-trl "]": unwrap, back to (2).
+        if starts_ci(&s, "[fwd:") && s.ends_with(']') {
+            s = s[5..s.len() - 1].to_string();
+            reply = true;
+            continue;
+        }
+        return (s, reply);
+    }
+}
+
+/// The [`Info`] of the messages `idxs` of `sel`, in the same order: from
+/// their parse caches, else (no cache) from their text.
+pub(crate) async fn infos(
+    server: &ImapServer,
+    sel: &Selected,
+    idxs: &[usize],
+) -> Result<Vec<Info>, Failure> {
+    let mut out = Vec::with_capacity(idxs.len());
+    for chunk in idxs.chunks(BATCH) {
+        let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
+        let caches = server.store.parse_caches(sel.mailbox.id, &uids).await?;
+        for &i in chunk {
+            let meta = &sel.messages[i];
+            let cached = caches
+                .binary_search_by_key(&meta.uid, |(u, _)| *u)
+                .ok()
+                .and_then(|p| caches[p].1.as_deref())
+                .and_then(Summary::from_json);
+            let summary = match cached {
+                Some(s) => s,
+                None => match server.store.read_message(sel.mailbox.id, meta.uid).await? {
+                    Some(text) => Summary::parse(&text),
+                    // Expunged meanwhile: sorted on what the session knows.
+                    None => Summary::parse(b""),
+                },
+            };
+            let e = &summary.envelope;
+            let date = e
+                .date
+                .as_ref()
+                .and_then(|d| mailroom_mime::date_value(d.as_bytes()))
+                .unwrap_or(meta.internal_date);
+            let decoded = e
+                .subject
+                .as_ref()
+                .map(|s| mailroom_mime::decode_text(s.as_bytes()))
+                .unwrap_or_default();
+            let (subject, reply) = base_subject(&decoded);
+            out.push(Info {
+                idx: i,
+                date,
+                subject: casemap(&subject),
+                reply,
+                from: first_mailbox(&e.from),
+                to: first_mailbox(&e.to),
+                cc: first_mailbox(&e.cc),
+                message_id: e.message_id.as_ref().map(|r| r.as_bytes().to_vec()),
+                in_reply_to: e.in_reply_to.as_ref().map(|r| r.as_bytes().to_vec()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The messages SORT or THREAD works on (RFC 5256 §3): the charset
+/// checked, CONDSTORE enabled by a MODSEQ criterion, the criteria matched
+/// as SEARCH matches them.
+pub(crate) async fn matched(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    charset: &Charset<'_>,
+    search: Vec1<SearchKey<'_>>,
+) -> Result<Vec<usize>, Failure> {
+    check_charset(charset)?;
+    let keys = search.into_inner();
+    if uses_modseq(&keys) {
+        state.enable_condstore(io);
+    }
+    let Phase::Selected(sel) = &state.phase else {
+        unreachable!("state checked")
+    };
+    matching(server, sel, &keys).await
+}
+
+fn compare(sel: &Selected, a: &Info, b: &Info, criteria: &[SortCriterion]) -> Ordering {
+    for c in criteria {
+        let (ma, mb) = (&sel.messages[a.idx], &sel.messages[b.idx]);
+        let o = match c.key {
+            SortKey::Arrival => ma.internal_date.cmp(&mb.internal_date),
+            SortKey::Date => a.date.cmp(&b.date),
+            SortKey::Size => ma.size.cmp(&mb.size),
+            SortKey::Subject => a.subject.cmp(&b.subject),
+            SortKey::From => a.from.cmp(&b.from),
+            SortKey::To => a.to.cmp(&b.to),
+            SortKey::Cc => a.cc.cmp(&b.cc),
+            // Refused before sorting (SORT=DISPLAY is not advertised).
+            SortKey::DisplayFrom | SortKey::DisplayTo => Ordering::Equal,
+        };
+        let o = if c.reverse { o.reverse() } else { o };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    a.idx.cmp(&b.idx)
+}
+
+/// SORT and UID SORT (RFC 5256 §3): `* SORT` with the sequence numbers (or
+/// UIDs) of the matching messages in sort order.
+pub(crate) async fn sort(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    criteria: Vec1<SortCriterion>,
+    charset: Charset<'_>,
+    search: Vec1<SearchKey<'_>>,
+    uid: bool,
+) -> Outcome {
+    let criteria = criteria.into_inner();
+    if criteria
+        .iter()
+        .any(|c| matches!(c.key, SortKey::DisplayFrom | SortKey::DisplayTo))
+    {
+        return Err(Failure::Bad(
+            "DISPLAYFROM and DISPLAYTO are not supported".into(),
+        ));
+    }
+    let matched = matched(server, io, state, &charset, search).await?;
+    let Phase::Selected(sel) = &state.phase else {
+        unreachable!("state checked")
+    };
+    let needs_infos = criteria
+        .iter()
+        .any(|c| !matches!(c.key, SortKey::Arrival | SortKey::Size));
+    let mut infos = if needs_infos {
+        infos(server, sel, &matched).await?
+    } else {
+        matched
+            .iter()
+            .map(|&idx| Info {
+                idx,
+                ..Info::default()
+            })
+            .collect()
+    };
+    infos.sort_unstable_by(|a, b| compare(sel, a, b, &criteria));
+    let mut line = String::with_capacity(8 + infos.len() * 7);
+    line.push_str("* SORT");
+    for i in &infos {
+        line.push(' ');
+        let id = if uid {
+            sel.messages[i.idx].uid
+        } else {
+            i.idx as u32 + 1
+        };
+        line.push_str(&id.to_string());
+    }
+    io.line(&line);
+    Ok(format!(
+        "OK {}SORT completed",
+        if uid { "UID " } else { "" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_subjects_per_rfc_5256() {
+        let b = |s: &str| base_subject(s);
+        assert_eq!(b("Re: hello"), ("hello".into(), true));
+        assert_eq!(b("RE: Re: re:hello"), ("hello".into(), true));
+        assert_eq!(b("Fwd: hello (fwd)"), ("hello".into(), true));
+        assert_eq!(b("[list] Re: [list] hello"), ("hello".into(), true));
+        assert_eq!(b("Re [x]: hello"), ("hello".into(), true));
+        assert_eq!(b("[fwd: Re: hello]"), ("hello".into(), true));
+        assert_eq!(b("  hello   \t world  "), ("hello world".into(), false));
+        // A blob that is all there is stays.
+        assert_eq!(b("[only]"), ("[only]".into(), false));
+        assert_eq!(b("Reply to me"), ("Reply to me".into(), false));
+        assert_eq!(b("FW: x"), ("x".into(), true));
+        assert_eq!(b(""), (String::new(), false));
+        assert_eq!(b("Re: Ünïcödé"), ("Ünïcödé".into(), true));
+    }
+
+    #[test]
+    fn casemap_is_case_insensitive_and_orders_like_titlecase() {
+        assert_eq!(casemap("abc"), casemap("ABC"));
+        assert_eq!(casemap("ünï"), casemap("ÜNÏ"));
+        // Titlecase: `_` (0x5F) sorts after letters mapped to upper case.
+        assert!(casemap("a") < casemap("_"));
+    }
+}
