@@ -15,11 +15,11 @@
 //!   of the field, empty when there is none; SIZE = RFC822.SIZE; SUBJECT
 //!   = the base subject (§2.1, [`base_subject`]).
 //! * **Collation**: strings compare by [`casemap`], RFC 5051's
-//!   i;unicode-casemap in its simple form: each character mapped to its
-//!   Unicode titlecase (here the simple uppercase mapping, which equals
-//!   titlecase except for the four digraph letters), then compared as
-//!   UTF-8 octets. Decomposition (NFKD) is not applied, so `é` and `e` +
-//!   U+0301 sort apart. US-ASCII text compares as Dovecot's does.
+//!   i;unicode-casemap: each character mapped to its Unicode titlecase
+//!   (here the uppercase mapping, which equals titlecase except for the
+//!   four digraph letters and `ß`), then decomposed (NFKD), then compared
+//!   as UTF-8 octets: `é`, `É` and `e` + U+0301 are equal, `Ärger` sorts
+//!   before `Bob` (as `A` + U+0308), as Dovecot sorts them.
 //! * **Invariant**: the order is total and deterministic: after all the
 //!   criteria (each possibly REVERSEd), ties go by sequence number,
 //!   ascending (RFC 5256 §3: "the order is the order in the mailbox"),
@@ -31,6 +31,7 @@ use imap_types::core::{Charset, Vec1};
 use imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_types::search::SearchKey;
 use mailroom_mime::{AddressFields, Summary};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::ImapServer;
 use crate::search::{check_charset, matching, uses_modseq};
@@ -62,7 +63,7 @@ pub(crate) struct Info {
 
 /// i;unicode-casemap (RFC 5051) in its simple form: see the module docs.
 pub(crate) fn casemap(s: &str) -> String {
-    s.chars().flat_map(char::to_uppercase).collect()
+    s.chars().flat_map(char::to_uppercase).nfkd().collect()
 }
 
 fn first_mailbox(list: &[AddressFields]) -> String {
@@ -348,5 +349,7 @@ mod tests {
         assert_eq!(casemap("ünï"), casemap("ÜNÏ"));
         // Titlecase: `_` (0x5F) sorts after letters mapped to upper case.
         assert!(casemap("a") < casemap("_"));
+        assert_eq!(casemap("été"), casemap("E\u{301}TE\u{301}"));
+        assert!(casemap("ärger") < casemap("bob"));
     }
 }
