@@ -1747,7 +1747,12 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
     assert!(!caps[0].contains("SORT"), "{caps:?}");
     c.login().await;
     let caps = c.ok("CAPABILITY").await;
-    for cap in [" SORT", " THREAD=ORDEREDSUBJECT", " THREAD=REFERENCES"] {
+    for cap in [
+        " SORT ",
+        " SORT=DISPLAY",
+        " THREAD=ORDEREDSUBJECT",
+        " THREAD=REFERENCES",
+    ] {
         assert!(caps[0].contains(cap), "{cap} missing: {caps:?}");
     }
     // A first message expunged, so that UIDs are sequence numbers + 1.
@@ -1779,6 +1784,10 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
         // No From sorts first; the local part, case-insensitively.
         ("SORT (FROM) UTF-8 ALL", "* SORT 5 2 3 4 1 6"),
         ("SORT (TO) UTF-8 ALL", "* SORT 3 4 5 6 1 2"),
+        // RFC 5957: the display name, else the addr-spec (AMY@X.TEST <
+        // BOB < CARL@X.TEST < ZED < ZED@X.TEST).
+        ("SORT (DISPLAYFROM) UTF-8 ALL", "* SORT 5 2 3 4 1 6"),
+        ("SORT (REVERSE DISPLAYTO) UTF-8 ALL", "* SORT 2 1 3 4 5 6"),
         ("SORT (CC) UTF-8 ALL", "* SORT 1 3 4 5 6 2"),
         ("SORT (REVERSE CC) UTF-8 ALL", "* SORT 2 1 3 4 5 6"),
         (

@@ -463,6 +463,7 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "BINARY",
             "STATUS=SIZE",
             "SORT",
+            "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
         ]),

@@ -1,5 +1,6 @@
-//! SORT and UID SORT (RFC 5256 §3), with the base subject (§2.1) and the
-//! collation THREAD (`crate::thread`) also uses.
+//! SORT and UID SORT (RFC 5256 §3, SORT=DISPLAY of RFC 5957), with the
+//! base subject (§2.1) and the collation THREAD (`crate::thread`) also
+//! uses.
 //!
 //! * **Which messages**: the search criteria are evaluated by
 //!   [`crate::search::matching`], exactly as SEARCH evaluates them.
@@ -13,7 +14,12 @@
 //!   header in UTC, or INTERNALDATE when it is missing or does not parse;
 //!   FROM / TO / CC = the local part (addr-mailbox) of the first address
 //!   of the field, empty when there is none; SIZE = RFC822.SIZE; SUBJECT
-//!   = the base subject (§2.1, [`base_subject`]).
+//!   = the base subject (§2.1, [`base_subject`]); DISPLAYFROM / DISPLAYTO
+//!   (SORT=DISPLAY, RFC 5957 §3) = the decoded display name of the first
+//!   From / To address, or its addr-spec when it has none.
+//! * **Only what is needed**: [`Need`] says which keys a command uses; a
+//!   SORT by ARRIVAL or SIZE reads no cache, a SORT by DATE decodes no
+//!   subject.
 //! * **Collation**: strings compare by [`casemap`], RFC 5051's
 //!   i;unicode-casemap: each character mapped to its Unicode titlecase
 //!   (here the uppercase mapping, which equals titlecase except for the
@@ -56,9 +62,117 @@ pub(crate) struct Info {
     pub from: String,
     pub to: String,
     pub cc: String,
+    /// Collated RFC 5957 display name (or addr-spec) of From and To.
+    pub display_from: String,
+    pub display_to: String,
     /// Message-ID and In-Reply-To, as sent.
     pub message_id: Option<Vec<u8>>,
     pub in_reply_to: Option<Vec<u8>>,
+}
+
+/// Which [`Info`] fields a command needs (the others stay empty): decoding
+/// subjects and collating addresses is most of the work of a SORT.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Need {
+    pub date: bool,
+    pub subject: bool,
+    pub addresses: bool,
+    pub display: bool,
+    pub ids: bool,
+}
+
+impl Need {
+    /// What THREAD needs: dates, subjects and (REFERENCES) the ids.
+    pub(crate) fn thread() -> Need {
+        Need {
+            date: true,
+            subject: true,
+            ids: true,
+            ..Need::default()
+        }
+    }
+
+    fn sort(criteria: &[SortCriterion]) -> Need {
+        let mut need = Need::default();
+        for c in criteria {
+            match c.key {
+                SortKey::Date => need.date = true,
+                SortKey::Subject => need.subject = true,
+                SortKey::From | SortKey::To | SortKey::Cc => need.addresses = true,
+                SortKey::DisplayFrom | SortKey::DisplayTo => need.display = true,
+                SortKey::Arrival | SortKey::Size => {}
+            }
+        }
+        need
+    }
+
+    fn any(self) -> bool {
+        self.date || self.subject || self.addresses || self.display || self.ids
+    }
+}
+
+impl Info {
+    /// The fields `need` asks for of the message at `idx`, from its summary.
+    fn of(idx: usize, internal_date: i64, summary: &Summary, need: Need) -> Info {
+        let e = &summary.envelope;
+        let mut info = Info {
+            idx,
+            ..Info::default()
+        };
+        if need.date {
+            info.date = e
+                .date
+                .as_ref()
+                .and_then(|d| mailroom_mime::date_value(d.as_bytes()))
+                .unwrap_or(internal_date);
+        }
+        if need.subject {
+            let decoded = e
+                .subject
+                .as_ref()
+                .map(|s| mailroom_mime::decode_text(s.as_bytes()))
+                .unwrap_or_default();
+            let (subject, reply) = base_subject(&decoded);
+            info.subject = casemap(&subject);
+            info.reply = reply;
+        }
+        if need.addresses {
+            info.from = first_mailbox(&e.from);
+            info.to = first_mailbox(&e.to);
+            info.cc = first_mailbox(&e.cc);
+        }
+        if need.display {
+            info.display_from = display(&e.from);
+            info.display_to = display(&e.to);
+        }
+        if need.ids {
+            info.message_id = e.message_id.as_ref().map(|r| r.as_bytes().to_vec());
+            info.in_reply_to = e.in_reply_to.as_ref().map(|r| r.as_bytes().to_vec());
+        }
+        info
+    }
+}
+
+/// RFC 5957 §3 DISPLAYFROM / DISPLAYTO: the display name of the first
+/// address (RFC 2047 decoded) if it has a non-empty one, else its addr-spec
+/// (`mailbox@host`), collated; empty without an address.
+fn display(list: &[AddressFields]) -> String {
+    let Some(a) = list.iter().find(|a| a.host.is_some()) else {
+        return String::new();
+    };
+    let name = a
+        .name
+        .as_ref()
+        .map(|n| mailroom_mime::decode_text(n.as_bytes()))
+        .unwrap_or_default();
+    let name = name.trim();
+    if !name.is_empty() {
+        return casemap(name);
+    }
+    let part = |r: &Option<mailroom_mime::Raw>| {
+        r.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()
+    };
+    casemap(&format!("{}@{}", part(&a.mailbox), part(&a.host)))
 }
 
 /// i;unicode-casemap (RFC 5051) in its simple form: see the module docs.
@@ -173,6 +287,7 @@ pub(crate) async fn infos(
     server: &ImapServer,
     sel: &Selected,
     idxs: &[usize],
+    need: Need,
 ) -> Result<Vec<Info>, Failure> {
     let mut out = Vec::with_capacity(idxs.len());
     for chunk in idxs.chunks(BATCH) {
@@ -193,29 +308,7 @@ pub(crate) async fn infos(
                     None => Summary::parse(b""),
                 },
             };
-            let e = &summary.envelope;
-            let date = e
-                .date
-                .as_ref()
-                .and_then(|d| mailroom_mime::date_value(d.as_bytes()))
-                .unwrap_or(meta.internal_date);
-            let decoded = e
-                .subject
-                .as_ref()
-                .map(|s| mailroom_mime::decode_text(s.as_bytes()))
-                .unwrap_or_default();
-            let (subject, reply) = base_subject(&decoded);
-            out.push(Info {
-                idx: i,
-                date,
-                subject: casemap(&subject),
-                reply,
-                from: first_mailbox(&e.from),
-                to: first_mailbox(&e.to),
-                cc: first_mailbox(&e.cc),
-                message_id: e.message_id.as_ref().map(|r| r.as_bytes().to_vec()),
-                in_reply_to: e.in_reply_to.as_ref().map(|r| r.as_bytes().to_vec()),
-            });
+            out.push(Info::of(i, meta.internal_date, &summary, need));
         }
     }
     Ok(out)
@@ -253,8 +346,8 @@ fn compare(sel: &Selected, a: &Info, b: &Info, criteria: &[SortCriterion]) -> Or
             SortKey::From => a.from.cmp(&b.from),
             SortKey::To => a.to.cmp(&b.to),
             SortKey::Cc => a.cc.cmp(&b.cc),
-            // Refused before sorting (SORT=DISPLAY is not advertised).
-            SortKey::DisplayFrom | SortKey::DisplayTo => Ordering::Equal,
+            SortKey::DisplayFrom => a.display_from.cmp(&b.display_from),
+            SortKey::DisplayTo => a.display_to.cmp(&b.display_to),
         };
         let o = if c.reverse { o.reverse() } else { o };
         if o != Ordering::Equal {
@@ -276,23 +369,13 @@ pub(crate) async fn sort(
     uid: bool,
 ) -> Outcome {
     let criteria = criteria.into_inner();
-    if criteria
-        .iter()
-        .any(|c| matches!(c.key, SortKey::DisplayFrom | SortKey::DisplayTo))
-    {
-        return Err(Failure::Bad(
-            "DISPLAYFROM and DISPLAYTO are not supported".into(),
-        ));
-    }
     let matched = matched(server, io, state, &charset, search).await?;
     let Phase::Selected(sel) = &state.phase else {
         unreachable!("state checked")
     };
-    let needs_infos = criteria
-        .iter()
-        .any(|c| !matches!(c.key, SortKey::Arrival | SortKey::Size));
-    let mut infos = if needs_infos {
-        infos(server, sel, &matched).await?
+    let need = Need::sort(&criteria);
+    let mut infos = if need.any() {
+        infos(server, sel, &matched, need).await?
     } else {
         matched
             .iter()

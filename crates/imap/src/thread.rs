@@ -28,7 +28,7 @@ use imap_types::search::SearchKey;
 
 use crate::ImapServer;
 use crate::session::{Failure, Io, Outcome, Phase, State};
-use crate::sort::{Info, infos, matched};
+use crate::sort::{Info, Need, infos, matched};
 
 /// Message texts read at a time for References.
 const BATCH: usize = 256;
@@ -369,7 +369,7 @@ pub(crate) async fn thread(
     let Phase::Selected(sel) = &state.phase else {
         unreachable!("state checked")
     };
-    let infos = infos(server, sel, &matched).await?;
+    let infos = infos(server, sel, &matched, Need::thread()).await?;
     let mut forest = Forest {
         nodes: Vec::with_capacity(infos.len() * 2),
         infos: &infos,
