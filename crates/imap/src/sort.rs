@@ -7,7 +7,8 @@
 //! * **Where the keys come from**: the parse cache the store keeps of each
 //!   message ([`mailroom_mime::Summary`], the one FETCH ENVELOPE uses):
 //!   Date, Subject, From, To, Cc and Message-ID / In-Reply-To are in it,
-//!   so SORT reads no message text when the cache is there (a message
+//!   so SORT reads no message text when the cache is there, and reads only
+//!   the envelope of the cache, not building the body structure (a message
 //!   stored without one is parsed from its text, as FETCH does). ARRIVAL
 //!   (INTERNALDATE) and SIZE come from the session's metadata.
 //! * **Keys** (RFC 5256 §3): ARRIVAL = INTERNALDATE; DATE = the Date
@@ -36,7 +37,7 @@ use std::cmp::Ordering;
 use imap_types::core::{Charset, Vec1};
 use imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_types::search::SearchKey;
-use mailroom_mime::{AddressFields, Summary};
+use mailroom_mime::{AddressFields, EnvelopeFields, Summary};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::ImapServer;
@@ -112,9 +113,8 @@ impl Need {
 }
 
 impl Info {
-    /// The fields `need` asks for of the message at `idx`, from its summary.
-    fn of(idx: usize, internal_date: i64, summary: &Summary, need: Need) -> Info {
-        let e = &summary.envelope;
+    /// The fields `need` asks for of the message at `idx`, from its envelope.
+    fn of(idx: usize, internal_date: i64, e: &EnvelopeFields, need: Need) -> Info {
         let mut info = Info {
             idx,
             ..Info::default()
@@ -299,16 +299,16 @@ pub(crate) async fn infos(
                 .binary_search_by_key(&meta.uid, |(u, _)| *u)
                 .ok()
                 .and_then(|p| caches[p].1.as_deref())
-                .and_then(Summary::from_json);
-            let summary = match cached {
-                Some(s) => s,
+                .and_then(mailroom_mime::envelope_from_json);
+            let envelope = match cached {
+                Some(e) => e,
                 None => match server.store.read_message(sel.mailbox.id, meta.uid).await? {
-                    Some(text) => Summary::parse(&text),
+                    Some(text) => Summary::parse(&text).envelope,
                     // Expunged meanwhile: sorted on what the session knows.
-                    None => Summary::parse(b""),
+                    None => EnvelopeFields::default(),
                 },
             };
-            out.push(Info::of(i, meta.internal_date, &summary, need));
+            out.push(Info::of(i, meta.internal_date, &envelope, need));
         }
     }
     Ok(out)
