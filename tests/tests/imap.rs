@@ -1750,6 +1750,7 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
     for cap in [
         " SORT ",
         " SORT=DISPLAY",
+        " ESORT",
         " THREAD=ORDEREDSUBJECT",
         " THREAD=REFERENCES",
     ] {
@@ -1798,6 +1799,24 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
         ("UID SORT (DATE) UTF-8 SUBJECT hello", "* SORT 2 7 4"),
         ("UID SORT (SUBJECT) UTF-8 5:6", "* SORT 6 7"),
         ("SORT (DATE) UTF-8 SUBJECT nothing-matches", "* SORT"),
+        // ESORT (RFC 5267 §3.2): MIN/MAX first and last in sort order,
+        // ALL in sort order with ascending runs joined.
+        (
+            "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") MIN 2 MAX 3 COUNT 6",
+        ),
+        (
+            "UID SORT RETURN (ALL) (REVERSE ARRIVAL) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") UID ALL 2:7",
+        ),
+        (
+            "SORT RETURN () (SUBJECT) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") ALL 4:5,2,1,3,6",
+        ),
+        (
+            "SORT RETURN (COUNT MIN) (DATE) UTF-8 SUBJECT nothing-matches",
+            "* ESEARCH (TAG \"t{}\") COUNT 0",
+        ),
         // ORDEREDSUBJECT: one thread per base subject, by first date.
         (
             "THREAD ORDEREDSUBJECT UTF-8 ALL",
@@ -1814,6 +1833,7 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
             "* THREAD",
         ),
     ] {
+        let expected = expected.replace("t{}", &format!("t{}", c.next + 1));
         assert_eq!(sort(&mut c, command).await, expected, "{command}");
     }
     // Sizes: message i's text is the only thing that differs.
@@ -1849,6 +1869,7 @@ async fn sort_and_thread_per_rfc_5256(r: &Running) {
         "SORT SUBJECT UTF-8 ALL",
         "SORT (SUBJECT) UTF-8",
         "THREAD XYZZY UTF-8 ALL",
+        "SORT RETURN (FIRST) (DATE) UTF-8 ALL",
     ] {
         let (_, done) = c.cmd(bad).await;
         assert!(done.split(' ').nth(1) == Some("BAD"), "{bad} -> {done}");

@@ -1,4 +1,5 @@
-//! SORT and UID SORT (RFC 5256 §3, SORT=DISPLAY of RFC 5957), with the
+//! SORT and UID SORT (RFC 5256 §3, SORT=DISPLAY of RFC 5957, ESORT's
+//! `RETURN (MIN MAX COUNT ALL)` of RFC 5267 §3), with the
 //! base subject (§2.1) and the collation THREAD (`crate::thread`) also
 //! uses.
 //!
@@ -41,6 +42,7 @@ use mailroom_mime::{AddressFields, EnvelopeFields, Summary};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::ImapServer;
+use crate::preparse::Lifted;
 use crate::search::{check_charset, matching, uses_modseq};
 use crate::selected::Selected;
 use crate::session::{Failure, Io, Outcome, Phase, State};
@@ -335,6 +337,65 @@ pub(crate) async fn matched(
     matching(server, sel, &keys).await
 }
 
+/// The ESEARCH response of an ESORT (RFC 5267 §3.2): MIN and MAX are the
+/// first and last message in sort order, ALL all of them in sort order
+/// (runs of consecutive ascending numbers written `a:b`), COUNT how many.
+/// `RETURN ()` means ALL. MIN, MAX and ALL are left out when nothing
+/// matched.
+fn esort(tag: &str, uid: bool, opts: &[String], ids: &[u32]) -> Result<String, Failure> {
+    let all = ["ALL".to_string()];
+    let opts = if opts.is_empty() { &all[..] } else { opts };
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    for o in opts {
+        match o.as_str() {
+            "MIN" => {
+                if let Some(v) = ids.first() {
+                    line.push_str(&format!(" MIN {v}"));
+                }
+            }
+            "MAX" => {
+                if let Some(v) = ids.last() {
+                    line.push_str(&format!(" MAX {v}"));
+                }
+            }
+            "COUNT" => line.push_str(&format!(" COUNT {}", ids.len())),
+            "ALL" => {
+                if !ids.is_empty() {
+                    line.push_str(" ALL ");
+                    line.push_str(&runs(ids));
+                }
+            }
+            _ => return Err(Failure::Bad(format!("unknown SORT RETURN option {o}"))),
+        }
+    }
+    Ok(line)
+}
+
+/// `ids` in their order, runs of consecutive ascending numbers as `a:b`.
+fn runs(ids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j == i {
+            out.push_str(&ids[i].to_string());
+        } else {
+            out.push_str(&format!("{}:{}", ids[i], ids[j]));
+        }
+        i = j + 1;
+    }
+    out
+}
+
 fn compare(sel: &Selected, a: &Info, b: &Info, criteria: &[SortCriterion]) -> Ordering {
     for c in criteria {
         let (ma, mb) = (&sel.messages[a.idx], &sel.messages[b.idx]);
@@ -359,10 +420,12 @@ fn compare(sel: &Selected, a: &Info, b: &Info, criteria: &[SortCriterion]) -> Or
 
 /// SORT and UID SORT (RFC 5256 §3): `* SORT` with the sequence numbers (or
 /// UIDs) of the matching messages in sort order.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn sort(
     server: &ImapServer,
     io: &mut Io,
     state: &mut State,
+    (tag, lifted): (&str, &Lifted),
     criteria: Vec1<SortCriterion>,
     charset: Charset<'_>,
     search: Vec1<SearchKey<'_>>,
@@ -386,18 +449,28 @@ pub(crate) async fn sort(
             .collect()
     };
     infos.sort_unstable_by(|a, b| compare(sel, a, b, &criteria));
-    let mut line = String::with_capacity(8 + infos.len() * 7);
-    line.push_str("* SORT");
-    for i in &infos {
-        line.push(' ');
-        let id = if uid {
-            sel.messages[i.idx].uid
-        } else {
-            i.idx as u32 + 1
-        };
-        line.push_str(&id.to_string());
+    let ids: Vec<u32> = infos
+        .iter()
+        .map(|i| {
+            if uid {
+                sel.messages[i.idx].uid
+            } else {
+                i.idx as u32 + 1
+            }
+        })
+        .collect();
+    match &lifted.search_return {
+        None => {
+            let mut line = String::with_capacity(8 + ids.len() * 7);
+            line.push_str("* SORT");
+            for id in &ids {
+                line.push(' ');
+                line.push_str(&id.to_string());
+            }
+            io.line(&line);
+        }
+        Some(opts) => io.line(&esort(tag, uid, opts, &ids)?),
     }
-    io.line(&line);
     Ok(format!(
         "OK {}SORT completed",
         if uid { "UID " } else { "" }
@@ -424,6 +497,24 @@ mod tests {
         assert_eq!(b("FW: x"), ("x".into(), true));
         assert_eq!(b(""), (String::new(), false));
         assert_eq!(b("Re: Ünïcödé"), ("Ünïcödé".into(), true));
+    }
+
+    #[test]
+    fn esort_runs_follow_the_sort_order() {
+        assert_eq!(runs(&[3, 4, 5, 1, 2, 9]), "3:5,1:2,9");
+        assert_eq!(runs(&[5, 4]), "5,4");
+        let line = esort(
+            "t",
+            true,
+            &["MIN".into(), "MAX".into(), "COUNT".into()],
+            &[7, 2, 9],
+        );
+        assert_eq!(
+            line.ok().as_deref(),
+            Some("* ESEARCH (TAG \"t\") UID MIN 7 MAX 9 COUNT 3")
+        );
+        let line = esort("t", false, &[], &[]);
+        assert_eq!(line.ok().as_deref(), Some("* ESEARCH (TAG \"t\")"));
     }
 
     #[test]
