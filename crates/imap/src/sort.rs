@@ -132,7 +132,7 @@ impl Info {
             let decoded = e
                 .subject
                 .as_ref()
-                .map(|s| mailroom_mime::decode_text(s.as_bytes()))
+                .map(|s| subject_text(s.as_bytes()))
                 .unwrap_or_default();
             let (subject, reply) = base_subject(&decoded);
             info.subject = casemap(&subject);
@@ -152,6 +152,17 @@ impl Info {
             info.in_reply_to = e.in_reply_to.as_ref().map(|r| r.as_bytes().to_vec());
         }
         info
+    }
+}
+
+/// A Subject's text for [`base_subject`] (RFC 5256 §2.1 (1)): RFC 2047
+/// words decoded; a subject without any (`=?` absent) is taken as it is,
+/// since [`base_subject`] does the unfolding and white space itself.
+fn subject_text(raw: &[u8]) -> String {
+    if raw.windows(2).any(|w| w == b"=?") {
+        mailroom_mime::decode_text(raw)
+    } else {
+        String::from_utf8_lossy(raw).into_owned()
     }
 }
 
@@ -179,6 +190,10 @@ fn display(list: &[AddressFields]) -> String {
 
 /// i;unicode-casemap (RFC 5051) in its simple form: see the module docs.
 pub(crate) fn casemap(s: &str) -> String {
+    if s.is_ascii() {
+        // NFKD leaves US-ASCII as it is.
+        return s.to_ascii_uppercase();
+    }
     s.chars().flat_map(char::to_uppercase).nfkd().collect()
 }
 
@@ -525,5 +540,6 @@ mod tests {
         assert!(casemap("a") < casemap("_"));
         assert_eq!(casemap("été"), casemap("E\u{301}TE\u{301}"));
         assert!(casemap("ärger") < casemap("bob"));
+        assert_eq!(casemap("Hello_x"), "HELLO_X");
     }
 }
