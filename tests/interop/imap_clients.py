@@ -253,3 +253,39 @@ expect(got[1][b"INTERNALDATE"].astimezone(datetime.timezone.utc).replace(tzinfo=
        == datetime.datetime(2024, 3, 1, 12, 30, 0), got[1])
 c.logout()
 print("ok: imapclient MULTIAPPEND")
+
+# 7. imapclient's SORT and THREAD (RFC 5256): the client builds the commands
+#    and parses the responses (nested thread lists included).
+c = imapclient.IMAPClient(host, port=int(tls_port), ssl=True, ssl_context=ctx, timeout=20)
+c.login(user, password)
+for cap in (b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"):
+    expect(c.has_capability(cap), cap, c.capabilities())
+c.create_folder("Threads")
+for subject, mid, refs, day in [
+    ("Lunch", "a", "", 1),
+    ("Re: lunch", "b", "<a@i.test>", 2),
+    ("Agenda", "c", "", 3),
+    ("RE: [team] =?UTF-8?Q?LUNCH?=", "d", "<a@i.test> <b@i.test>", 4),
+]:
+    text = (f"From: {mid}@i.test\r\nSubject: {subject}\r\n"
+            f"Date: Thu, 0{day} Jan 2026 10:00:00 +0000\r\nMessage-ID: <{mid}@i.test>\r\n"
+            + (f"References: {refs}\r\n" if refs else "") + "\r\nbody\r\n")
+    c.append("Threads", text.encode())
+c.select_folder("Threads")
+got = c.sort(["SUBJECT"])
+expect(got == [3, 1, 2, 4], got)
+got = c.sort(["REVERSE DATE"], ["SINCE", "01-Jan-2020"])
+expect(got == [4, 3, 2, 1], got)
+got = c.sort(["FROM"], ["NOT", "SUBJECT", "agenda"], charset="US-ASCII")
+expect(got == [1, 2, 4], got)
+got = c.thread("REFERENCES")
+expect(got == ((1, 2, 4), (3,)), got)
+got = c.thread("ORDEREDSUBJECT")
+expect(got == ((1, (2,), (4,)), (3,)), got)
+try:
+    c.sort(["SUBJECT"], charset="KOI8-R")  # a charset Mailroom does not search in
+    expect(False, "SORT in KOI8-R succeeded")
+except imapclient.exceptions.IMAPClientError as e:
+    expect("BADCHARSET" in str(e), str(e))
+c.logout()
+print("ok: imapclient SORT and THREAD")

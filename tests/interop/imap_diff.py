@@ -248,6 +248,86 @@ COMMANDS = (
     ]
 )
 
+# SORT and THREAD (RFC 5256), in a mailbox of their own: base subjects
+# (Re:, Fwd:, [blob], (fwd), [fwd: ...], encoded words, 8-bit text, case),
+# a missing Date (INTERNALDATE instead), equal keys (sequence order), a
+# reference loop, missing parents, a duplicate and a missing Message-ID.
+def _sort_msg(frm, to, subject, date, mid, refs=b"", extra=b""):
+    h = b""
+    if frm:
+        h += b"From: " + frm + b"\r\n"
+    h += b"To: " + to + b"\r\n"
+    if subject is not None:
+        h += b"Subject: " + subject + b"\r\n"
+    if date:
+        h += b"Date: " + date + b"\r\n"
+    if mid:
+        h += b"Message-ID: <" + mid + b">\r\n"
+    if refs:
+        h += b"References: " + refs + b"\r\n"
+    return h + extra + b"\r\nbody " + (mid or b"none") + b"\r\n"
+
+
+SORT_FIXTURES = [
+    (_sort_msg(b"Zed <zed@x.test>", b"bob@x.test", b"Re: Hello",
+               b"Tue, 03 Nov 2026 10:00:00 +0000", b"1@t"), "09-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"amy@x.test", b"Carl@x.test", b"=?UTF-8?Q?=C3=A9t=C3=A9?=",
+               b"Sun, 01 Nov 2026 10:00:00 +0000", b"2@t", b"<1@t>",
+               b"Cc: dan@x.test\r\n"), "08-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"\"Bob\" <Bob@x.test>", b"alice@x.test", b"[list] Fwd: hello (fwd)",
+               None, b"3@t", b"", b"In-Reply-To: <2@t>\r\n"), "07-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"carl@x.test", b"alice@x.test", "\u00e4rger".encode(),
+               b"Wed, 04 Nov 2026 10:00:00 +0000", b"4@t", b"<5@t>"), "06-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(None, b"alice@x.test", b"Re: =?ISO-8859-1?Q?=C4rger?=",
+               b"Wed, 04 Nov 2026 11:00:00 +0000", b"5@t", b"<4@t>"), "05-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"zed@x.test", b"alice@x.test", b"hello",
+               b"Tue, 03 Nov 2026 10:00:00 +0000", b"6@t"), "04-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"Ann <ann@x.test>", b"Zoe <zoe@x.test>", b"[fwd: Re: [x] topic]",
+               b"Thu, 05 Nov 2026 08:00:00 -0500", b"7@t", b"<gone@t> <6@t>"),
+     "03-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"ann@x.test", b"alice@x.test", b"Re: [tag] topic",
+               b"Thu, 05 Nov 2026 14:00:00 +0100", b"7@t", b"<missing@t>"),
+     "02-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"bea@x.test", b"alice@x.test", None,
+               b"not a date", None, b"<missing@t>"), "01-Nov-2026 09:00:00 +0000"),
+    (_sort_msg(b"cy@x.test", b"alice@x.test", b"   ",
+               b"Fri, 06 Nov 2026 10:00:00 +0000", b"10@t", b"<missing@t>"),
+     "31-Oct-2026 09:00:00 +0000"),
+]
+
+SORT_COMMANDS = [
+    "SELECT sorting",
+    "SORT (SUBJECT) UTF-8 ALL",
+    "SORT (REVERSE SUBJECT) UTF-8 ALL",
+    "SORT (ARRIVAL) UTF-8 ALL",
+    "SORT (DATE) UTF-8 ALL",
+    "SORT (REVERSE DATE) UTF-8 ALL",
+    "SORT (FROM) UTF-8 ALL",
+    "SORT (TO) UTF-8 ALL",
+    "SORT (CC) UTF-8 ALL",
+    "SORT (SIZE) UTF-8 ALL",
+    "SORT (DISPLAYFROM) UTF-8 ALL",
+    "SORT (REVERSE DISPLAYTO) UTF-8 ALL",
+    "SORT (DISPLAYTO DISPLAYFROM) UTF-8 ALL",
+    "SORT (SUBJECT REVERSE DATE) US-ASCII ALL",
+    "SORT (FROM SUBJECT) UTF-8 2:8",
+    "UID SORT (DATE) UTF-8 SUBJECT hello",
+    "SORT (SUBJECT) UTF-8 NOT ALL",
+    "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+    "UID SORT RETURN (ALL) (SUBJECT) UTF-8 ALL",
+    "SORT RETURN () (REVERSE ARRIVAL) UTF-8 ALL",
+    "SORT RETURN (COUNT MIN MAX ALL) (FROM) UTF-8 NOT ALL",
+    "SORT (SUBJECT) KOI8-R ALL",
+    "SORT (SUBJECT) X-NO-SUCH-CHARSET ALL",
+    "THREAD REFERENCES X-NO-SUCH-CHARSET ALL",
+    "THREAD ORDEREDSUBJECT UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 ALL",
+    "UID THREAD REFERENCES UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 2:5",
+    "THREAD REFERENCES UTF-8 NOT ALL",
+    "THREAD ORDEREDSUBJECT US-ASCII 6:*",
+]
+
 # Differences allowed, by command, with the reason. A command listed here
 # may differ in any way; keep each reason an RFC citation (or, for a known
 # Mailroom bug, the issue tracking it).
@@ -256,6 +336,10 @@ NIL_FOR_MISSING_PART = (
     "the message does not have is; Mailroom answers NIL (there is no such content), "
     "Dovecot an empty string"
 )
+BADCHARSET_LIST = (
+    "RFC 9051 §7.1: BADCHARSET is optionally followed by a parenthesized list of the "
+    "charsets supported; Mailroom gives the list (UTF-8 US-ASCII), Dovecot none"
+)
 DOCUMENTED = {
     "SELECT INBOX": (
         "RFC 7162 §3.1.2.1: a server that keeps mod-sequences MUST send OK [HIGHESTMODSEQ] "
@@ -263,6 +347,18 @@ DOCUMENTED = {
     ),
     "EXAMINE a": "as SELECT INBOX (RFC 7162 §3.1.2.1, HIGHESTMODSEQ)",
     "EXAMINE INBOX": "as SELECT INBOX (RFC 7162 §3.1.2.1, HIGHESTMODSEQ)",
+    "SELECT sorting": "as SELECT INBOX (RFC 7162 §3.1.2.1, HIGHESTMODSEQ)",
+    "SORT (SUBJECT) KOI8-R ALL": (
+        "RFC 5256 §3: US-ASCII and UTF-8 MUST be supported, other charsets MAY; "
+        "Mailroom answers NO [BADCHARSET (UTF-8 US-ASCII)] (RFC 9051 §7.1), Dovecot "
+        "converts KOI8-R"
+    ),
+    "SORT (SUBJECT) X-NO-SUCH-CHARSET ALL": BADCHARSET_LIST,
+    "THREAD REFERENCES X-NO-SUCH-CHARSET ALL": BADCHARSET_LIST,
+    "THREAD REFERENCES UTF-8 NOT ALL": (
+        "RFC 5256 §4: thread-data = \"THREAD\" [SP 1*thread-list]; with no thread "
+        "Mailroom sends `* THREAD`, Dovecot `* THREAD ` with a trailing space"
+    ),
     "SELECT nonexistent": (
         "RFC 5530 §3: NONEXISTENT is the response code for a mailbox that does not exist; "
         "Dovecot's NO carries none"
@@ -624,6 +720,11 @@ def run_session(port, user, password, compress=False, metadata=False):
             results.append((label, normalise(c.multiappend(parts))))
         else:
             results.append((cmd, normalise(c.command(cmd))))
+    c.command("CREATE sorting")
+    for message, date in SORT_FIXTURES:
+        c.command(f'APPEND sorting () "{date}"', literal=message)
+    for cmd in SORT_COMMANDS:
+        results.append((cmd, normalise(c.command(cmd))))
     c.command("LOGOUT")
     return results
 

@@ -193,6 +193,7 @@ mailroom_tests::on_both!(
     object_ids,
     savedate,
     preview,
+    sort_and_thread_per_rfc_5256,
 );
 
 /// `\Recent` (RFC 3501 §2.3.2): the first IMAP4rev1 session to select a
@@ -2257,4 +2258,187 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 \"au\"\r\n\r\n  lai
     // An unknown modifier is refused.
     let (_, done) = c.cmd("FETCH 1 (PREVIEW (FUZZY))").await;
     assert!(done.contains(" BAD "), "{done}");
+
+/// The messages of the SORT and THREAD test, appended with INTERNALDATEs
+/// running backwards (message i on 10 - i November): (internal date,
+/// text). Message 3 has no Date (its sent date is its INTERNALDATE, RFC
+/// 5256 §2.2), 4 and 5 refer to each other (a reference loop), 4 has an
+/// 8-bit subject and 5 the same one encoded in ISO-8859-1, 1 and 6 share a
+/// sent date (ordered by sequence number).
+fn sort_messages() -> Vec<(String, Vec<u8>)> {
+    let texts: [&[u8]; 6] = [
+        b"From: Zed <zed@x.test>\r\nTo: bob@x.test\r\nSubject: Re: Hello\r\n\
+          Date: Tue, 03 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@t>\r\n\r\none\r\n",
+        b"From: amy@x.test\r\nTo: Carl@x.test\r\nCc: dan@x.test\r\n\
+          Subject: =?UTF-8?Q?=C3=A9t=C3=A9?=\r\nDate: Sun, 01 Nov 2026 10:00:00 +0000\r\n\
+          Message-ID: <2@t>\r\nReferences: <1@t>\r\n\r\ntwo\r\n",
+        b"From: \"Bob\" <Bob@x.test>\r\nTo: alice@example.test\r\n\
+          Subject: [list] Fwd: hello (fwd)\r\nMessage-ID: <3@t>\r\nIn-Reply-To: <2@t>\r\n\r\nthree\r\n",
+        "From: carl@x.test\r\nTo: alice@example.test\r\nSubject: \u{e4}rger\r\n\
+          Date: Wed, 04 Nov 2026 10:00:00 +0000\r\nMessage-ID: <4@t>\r\nReferences: <5@t>\r\n\r\nfour\r\n"
+            .as_bytes(),
+        b"To: alice@example.test\r\nSubject: Re: =?ISO-8859-1?Q?=C4rger?=\r\n\
+          Date: Wed, 04 Nov 2026 11:00:00 +0000\r\nMessage-ID: <5@t>\r\nReferences: <4@t>\r\n\r\nfive\r\n",
+        b"From: zed@x.test\r\nTo: alice@example.test\r\nSubject: hello\r\n\
+          Date: Tue, 03 Nov 2026 10:00:00 +0000\r\nMessage-ID: <6@t>\r\n\r\nsix\r\n",
+    ];
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                format!("\"{:02}-Nov-2026 09:00:00 +0000\"", 9 - i),
+                t.to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// SORT and THREAD (RFC 5256) through a real session: every sort key,
+/// REVERSE, several keys, UID SORT with search criteria, base subjects
+/// (Re:, Fwd:, [blob], (fwd), encoded words, 8-bit text, case), the
+/// INTERNALDATE fallback for a missing Date, ties by sequence number,
+/// ORDEREDSUBJECT and REFERENCES over a reference loop with subject
+/// merging, and bad input.
+async fn sort_and_thread_per_rfc_5256(r: &Running) {
+    with_accounts(r, &[ALICE]).await;
+    let mut c = connect(imap(r)).await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(!caps[0].contains("SORT"), "{caps:?}");
+    c.login().await;
+    let caps = c.ok("CAPABILITY").await;
+    for cap in [
+        " SORT ",
+        " SORT=DISPLAY",
+        " ESORT",
+        " THREAD=ORDEREDSUBJECT",
+        " THREAD=REFERENCES",
+    ] {
+        assert!(caps[0].contains(cap), "{cap} missing: {caps:?}");
+    }
+    // A first message expunged, so that UIDs are sequence numbers + 1.
+    let (_, done) = c.append_plus("a0", "INBOX", &message("gone", "x")).await;
+    assert!(done.starts_with("a0 OK"), "{done}");
+    for (i, (date, text)) in sort_messages().iter().enumerate() {
+        let tag = format!("a{}", i + 1);
+        let (_, done) = c.append_plus(&tag, &format!("INBOX {date}"), text).await;
+        assert!(done.starts_with(&format!("{tag} OK")), "{done}");
+    }
+    c.ok("SELECT INBOX").await;
+    c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    c.ok("EXPUNGE").await;
+    let sort = async |c: &mut Imap<_>, args: &str| {
+        let lines = c.ok(args).await;
+        assert_eq!(lines.len(), 1, "{args}: {lines:?}");
+        lines[0].clone()
+    };
+    for (command, expected) in [
+        // Ä (A + U+0308) < É (E + U+0301) < H; Hello, hello and the
+        // forwarded hello tie and go by sequence number.
+        ("SORT (SUBJECT) UTF-8 ALL", "* SORT 4 5 2 1 3 6"),
+        ("SORT (ARRIVAL) UTF-8 ALL", "* SORT 6 5 4 3 2 1"),
+        ("SORT (REVERSE ARRIVAL) US-ASCII ALL", "* SORT 1 2 3 4 5 6"),
+        // Message 3 has no Date: its INTERNALDATE (7 Nov) is its date.
+        ("SORT (DATE) UTF-8 ALL", "* SORT 2 1 6 4 5 3"),
+        // REVERSE never reverses the tie-break by sequence number.
+        ("SORT (REVERSE DATE) UTF-8 ALL", "* SORT 3 5 4 1 6 2"),
+        // No From sorts first; the local part, case-insensitively.
+        ("SORT (FROM) UTF-8 ALL", "* SORT 5 2 3 4 1 6"),
+        ("SORT (TO) UTF-8 ALL", "* SORT 3 4 5 6 1 2"),
+        // RFC 5957: the display name, else the addr-spec (AMY@X.TEST <
+        // BOB < CARL@X.TEST < ZED < ZED@X.TEST).
+        ("SORT (DISPLAYFROM) UTF-8 ALL", "* SORT 5 2 3 4 1 6"),
+        ("SORT (REVERSE DISPLAYTO) UTF-8 ALL", "* SORT 2 1 3 4 5 6"),
+        ("SORT (CC) UTF-8 ALL", "* SORT 1 3 4 5 6 2"),
+        ("SORT (REVERSE CC) UTF-8 ALL", "* SORT 2 1 3 4 5 6"),
+        (
+            "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+            "* SORT 5 4 2 3 1 6",
+        ),
+        ("SORT (SUBJECT) UTF-8 SUBJECT hello", "* SORT 1 3 6"),
+        ("UID SORT (DATE) UTF-8 SUBJECT hello", "* SORT 2 7 4"),
+        ("UID SORT (SUBJECT) UTF-8 5:6", "* SORT 6 7"),
+        ("SORT (DATE) UTF-8 SUBJECT nothing-matches", "* SORT"),
+        // ESORT (RFC 5267 §3.2): MIN/MAX first and last in sort order,
+        // ALL in sort order with ascending runs joined.
+        (
+            "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") MIN 2 MAX 3 COUNT 6",
+        ),
+        (
+            "UID SORT RETURN (ALL) (REVERSE ARRIVAL) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") UID ALL 2:7",
+        ),
+        (
+            "SORT RETURN () (SUBJECT) UTF-8 ALL",
+            "* ESEARCH (TAG \"t{}\") ALL 4:5,2,1,3,6",
+        ),
+        (
+            "SORT RETURN (COUNT MIN) (DATE) UTF-8 SUBJECT nothing-matches",
+            "* ESEARCH (TAG \"t{}\") COUNT 0",
+        ),
+        // ORDEREDSUBJECT: one thread per base subject, by first date.
+        (
+            "THREAD ORDEREDSUBJECT UTF-8 ALL",
+            "* THREAD (2)(1 (6)(3))(4 5)",
+        ),
+        // REFERENCES: 1-2-3 by references; hello (6, not a reply) takes
+        // Re: Hello (1) as its child; 4 and 5 refer to each other.
+        ("THREAD REFERENCES UTF-8 ALL", "* THREAD (6 1 2 3)(5 4)"),
+        ("UID THREAD REFERENCES UTF-8 ALL", "* THREAD (7 2 3 4)(6 5)"),
+        // 2 refers to 1, which is not searched: a dummy, promoted.
+        ("THREAD REFERENCES US-ASCII 2:3", "* THREAD (2 3)"),
+        (
+            "THREAD REFERENCES UTF-8 SUBJECT nothing-matches",
+            "* THREAD",
+        ),
+    ] {
+        let expected = expected.replace("t{}", &format!("t{}", c.next + 1));
+        assert_eq!(sort(&mut c, command).await, expected, "{command}");
+    }
+    // Sizes: message i's text is the only thing that differs.
+    let sizes = c.ok("FETCH 1:6 (RFC822.SIZE)").await;
+    let mut by_size: Vec<(u64, usize)> = sizes
+        .iter()
+        .map(|l| {
+            let seq: usize = l.split(' ').nth(1).unwrap().parse().unwrap();
+            let size: u64 = l
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+                .parse()
+                .unwrap();
+            (size, seq)
+        })
+        .collect();
+    by_size.sort_unstable();
+    let expected: Vec<String> = by_size.iter().map(|(_, s)| s.to_string()).collect();
+    assert_eq!(
+        sort(&mut c, "SORT (SIZE) UTF-8 ALL").await,
+        format!("* SORT {}", expected.join(" "))
+    );
+    // Bad input.
+    let (_, done) = c.cmd("SORT (SUBJECT) KOI8-R ALL").await;
+    assert!(done.contains(" NO [BADCHARSET (UTF-8 US-ASCII)]"), "{done}");
+    let (_, done) = c.cmd("THREAD REFERENCES X-UNKNOWN ALL").await;
+    assert!(done.contains(" NO [BADCHARSET (UTF-8 US-ASCII)]"), "{done}");
+    for bad in [
+        "SORT (COLOUR) UTF-8 ALL",
+        "SORT () UTF-8 ALL",
+        "SORT SUBJECT UTF-8 ALL",
+        "SORT (SUBJECT) UTF-8",
+        "THREAD XYZZY UTF-8 ALL",
+        "SORT RETURN (FIRST) (DATE) UTF-8 ALL",
+    ] {
+        let (_, done) = c.cmd(bad).await;
+        assert!(done.split(' ').nth(1) == Some("BAD"), "{bad} -> {done}");
+    }
+    c.ok("CLOSE").await;
+    let (_, done) = c.cmd("SORT (SUBJECT) UTF-8 ALL").await;
+    assert!(
+        done.split(' ').nth(1) == Some("BAD"),
+        "not selected -> {done}"
+    );
+    c.ok("LOGOUT").await;
 }

@@ -1,7 +1,8 @@
 //! Differential IMAP testing against Dovecot, the reference server: the
 //! same scripted session (fixtures appended first, then FETCH of every
 //! structure item, SEARCH keys, STORE, LIST patterns, COPY, EXPUNGE,
-//! MULTIAPPEND and its bad input) runs
+//! MULTIAPPEND and its bad input, then SORT and THREAD in a mailbox of
+//! their own) runs
 //! against a throw-away Dovecot and against Mailroom on each store, and the
 //! normalised responses must agree or differ only where
 //! `tests/interop/imap_diff.py` documents why (with the RFC text). The

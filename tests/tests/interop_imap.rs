@@ -69,7 +69,7 @@ async fn python_imaplib_and_imapclient() {
     })
     .await
     .unwrap();
-    assert_eq!(out.matches("ok: ").count(), 6, "{out}");
+    assert_eq!(out.matches("ok: ").count(), 7, "{out}");
     r.stack.stop(Duration::from_secs(5)).await;
 }
 

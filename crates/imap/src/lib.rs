@@ -44,6 +44,8 @@ pub mod preparse;
 mod search;
 pub mod selected;
 pub mod session;
+mod sort;
+mod thread;
 mod specialuse;
 
 pub use mailroom_net::AuthThrottle;

@@ -8,7 +8,8 @@
 //!   and several patterns in parentheses, `LIST "" (a/* b)` (RFC 5258 §3):
 //!   the codec is given the first, the session matches them all;
 //! * `[UID] SEARCH RETURN (MIN MAX COUNT ALL SAVE) criteria` (ESEARCH,
-//!   RFC 4731, part of IMAP4rev2);
+//!   RFC 4731, part of IMAP4rev2), and `[UID] SORT RETURN (...)` (ESORT,
+//!   RFC 5267 §3), lifted alike into [`Lifted::search_return`];
 //! * `APPEND mailbox message message…` (MULTIAPPEND, RFC 3502): cut into
 //!   single APPENDs by `crate::append`;
 //! * `CREATE name (USE (\Archive …))` (CREATE-SPECIAL-USE, RFC 6154 §3);
@@ -37,7 +38,8 @@ pub struct Lifted {
     pub list_status: Vec<String>,
     /// Whether the LIST had a RETURN group at all.
     pub has_list_return: bool,
-    /// `SEARCH RETURN (...)`, upper case; `Some(empty)` means `RETURN ()` (= ALL).
+    /// `SEARCH RETURN (...)` or `SORT RETURN (...)`, upper case;
+    /// `Some(empty)` means `RETURN ()` (= ALL).
     pub search_return: Option<Vec<String>>,
     /// MULTIAPPEND (RFC 3502): the messages after the first, each as a
     /// single APPEND command (see `crate::append`); empty for one message.
@@ -207,7 +209,11 @@ fn lift_rest(message: &[u8], mut lifted: Lifted) -> (Option<Vec<u8>>, Lifted) {
         return (changed.then_some(out), lifted);
     }
     // [UID] SEARCH RETURN (...) criteria
-    let at = after_words(message, &["SEARCH"]).or_else(|| after_words(message, &["UID", "SEARCH"]));
+    // [UID] SORT RETURN (...) (keys) charset criteria (ESORT, RFC 5267 §3).
+    let at = after_words(message, &["SEARCH"])
+        .or_else(|| after_words(message, &["UID", "SEARCH"]))
+        .or_else(|| after_words(message, &["SORT"]))
+        .or_else(|| after_words(message, &["UID", "SORT"]));
     if let Some(at) = at
         && message.len() > at + 7
         && message[at..at + 7].eq_ignore_ascii_case(b"RETURN ")
@@ -376,6 +382,9 @@ mod tests {
         let (out, l) = lift(b"t SEARCH RETURN () ALL\r\n");
         assert_eq!(text(out), "t SEARCH ALL\r\n");
         assert_eq!(l.search_return, Some(vec![]));
+        let (out, l) = lift(b"t UID SORT RETURN (MIN COUNT) (DATE) UTF-8 ALL\r\n");
+        assert_eq!(text(out), "t UID SORT (DATE) UTF-8 ALL\r\n");
+        assert_eq!(l.search_return, Some(vec!["MIN".into(), "COUNT".into()]));
         let (out, l) = lift(b"t SEARCH SUBJECT \"RETURN (x)\"\r\n");
         assert_eq!(out, None);
         assert_eq!(l.search_return, None);

@@ -14,7 +14,7 @@ use mailroom_store::{MessageMeta, flag_bits};
 
 use crate::ImapServer;
 use crate::preparse::Lifted;
-use crate::selected::uid_set;
+use crate::selected::{Selected, uid_set};
 use crate::session::{Failure, Io, Outcome, Phase, State};
 
 /// Messages read at a time for content criteria.
@@ -33,18 +33,10 @@ pub(crate) async fn search(
     lifted: &Lifted,
 ) -> Outcome {
     if let Some(cs) = &charset {
-        let name = match cs {
-            Charset::Atom(a) => a.as_ref().to_string(),
-            Charset::Quoted(q) => q.as_ref().to_string(),
-        };
-        if !name.eq_ignore_ascii_case("UTF-8") && !name.eq_ignore_ascii_case("US-ASCII") {
-            return Err(Failure::No(
-                "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into(),
-            ));
-        }
+        check_charset(cs)?;
     }
     let keys: Vec<SearchKey<'_>> = criteria.into_inner();
-    let uses_modseq = keys.iter().any(has_modseq);
+    let uses_modseq = uses_modseq(&keys);
     if uses_modseq {
         state.enable_condstore(io);
     }
@@ -52,42 +44,7 @@ pub(crate) async fn search(
     let Phase::Selected(sel) = &state.phase else {
         unreachable!("state checked")
     };
-    let count = sel.messages.len();
-    let needs_text = keys.iter().any(needs_text);
-    let mut matched: Vec<usize> = Vec::new();
-    let candidates: Vec<usize> = (0..count)
-        .filter(|&i| !sel.is_gone(sel.messages[i].uid))
-        .collect();
-    let last_uid = sel.messages.last().map_or(0, |m| m.uid);
-    for chunk in candidates.chunks(BATCH) {
-        let texts = if needs_text {
-            let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
-            server.store.message_texts(sel.mailbox.id, &uids).await?
-        } else {
-            Vec::new()
-        };
-        for &i in chunk {
-            let meta = &sel.messages[i];
-            let text = texts
-                .iter()
-                .find(|(u, _)| *u == meta.uid)
-                .map(|(_, t)| t.as_slice());
-            if needs_text && text.is_none() {
-                continue;
-            }
-            let ctx = Ctx {
-                seq: i + 1,
-                count,
-                last_uid,
-                recent: sel.is_recent(meta.uid),
-                meta,
-                text,
-            };
-            if keys.iter().all(|k| eval(k, &ctx)) {
-                matched.push(i);
-            }
-        }
-    }
+    let mut matched = matching(server, sel, &keys).await?;
     if !lifted.search_object.is_empty() {
         matched = crate::objectid::filter_search(
             server,
@@ -179,6 +136,75 @@ pub(crate) async fn search(
         "OK {}SEARCH completed",
         if uid { "UID " } else { "" }
     ))
+}
+
+/// RFC 9051 §6.4.4 (RFC 5256 §3 for SORT and THREAD): UTF-8 and US-ASCII
+/// are the charsets searched in; any other is refused with the list.
+pub(crate) fn check_charset(cs: &Charset<'_>) -> Result<(), Failure> {
+    let name = match cs {
+        Charset::Atom(a) => a.as_ref().to_string(),
+        Charset::Quoted(q) => q.as_ref().to_string(),
+    };
+    if !name.eq_ignore_ascii_case("UTF-8") && !name.eq_ignore_ascii_case("US-ASCII") {
+        return Err(Failure::No(
+            "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether any of `keys` is MODSEQ (the caller then enables CONDSTORE).
+pub(crate) fn uses_modseq(keys: &[SearchKey<'_>]) -> bool {
+    keys.iter().any(has_modseq)
+}
+
+/// The indexes (sequence number - 1) of the messages of `sel` matching all
+/// of `keys`, in sequence order; messages known to be gone are left out.
+pub(crate) async fn matching(
+    server: &ImapServer,
+    sel: &Selected,
+    keys: &[SearchKey<'_>],
+) -> Result<Vec<usize>, Failure> {
+    let count = sel.messages.len();
+    let needs_text = keys.iter().any(needs_text);
+    let mut matched: Vec<usize> = Vec::new();
+    let candidates: Vec<usize> = (0..count)
+        .filter(|&i| !sel.is_gone(sel.messages[i].uid))
+        .collect();
+    let last_uid = sel.messages.last().map_or(0, |m| m.uid);
+    if keys.iter().all(|k| matches!(k, SearchKey::All)) {
+        return Ok(candidates);
+    }
+    for chunk in candidates.chunks(BATCH) {
+        let texts = if needs_text {
+            let uids: Vec<u32> = chunk.iter().map(|&i| sel.messages[i].uid).collect();
+            server.store.message_texts(sel.mailbox.id, &uids).await?
+        } else {
+            Vec::new()
+        };
+        for &i in chunk {
+            let meta = &sel.messages[i];
+            let text = texts
+                .iter()
+                .find(|(u, _)| *u == meta.uid)
+                .map(|(_, t)| t.as_slice());
+            if needs_text && text.is_none() {
+                continue;
+            }
+            let ctx = Ctx {
+                seq: i + 1,
+                count,
+                last_uid,
+                recent: sel.is_recent(meta.uid),
+                meta,
+                text,
+            };
+            if keys.iter().all(|k| eval(k, &ctx)) {
+                matched.push(i);
+            }
+        }
+    }
+    Ok(matched)
 }
 
 struct Ctx<'m> {

@@ -507,6 +507,11 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "COMPRESS=DEFLATE",
             "METADATA",
             "METADATA-SERVER",
+            "SORT",
+            "SORT=DISPLAY",
+            "ESORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
         ]),
     }
     caps.join(" ")
@@ -673,6 +678,8 @@ async fn command_loop(
                     CommandBody::Fetch { uid: true, .. }
                         | CommandBody::Store { uid: true, .. }
                         | CommandBody::Search { uid: true, .. }
+                        | CommandBody::Sort { uid: true, .. }
+                        | CommandBody::Thread { uid: true, .. }
                         | CommandBody::Copy { .. }
                         | CommandBody::Move { .. }
                         | CommandBody::ExpungeUid { .. }
@@ -682,6 +689,8 @@ async fn command_loop(
                     CommandBody::Fetch { uid: false, .. }
                         | CommandBody::Store { uid: false, .. }
                         | CommandBody::Search { uid: false, .. }
+                        | CommandBody::Sort { uid: false, .. }
+                        | CommandBody::Thread { uid: false, .. }
                 ) || uid_command;
                 if let Phase::Selected(sel) = &mut state.phase {
                     // Only the command about to run may vouch for the store.
@@ -1197,8 +1206,31 @@ async fn execute(
             mailbox,
             entry_values,
         } => crate::metadata::set(server, state, &mailbox, entry_values.as_ref()).await,
-        CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
-            Err(bad("SORT and THREAD are not supported"))
+        CommandBody::Sort {
+            sort_criteria,
+            charset,
+            search_criteria,
+            uid,
+        } => {
+            crate::sort::sort(
+                server,
+                io,
+                state,
+                (tag, lifted),
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            )
+            .await
+        }
+        CommandBody::Thread {
+            algorithm,
+            charset,
+            search_criteria,
+            uid,
+        } => {
+            crate::thread::thread(server, io, state, algorithm, charset, search_criteria, uid).await
         }
         // Handled before `execute` is called.
         CommandBody::StartTLS

@@ -45,6 +45,7 @@ mod preview;
 mod raw;
 mod search;
 mod section;
+mod sortkey;
 mod summary;
 
 pub use address::{AddressFields, MISSING_DOMAIN, MISSING_MAILBOX};
@@ -54,4 +55,5 @@ pub use search::{
     body_contains, header_contains, header_values, sent_date, sent_date_local, text_contains,
 };
 pub use section::{BinaryError, binary_section, binary_size, section};
+pub use sortkey::{date_value, decode_text, envelope_from_json, field_value, msg_ids};
 pub use summary::{BodyPart, Content, DispositionFields, EnvelopeFields, Summary};
