@@ -2258,6 +2258,7 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 \"au\"\r\n\r\n  lai
     // An unknown modifier is refused.
     let (_, done) = c.cmd("FETCH 1 (PREVIEW (FUZZY))").await;
     assert!(done.contains(" BAD "), "{done}");
+}
 
 /// The messages of the SORT and THREAD test, appended with INTERNALDATEs
 /// running backwards (message i on 10 - i November): (internal date,

@@ -45,8 +45,8 @@ mod search;
 pub mod selected;
 pub mod session;
 mod sort;
-mod thread;
 mod specialuse;
+mod thread;
 
 pub use mailroom_net::AuthThrottle;
 
