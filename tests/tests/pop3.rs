@@ -137,19 +137,24 @@ async fn setup(r: &Running) -> (Store, i64, u32) {
     for (i, m) in messages().iter().enumerate() {
         deliver_message(r, i as i64 + 1, ALICE, m).await;
     }
+    let inbox = alice_inbox(&store).await;
+    (store, inbox.id, inbox.uidvalidity)
+}
+
+/// Alice's INBOX.
+async fn alice_inbox(store: &Store) -> mailroom_store::Mailbox {
     let account = store
         .get_account(&Address::parse(ALICE).unwrap())
         .await
         .unwrap()
         .unwrap();
-    let inbox = store
+    store
         .list_mailboxes(account.id)
         .await
         .unwrap()
         .into_iter()
         .find(|m| m.name == "INBOX")
-        .unwrap();
-    (store, inbox.id, inbox.uidvalidity)
+        .unwrap()
 }
 
 async fn uids(store: &Store, inbox: i64) -> Vec<u32> {
@@ -184,19 +189,7 @@ async fn retr_reads_ahead_and_every_message_comes_whole(r: &Running) {
         deliver_message(r, i as i64, ALICE, &m).await;
         sent.push(m);
     }
-    let account = store
-        .get_account(&Address::parse(ALICE).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let inbox = store
-        .list_mailboxes(account.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name == "INBOX")
-        .unwrap()
-        .id;
+    let inbox = alice_inbox(&store).await.id;
     let mut c = connect(pop3(r)).await;
     assert!(
         c.login(ALICE, PASSWORD)

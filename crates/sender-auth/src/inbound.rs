@@ -449,9 +449,7 @@ async fn dmarc_pct(resolver: &TokioResolver, domain: &str) -> u8 {
     // at most 8 lookups).
     for _ in 0..8 {
         if let Ok(records) = crate::dns::txt_records(resolver, &format!("_dmarc.{name}")).await
-            && let Some(record) = records
-                .iter()
-                .find(|r| r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1"))
+            && let Some(record) = records.iter().find(|r| is_dmarc_record(r))
         {
             return String::from_utf8_lossy(record)
                 .split(';')
@@ -469,16 +467,17 @@ async fn dmarc_pct(resolver: &TokioResolver, domain: &str) -> u8 {
     100
 }
 
+/// Whether a TXT string is a DMARC record (RFC 7489 §6.6.3: it starts
+/// with `v=DMARC1`; other TXT records at `_dmarc` are ignored).
+fn is_dmarc_record(txt: &[u8]) -> bool {
+    txt.len() >= 8 && txt[..8].eq_ignore_ascii_case(b"v=DMARC1")
+}
+
 /// How many DMARC records (`v=DMARC1`) `_dmarc.<domain>` publishes.
 async fn dmarc_records(resolver: &TokioResolver, domain: &str) -> usize {
     crate::dns::txt_records(resolver, &format!("_dmarc.{domain}"))
         .await
-        .map(|records| {
-            records
-                .iter()
-                .filter(|r| r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1"))
-                .count()
-        })
+        .map(|records| records.iter().filter(|r| is_dmarc_record(r)).count())
         .unwrap_or(0)
 }
 
