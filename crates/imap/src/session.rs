@@ -1492,12 +1492,13 @@ pub(crate) async fn status_items(
     mb: &Mailbox,
     items: &[StatusDataItemName],
 ) -> Result<String, Failure> {
-    let counts = server.store.mailbox_counts(mb.id).await?;
-    let fresh = server
+    // One statement for the mailbox's current state and its counts; a
+    // mailbox deleted meanwhile answers as it was, empty.
+    let (fresh, counts) = server
         .store
-        .mailbox_by_id(mb.id)
+        .mailbox_status(mb.id)
         .await?
-        .unwrap_or_else(|| mb.clone());
+        .unwrap_or_else(|| (mb.clone(), Default::default()));
     let mut out: Vec<String> = Vec::new();
     for item in items {
         out.push(match item {

@@ -133,6 +133,7 @@ impl Group {
     }
 
     /// Batches committed so far, and the writers they carried.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn stats(&self) -> (u64, u64) {
         (
             self.inner.stats.commits.load(Ordering::Relaxed),
