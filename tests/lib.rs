@@ -8,6 +8,8 @@ use mailroom_store::testing::TestDb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod imap_client;
+
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
