@@ -323,15 +323,15 @@ async fn acl_is_read_only_and_owner_has_all_rights() {
     }
     assert_eq!(
         a.ok("MYRIGHTS INBOX").await,
-        ["* MYRIGHTS \"INBOX\" lrswipkxtea"]
+        ["* MYRIGHTS \"INBOX\" lrswipkxteacd"]
     );
     assert_eq!(
         a.ok("GETACL \"Sent\"").await,
-        ["* ACL \"Sent\" \"alice@example.test\" lrswipkxtea"]
+        ["* ACL \"Sent\" \"alice@example.test\" lrswipkxteacd"]
     );
     assert_eq!(
         a.ok("LISTRIGHTS INBOX alice@example.test").await,
-        ["* LISTRIGHTS \"INBOX\" \"alice@example.test\" lrswipkxtea"]
+        ["* LISTRIGHTS \"INBOX\" \"alice@example.test\" lrswipkxteacd"]
     );
     assert_eq!(
         a.ok("LISTRIGHTS INBOX bob@example.test").await,
@@ -352,7 +352,7 @@ async fn acl_is_read_only_and_owner_has_all_rights() {
     assert_eq!(list.len(), 12, "{list:#?}");
     for pair in list.chunks(2) {
         let name = pair[0].rsplit(' ').next().unwrap();
-        assert_eq!(pair[1], format!("* MYRIGHTS {name} lrswipkxtea"));
+        assert_eq!(pair[1], format!("* MYRIGHTS {name} lrswipkxteacd"));
     }
     r.stack.stop(Duration::from_secs(5)).await;
 }

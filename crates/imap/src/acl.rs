@@ -3,8 +3,10 @@
 //! Mailboxes are not shared: each belongs to one account, whose user holds
 //! every right on it and nobody else holds any. The commands say so:
 //!
-//! * `MYRIGHTS mailbox` → `* MYRIGHTS mailbox lrswipkxtea` (§3.8);
-//! * `GETACL mailbox` → `* ACL mailbox <user> lrswipkxtea` (§3.3), the
+//! * `MYRIGHTS mailbox` → `* MYRIGHTS mailbox lrswipkxteacd` (§3.8; the
+//!   virtual `c` and `d` are listed too, as §2.1.1 requires when their
+//!   member rights `k x` and `t e` are held, for RFC 2086 clients);
+//! * `GETACL mailbox` → `* ACL mailbox <user> lrswipkxteacd` (§3.3), the
 //!   identifier being the login name;
 //! * `LISTRIGHTS mailbox id` → every right fixed for the user (one rights
 //!   set, nothing optional), none possible for anyone else (`""`) (§3.4);
@@ -22,7 +24,7 @@ use crate::preparse::Cursor;
 use crate::session::{Failure, Io, Outcome, State, existing_mailbox};
 
 /// Every right of RFC 4314 §2.1, which the owner holds.
-pub const OWNER_RIGHTS: &str = "lrswipkxtea";
+pub const OWNER_RIGHTS: &str = "lrswipkxteacd";
 
 /// The ACL commands; `verb` is upper case, `args` follows `tag VERB `.
 pub(crate) async fn command(

@@ -958,7 +958,7 @@ mod tests {
         let r = set(
             "set (selected (Messagenew (uid flags) messageExpunge)) (personal (MessageNew FlagChange MessageExpunge))",
         );
-        assert_eq!(r.groups[0].1.flags, true);
+        assert!(r.groups[0].1.flags);
         assert_eq!(parse(b"NONE\r\n"), Ok(None));
     }
 

@@ -837,26 +837,42 @@ async fn next_notifying(
                 .next(deadline - tokio::time::Instant::now(), shutdown)
                 .await;
         }
-        let event = async {
-            match state.events.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                return Err(io.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(io.close_with("* BYE autologout: idle for too long").await);
-            }
-            read = io.read_more(READ_CHUNK) => match read {
-                Ok(true) => {}
-                _ => return Err(End::Gone),
-            },
-            ev = event => crate::notify::on_event(server, io, state, ev, false).await,
+        if let Some(ev) =
+            input_or_event(io, &mut state.events, deadline, READ_CHUNK, shutdown).await?
+        {
+            crate::notify::on_event(server, io, state, ev, false).await;
         }
+    }
+}
+
+/// Waits until `deadline` for input (read into the framer: `None`) or a
+/// store event; shutdown and the deadline end the session with a BYE.
+async fn input_or_event(
+    io: &mut Io,
+    events: &mut Option<broadcast::Receiver<MailboxEvent>>,
+    deadline: tokio::time::Instant,
+    chunk: usize,
+    shutdown: &CancellationToken,
+) -> Result<Option<Result<MailboxEvent, broadcast::error::RecvError>>, End> {
+    let event = async {
+        match events.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            Err(io.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await)
+        }
+        _ = tokio::time::sleep_until(deadline) => {
+            Err(io.close_with("* BYE autologout: idle for too long").await)
+        }
+        read = io.read_more(chunk) => match read {
+            Ok(true) => Ok(None),
+            _ => Err(End::Gone),
+        },
+        ev = event => Ok(Some(ev)),
     }
 }
 
@@ -1999,29 +2015,18 @@ async fn idle(
             _ => None,
         };
         let account = state.account_id();
-        let event = async {
-            match state.events.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
+        let Some(ev) =
+            input_or_event(io, &mut state.events, deadline, IDLE_READ_CHUNK, shutdown).await?
+        else {
+            continue;
         };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                return Err(io.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(io.close_with("* BYE autologout: idle for too long").await);
-            }
-            read = io.read_more(IDLE_READ_CHUNK) => match read {
-                Ok(true) => {}
-                _ => return Err(End::Gone),
-            },
-            ev = event => if state.notify.is_some() {
-                crate::notify::on_event(server, io, state, ev, true).await;
-            } else { match ev {
-                Ok(ev) if ev.is_resync()
-                    || (ev.account_id == account && Some(ev.mailbox_id) == selected_box) =>
+        if state.notify.is_some() {
+            crate::notify::on_event(server, io, state, ev, true).await;
+        } else {
+            match ev {
+                Ok(ev)
+                    if ev.is_resync()
+                        || (ev.account_id == account && Some(ev.mailbox_id) == selected_box) =>
                 {
                     sync_selected(server, io, state, true).await;
                 }
@@ -2030,7 +2035,7 @@ async fn idle(
                     sync_selected(server, io, state, true).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => state.events = None,
-            }},
+            }
         }
     }
 }
