@@ -455,6 +455,9 @@ pub(crate) async fn command(
         })
         .collect();
     let v = view(state);
+    // Whatever was announced before is covered by what is read now (a
+    // change committed after the drain is heard of).
+    drain(state);
     let mut notify = Notify {
         selected: request.selected,
         groups,
@@ -475,8 +478,6 @@ pub(crate) async fn command(
             server.settings.max_notify_mailboxes
         )));
     }
-    // Whatever was announced before is covered by what was just read.
-    drain(state);
     if request.status {
         // RFC 5465 §3.1: a STATUS for each mailbox with message events,
         // other than the selected one, before the tagged OK.
@@ -1042,6 +1043,20 @@ mod tests {
             refused("SET (PERSONAL (X-Whatever)) (PERSONAL (MessageNew))"),
             Refusal::Bad(_)
         ));
+    }
+
+    #[test]
+    fn sessions_without_notify_pay_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<Box<Notify>>>(),
+            std::mem::size_of::<usize>()
+        );
+        // What a watched mailbox costs, besides its name's bytes.
+        assert!(
+            std::mem::size_of::<Known>() <= 128,
+            "{}",
+            std::mem::size_of::<Known>()
+        );
     }
 
     #[test]
