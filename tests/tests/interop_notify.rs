@@ -3,28 +3,19 @@
 //! stores: STATUS for other mailboxes, EXISTS and FETCH for the selected
 //! one, LIST for names and subscriptions, IDLE, BADEVENT, NOTIFY NONE.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mailroom_tests::imap_client::ALICE;
-use mailroom_tests::{Backend, PASSWORD, run_tool, start, with_accounts};
+use mailroom_tests::{Backend, PASSWORD, run_python, start, with_accounts};
 
 async fn python_session(backend: Backend) {
     let Some(r) = start(backend).await else {
         return; // PostgreSQL tests opted out
     };
     let _store = with_accounts(&r, &[ALICE]).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/imap_notify.py");
     let port = r.stack.addr("imap").unwrap().port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        run_tool(
-            "python3 imap_notify.py",
-            Command::new("python3").args([script, "127.0.0.1", &port, ALICE, PASSWORD]),
-            &[0],
-        )
-    })
-    .await
-    .unwrap();
+    let args = ["127.0.0.1", port.as_str(), ALICE, PASSWORD].map(String::from);
+    let out = run_python("imap_notify.py", args.to_vec()).await;
     assert_eq!(out.matches("ok: ").count(), 7, "{out}");
     r.stack.stop(Duration::from_secs(5)).await;
 }
