@@ -18,6 +18,7 @@ mailroom_tests::on_both!(
     selected_delayed_holds_expunges_until_a_command,
     mailbox_names_and_subscriptions,
     notify_none_stops_and_idle_follows_notify,
+    metadata_changes,
 );
 
 fn message(subject: &str) -> Vec<u8> {
@@ -280,7 +281,8 @@ async fn refusals_and_overflow() {
         .await;
     assert!(
         done.contains(
-            " NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]"
+            " NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName \
+             SubscriptionChange MailboxMetadataChange ServerMetadataChange)]"
         ),
         "{done}"
     );
@@ -355,4 +357,36 @@ async fn acl_is_read_only_and_owner_has_all_rights() {
         assert_eq!(pair[1], format!("* MYRIGHTS {name} lrswipkxteacd"));
     }
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+/// MailboxMetadataChange and ServerMetadataChange (RFC 5465 §5.6, §5.7):
+/// `* METADATA mailbox entry …` with the entries set, changed or removed
+/// (RFC 5464 §4.4.2), for the selected mailbox too (they are not message
+/// events); the session's own SETMETADATA is not reported back.
+async fn metadata_changes(r: &Running) {
+    let (mut a, mut b) = two_sessions(r).await;
+    b.ok("SETMETADATA INBOX (/private/kept \"1\")").await;
+    a.ok("SELECT INBOX").await;
+    a.ok("NOTIFY SET (PERSONAL (MailboxMetadataChange ServerMetadataChange))")
+        .await;
+    b.ok("SETMETADATA INBOX (/private/comment \"one\" /shared/comment \"two\")")
+        .await;
+    assert_eq!(
+        pushed(&mut a).await,
+        "* METADATA \"INBOX\" /private/comment /shared/comment"
+    );
+    b.ok("SETMETADATA INBOX (/private/comment \"changed\")")
+        .await;
+    assert_eq!(
+        pushed(&mut a).await,
+        "* METADATA \"INBOX\" /private/comment"
+    );
+    b.ok("SETMETADATA INBOX (/shared/comment NIL)").await;
+    assert_eq!(pushed(&mut a).await, "* METADATA \"INBOX\" /shared/comment");
+    b.ok("SETMETADATA Archive (/private/x \"y\")").await;
+    assert_eq!(pushed(&mut a).await, "* METADATA \"Archive\" /private/x");
+    b.ok("SETMETADATA \"\" (/private/vendor/x \"y\")").await;
+    assert_eq!(pushed(&mut a).await, "* METADATA \"\" /private/vendor/x");
+    a.ok("SETMETADATA INBOX (/private/mine \"z\")").await;
+    nothing_more(&mut a).await;
 }

@@ -26,7 +26,12 @@
 //!   after a command ([`crate::selected`]), pushed at once for SELECTED,
 //!   with expunges held until a command that may report them for
 //!   SELECTED-DELAYED (§6.1.2), and a FETCH of the attributes given with
-//!   `MessageNew (…)` for each new message (§5.2).
+//!   `MessageNew (…)` for each new message (§5.2);
+//! * an event with MODSEQ 0 (the store's METADATA changes): `* METADATA
+//!   mailbox entry …` naming the entries set, changed or removed since the
+//!   session last read them (MailboxMetadataChange and ServerMetadataChange,
+//!   §5.6 and §5.7; the session keeps each watched scope's entry names and
+//!   a hash of each value, read at NOTIFY SET).
 //!
 //! A lost notification (the broadcast channel lagged) or a resync of the
 //! store's listener makes the session compare every mailbox.
@@ -55,8 +60,8 @@ use crate::preparse::Cursor;
 use crate::session::{Failure, Io, Outcome, Phase, State};
 
 /// The events this server reports, as BADEVENT lists them (RFC 5465 §3.1).
-pub const SUPPORTED_EVENTS: &str =
-    "MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange";
+pub const SUPPORTED_EVENTS: &str = "MessageNew MessageExpunge FlagChange MailboxName \
+     SubscriptionChange MailboxMetadataChange ServerMetadataChange";
 
 /// Which events a group asks for.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +74,15 @@ pub struct Events {
     pub names: bool,
     /// SubscriptionChange.
     pub subscriptions: bool,
+    /// MailboxMetadataChange (RFC 5465 §5.6).
+    pub metadata: bool,
+    /// ServerMetadataChange (§5.7).
+    pub server_metadata: bool,
 }
 
 impl Events {
     fn any(self) -> bool {
-        self.messages || self.flags || self.names || self.subscriptions
+        self.messages || self.flags || self.names || self.subscriptions || self.metadata
     }
 
     fn union(self, o: Events) -> Events {
@@ -82,6 +91,8 @@ impl Events {
             flags: self.flags || o.flags,
             names: self.names || o.names,
             subscriptions: self.subscriptions || o.subscriptions,
+            metadata: self.metadata || o.metadata,
+            server_metadata: self.server_metadata || o.server_metadata,
         }
     }
 }
@@ -252,8 +263,10 @@ fn group(c: &mut Cursor<'_>, request: &mut Request) -> Result<bool, Refusal> {
                 "FLAGCHANGE" => events.flags = true,
                 "MAILBOXNAME" => events.names = true,
                 "SUBSCRIPTIONCHANGE" => events.subscriptions = true,
+                "MAILBOXMETADATACHANGE" => events.metadata = true,
+                "SERVERMETADATACHANGE" => events.server_metadata = true,
                 "ANNOTATIONCHANGE" => annotation = true,
-                // MailboxMetadataChange, ServerMetadataChange, extensions.
+                // Extensions.
                 _ => unsupported = true,
             }
             if c.at(b")") {
@@ -286,7 +299,7 @@ fn group(c: &mut Cursor<'_>, request: &mut Request) -> Result<bool, Refusal> {
                     "only one of SELECTED and SELECTED-DELAYED (RFC 5465 section 6.1)",
                 ));
             }
-            if events.names || events.subscriptions {
+            if events.names || events.subscriptions || events.metadata || events.server_metadata {
                 return Err(Refusal::Bad(
                     "only message events apply to the selected mailbox",
                 ));
@@ -365,6 +378,9 @@ pub(crate) struct Notify {
     groups: Vec<(Watch, Events)>,
     /// The account's mailboxes by id.
     boxes: BTreeMap<i64, Known>,
+    /// METADATA entries, for the scopes watched for their changes (0: the
+    /// server's): each name with a hash of its value.
+    metadata: BTreeMap<i64, Vec<(String, u64)>>,
 }
 
 impl Notify {
@@ -382,6 +398,17 @@ impl Notify {
             .values()
             .filter(|k| self.events_for(&k.mailbox).any())
             .count()
+    }
+
+    /// Whether a group asks for METADATA changes of `scope` (0: the
+    /// server's entries).
+    fn watches_metadata(&self, scope: i64) -> bool {
+        if scope == 0 {
+            return self.groups.iter().any(|(_, e)| e.server_metadata);
+        }
+        self.boxes
+            .get(&scope)
+            .is_some_and(|k| self.events_for(&k.mailbox).metadata)
     }
 
     /// The fetch-att list for new messages in the selected mailbox.
@@ -462,6 +489,7 @@ pub(crate) async fn command(
         selected: request.selected,
         groups,
         boxes: BTreeMap::new(),
+        metadata: BTreeMap::new(),
     };
     for mb in server.store.list_mailboxes(v.account).await? {
         notify.boxes.insert(
@@ -477,6 +505,14 @@ pub(crate) async fn command(
             "[NOTIFICATIONOVERFLOW] at most {} mailboxes can be watched",
             server.settings.max_notify_mailboxes
         )));
+    }
+    let scopes: Vec<i64> = std::iter::once(0)
+        .chain(notify.boxes.keys().copied())
+        .filter(|&s| notify.watches_metadata(s))
+        .collect();
+    for scope in scopes {
+        let entries = metadata_of(server, v.account, scope).await?;
+        notify.metadata.insert(scope, entries);
     }
     if request.status {
         // RFC 5465 §3.1: a STATUS for each mailbox with message events,
@@ -507,6 +543,73 @@ fn drain(state: &mut State) {
             Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
         ) {}
     }
+}
+
+/// The METADATA entries of `scope` (0: the server's), each name with a
+/// hash of its value.
+async fn metadata_of(
+    server: &ImapServer,
+    account: i64,
+    scope: i64,
+) -> mailroom_store::Result<Vec<(String, u64)>> {
+    use std::hash::{Hash, Hasher};
+    let entries = server
+        .store
+        .get_metadata(account, (scope != 0).then_some(scope))
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|(name, value)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            value.hash(&mut h);
+            (name, h.finish())
+        })
+        .collect())
+}
+
+/// A METADATA change in `scope` (0: the server's entries): `* METADATA
+/// mailbox entry …` with the entries set, changed or removed since the
+/// session last looked (RFC 5465 §5.6, §5.7; RFC 5464 §4.4.2), unless
+/// `silent`.
+async fn metadata_change(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    scope: i64,
+    silent: bool,
+) -> mailroom_store::Result<()> {
+    let v = view(state);
+    let Some(notify) = state.notify.as_mut() else {
+        return Ok(());
+    };
+    if !notify.watches_metadata(scope) {
+        notify.metadata.remove(&scope);
+        return Ok(());
+    }
+    let fresh = metadata_of(server, v.account, scope).await?;
+    let old = notify
+        .metadata
+        .insert(scope, fresh.clone())
+        .unwrap_or_default();
+    let mut changed: Vec<&str> = fresh
+        .iter()
+        .filter(|e| !old.contains(e))
+        .chain(
+            old.iter()
+                .filter(|(n, _)| !fresh.iter().any(|(f, _)| f == n)),
+        )
+        .map(|(n, _)| n.as_str())
+        .collect();
+    changed.sort_unstable();
+    if changed.is_empty() || silent {
+        return Ok(());
+    }
+    let mailbox = match notify.boxes.get(&scope) {
+        Some(k) => wire(&k.mailbox.name, v.utf8),
+        None => "\"\"".to_string(),
+    };
+    io.line(&format!("* METADATA {mailbox} {}", changed.join(" ")));
+    Ok(())
 }
 
 /// `* STATUS name (MESSAGES UIDNEXT UIDVALIDITY UNSEEN [HIGHESTMODSEQ])`.
@@ -569,6 +672,19 @@ pub(crate) async fn on_event(
         Err(broadcast::error::RecvError::Lagged(_)) => true,
         Ok(ev) if ev.is_resync() || (ev.account_id == v.account && ev.mailbox_id == 0) => true,
         Ok(ev) if ev.account_id != v.account => return,
+        Ok(ev) if ev.modseq == 0 && ev.uid == 0 => {
+            // A METADATA change (or a mailbox new and never written).
+            if ev.mailbox_id != 0
+                && let Err(e) = Box::pin(refresh_one(server, io, state, ev.mailbox_id, v)).await
+            {
+                tracing::warn!(error = %e, "NOTIFY: reading a mailbox failed");
+            }
+            if let Err(e) = Box::pin(metadata_change(server, io, state, ev.mailbox_id, false)).await
+            {
+                tracing::warn!(error = %e, "NOTIFY: reading METADATA failed");
+            }
+            return;
+        }
         Ok(ev) => {
             if let Err(e) = Box::pin(refresh_one(server, io, state, ev.mailbox_id, v)).await {
                 tracing::warn!(error = %e, "NOTIFY: reading a mailbox failed");
@@ -582,6 +698,16 @@ pub(crate) async fn on_event(
     if everything {
         if let Err(e) = Box::pin(refresh_all(server, io, state, v, false)).await {
             tracing::warn!(error = %e, "NOTIFY: reading the mailboxes failed");
+        }
+        let scopes: Vec<i64> = state
+            .notify
+            .as_ref()
+            .map(|n| n.metadata.keys().copied().collect())
+            .unwrap_or_default();
+        for scope in scopes {
+            if let Err(e) = Box::pin(metadata_change(server, io, state, scope, false)).await {
+                tracing::warn!(error = %e, "NOTIFY: reading METADATA failed");
+            }
         }
         if v.selected.is_some() {
             push_selected(server, io, state, in_idle).await;
@@ -864,6 +990,14 @@ pub(crate) async fn absorb(server: &ImapServer, io: &mut Io, state: &mut State, 
     let result = match target {
         Absorb::Nothing => return,
         Absorb::Structure => refresh_all(server, io, state, v, true).await,
+        Absorb::Metadata(None) => metadata_change(server, io, state, 0, true).await,
+        Absorb::Metadata(Some(name)) => {
+            match server.store.mailbox_by_name(v.account, &name).await {
+                Ok(Some(mb)) => metadata_change(server, io, state, mb.id, true).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
         Absorb::Mailbox(name) => match server.store.mailbox_by_name(v.account, &name).await {
             Ok(Some(fresh)) => match state.notify.as_mut() {
                 Some(notify) if notify.boxes.contains_key(&fresh.id) => {
@@ -889,6 +1023,8 @@ pub(crate) enum Absorb {
     Structure,
     /// The messages of this mailbox (store form).
     Mailbox(String),
+    /// The METADATA of this mailbox (`None`: the server's entries).
+    Metadata(Option<String>),
 }
 
 #[cfg(test)]
@@ -910,6 +1046,8 @@ mod tests {
         flags: false,
         names: false,
         subscriptions: false,
+        metadata: false,
+        server_metadata: false,
     };
 
     #[test]
@@ -1035,9 +1173,17 @@ mod tests {
             Refusal::BadEvent
         );
         assert_eq!(
-            refused("SET (PERSONAL (MailboxMetadataChange))"),
-            Refusal::BadEvent
+            set("SET (PERSONAL (MailboxMetadataChange ServerMetadataChange))").groups[0].1,
+            Events {
+                metadata: true,
+                server_metadata: true,
+                ..Events::default()
+            }
         );
+        assert!(matches!(
+            refused("SET (SELECTED (MailboxMetadataChange))"),
+            Refusal::Bad(_)
+        ));
         assert_eq!(refused("SET (PERSONAL (X-Whatever))"), Refusal::BadEvent);
         assert!(matches!(
             refused("SET (PERSONAL (X-Whatever)) (PERSONAL (MessageNew))"),

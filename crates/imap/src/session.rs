@@ -811,6 +811,12 @@ fn own_change(state: &State, body: &CommandBody<'_>) -> crate::notify::Absorb {
         | CommandBody::Move { mailbox, .. } => mailbox_name(state, mailbox)
             .map(Absorb::Mailbox)
             .unwrap_or(Absorb::Nothing),
+        CommandBody::SetMetadata { mailbox, .. } => match mailbox {
+            WireMailbox::Other(o) if o.as_ref().is_empty() => Absorb::Metadata(None),
+            _ => mailbox_name(state, mailbox)
+                .map(|n| Absorb::Metadata(Some(n)))
+                .unwrap_or(Absorb::Nothing),
+        },
         _ => Absorb::Nothing,
     }
 }
