@@ -289,6 +289,11 @@ async fn refusals_and_overflow() {
     // Six mailboxes to begin with.
     let (_, done) = a.cmd("NOTIFY SET (PERSONAL (MailboxName))").await;
     assert!(done.contains(" NO [NOTIFICATIONOVERFLOW]"), "{done}");
+    // Names count too, existing or not.
+    let (_, done) = a
+        .cmd("NOTIFY SET (MAILBOXES (a b) (MailboxName)) (SUBTREE (c d) (MailboxName))")
+        .await;
+    assert!(done.contains(" NO [NOTIFICATIONOVERFLOW]"), "{done}");
     a.ok("NOTIFY SET (SUBTREE X (MailboxName))").await;
     for name in ["X", "X/1", "X/2"] {
         b.ok(&format!("CREATE {name}")).await;

@@ -43,8 +43,8 @@
 //! * changes this session made itself are taken into [`Known`] silently
 //!   after its command ([`absorb`]), as §5 asks ("SHOULD omit notifying the
 //!   client if the event is caused by this client");
-//! * a session never watches more than `max_notify_mailboxes`: NOTIFY SET
-//!   beyond it is `NO [NOTIFICATIONOVERFLOW]`, and growing past it later is
+//! * a session never watches (nor names) more than `max_notify_mailboxes`:
+//!   NOTIFY SET beyond it is `NO [NOTIFICATIONOVERFLOW]`, and growing past it later is
 //!   `* OK [NOTIFICATIONOVERFLOW]` and NOTIFY NONE (§5.8).
 
 use std::collections::BTreeMap;
@@ -465,6 +465,21 @@ pub(crate) async fn command(
             )));
         }
     };
+    let named: usize = request
+        .groups
+        .iter()
+        .map(|(f, _)| match f {
+            Filter::Subtree(n) | Filter::Mailboxes(n) => n.len(),
+            _ => 0,
+        })
+        .sum();
+    if named > server.settings.max_notify_mailboxes {
+        // Each name is matched against every mailbox at each event.
+        return Err(Failure::No(format!(
+            "[NOTIFICATIONOVERFLOW] at most {} mailboxes can be named",
+            server.settings.max_notify_mailboxes
+        )));
+    }
     let decode = |raw: &Vec<u8>| names::from_wire(raw, state.utf8).ok();
     let groups = request
         .groups
