@@ -38,6 +38,9 @@ use crate::relay::{RelaySettings, backoff};
 pub const LEASE_SECS: i64 = 300;
 /// Recipients leased per round.
 const BATCH: i64 = 100;
+
+/// Attempts of one local-delivery worker in flight at once.
+const CONCURRENCY: usize = 8;
 /// The first retry waits this long; each further one twice as long …
 pub const FIRST_RETRY_SECS: i64 = 300;
 /// … up to this.
@@ -135,15 +138,22 @@ impl LocalDelivery {
         self
     }
 
-    /// Runs until `shutdown`; an attempt in progress finishes first.
+    /// Runs until `shutdown`; attempts in progress finish first.
+    ///
+    /// The messages of a lease are delivered up to [`CONCURRENCY`] at a
+    /// time: each attempt is a few round trips and two commits, so one at a
+    /// time left the database (and the disk's flushes, which PostgreSQL and
+    /// SQLite's group commit share between concurrent commits) mostly idle.
     pub async fn run(self, shutdown: CancellationToken) {
-        let _presence = crate::hold_presence(&self.store, &self.id, &shutdown).await;
-        let leases = outcome::Leases::new(self.store.clone(), self.id.clone(), self.lease_secs);
+        let this = Arc::new(self);
+        let _presence = crate::hold_presence(&this.store, &this.id, &shutdown).await;
+        let leases = outcome::Leases::new(this.store.clone(), this.id.clone(), this.lease_secs);
         let renewal = leases.renew();
+        let mut running = tokio::task::JoinSet::new();
         loop {
-            let leased = match self
+            let leased = match this
                 .store
-                .lease_local_recipients(&self.id, self.lease_secs, BATCH)
+                .lease_local_recipients(&this.id, this.lease_secs, BATCH)
                 .await
             {
                 Ok(l) => l,
@@ -154,9 +164,9 @@ impl LocalDelivery {
             };
             if leased.is_empty() {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = self.wake.local.notified() => {}
-                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = shutdown.cancelled() => break,
+                    _ = this.wake.local.notified() => {}
+                    _ = tokio::time::sleep(this.poll) => {}
                 }
                 continue;
             }
@@ -177,12 +187,20 @@ impl LocalDelivery {
                 if shutdown.is_cancelled() {
                     break; // the remaining holds drop: given back
                 }
-                self.attempt(queue_id, recipients, hold).await;
+                while running.len() >= CONCURRENCY {
+                    running.join_next().await;
+                }
+                let this = this.clone();
+                running.spawn(async move { this.attempt(queue_id, recipients, hold).await });
             }
+            // The next lease starts when this one's attempts are done: a
+            // lease never overlaps recipients still being attempted.
+            while running.join_next().await.is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
         }
+        while running.join_next().await.is_some() {}
         drop(renewal);
         leases.release_all().await;
     }
