@@ -360,11 +360,11 @@ impl Relay {
                     let Ok(slot) = slots.clone().acquire_owned().await else {
                         break 'domains;
                     };
-                    let inner = inner.clone();
-                    let domain = domain.clone();
+                    let (inner, domain, shutdown) =
+                        (inner.clone(), domain.clone(), shutdown.clone());
                     // A panic inside drops the holds: the leases are given back.
                     tasks.spawn(async move {
-                        inner.attempt_session(&domain, batch).await;
+                        inner.attempt_session(&domain, batch, &shutdown).await;
                         drop(destination);
                         drop(slot);
                     });
@@ -426,8 +426,14 @@ impl Inner {
     /// the server ended it cleanly between messages or the session reached
     /// `mta.max_messages_per_session`), and its results recorded with the
     /// others' in one transaction. Every way out either records a message's
-    /// results or gives its leases back.
-    async fn attempt_session(&self, domain: &str, messages: Vec<Leased>) {
+    /// results or gives its leases back. At `shutdown` the message in
+    /// progress finishes; the rest are given back.
+    async fn attempt_session(
+        &self,
+        domain: &str,
+        messages: Vec<Leased>,
+        shutdown: &CancellationToken,
+    ) {
         let mut session: Option<Session<'_>> = None;
         // Once the destination failed this batch (no MX reachable, the
         // connection broke mid-transaction), the rest get the same outcome
@@ -436,6 +442,9 @@ impl Inner {
         let mut answered: Vec<Answered> = Vec::new();
         let mut since: Option<tokio::time::Instant> = None;
         for (queue_id, recipients, hold) in messages {
+            if shutdown.is_cancelled() {
+                break; // the remaining holds drop: given back
+            }
             let Some((queued, hold)) =
                 outcome::load(&self.store, queue_id, hold, self.settings.first_retry_secs).await
             else {
