@@ -71,6 +71,26 @@ def cpu_times():
     return sum(v), v[3] + v[4]  # total, idle + iowait
 
 
+def proc_cpu(name=None, pid=None):
+    """CPU seconds (user + system) of every process named `name`, or of
+    process `pid`, by pid."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for p in ([str(pid)] if pid else [d for d in os.listdir("/proc") if d.isdigit()]):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if pid or comm == name:
+            out[p] = (int(rest[11]) + int(rest[12])) / tick
+    return out
+
+
+def cpu_spent(before, after):
+    return sum(v - before.get(p, 0.0) for p, v in after.items())
+
+
 def busy(before, after):
     total, idle = after[0] - before[0], after[1] - before[1]
     return 100.0 * (total - idle) / total if total else 0.0
@@ -212,6 +232,7 @@ def mailroom():
         for tag, n in (("warmup", WARMUP), ("measured", MESSAGES)):
             psql(db, FILL.format(zone=ZONE, tag=tag, n=n, lines=lines, now=int(time.time())))
             sessions = sink.sessions
+            procs = (proc_cpu(pid=server.pid), proc_cpu("postgres"), proc_cpu("smtp-sink"))
             cpu, start = cpu_times(), time.perf_counter()
             # Any enqueue wakes the workers: one inbound message to bob.
             s = smtplib.SMTP("127.0.0.1", smtp)
@@ -220,6 +241,10 @@ def mailroom():
             done += n
             end = sink.wait_for(done)
             results[tag] = (n / (end - start), busy(cpu, cpu_times()))
+            spent = [cpu_spent(b, a) for b, a in zip(procs, (proc_cpu(pid=server.pid), proc_cpu("postgres"),
+                                                              proc_cpu("smtp-sink")))]
+            print(f"== {tag}: CPU seconds until the last message arrived: mailroom {spent[0]:.2f}, "
+                  f"postgres {spent[1]:.2f}, smtp-sink {spent[2]:.2f} ({n / (end - start):.0f} msg/s)", file=sys.stderr)
             # Every entry left the queue (a result commit each).
             for _ in range(100):
                 left = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-Atc",
