@@ -319,17 +319,17 @@ pub(crate) async fn record_all(
     }
 }
 
-/// The message of leased entry `queue_id`, for an attempt, with its hold;
-/// `None` when it cannot be loaded: the hold is then given back, after
-/// `retry_secs` when the entry or its content is missing (so that it is
-/// not retried in a loop), soon after a store error.
-pub(crate) async fn load(
-    store: &Store,
+/// The message of leased entry `queue_id` as the store `loaded` it, for an
+/// attempt, with its hold; `None` when it could not be loaded: the hold is
+/// then given back, after `retry_secs` when the entry or its content is
+/// missing (so that it is not retried in a loop), soon after a store error.
+pub(crate) fn loaded(
+    loaded: Result<Option<QueuedMessage>, mailroom_store::StoreError>,
     queue_id: i64,
     hold: Hold,
     retry_secs: i64,
 ) -> Option<(QueuedMessage, Hold)> {
-    match store.queued_for_attempt(queue_id).await {
+    match loaded {
         Ok(Some(m)) => Some((m, hold)),
         Ok(None) => {
             // Gone (dropped meanwhile: nothing to give back) or its

@@ -29,7 +29,9 @@
 //!   transaction, that message's unanswered recipients and the rest of the
 //!   batch are deferred: what was answered stands, what was not is sent
 //!   again later (never lost, and never sent twice once answered).
-//!   REQUIRETLS messages always get a session of their own;
+//!   REQUIRETLS messages always get a session of their own. A batch's
+//!   messages are loaded a few at a time in one query (`LOAD_AHEAD`
+//!   messages, `LOAD_BYTES` of content);
 //! * **results of one session, one transaction**: the results of a batch's
 //!   messages are recorded together (`Store::finish_attempts_of_entries`),
 //!   at the end of the batch or sooner (every `RECORD_EVERY` messages,
@@ -412,6 +414,45 @@ struct Answered {
     hold: outcome::Hold,
 }
 
+/// Messages loaded ahead in one query, at most …
+const LOAD_AHEAD: usize = 16;
+/// … and while their content adds up to less than this.
+const LOAD_BYTES: i64 = 4 << 20;
+
+/// A session batch's messages, loaded a few at a time in one query each
+/// ([`Store::queued_for_attempts`]) rather than one query per message.
+#[derive(Default)]
+struct Ahead {
+    loaded: HashMap<i64, mailroom_store::QueuedMessage>,
+    /// Every id up to this one was asked for: what is not in `loaded` is gone.
+    through: i64,
+}
+
+impl Ahead {
+    /// Message `queue_id` of the batch whose ids (ascending) are `ids`,
+    /// loading it and the next few when it is not loaded yet.
+    async fn take(
+        &mut self,
+        store: &Store,
+        queue_id: i64,
+        ids: &[i64],
+    ) -> Result<Option<mailroom_store::QueuedMessage>, mailroom_store::StoreError> {
+        if queue_id > self.through {
+            let from = ids.partition_point(|id| *id < queue_id);
+            let wanted = &ids[from..ids.len().min(from + LOAD_AHEAD)];
+            let got = store.queued_for_attempts(wanted, LOAD_BYTES).await?;
+            // The result is a prefix of the entries that exist: an id up to
+            // the last one loaded and not among them is gone.
+            self.through = match got.last() {
+                Some((last, _)) => *last,
+                None => wanted.last().copied().unwrap_or(queue_id),
+            };
+            self.loaded.extend(got);
+        }
+        Ok(self.loaded.remove(&queue_id))
+    }
+}
+
 /// Results are recorded once this many messages wait …
 const RECORD_EVERY: usize = 32;
 /// … or once their content adds up to this many bytes, or the first of
@@ -441,12 +482,17 @@ impl Inner {
         let mut verdict: Option<Outcome> = None;
         let mut answered: Vec<Answered> = Vec::new();
         let mut since: Option<tokio::time::Instant> = None;
+        let mut messages = messages;
+        messages.sort_by_key(|(queue_id, _, _)| *queue_id);
+        let ids: Vec<i64> = messages.iter().map(|(queue_id, _, _)| *queue_id).collect();
+        let mut ahead = Ahead::default();
         for (queue_id, recipients, hold) in messages {
             if shutdown.is_cancelled() {
                 break; // the remaining holds drop: given back
             }
+            let loaded = ahead.take(&self.store, queue_id, &ids).await;
             let Some((queued, hold)) =
-                outcome::load(&self.store, queue_id, hold, self.settings.first_retry_secs).await
+                outcome::loaded(loaded, queue_id, hold, self.settings.first_retry_secs)
             else {
                 continue;
             };

@@ -190,8 +190,8 @@ impl LocalDelivery {
     /// One delivery attempt for the leased recipients of one message; every
     /// way out either records the results or gives the leases back.
     async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>, hold: outcome::Hold) {
-        let Some((queued, hold)) =
-            outcome::load(&self.store, queue_id, hold, self.first_retry_secs).await
+        let loaded = self.store.queued_for_attempt(queue_id).await;
+        let Some((queued, hold)) = outcome::loaded(loaded, queue_id, hold, self.first_retry_secs)
         else {
             return;
         };

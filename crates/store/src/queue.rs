@@ -1103,53 +1103,84 @@ impl Store {
     /// What a delivery attempt needs in one round trip: the envelope, the
     /// content, and when the message was queued and expires.
     pub async fn queued_for_attempt(&self, id: i64) -> Result<Option<QueuedMessage>> {
+        let mut loaded = self.queued_for_attempts(&[id], i64::MAX).await?;
+        Ok(loaded.pop().map(|(_, m)| m))
+    }
+
+    /// [`Store::queued_for_attempt`] for several entries in one round trip
+    /// (the messages of one relay session), in ascending id order, while
+    /// their content adds up to less than `max_bytes` before each: the
+    /// first entry that exists is always loaded, and the result is a prefix
+    /// of the existing entries among `ids`. An id below the last one
+    /// returned that is missing from the result is gone (or its content is).
+    pub async fn queued_for_attempts(
+        &self,
+        ids: &[i64],
+        max_bytes: i64,
+    ) -> Result<Vec<(i64, QueuedMessage)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers only: nothing to escape.
+        let sql = format!(
+            "SELECT q.id, q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls,
+                    q.authenticated_as, q.client_ip, q.trace_context, q.created_at, q.expires_at,
+                    q.quarantine, r.address, r.orcpt, r.notify,
+                    CASE WHEN r.id IS NULL
+                           OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
+                         THEN b.data END AS data
+             FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash
+             LEFT JOIN queue_recipients r ON r.queue_message_id = q.id
+             WHERE q.id IN (SELECT id FROM (SELECT id, SUM(size) OVER (ORDER BY id) - size AS before
+                                            FROM queue_messages WHERE id IN ({})) s
+                            WHERE before < $1)
+             ORDER BY q.id, r.id",
+            id_list(ids)
+        );
         crate::on_backend!(self, |pool| {
-            // One round trip: a row per recipient, the content in the first.
-            let rows = sqlx::query(
-                "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, q.created_at, q.expires_at, q.quarantine,
-                        r.address, r.orcpt, r.notify,
-                        CASE WHEN r.id IS NULL
-                               OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
-                             THEN b.data END AS data
-                 FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash
-                 LEFT JOIN queue_recipients r ON r.queue_message_id = q.id
-                 WHERE q.id = $1 ORDER BY r.id",
-            )
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-            let Some(row) = rows.first() else {
-                return Ok(None);
-            };
-            let mut envelope = QueueEnvelope {
-                sender: row.try_get("sender")?,
-                recipients: Vec::with_capacity(rows.len()),
-                env_id: row.try_get("env_id")?,
-                ret: row.try_get("ret")?,
-                body_type: row.try_get("body_type")?,
-                smtputf8: row.try_get("smtputf8")?,
-                requiretls: row.try_get("requiretls")?,
-                authenticated_as: row.try_get("authenticated_as")?,
-                client_ip: row.try_get("client_ip")?,
-                trace_context: row.try_get("trace_context")?,
-                quarantine: row.try_get("quarantine")?,
-            };
-            for r in &rows {
-                if let Some(address) = r.try_get::<Option<String>, _>("address")? {
-                    envelope.recipients.push(QueueRecipient {
+            // One round trip: a row per recipient, the content in each
+            // entry's first.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(max_bytes)
+                .fetch_all(pool)
+                .await?;
+            let mut out: Vec<(i64, QueuedMessage)> = Vec::new();
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                if out.last().is_none_or(|(last, _)| *last != id) {
+                    let envelope = QueueEnvelope {
+                        sender: row.try_get("sender")?,
+                        recipients: Vec::new(),
+                        env_id: row.try_get("env_id")?,
+                        ret: row.try_get("ret")?,
+                        body_type: row.try_get("body_type")?,
+                        smtputf8: row.try_get("smtputf8")?,
+                        requiretls: row.try_get("requiretls")?,
+                        authenticated_as: row.try_get("authenticated_as")?,
+                        client_ip: row.try_get("client_ip")?,
+                        trace_context: row.try_get("trace_context")?,
+                        quarantine: row.try_get("quarantine")?,
+                    };
+                    out.push((
+                        id,
+                        QueuedMessage {
+                            envelope,
+                            message: row.try_get::<Vec<u8>, _>("data")?,
+                            created_at: row.try_get("created_at")?,
+                            expires_at: row.try_get("expires_at")?,
+                        },
+                    ));
+                }
+                if let Some(address) = row.try_get::<Option<String>, _>("address")? {
+                    let (_, queued) = out.last_mut().expect("pushed above");
+                    queued.envelope.recipients.push(QueueRecipient {
                         address,
-                        orcpt: r.try_get("orcpt")?,
-                        notify: r.try_get("notify")?,
+                        orcpt: row.try_get("orcpt")?,
+                        notify: row.try_get("notify")?,
                     });
                 }
             }
-            Ok(Some(QueuedMessage {
-                envelope,
-                message: row.try_get::<Vec<u8>, _>("data")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-            }))
+            Ok(out)
         })
     }
 }

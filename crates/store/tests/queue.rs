@@ -37,6 +37,7 @@ on_both!(
     removal_racing_an_enqueue_of_the_same_content_loses_nothing,
     dropping_an_entry_releases_its_blob,
     one_transaction_records_the_attempts_at_several_entries,
+    several_entries_load_in_one_query_within_a_byte_budget,
 );
 
 const CONTENT: &[u8] = b"From: a@remote.test\r\nSubject: queued\r\n\r\nbody\r\n";
@@ -644,4 +645,54 @@ async fn one_transaction_records_the_attempts_at_several_entries(store: &Store) 
     assert!(store.queue_entry(a).await.unwrap().is_none());
     let c_states = store.queue_recipient_states(c).await.unwrap();
     assert_eq!(c_states[0].1, "pending", "the other worker's to record");
+}
+
+async fn several_entries_load_in_one_query_within_a_byte_budget(store: &Store) {
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let content = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(1000));
+        let to = ["x@remote.test", "y@remote.test"];
+        ids.push(
+            store
+                .enqueue(
+                    &envelope("a@remote.test", &to[..1 + i % 2]),
+                    content.as_bytes(),
+                    3600,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let all = store.queued_for_attempts(&ids, i64::MAX).await.unwrap();
+    let loaded: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(loaded, ids);
+    for (i, (id, queued)) in all.iter().enumerate() {
+        let one = store.queued_for_attempt(*id).await.unwrap().unwrap();
+        assert_eq!(&one, queued, "the same as one at a time");
+        assert_eq!(queued.envelope.recipients.len(), 1 + i % 2);
+        assert!(
+            queued
+                .message
+                .starts_with(format!("Subject: {i}").as_bytes())
+        );
+    }
+    // Entries are taken while less than the budget came before them; the
+    // first always.
+    let two = store.queued_for_attempts(&ids, 1500).await.unwrap();
+    assert_eq!(
+        two.len(),
+        2,
+        "1,0xx bytes before the second, 2,0xx before the third"
+    );
+    assert_eq!(store.queued_for_attempts(&ids, 1).await.unwrap().len(), 1);
+    // A dropped entry is left out.
+    store.drop_queue_entry(ids[1]).await.unwrap();
+    let rest: Vec<i64> = store
+        .queued_for_attempts(&ids, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(rest, [ids[0], ids[2], ids[3]]);
 }
