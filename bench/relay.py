@@ -15,8 +15,9 @@ second.
   (as any enqueue does), which is the release. The relay resolves
   relay.bench through a small DNS responder in this script (MX
   mx.relay.bench, A 127.0.0.1) and delivers on `mta.outbound_port`, the
-  sink's port. Each message: lease, one SMTP session, one commit recording
-  the result and removing the entry.
+  sink's port. Messages leased together go over shared SMTP sessions (up
+  to 32 a session, RSET between, pipelined), and each session's results
+  are recorded, and the finished entries removed, in one commit.
 * Postfix: a throw-away Postfix instance (its own config and queue
   directory in a temporary directory; the machine's Postfix is untouched)
   with `relayhost = [127.0.0.1]:SINKPORT`. smtp-source feeds it the same
@@ -24,8 +25,8 @@ second.
   hold (`check_client_access static:HOLD`); the release is `postsuper -H
   ALL` followed by `postqueue -f`. Postfix's defaults otherwise (20 sessions
   per destination, connection reuse when there is a backlog), measured a
-  second time with `smtp_connection_cache_on_demand = no`, since Mailroom
-  opens one session per message.
+  second time with `smtp_connection_cache_on_demand = no` (a session per
+  message).
 
 Needs: root, PostgreSQL on 127.0.0.1:5432 (postgres, trust), postfix
 (smtp-sink, smtp-source, the peer). Builds mailroom in release mode.
@@ -68,6 +69,26 @@ def cpu_times():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return sum(v), v[3] + v[4]  # total, idle + iowait
+
+
+def proc_cpu(name=None, pid=None):
+    """CPU seconds (user + system) of every process named `name`, or of
+    process `pid`, by pid."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for p in ([str(pid)] if pid else [d for d in os.listdir("/proc") if d.isdigit()]):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if pid or comm == name:
+            out[p] = (int(rest[11]) + int(rest[12])) / tick
+    return out
+
+
+def cpu_spent(before, after):
+    return sum(v - before.get(p, 0.0) for p, v in after.items())
 
 
 def busy(before, after):
@@ -117,7 +138,7 @@ class Sink:
     def __init__(self, port):
         self.proc = subprocess.Popen(["smtp-sink", "-c", "-u", "postfix", f"127.0.0.1:{port}", "256"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.messages, self.cond = 0, threading.Condition()
+        self.messages, self.sessions, self.cond = 0, 0, threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         wait_port(port, "smtp-sink")
 
@@ -134,6 +155,7 @@ class Sink:
             buf = b""
             with self.cond:
                 self.messages = int(fields.get("mesg", 0))
+                self.sessions = int(fields.get("sess", 0))
                 self.cond.notify_all()
 
     def wait_for(self, n, timeout=1200):
@@ -141,6 +163,14 @@ class Sink:
         with self.cond:
             assert self.cond.wait_for(lambda: self.messages >= n, timeout), f"{self.messages} of {n} arrived"
         return time.perf_counter()
+
+    def sessions_after(self, before):
+        """Sessions that ended since the count was `before`, once the
+        client has had time to close its idle ones (smtp-sink counts a
+        session when it ends)."""
+        time.sleep(3)
+        with self.cond:
+            return self.sessions - before
 
     def stop(self):
         self.proc.kill(); self.proc.wait()
@@ -201,6 +231,8 @@ def mailroom():
         done = 0
         for tag, n in (("warmup", WARMUP), ("measured", MESSAGES)):
             psql(db, FILL.format(zone=ZONE, tag=tag, n=n, lines=lines, now=int(time.time())))
+            sessions = sink.sessions
+            procs = (proc_cpu(pid=server.pid), proc_cpu("postgres"), proc_cpu("smtp-sink"))
             cpu, start = cpu_times(), time.perf_counter()
             # Any enqueue wakes the workers: one inbound message to bob.
             s = smtplib.SMTP("127.0.0.1", smtp)
@@ -209,6 +241,10 @@ def mailroom():
             done += n
             end = sink.wait_for(done)
             results[tag] = (n / (end - start), busy(cpu, cpu_times()))
+            spent = [cpu_spent(b, a) for b, a in zip(procs, (proc_cpu(pid=server.pid), proc_cpu("postgres"),
+                                                              proc_cpu("smtp-sink")))]
+            print(f"== {tag}: CPU seconds until the last message arrived: mailroom {spent[0]:.2f}, "
+                  f"postgres {spent[1]:.2f}, smtp-sink {spent[2]:.2f} ({n / (end - start):.0f} msg/s)", file=sys.stderr)
             # Every entry left the queue (a result commit each).
             for _ in range(100):
                 left = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-Atc",
@@ -217,6 +253,7 @@ def mailroom():
                     break
                 time.sleep(0.1)
             assert left == "0", f"{left} entries still queued"
+            results[tag] += (sink.sessions_after(sessions),)
         sink.stop()
         return results["measured"]
     finally:
@@ -297,12 +334,13 @@ smtp_connection_cache_on_demand = {"yes" if reuse else "no"}
                     break
                 time.sleep(0.1)
             assert held == n, f"{held} held of {n}"
+            sessions = sink.sessions
             cpu, start = cpu_times(), time.perf_counter()
             subprocess.run(["postsuper", *pfx, "-H", "ALL"], check=True, stderr=subprocess.DEVNULL)
             subprocess.run(["postqueue", *pfx, "-f"], check=True)
             done += n
             end = sink.wait_for(done)
-            results[tag] = (n / (end - start), busy(cpu, cpu_times()))
+            results[tag] = (n / (end - start), busy(cpu, cpu_times()), sink.sessions_after(sessions))
         sink.stop()
         return results["measured"]
     finally:
@@ -312,13 +350,13 @@ smtp_connection_cache_on_demand = {"yes" if reuse else "no"}
 
 
 print(f"== before: {load()}", file=sys.stderr)
-(m, m_cpu) = mailroom()
+(m, m_cpu, m_sess) = mailroom()
 print(f"== between: {load()}", file=sys.stderr)
-(p, p_cpu) = postfix(reuse=True)
-(q, q_cpu) = postfix(reuse=False)
+(p, p_cpu, p_sess) = postfix(reuse=True)
+(q, q_cpu, q_sess) = postfix(reuse=False)
 print(f"relay from the queue to smtp-sink, {MESSAGES} messages of {SIZE} bytes (after {WARMUP} warm-up), "
       f"loopback, {os.cpu_count()} cores, {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {load()}")
-print(f"mailroom (PostgreSQL, a commit per result, a session per message): {m:.0f} msg/s   (CPU busy {m_cpu:.0f}%)")
-print(f"postfix  (defaults: sessions reused under backlog):               {p:.0f} msg/s   (CPU busy {p_cpu:.0f}%)")
-print(f"postfix  (smtp_connection_cache_on_demand = no):                  {q:.0f} msg/s   (CPU busy {q_cpu:.0f}%)")
+print(f"mailroom (PostgreSQL, sessions reused, a commit per session):     {m:.0f} msg/s   (CPU busy {m_cpu:.0f}%, {m_sess} SMTP sessions)")
+print(f"postfix  (defaults: sessions reused under backlog):               {p:.0f} msg/s   (CPU busy {p_cpu:.0f}%, {p_sess} SMTP sessions)")
+print(f"postfix  (smtp_connection_cache_on_demand = no):                  {q:.0f} msg/s   (CPU busy {q_cpu:.0f}%, {q_sess} SMTP sessions)")
 print(f"ratio mailroom/postfix: {m / p:.2f} (defaults), {m / q:.2f} (no session reuse)")

@@ -517,6 +517,8 @@ pub struct SinkMessage {
     pub answered: String,
     /// Whether the transaction ran over TLS (after STARTTLS).
     pub tls: bool,
+    /// Which connection carried it (0 for the first the sink accepted).
+    pub session: usize,
 }
 
 /// How a [`SmtpSink`] behaves.
@@ -562,7 +564,35 @@ pub struct SmtpSink {
     pub addr: std::net::SocketAddr,
     received: std::sync::Arc<std::sync::Mutex<Vec<SinkMessage>>>,
     sessions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    groups: std::sync::Arc<std::sync::Mutex<Vec<CommandGroup>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Commands a [`SmtpSink`] found waiting together: the first line, and
+/// every line already buffered behind it (RFC 2920 pipelining shows as
+/// groups of several commands; a client waiting for each reply sends
+/// groups of one). Message content is not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandGroup {
+    /// The connection (0 for the first the sink accepted).
+    pub session: usize,
+    /// The command lines, without CRLF.
+    pub commands: Vec<String>,
+}
+
+impl CommandGroup {
+    /// The command verbs, upper case (`MAIL`, `RCPT`, …).
+    pub fn verbs(&self) -> Vec<String> {
+        self.commands
+            .iter()
+            .map(|c| {
+                c.split([' ', ':'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase()
+            })
+            .collect()
+    }
 }
 
 impl Drop for SmtpSink {
@@ -581,18 +611,25 @@ impl SmtpSink {
         let addr = listener.local_addr().unwrap();
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let groups = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let script = std::sync::Arc::new(script);
         let data_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (r, s) = (received.clone(), sessions.clone());
+        let (r, s, g) = (received.clone(), sessions.clone(), groups.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (r, script, data_count) = (r.clone(), script.clone(), data_count.clone());
+                let session = s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = SinkSeen {
+                    session,
+                    received: r.clone(),
+                    groups: g.clone(),
+                    data_count: data_count.clone(),
+                };
+                let script = script.clone();
                 tokio::spawn(async move {
-                    let _ = sink_session(stream, &script, &r, &data_count).await;
+                    let _ = sink_session(stream, &script, &seen).await;
                 });
             }
         });
@@ -600,6 +637,7 @@ impl SmtpSink {
             addr,
             received,
             sessions,
+            groups,
             task,
         }
     }
@@ -613,6 +651,19 @@ impl SmtpSink {
     pub fn sessions(&self) -> usize {
         self.sessions.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// The commands received, as they arrived together (see [`CommandGroup`]).
+    pub fn command_groups(&self) -> Vec<CommandGroup> {
+        self.groups.lock().unwrap().clone()
+    }
+}
+
+/// What one sink session records into.
+struct SinkSeen {
+    session: usize,
+    received: std::sync::Arc<std::sync::Mutex<Vec<SinkMessage>>>,
+    groups: std::sync::Arc<std::sync::Mutex<Vec<CommandGroup>>>,
+    data_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn path_of(line: &str) -> String {
@@ -635,21 +686,18 @@ enum SinkEnd<S> {
 async fn sink_session(
     stream: tokio::net::TcpStream,
     script: &SinkScript,
-    received: &std::sync::Mutex<Vec<SinkMessage>>,
-    data_count: &std::sync::atomic::AtomicUsize,
+    seen: &SinkSeen,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut stream = stream;
     stream.write_all(b"220 sink.test ESMTP\r\n").await?;
-    if let SinkEnd::StartTls(tcp) =
-        sink_commands(stream, script, received, data_count, false).await?
-    {
+    if let SinkEnd::StartTls(tcp) = sink_commands(stream, script, seen, false).await? {
         let acceptor = script
             .tls
             .clone()
             .expect("STARTTLS is only answered when configured");
         let tls = acceptor.accept(tcp).await?;
-        sink_commands(tls, script, received, data_count, true).await?;
+        sink_commands(tls, script, seen, true).await?;
     }
     Ok(())
 }
@@ -657,19 +705,33 @@ async fn sink_session(
 async fn sink_commands<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: S,
     script: &SinkScript,
-    received: &std::sync::Mutex<Vec<SinkMessage>>,
-    data_count: &std::sync::atomic::AtomicUsize,
+    seen: &SinkSeen,
     encrypted: bool,
 ) -> std::io::Result<SinkEnd<S>> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (received, data_count) = (&*seen.received, &*seen.data_count);
     let mut io = tokio::io::BufReader::new(stream);
     let mut current: Option<SinkMessage> = None;
+    let mut in_group = false;
     loop {
         let mut line = String::new();
         if io.read_line(&mut line).await? == 0 {
             return Ok(SinkEnd::Closed);
         }
         let line = line.trim_end_matches(['\r', '\n']).to_string();
+        {
+            let mut groups = seen.groups.lock().unwrap();
+            let last = groups.iter_mut().rev().find(|g| g.session == seen.session);
+            match last {
+                Some(g) if in_group => g.commands.push(line.clone()),
+                _ => groups.push(CommandGroup {
+                    session: seen.session,
+                    commands: vec![line.clone()],
+                }),
+            }
+        }
+        // More already buffered: it came with this line.
+        in_group = !io.buffer().is_empty();
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") && script.refuse_ehlo {
             "502 5.5.2 EHLO not implemented\r\n".to_string()
@@ -702,6 +764,7 @@ async fn sink_commands<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 data: Vec::new(),
                 answered: String::new(),
                 tls: encrypted,
+                session: seen.session,
             });
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT TO:") {

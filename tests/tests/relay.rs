@@ -1000,3 +1000,321 @@ async fn bounces_are_dkim_signed_on_sqlite() {
 async fn bounces_are_dkim_signed_on_postgres() {
     bounces_are_dkim_signed(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------
+// Session reuse and pipelining (issue 17): the messages leased together for
+// one destination share one SMTP session, RSET between them.
+// ---------------------------------------------------------------------------
+
+/// Message `i` of a batch, told apart by its Message-ID.
+fn numbered(i: usize) -> Vec<u8> {
+    format!(
+        "From: alice@sender.test\r\nSubject: batch {i}\r\nMessage-ID: <m{i}@sender.test>\r\n\r\nMessage {i}.\r\n"
+    )
+    .into_bytes()
+}
+
+/// The Message-ID number of a message `numbered` made.
+fn number_of(data: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(data);
+    let at = text.find("Message-ID: <m").expect("a numbered message") + "Message-ID: <m".len();
+    text[at..].split('@').next().unwrap().parse().unwrap()
+}
+
+/// A batch of messages relayed to a sink.
+struct Batch {
+    /// The MX of the batch's domain, on 127.0.0.2.
+    sink: SmtpSink,
+    running: Running,
+    _dns: TestDns,
+    _db: mailroom_store::testing::TestDb,
+}
+
+impl Batch {
+    /// `(message number, what the sink answered)` of each transaction the
+    /// sink's connection `session` carried (`None`: every other one).
+    fn answered(&self, session: Option<usize>) -> Vec<(usize, String)> {
+        self.sink
+            .received()
+            .iter()
+            .filter(|m| match session {
+                Some(s) => m.session == s,
+                None => m.session != 0,
+            })
+            .map(|m| (number_of(&m.data), m.answered.clone()))
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.running.stack.stop(Duration::from_secs(5)).await;
+    }
+}
+
+/// Queues one message from `<>` (no reports to muddle the queue) per entry
+/// of `recipients` (message `i` to the local parts `recipients[i]` at
+/// `zone`) BEFORE the stack starts, so that the relay's first look finds
+/// them all; then starts the stack on `backend` with `zone`'s MX a sink
+/// following `script`, and returns once every entry left the queue. `None`
+/// when PostgreSQL tests are opted out of.
+async fn relay_batch(
+    backend: Backend,
+    zone: &str,
+    script: SinkScript,
+    recipients: &[&[&str]],
+    change: impl FnOnce(&mut mailroom_config::Config),
+) -> Option<Batch> {
+    let (store, db) = match backend {
+        Backend::Sqlite => mailroom_store::testing::TestDb::sqlite().await,
+        Backend::Postgres => mailroom_store::testing::TestDb::postgres().await?,
+    };
+    let sink = first_sink(script).await;
+    let dns = TestDns::start(
+        zone,
+        &[("@", mx(10, &format!("mx.{zone}"))), ("mx", a("127.0.0.2"))],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for (i, to) in recipients.iter().enumerate() {
+        let envelope = QueueEnvelope {
+            sender: String::new(),
+            recipients: to
+                .iter()
+                .map(|l| recipient(&format!("{l}@{zone}")))
+                .collect(),
+            ..Default::default()
+        };
+        ids.push(store.enqueue(&envelope, &numbered(i), 3600).await.unwrap());
+    }
+    let url = db.url.clone();
+    let running = stack_with(backend, &dns, sink.addr.port(), 5, move |c| {
+        c.store.url = Some(url);
+        change(c);
+    })
+    .await?;
+    wait_for("every entry's last result", WAIT, async || {
+        for id in &ids {
+            if !gone(&store, *id).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    Some(Batch {
+        sink,
+        running,
+        _dns: dns,
+        _db: db,
+    })
+}
+
+/// `n` messages, one recipient each.
+const FIVE: &[&[&str]] = &[&["a"], &["b"], &["c"], &["d"], &["e"]];
+
+/// What the sink answered with these codes in the order given.
+fn said(answers: &[(usize, &str)]) -> Vec<(usize, String)> {
+    answers.iter().map(|(n, a)| (*n, a.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_one_domain_share_one_pipelined_session_with_rset_between() {
+    session_reuse(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_one_domain_share_one_pipelined_session_with_rset_between_postgres() {
+    session_reuse(Backend::Postgres).await;
+}
+
+async fn session_reuse(backend: Backend) {
+    let to: &[&[&str]] = &[&["a"], &["b", "c"], &["d"], &["e"], &["f"]];
+    let Some(batch) = relay_batch(backend, "reuse.test", SinkScript::default(), to, |_| {}).await
+    else {
+        return;
+    };
+    assert_eq!(batch.sink.sessions(), 1, "five messages, one connection");
+    let got = batch.sink.received();
+    let numbers: Vec<usize> = got.iter().map(|m| number_of(&m.data)).collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4], "each once, in queue order");
+    assert_eq!(got[1].to, ["b@reuse.test", "c@reuse.test"]);
+    // RFC 2920 §3.1: MAIL, RCPT and DATA in one write, RSET in front of
+    // every transaction but the first (RFC 5321 §4.1.1.5).
+    let groups: Vec<Vec<String>> = batch
+        .sink
+        .command_groups()
+        .iter()
+        .map(|g| g.verbs())
+        .filter(|v| v[0] != "EHLO")
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            vec!["MAIL", "RCPT", "DATA"],
+            vec!["RSET", "MAIL", "RCPT", "RCPT", "DATA"],
+            vec!["RSET", "MAIL", "RCPT", "DATA"],
+            vec!["RSET", "MAIL", "RCPT", "DATA"],
+            vec!["RSET", "MAIL", "RCPT", "DATA"],
+            vec!["QUIT"],
+        ]
+    );
+    batch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_pipelining_gets_one_command_at_a_time_and_partial_rcpt_holds() {
+    for pipelining in [false, true] {
+        let mut extensions = vec!["SIZE 10000000".to_string(), "8BITMIME".into()];
+        if pipelining {
+            extensions.push("PIPELINING".into());
+        }
+        let script = SinkScript {
+            extensions,
+            rcpt: Box::new(|a| {
+                if a.starts_with("nobody") {
+                    "550 5.1.1 no such user".into()
+                } else {
+                    "250 2.1.5 ok".into()
+                }
+            }),
+            ..SinkScript::default()
+        };
+        let to: &[&[&str]] = &[&["a", "nobody", "b"], &["nobody"], &["c"]];
+        let batch = relay_batch(Backend::Sqlite, "partial.test", script, to, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(batch.sink.sessions(), 1, "pipelining {pipelining}");
+        // The refused recipient is final (the entry is gone) and was never
+        // sent to; the others were, once; message 1 had nobody to go to.
+        let delivered: Vec<(usize, Vec<String>)> = batch
+            .sink
+            .received()
+            .iter()
+            .map(|m| (number_of(&m.data), m.to.clone()))
+            .collect();
+        assert_eq!(
+            delivered,
+            [
+                (0, vec!["a@partial.test".into(), "b@partial.test".into()]),
+                (2, vec!["c@partial.test".into()]),
+            ],
+            "pipelining {pipelining}"
+        );
+        let groups = batch.sink.command_groups();
+        if pipelining {
+            assert!(
+                groups
+                    .iter()
+                    .any(|g| g.verbs() == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]),
+                "{groups:?}"
+            );
+        } else {
+            assert!(
+                groups.iter().all(|g| g.commands.len() == 1),
+                "one at a time: {groups:?}"
+            );
+            let rsets = groups.iter().filter(|g| g.verbs() == ["RSET"]).count();
+            assert_eq!(rsets, 2, "{groups:?}");
+        }
+        batch.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_carries_at_most_max_messages_per_session() {
+    let batch = relay_batch(
+        Backend::Sqlite,
+        "cap.test",
+        SinkScript::default(),
+        FIVE,
+        |c| {
+            c.mta.max_messages_per_session = 2;
+        },
+    )
+    .await
+    .unwrap();
+    let got = batch.sink.received();
+    assert_eq!(got.len(), 5);
+    let mut per_session = std::collections::BTreeMap::new();
+    for m in &got {
+        *per_session.entry(m.session).or_insert(0) += 1;
+    }
+    assert_eq!(batch.sink.sessions(), 3, "2 + 2 + 1: {per_session:?}");
+    assert!(per_session.values().all(|&n| n <= 2), "{per_session:?}");
+    batch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_reused_session_is_that_messages_alone() {
+    // The second message's content is refused for good, the third's for now.
+    let script = SinkScript {
+        data_end: Box::new(|n| {
+            SinkReply::Say(match n {
+                1 => "554 5.7.1 content refused".into(),
+                2 => "451 4.3.0 try again later".into(),
+                _ => "250 ok".into(),
+            })
+        }),
+        ..SinkScript::default()
+    };
+    let batch = relay_batch(Backend::Sqlite, "refuse.test", script, FIVE, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.answered(Some(0)),
+        said(&[
+            (0, "250 ok"),
+            (1, "554 5.7.1 content refused"),
+            (2, "451 4.3.0 try again later"),
+            (3, "250 ok"),
+            (4, "250 ok"),
+        ]),
+        "the session went on after each refusal"
+    );
+    // The deferred one came again (later, in a session of its own) and was
+    // taken; the refused one failed and never came again.
+    assert_eq!(batch.answered(None), said(&[(2, "250 ok")]));
+    batch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_batch_defers_the_rest_which_arrive_later_exactly_once() {
+    session_dropped(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_batch_defers_the_rest_which_arrive_later_exactly_once_postgres() {
+    session_dropped(Backend::Postgres).await;
+}
+
+async fn session_dropped(backend: Backend) {
+    // The connection is dropped after the second message's data. The
+    // answered first message is final at once; the rest are deferred (the
+    // unanswered second with the reason, the others untried) and sent
+    // again a second later.
+    let script = SinkScript {
+        data_end: Box::new(|n| match n {
+            1 => SinkReply::Drop,
+            _ => SinkReply::Say("250 ok".into()),
+        }),
+        ..SinkScript::default()
+    };
+    let Some(batch) = relay_batch(backend, "dropped.test", script, FIVE, |_| {}).await else {
+        return;
+    };
+    assert_eq!(
+        batch.answered(Some(0)),
+        said(&[(0, "250 ok"), (1, "(dropped)")]),
+        "nothing after the drop"
+    );
+    assert_eq!(
+        batch.answered(None),
+        said(&[(1, "250 ok"), (2, "250 ok"), (3, "250 ok"), (4, "250 ok")]),
+        "the rest once each, the first not again"
+    );
+    assert_eq!(
+        batch.sink.sessions(),
+        2,
+        "the rest went in one later session"
+    );
+    batch.stop().await;
+}

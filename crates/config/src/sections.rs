@@ -181,6 +181,10 @@ section! {
         /// Concurrent outbound SMTP sessions to one destination (recipient domain), per
         /// process; more recipients wait their turn in the queue.
         pub max_connections_per_destination: usize = 20,
+        /// Messages one outbound SMTP session carries at most: messages leased together
+        /// for one destination go over one connection, with RSET between them (RFC 5321
+        /// §4.1.1.5), until this many were sent; then a new connection is opened.
+        pub max_messages_per_session: usize = 100,
         /// Seconds a queue worker holds the recipients it is attempting. Workers renew their
         /// leases while they live, so this is how long the recipients of a crashed process
         /// wait before another process takes them over.
@@ -568,6 +572,9 @@ impl Config {
                 "mta.max_connections_per_destination",
                 "must be at least 1".into(),
             );
+        }
+        if self.mta.max_messages_per_session == 0 {
+            err("mta.max_messages_per_session", "must be at least 1".into());
         }
         for (key, value) in [
             ("mta.connect_timeout_secs", self.mta.connect_timeout_secs),

@@ -539,6 +539,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
             lease_secs: secs(mta.lease_secs),
             delay_warning_secs: secs(mta.delay_warning_secs),
             max_connections_per_destination: mta.max_connections_per_destination,
+            max_messages_per_session: mta.max_messages_per_session,
             dkim_expiry: Duration::from_secs(config.sender_auth.dkim_expiry_secs),
         };
         let delivery = match &local_mda {

@@ -1,7 +1,19 @@
-//! The outbound SMTP client: one session to one address of a remote MX,
-//! carrying one message to the recipients that share that destination.
+//! The outbound SMTP client: one session to one address of a remote MX
+//! ([`Session`]), carrying one message after another, each to the
+//! recipients that share that destination; [`deliver`] is a session of one
+//! message.
 //!
 //! Invariants:
+//! * a session is reused only while it is sound: every transaction after
+//!   the first starts with `RSET` (RFC 5321 §4.1.1.5), and a session whose
+//!   connection broke, timed out, answered 421 or answered RSET with
+//!   anything but 250 is never used again (dropped without QUIT when the
+//!   server cannot be talking sense any more);
+//! * with PIPELINING (RFC 2920 §3.1) RSET, MAIL, every RCPT and DATA go in
+//!   one write, DATA last; the replies are read in order and mean exactly
+//!   what they mean unpipelined. A server answering 354 to a pipelined DATA
+//!   after refusing MAIL or every RCPT gets an empty message's end and its
+//!   reply is ignored: nobody's outcome depends on it;
 //! * every step is bounded in time: connect, greeting, each reply, sending
 //!   the data or each BDAT chunk, and the reply after the end of the data
 //!   or to each chunk (RFC 5321 §4.5.3.2) — a silent peer never holds a
@@ -506,16 +518,38 @@ fn check_limits(
     Ok(())
 }
 
+/// How a transaction ended when the connection survived it.
+enum TxEnd {
+    /// Every recipient that was sent has its outcome.
+    Done,
+    /// The server gave no per-recipient answer (MAIL refused with a 4xx,
+    /// an unusable sender): another host, or a later attempt, may do
+    /// better. `closing`: the server answered 421, the session is over.
+    Refused { error: HostError, closing: bool },
+    /// On a reused session, the server refused RSET (anything but 250) or
+    /// answered MAIL with 421: nothing of this message was taken, and the
+    /// session is over. The message may go on a fresh session.
+    NotStarted(String),
+}
+
 /// Runs MAIL, RCPT, then DATA (or BDAT for a binary message) over a ready
-/// session. Outcomes are filled in as the server answers; what remains
-/// `None` when the session breaks is deferred by the caller.
+/// session, after RSET when `rset` (the session carried a transaction
+/// before, RFC 5321 §4.1.1.5). With PIPELINING (RFC 2920 §3.1) RSET, MAIL,
+/// every RCPT and DATA go in one write (DATA last, as the RFC wants; not
+/// for BDAT) and the replies are read in order. Outcomes are filled in as
+/// the server answers; what remains `None` when the session breaks is
+/// deferred by the caller. `mail_accepted` tells the caller whether the
+/// server took MAIL (before that, a break on a reused session lost nothing
+/// of this message).
 async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     settings: &ClientSettings,
     caps: Option<&Capabilities>,
     env: &Envelope<'_>,
+    rset: bool,
     outcomes: &mut [Option<Outcome>],
-) -> Result<Option<HostError>, Broken> {
+    mail_accepted: &mut bool,
+) -> Result<TxEnd, Broken> {
     let limit = settings.timeouts.command;
     let has = |k: &str| caps.is_some_and(|c| c.has(k));
     let dsn = has("DSN");
@@ -525,10 +559,13 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         match Path::from_mailbox(env.sender) {
             Ok(p) => ReversePath::Path(p),
             Err(e) => {
-                return Ok(Some(HostError {
-                    reason: format!("5.1.7 invalid sender {:?}: {e}", env.sender),
-                    permanent: true,
-                }));
+                return Ok(TxEnd::Refused {
+                    error: HostError {
+                        reason: format!("5.1.7 invalid sender {:?}: {e}", env.sender),
+                        permanent: true,
+                    },
+                    closing: false,
+                });
             }
         }
     };
@@ -600,20 +637,39 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if rcpts.is_empty() {
-        return Ok(None);
+        return Ok(TxEnd::Done);
     }
 
-    // MAIL and every RCPT, in one write when the server pipelines (RFC 2920 §3.1).
     let mail_reply;
     let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+    let mut data_reply = None;
     if has("PIPELINING") {
+        // RFC 2920 §3.1: RSET, MAIL and every RCPT in one write, DATA last
+        // in the group; a BDAT transaction sends its chunks after the
+        // replies (see `bdat`).
         let mut out = Vec::new();
+        if rset {
+            Command::Rset.write_to(&mut out);
+        }
         mail.write_to(&mut out);
         for (_, c) in &rcpts {
             c.write_to(&mut out);
         }
+        if !binary {
+            Command::Data.write_to(&mut out);
+        }
         conn.send(&out, limit).await?;
+        if rset {
+            let reply = conn.reply(limit, "after RSET").await?;
+            if reply.code != 250 {
+                return Ok(TxEnd::NotStarted(said(&conn.peer, &reply)));
+            }
+        }
         mail_reply = conn.reply(limit, "after MAIL").await?;
+        if let Some(end) = closing_at_mail(conn, &mail_reply, rset) {
+            return Ok(end);
+        }
+        *mail_accepted = is_success(&mail_reply);
         for _ in &rcpts {
             let reply = conn.reply(limit, "after RCPT").await;
             match reply {
@@ -624,8 +680,27 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        if !binary {
+            match conn.reply(limit, "after DATA").await {
+                Ok(r) => data_reply = Some(r),
+                Err(e) => {
+                    apply_rcpt_replies(conn, &rcpts, &rcpt_replies, &mail_reply, outcomes);
+                    return Err(e);
+                }
+            }
+        }
     } else {
+        if rset {
+            let reply = conn.command(&Command::Rset, limit).await?;
+            if reply.code != 250 {
+                return Ok(TxEnd::NotStarted(said(&conn.peer, &reply)));
+            }
+        }
         mail_reply = conn.command(&mail, limit).await?;
+        if let Some(end) = closing_at_mail(conn, &mail_reply, rset) {
+            return Ok(end);
+        }
+        *mail_accepted = is_success(&mail_reply);
         if is_success(&mail_reply) {
             for (_, c) in &rcpts {
                 let r = conn.command(c, limit).await;
@@ -646,21 +721,23 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if !is_success(&mail_reply) {
+        abandon_data(conn, data_reply.as_ref(), limit).await?;
         // The sender was refused. A 5xx is the server's final word for this
-        // message; a 4xx (421 included) is worth another host or later.
+        // message; a 4xx is worth another host or later.
         let reason = said(&conn.peer, &mail_reply);
         if mail_reply.is_permanent() {
             for (i, _) in &rcpts {
                 outcomes[*i] = Some(Outcome::Failed(reason.clone()));
             }
-            conn.quit(limit).await;
-            return Ok(None);
+            return Ok(TxEnd::Done);
         }
-        conn.quit(limit).await;
-        return Ok(Some(HostError {
-            reason,
-            permanent: false,
-        }));
+        return Ok(TxEnd::Refused {
+            error: HostError {
+                reason,
+                permanent: false,
+            },
+            closing: false,
+        });
     }
     let accepted = apply_rcpt_replies(conn, &rcpts, &rcpt_replies, &mail_reply, outcomes);
     if rcpt_replies.iter().any(|r| r.code == 421) {
@@ -671,15 +748,18 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
     if accepted.is_empty() {
-        conn.quit(limit).await;
-        return Ok(None);
+        abandon_data(conn, data_reply.as_ref(), limit).await?;
+        return Ok(TxEnd::Done);
     }
 
     let end = if binary {
         // RFC 3030 §3: a binary body goes with BDAT only, never with DATA.
         bdat(conn, env.message, BDAT_CHUNK, settings.timeouts.data_end).await?
     } else {
-        let data = conn.command(&Command::Data, limit).await?;
+        let data = match data_reply {
+            Some(reply) => reply,
+            None => conn.command(&Command::Data, limit).await?,
+        };
         if data.code != 354 {
             let reason = said(&conn.peer, &data);
             if data.code == 421 {
@@ -692,8 +772,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
                     Outcome::Deferred(reason.clone())
                 });
             }
-            conn.quit(limit).await;
-            return Ok(None);
+            return Ok(TxEnd::Done);
         }
         let mut body = Vec::new();
         dot_stuff(env.message, &mut body);
@@ -713,8 +792,45 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             Outcome::Deferred(reason.clone())
         });
     }
-    conn.quit(limit).await;
-    Ok(None)
+    Ok(TxEnd::Done)
+}
+
+/// A 421 to MAIL: the server is closing (RFC 5321 §3.8). On a reused
+/// session nothing of the message was taken (it may go on a fresh
+/// session); on a fresh one it is the host's refusal. The replies still
+/// owed to pipelined commands are not read: the session is over.
+fn closing_at_mail<S>(conn: &Conn<S>, mail: &Reply, reused: bool) -> Option<TxEnd> {
+    if mail.code != 421 {
+        return None;
+    }
+    let reason = said(&conn.peer, mail);
+    Some(if reused {
+        TxEnd::NotStarted(reason)
+    } else {
+        TxEnd::Refused {
+            error: HostError {
+                reason,
+                permanent: false,
+            },
+            closing: true,
+        }
+    })
+}
+
+/// After a pipelined DATA whose transaction is not going ahead (MAIL or
+/// every RCPT refused): a server that nevertheless answered 354 waits for
+/// data, so it gets an empty message's terminator and its reply is read
+/// and ignored, as Postfix does (RFC 2920 §3.1 expects it to refuse DATA).
+async fn abandon_data<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    data: Option<&Reply>,
+    limit: Duration,
+) -> Result<(), Broken> {
+    if data.is_some_and(|d| d.code == 354) {
+        conn.send(b".\r\n", limit).await?;
+        conn.reply(limit, "after an empty data").await?;
+    }
+    Ok(())
 }
 
 /// Whether the message is a binary MIME body (RFC 3030 §3), which only
@@ -808,24 +924,203 @@ pub async fn deliver(
     mx_name: &str,
     env: &Envelope<'_>,
 ) -> Result<SessionResult, HostError> {
-    match session(settings, addr, mx_name, env, true).await {
-        Err(SessionStop::TlsFailed(why)) if !env.requiretls => {
-            tracing::info!(%addr, mx = mx_name, error = %why, "STARTTLS failed; retrying in cleartext (RFC 7435)");
-            match session(settings, addr, mx_name, env, false).await {
-                Ok(r) => Ok(r),
-                Err(SessionStop::Host(e)) => Err(e),
-                Err(SessionStop::TlsFailed(why)) => Err(HostError {
-                    reason: why,
-                    permanent: false,
-                }),
-            }
-        }
-        Err(SessionStop::TlsFailed(why)) => Err(HostError {
-            reason: why,
+    let mut session = Session::open(settings, addr, mx_name, env.requiretls).await?;
+    let sent = session.send(env).await;
+    let tls = session.tls();
+    session.quit().await;
+    match sent {
+        Sent::Answered { outcomes, .. } => Ok(SessionResult { outcomes, tls }),
+        Sent::Refused(e) => Err(e),
+        // A fresh session never asks for this; should it, nothing was taken.
+        Sent::Retry(reason) => Err(HostError {
+            reason,
             permanent: false,
         }),
-        Err(SessionStop::Host(e)) => Err(e),
-        Ok(r) => Ok(r),
+    }
+}
+
+/// The byte stream of a session: TCP, or TLS over TCP after STARTTLS (or
+/// an in-memory stream in tests).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where an open session stands between messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionState {
+    /// Greeted; no transaction yet.
+    Fresh,
+    /// A transaction ran: the next one starts with RSET.
+    Used,
+    /// Broken, or the server is closing: not used again, dropped without QUIT.
+    Closed,
+}
+
+/// An open SMTP session to one address of one MX host: greeted, encrypted
+/// when the server offered STARTTLS, and checked for REQUIRETLS when asked.
+/// It carries one message after another ([`Session::send`]), each after
+/// `RSET` (RFC 5321 §4.1.1.5), until the caller quits or it breaks.
+pub struct Session<'a> {
+    settings: &'a ClientSettings,
+    conn: Conn<Box<dyn Io>>,
+    caps: Option<Capabilities>,
+    tls: TlsState,
+    state: SessionState,
+    transactions: usize,
+}
+
+/// What became of one message sent over a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// One outcome per recipient, in the order given. `broken`: the
+    /// connection broke (or the server closed it) during this transaction;
+    /// the recipients it had not answered are deferred with this reason,
+    /// and the session is over.
+    Answered {
+        /// One per recipient.
+        outcomes: Vec<Outcome>,
+        /// Why the session ended in this transaction, if it did.
+        broken: Option<String>,
+    },
+    /// The server gave no per-recipient answer for this message (a limit
+    /// it announced, MAIL refused with a 4xx): another MX may take it, as
+    /// [`deliver`]'s `Err`. The session stays usable unless it is closed.
+    Refused(HostError),
+    /// The reused session ended before the server took anything of this
+    /// message (RSET refused, the connection closed or a 421 before MAIL
+    /// was accepted): send it again on a fresh session.
+    Retry(String),
+}
+
+impl<'a> Session<'a> {
+    /// A session over `conn`, greeted with `caps`, under `tls`.
+    fn ready<S: Io + 'static>(
+        settings: &'a ClientSettings,
+        conn: Conn<S>,
+        caps: Option<Capabilities>,
+        tls: TlsState,
+    ) -> Session<'a> {
+        Session {
+            settings,
+            conn: Conn {
+                stream: Box::new(conn.stream),
+                buf: conn.buf,
+                peer: conn.peer,
+            },
+            caps,
+            tls,
+            state: SessionState::Fresh,
+            transactions: 0,
+        }
+    }
+
+    /// Connects to `addr` and greets; with opportunistic STARTTLS and the
+    /// cleartext fallback of the module doc. `requiretls`: the session is
+    /// only for REQUIRETLS messages (RFC 8689), so it must be verified TLS
+    /// to a server offering REQUIRETLS.
+    pub async fn open(
+        settings: &'a ClientSettings,
+        addr: SocketAddr,
+        mx_name: &str,
+        requiretls: bool,
+    ) -> Result<Session<'a>, HostError> {
+        let stopped = |stop| match stop {
+            SessionStop::Host(e) => e,
+            SessionStop::TlsFailed(why) => HostError {
+                reason: why,
+                permanent: false,
+            },
+        };
+        match session(settings, addr, mx_name, requiretls, true).await {
+            Err(SessionStop::TlsFailed(why)) if !requiretls => {
+                tracing::info!(%addr, mx = mx_name, error = %why, "STARTTLS failed; retrying in cleartext (RFC 7435)");
+                session(settings, addr, mx_name, requiretls, false)
+                    .await
+                    .map_err(stopped)
+            }
+            other => other.map_err(stopped),
+        }
+    }
+
+    /// The protection the session runs under.
+    pub fn tls(&self) -> TlsState {
+        self.tls
+    }
+
+    /// Whether another message may be sent (it did not break or close).
+    pub fn usable(&self) -> bool {
+        self.state != SessionState::Closed
+    }
+
+    /// How many transactions it started.
+    pub fn transactions(&self) -> usize {
+        self.transactions
+    }
+
+    /// Sends one message: its limits checked against what the server
+    /// announced, then RSET (when a transaction ran before), MAIL, RCPT,
+    /// DATA or BDAT. See [`Sent`].
+    pub async fn send(&mut self, env: &Envelope<'_>) -> Sent {
+        if self.state == SessionState::Closed {
+            return Sent::Retry(format!("4.4.2 {}: the session is closed", self.conn.peer));
+        }
+        if let Err(e) = check_limits(&self.conn.peer, self.caps.as_ref(), env) {
+            return Sent::Refused(e);
+        }
+        let reused = self.state == SessionState::Used;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; env.recipients.len()];
+        let mut mail_accepted = false;
+        let end = transaction(
+            &mut self.conn,
+            self.settings,
+            self.caps.as_ref(),
+            env,
+            reused,
+            &mut outcomes,
+            &mut mail_accepted,
+        )
+        .await;
+        self.transactions += 1;
+        self.state = SessionState::Used;
+        let open = |outcomes: Vec<Option<Outcome>>, why: &str| -> Vec<Outcome> {
+            outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Outcome::Deferred(why.to_string())))
+                .collect()
+        };
+        match end {
+            Ok(TxEnd::Done) => Sent::Answered {
+                outcomes: open(outcomes, &format!("4.4.2 {}: no answer", self.conn.peer)),
+                broken: None,
+            },
+            Ok(TxEnd::Refused { error, closing }) => {
+                if closing {
+                    self.state = SessionState::Closed;
+                }
+                Sent::Refused(error)
+            }
+            Ok(TxEnd::NotStarted(reason)) => {
+                self.state = SessionState::Closed;
+                Sent::Retry(reason)
+            }
+            Err(Broken(reason)) if reused && !mail_accepted => {
+                self.state = SessionState::Closed;
+                Sent::Retry(reason)
+            }
+            Err(Broken(reason)) => {
+                self.state = SessionState::Closed;
+                Sent::Answered {
+                    outcomes: open(outcomes, &reason),
+                    broken: Some(reason),
+                }
+            }
+        }
+    }
+
+    /// Ends the session: QUIT unless it broke (RFC 5321 §4.1.1.10).
+    pub async fn quit(mut self) {
+        if self.state != SessionState::Closed {
+            self.conn.quit(self.settings.timeouts.command).await;
+        }
     }
 }
 
@@ -841,13 +1136,15 @@ fn broken_before_transaction(b: Broken) -> SessionStop {
     })
 }
 
-async fn session(
-    settings: &ClientSettings,
+/// Connects, greets and (when `try_tls` and offered) starts TLS: a session
+/// ready for its first message.
+async fn session<'a>(
+    settings: &'a ClientSettings,
     addr: SocketAddr,
     mx_name: &str,
-    env: &Envelope<'_>,
+    requiretls: bool,
     try_tls: bool,
-) -> Result<SessionResult, SessionStop> {
+) -> Result<Session<'a>, SessionStop> {
     let peer = format!("{mx_name}[{}]", addr.ip());
     let tcp = match tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(addr)).await
     {
@@ -920,7 +1217,7 @@ async fn session(
             }
         };
         let state = verify_peer(settings, &tls, &name);
-        if env.requiretls && state != TlsState::Verified {
+        if requiretls && state != TlsState::Verified {
             return Err(SessionStop::Host(HostError {
                 reason: format!(
                     "5.7.10 {peer}: certificate not verified, and the message requires TLS (RFC 8689)"
@@ -944,16 +1241,16 @@ async fn session(
                 return Err(SessionStop::Host(e));
             }
         };
-        if env.requiretls && !caps.as_ref().is_some_and(|c| c.has("REQUIRETLS")) {
+        if requiretls && !caps.as_ref().is_some_and(|c| c.has("REQUIRETLS")) {
             conn.quit(settings.timeouts.command).await;
             return Err(SessionStop::Host(HostError {
                 reason: format!("5.7.30 {peer} does not support REQUIRETLS (RFC 8689)"),
                 permanent: true,
             }));
         }
-        run(&mut conn, settings, caps.as_ref(), env, state).await
+        Ok(Session::ready(settings, conn, caps, state))
     } else {
-        if env.requiretls {
+        if requiretls {
             conn.quit(settings.timeouts.command).await;
             return Err(SessionStop::Host(HostError {
                 reason: format!(
@@ -962,7 +1259,7 @@ async fn session(
                 permanent: false,
             }));
         }
-        run(&mut conn, settings, caps.as_ref(), env, TlsState::None).await
+        Ok(Session::ready(settings, conn, caps, TlsState::None))
     }
 }
 
@@ -987,33 +1284,6 @@ fn verify_peer(
         }
         _ => TlsState::Unverified,
     }
-}
-
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    settings: &ClientSettings,
-    caps: Option<&Capabilities>,
-    env: &Envelope<'_>,
-    tls: TlsState,
-) -> Result<SessionResult, SessionStop> {
-    if let Err(e) = check_limits(&conn.peer, caps, env) {
-        conn.quit(settings.timeouts.command).await;
-        return Err(SessionStop::Host(e));
-    }
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; env.recipients.len()];
-    let broken = match transaction(conn, settings, caps, env, &mut outcomes).await {
-        Ok(Some(host_error)) => return Err(SessionStop::Host(host_error)),
-        Ok(None) => None,
-        Err(b) => Some(b.0),
-    };
-    let open = broken.unwrap_or_else(|| format!("4.4.2 {}: no answer", conn.peer));
-    Ok(SessionResult {
-        outcomes: outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Deferred(open.clone())))
-            .collect(),
-        tls,
-    })
 }
 
 #[cfg(test)]
@@ -1094,12 +1364,17 @@ mod tests {
     // -----------------------------------------------------------------
 
     /// How the scripted peer answers.
+    #[derive(Clone, Copy)]
     struct Script {
         /// The reply line to `RCPT TO:<address>`.
         rcpt: fn(&str) -> &'static str,
         /// The reply line to BDAT chunk `n` (0-based), `None` to close the
         /// connection instead of answering.
         bdat: fn(usize, bool) -> Option<&'static str>,
+        /// The reply line to RSET number `n` (0-based), `None` to close.
+        rset: fn(usize) -> Option<&'static str>,
+        /// The reply line after data number `n` (0-based), `None` to close.
+        data_end: fn(usize) -> Option<&'static str>,
     }
 
     impl Default for Script {
@@ -1113,6 +1388,8 @@ mod tests {
                         "250 2.0.0 chunk ok"
                     })
                 },
+                rset: |_| Some("250 2.0.0 ok"),
+                data_end: |_| Some("250 2.0.0 data ok"),
             }
         }
     }
@@ -1128,11 +1405,17 @@ mod tests {
         bdat_body: Vec<u8>,
         /// The lines after DATA, as sent (dot-stuffed), up to `.CRLF`.
         data: Vec<u8>,
+        /// The commands as they arrived together: a group ends where the
+        /// peer found nothing more to read (RFC 2920 pipelining).
+        groups: Vec<Vec<String>>,
+        /// How many times DATA's content ended.
+        data_ends: usize,
     }
 
     async fn scripted_peer(stream: DuplexStream, script: Script) -> Seen {
         let mut seen = Seen::default();
         let mut io = BufReader::new(stream);
+        let mut in_group = false;
         loop {
             let mut line = Vec::new();
             if io.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
@@ -1140,6 +1423,13 @@ mod tests {
             }
             let line = String::from_utf8_lossy(&line).trim_end().to_string();
             seen.commands.push(line.clone());
+            if in_group {
+                seen.groups.last_mut().unwrap().push(line.clone());
+            } else {
+                seen.groups.push(vec![line.clone()]);
+            }
+            // More already waiting: the client sent it with this line.
+            in_group = !io.buffer().is_empty();
             let upper = line.to_ascii_uppercase();
             let reply = if upper.starts_with("RCPT TO:<") {
                 let address = &line["RCPT TO:<".len()..line.find('>').unwrap()];
@@ -1153,6 +1443,7 @@ mod tests {
                     return seen;
                 }
                 seen.bdat_body.extend_from_slice(&chunk);
+                in_group = false;
                 seen.chunks.push((size, last));
                 match (script.bdat)(seen.chunks.len() - 1, last) {
                     Some(r) => r,
@@ -1170,7 +1461,17 @@ mod tests {
                     }
                     seen.data.extend_from_slice(&l);
                 }
-                "250 2.0.0 data ok"
+                seen.data_ends += 1;
+                match (script.data_end)(seen.data_ends - 1) {
+                    Some(r) => r,
+                    None => return seen,
+                }
+            } else if upper == "RSET" {
+                let n = seen.commands.iter().filter(|c| *c == "RSET").count() - 1;
+                match (script.rset)(n) {
+                    Some(r) => r,
+                    None => return seen,
+                }
             } else if upper == "QUIT" {
                 let _ = io.get_mut().write_all(b"221 2.0.0 bye\r\n").await;
                 return seen;
@@ -1197,6 +1498,15 @@ mod tests {
         "SIZE 10000000",
     ];
 
+    /// RCPT replies: `unknown…` addresses are refused for good.
+    fn unknown_refused(address: &str) -> &'static str {
+        if address.starts_with("unknown") {
+            "550 5.1.1 no such user"
+        } else {
+            "250 2.1.5 ok"
+        }
+    }
+
     fn rcpt(address: &str) -> OutRecipient {
         OutRecipient {
             address: address.into(),
@@ -1212,6 +1522,26 @@ mod tests {
         script: Script,
         env: &Envelope<'_>,
     ) -> (Result<SessionResult, SessionStop>, Seen) {
+        let (mut sent, seen) = against_many(extensions, script, std::slice::from_ref(env)).await;
+        let result = match sent.remove(0) {
+            Sent::Answered { outcomes, .. } => Ok(SessionResult {
+                outcomes,
+                tls: TlsState::None,
+            }),
+            Sent::Refused(e) => Err(SessionStop::Host(e)),
+            Sent::Retry(reason) => panic!("a fresh session asked for a retry: {reason}"),
+        };
+        (result, seen)
+    }
+
+    /// Sends `envs` one after the other over one session with the scripted
+    /// peer offering `extensions` (as the relay does: while the session is
+    /// usable), then quits; what each send gave, and what the peer saw.
+    async fn against_many(
+        extensions: &[&str],
+        script: Script,
+        envs: &[Envelope<'_>],
+    ) -> (Vec<Sent>, Seen) {
         let settings = ClientSettings::new(
             "client.test".into(),
             Timeouts {
@@ -1222,15 +1552,21 @@ mod tests {
         );
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let peer = tokio::spawn(scripted_peer(theirs, script));
-        let mut conn = Conn {
+        let conn = Conn {
             stream: ours,
             buf: Vec::new(),
             peer: "mx.test[192.0.2.1]".into(),
         };
-        let caps = caps(extensions);
-        let result = run(&mut conn, &settings, Some(&caps), env, TlsState::None).await;
-        drop(conn);
-        (result, peer.await.unwrap())
+        let mut session = Session::ready(&settings, conn, Some(caps(extensions)), TlsState::None);
+        let mut sent = Vec::new();
+        for env in envs {
+            if !session.usable() {
+                break;
+            }
+            sent.push(session.send(env).await);
+        }
+        session.quit().await;
+        (sent, peer.await.unwrap())
     }
 
     /// Everything DATA would have changed: bare CR, bare LF, NUL, a CRLF
@@ -1342,6 +1678,7 @@ mod tests {
         let permanent = Script {
             rcpt: rcpt_replies,
             bdat: |_, _| Some("554 5.6.0 content refused"),
+            ..Script::default()
         };
         let (result, seen) = against(ALL, permanent, &binary_env(&to, &message)).await;
         let refused = "5.6.0 mx.test[192.0.2.1] said: 554 5.6.0 content refused";
@@ -1359,6 +1696,7 @@ mod tests {
         let transient = Script {
             rcpt: rcpt_replies,
             bdat: |_, _| Some("451 4.3.0 try later"),
+            ..Script::default()
         };
         let (result, _) = against(ALL, transient, &binary_env(&to, &message)).await;
         let o = outcomes(result);
@@ -1401,14 +1739,9 @@ mod tests {
         let message = binary_content(100);
         let to = [rcpt("ok@d.example"), rcpt("unknown@d.example")];
         let script = Script {
-            rcpt: |a| {
-                if a.starts_with("unknown") {
-                    "550 5.1.1 no such user"
-                } else {
-                    "250 2.1.5 ok"
-                }
-            },
+            rcpt: unknown_refused,
             bdat: |_, _| None,
+            ..Script::default()
         };
         let (result, seen) = against(ALL, script, &binary_env(&to, &message)).await;
         let o = outcomes(result);
@@ -1464,5 +1797,191 @@ mod tests {
         assert!(seen.chunks.is_empty(), "{seen:?}");
         assert!(seen.commands[0].contains(" BODY=8BITMIME"), "{seen:?}");
         assert_eq!(seen.data, b"Subject: x\r\n\r\n..dot\r\n");
+    }
+
+    fn text_env<'a>(recipients: &'a [OutRecipient], message: &'a [u8]) -> Envelope<'a> {
+        Envelope {
+            body_type: None,
+            ..binary_env(recipients, message)
+        }
+    }
+
+    fn delivered(sent: &Sent) -> bool {
+        matches!(sent, Sent::Answered { outcomes, broken: None }
+            if outcomes.iter().all(|o| matches!(o, Outcome::Delivered(_))))
+    }
+
+    #[tokio::test]
+    async fn messages_share_a_session_with_rset_between_and_pipelined_groups() {
+        let to = [rcpt("x@d.example"), rcpt("y@d.example")];
+        let (m1, m2, m3) = (b"one\r\n", b"two\r\n", b"three\r\n");
+        let envs = [text_env(&to, m1), text_env(&to[..1], m2), text_env(&to, m3)];
+        let (sent, seen) = against_many(ALL, Script::default(), &envs).await;
+        assert!(sent.iter().all(delivered), "{sent:?}");
+        assert_eq!(seen.data, b"one\r\ntwo\r\nthree\r\n");
+        // RFC 2920 §3.1: RSET, MAIL, every RCPT and DATA in one write; the
+        // content after 354; RSET only once a transaction ran.
+        let mail = "MAIL FROM:<a@b.example> SIZE=";
+        let groups: Vec<Vec<String>> = seen
+            .groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|c| c.split(' ').next().unwrap().to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["MAIL", "RCPT", "RCPT", "DATA"],
+                vec!["RSET", "MAIL", "RCPT", "DATA"],
+                vec!["RSET", "MAIL", "RCPT", "RCPT", "DATA"],
+                vec!["QUIT"],
+            ],
+            "{:?}",
+            seen.groups
+        );
+        assert!(seen.groups[0][0].starts_with(mail), "{:?}", seen.groups);
+    }
+
+    #[tokio::test]
+    async fn without_pipelining_each_command_waits_for_its_reply() {
+        let to = [rcpt("x@d.example"), rcpt("y@d.example")];
+        let envs = [text_env(&to, b"one\r\n"), text_env(&to, b"two\r\n")];
+        let (sent, seen) = against_many(&["8BITMIME", "SIZE 1000"], Script::default(), &envs).await;
+        assert!(sent.iter().all(delivered), "{sent:?}");
+        assert!(
+            seen.groups.iter().all(|g| g.len() == 1),
+            "nothing pipelined: {:?}",
+            seen.groups
+        );
+        let verbs: Vec<&str> = seen
+            .commands
+            .iter()
+            .map(|c| c.split([' ', ':']).next().unwrap())
+            .collect();
+        assert_eq!(
+            verbs,
+            [
+                "MAIL", "RCPT", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_one_message_leaves_the_others_alone() {
+        let to = [rcpt("ok@d.example"), rcpt("unknown@d.example")];
+        let script = Script {
+            rcpt: unknown_refused,
+            data_end: |n| {
+                Some(if n == 1 {
+                    "554 5.7.1 spam"
+                } else {
+                    "250 2.0.0 ok"
+                })
+            },
+            ..Script::default()
+        };
+        let envs = [
+            text_env(&to, b"one\r\n"),
+            text_env(&to[..1], b"two\r\n"),
+            text_env(&to[1..], b"three\r\n"),
+            text_env(&to[..1], b"four\r\n"),
+        ];
+        for extensions in [ALL, &["8BITMIME"][..]] {
+            let (sent, seen) = against_many(extensions, script, &envs).await;
+            let outcomes: Vec<Vec<&str>> = sent
+                .iter()
+                .map(|s| match s {
+                    Sent::Answered {
+                        outcomes,
+                        broken: None,
+                    } => outcomes
+                        .iter()
+                        .map(|o| match o {
+                            Outcome::Delivered(_) => "delivered",
+                            Outcome::Deferred(_) => "deferred",
+                            Outcome::Failed(_) => "failed",
+                        })
+                        .collect(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(
+                outcomes,
+                [
+                    vec!["delivered", "failed"],
+                    vec!["failed"],
+                    vec!["failed"],
+                    vec!["delivered"],
+                ],
+                "{extensions:?}"
+            );
+            if extensions == ALL {
+                // Every RCPT refused, yet the scripted peer said 354 to the
+                // pipelined DATA: it got an empty message's end, not
+                // message three.
+                assert_eq!(seen.data, b"one\r\ntwo\r\nfour\r\n", "{extensions:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_rset_ends_the_session_before_the_message() {
+        let to = [rcpt("x@d.example")];
+        let envs = [text_env(&to, b"one\r\n"), text_env(&to, b"two\r\n")];
+        for extensions in [ALL, &["8BITMIME"][..]] {
+            let refusing = Script {
+                rset: |_| Some("500 5.5.1 what?"),
+                ..Script::default()
+            };
+            let (sent, seen) = against_many(extensions, refusing, &envs).await;
+            assert!(delivered(&sent[0]), "{sent:?}");
+            assert!(
+                matches!(&sent[1], Sent::Retry(why) if why.contains("500 5.5.1")),
+                "{sent:?}"
+            );
+            assert_eq!(seen.data, b"one\r\n", "nothing of message two");
+            assert_ne!(seen.commands.last().unwrap(), "QUIT", "dropped, not quit");
+            let closing = Script {
+                rset: |_| None,
+                ..Script::default()
+            };
+            let (sent, _) = against_many(extensions, closing, &envs).await;
+            assert!(matches!(&sent[1], Sent::Retry(_)), "{sent:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_in_a_transaction_defers_what_is_open_and_ends_the_session() {
+        let to = [rcpt("x@d.example"), rcpt("unknown@d.example")];
+        let script = Script {
+            rcpt: unknown_refused,
+            data_end: |n| (n == 0).then_some("250 2.0.0 ok"),
+            ..Script::default()
+        };
+        let envs = [
+            text_env(&to, b"one\r\n"),
+            text_env(&to, b"two\r\n"),
+            text_env(&to, b"three\r\n"),
+        ];
+        let (sent, seen) = against_many(ALL, script, &envs).await;
+        assert_eq!(sent.len(), 2, "the session ended: {sent:?}");
+        match &sent[1] {
+            Sent::Answered {
+                outcomes,
+                broken: Some(why),
+            } => {
+                assert!(
+                    why.starts_with("4.4.2 mx.test[192.0.2.1]: connection closed"),
+                    "{why}"
+                );
+                assert!(matches!(&outcomes[0], Outcome::Deferred(t) if t == why));
+                assert!(matches!(&outcomes[1], Outcome::Failed(_)), "{outcomes:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.data, b"one\r\ntwo\r\n");
     }
 }

@@ -31,7 +31,7 @@ mod worker;
 pub use client::Timeouts;
 pub use relay::{
     DELAY_WARNING_SECS, DestinationLimiter, DestinationPermit, MAX_CONNECTIONS_PER_DESTINATION,
-    Relay, RelaySettings, backoff,
+    MAX_MESSAGES_PER_SESSION, Relay, RelaySettings, backoff,
 };
 pub use worker::{DeliveryHandle, LEASE_SECS, LocalDelivery, MAX_RETRY_SECS, retry_delay};
 

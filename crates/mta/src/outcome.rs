@@ -2,7 +2,9 @@
 //! of one message, the reports they owe (failure DSNs and delay notices,
 //! see `dsn`) and, once no recipient is left to try, the removal of the
 //! entry. The store does all of it in one transaction
-//! ([`Store::finish_attempts`]); both workers come through here.
+//! ([`Store::finish_attempts`]; for the messages of one relay session,
+//! [`Store::finish_attempts_of_entries`], still one transaction); both
+//! workers come through here.
 //!
 //! Invariants:
 //! * a report covers exactly the results that were recorded under the
@@ -188,18 +190,60 @@ pub(crate) async fn record(
     reporting: &Reporting,
     wake: &Arc<crate::QueueWake>,
 ) -> bool {
+    let attempt = Attempted {
+        queue_id,
+        queued,
+        recipients,
+        results,
+    };
+    record_all(store, worker, vec![attempt], reporting, wake).await
+}
+
+/// One message's attempt, answered by the remote (or given up on), to be
+/// recorded.
+pub(crate) struct Attempted<'a> {
+    /// The queue entry.
+    pub queue_id: i64,
+    /// Its message.
+    pub queued: &'a QueuedMessage,
+    /// The recipients attempted.
+    pub recipients: &'a [LeasedRecipient],
+    /// One result per recipient, in order.
+    pub results: Vec<AttemptResult>,
+}
+
+/// Records the results of several attempts (the messages of one relay
+/// session) with the reports they owe in ONE store transaction
+/// ([`Store::finish_attempts_of_entries`]); see [`record`]. Returns whether
+/// the transaction committed (then every result still under our lease was
+/// recorded).
+pub(crate) async fn record_all(
+    store: &Store,
+    worker: &str,
+    attempts: Vec<Attempted<'_>>,
+    reporting: &Reporting,
+    wake: &Arc<crate::QueueWake>,
+) -> bool {
+    if attempts.is_empty() {
+        return true;
+    }
     let now = unix_now();
-    let input: Vec<RecipientResult> = recipients
+    let inputs: Vec<Vec<RecipientResult>> = attempts
         .iter()
-        .zip(results)
-        .map(|(r, result)| {
-            let delay_notice = matches!(result, AttemptResult::Deferred { .. })
-                && delay_notice_due(reporting, queued, r, now);
-            RecipientResult {
-                recipient_id: r.id,
-                result,
-                delay_notice,
-            }
+        .map(|a| {
+            a.recipients
+                .iter()
+                .zip(&a.results)
+                .map(|(r, result)| {
+                    let delay_notice = matches!(result, AttemptResult::Deferred { .. })
+                        && delay_notice_due(reporting, a.queued, r, now);
+                    RecipientResult {
+                        recipient_id: r.id,
+                        result: result.clone(),
+                        delay_notice,
+                    }
+                })
+                .collect()
         })
         .collect();
     let kind = if reporting.reports_success {
@@ -207,7 +251,7 @@ pub(crate) async fn record(
     } else {
         "relay"
     };
-    for r in &input {
+    for r in inputs.iter().flatten() {
         let result = match r.result {
             AttemptResult::Delivered => "delivered",
             AttemptResult::Deferred { .. } => "deferred",
@@ -216,40 +260,90 @@ pub(crate) async fn record(
         metrics::counter!("mailroom_delivery_results_total", "kind" => kind, "result" => result)
             .increment(1);
     }
-    let keys = if may_report(reporting, queued, &input) {
+    let keys = if attempts
+        .iter()
+        .zip(&inputs)
+        .any(|(a, input)| may_report(reporting, a.queued, input))
+    {
         report_keys(store, &reporting.hostname).await
     } else {
         Vec::new()
     };
+    let entries: Vec<(i64, &[RecipientResult])> = attempts
+        .iter()
+        .zip(&inputs)
+        .map(|(a, input)| (a.queue_id, input.as_slice()))
+        .collect();
     let finished = store
-        .finish_attempts(worker, queue_id, &input, |recorded| {
-            owed_reports(reporting, &keys, queued, recipients, &input, recorded, now)
+        .finish_attempts_of_entries(worker, &entries, |i, recorded| {
+            let a = &attempts[i];
+            owed_reports(
+                reporting,
+                &keys,
+                a.queued,
+                a.recipients,
+                &inputs[i],
+                recorded,
+                now,
+            )
         })
         .await;
     match finished {
-        Ok(f) => {
-            for (r, recorded) in recipients.iter().zip(&f.recorded) {
-                if !recorded {
-                    tracing::warn!(recipient = %r.address, "lease lost before the result was recorded");
+        Ok(all) => {
+            for (a, f) in attempts.iter().zip(&all) {
+                for (r, recorded) in a.recipients.iter().zip(&f.recorded) {
+                    if !recorded {
+                        tracing::warn!(recipient = %r.address, "lease lost before the result was recorded");
+                    }
                 }
-            }
-            if !f.reports.is_empty() {
-                tracing::info!(queue_id, reports = ?f.reports, to = %queued.envelope.sender, "delivery status notification queued");
-                // A report may go to a local or a remote sender.
-                wake.both();
-            }
-            if f.removed {
-                tracing::info!(
-                    queue_id,
-                    blob_released = f.blob_released,
-                    "queue entry finished and removed"
-                );
+                if !f.reports.is_empty() {
+                    tracing::info!(queue_id = a.queue_id, reports = ?f.reports, to = %a.queued.envelope.sender, "delivery status notification queued");
+                    // A report may go to a local or a remote sender.
+                    wake.both();
+                }
+                if f.removed {
+                    tracing::info!(
+                        queue_id = a.queue_id,
+                        blob_released = f.blob_released,
+                        "queue entry finished and removed"
+                    );
+                }
             }
             true
         }
         Err(e) => {
-            tracing::error!(queue_id, error = %e, "cannot record delivery results; the recipients are given back and will be retried");
+            let ids: Vec<i64> = attempts.iter().map(|a| a.queue_id).collect();
+            tracing::error!(queue_ids = ?ids, error = %e, "cannot record delivery results; the recipients are given back and will be retried");
             false
+        }
+    }
+}
+
+/// The message of leased entry `queue_id` as the store `loaded` it, for an
+/// attempt, with its hold; `None` when it could not be loaded: the hold is
+/// then given back, after `retry_secs` when the entry or its content is
+/// missing (so that it is not retried in a loop), soon after a store error.
+pub(crate) fn loaded(
+    loaded: Result<Option<QueuedMessage>, mailroom_store::StoreError>,
+    queue_id: i64,
+    hold: Hold,
+    retry_secs: i64,
+) -> Option<(QueuedMessage, Hold)> {
+    match loaded {
+        Ok(Some(m)) => Some((m, hold)),
+        Ok(None) => {
+            // Gone (dropped meanwhile: nothing to give back) or its
+            // content is missing.
+            tracing::error!(
+                queue_id,
+                "a queued message could not be found with its content"
+            );
+            hold.give_back_in(retry_secs);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(queue_id, error = %e, "cannot load a queued message; it will be retried");
+            None // `hold` drops: given back
         }
     }
 }

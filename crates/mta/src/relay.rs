@@ -12,13 +12,39 @@
 //!   the session timeouts, so a stuck peer cannot hold a lease forever;
 //! * the recipients of one message at one domain travel in one SMTP
 //!   transaction (RFC 5321 §3.3);
+//! * **session reuse**: the messages one round leased for one domain are
+//!   cut into sessions of at most `SESSION_SHARE` (or
+//!   `mta.max_messages_per_session`, when lower) messages, and each such
+//!   batch travels over one SMTP session, `RSET` between the transactions
+//!   (RFC 5321 §4.1.1.5), pipelined with the next MAIL when the server
+//!   offers PIPELINING (RFC 2920). A session carries at most
+//!   `mta.max_messages_per_session` messages and is dropped on a broken
+//!   connection, a timeout, a 421 or a reply to RSET other than 250. A reply
+//!   to one message (a refused recipient, a refused content) is that
+//!   message's only; a message the server refuses before any recipient
+//!   answer (a limit it announced, MAIL 4xx) is tried alone through every
+//!   MX, as before. When a reused session ends cleanly before a message was
+//!   taken (RSET refused, closed or 421 before MAIL was accepted), the
+//!   message goes on a fresh session, once. When the connection breaks in a
+//!   transaction, that message's unanswered recipients and the rest of the
+//!   batch are deferred: what was answered stands, what was not is sent
+//!   again later (never lost, and never sent twice once answered).
+//!   REQUIRETLS messages always get a session of their own. A batch's
+//!   messages are loaded a few at a time in one query (`LOAD_AHEAD`
+//!   messages, `LOAD_BYTES` of content);
+//! * **results of one session, one transaction**: the results of a batch's
+//!   messages are recorded together (`Store::finish_attempts_of_entries`),
+//!   at the end of the batch or sooner (every `RECORD_EVERY` messages,
+//!   `RECORD_BYTES` of content or `RECORD_AFTER`), and only ever after the
+//!   remote's final reply for each; a crash before the commit sends those
+//!   messages again (a duplicate beats a loss);
 //! * **per-destination limit**: at most `mta.max_connections_per_destination`
 //!   sessions run at once, per process, for one destination. The destination
 //!   is the recipient's routing domain, as Postfix's default (per next-hop
 //!   domain, `default_destination_concurrency_limit = 20`): it is known
 //!   before any DNS lookup, so the limit is applied when leasing. The worker
-//!   only leases as many messages per domain as it may start
-//!   ([`DestinationCaps`]); the rest stay due and unleased in the queue,
+//!   only leases as many messages per domain as the sessions it may start
+//!   will carry ([`DestinationCaps`]); the rest stay due and unleased in the queue,
 //!   waiting their turn (or another process's), instead of failing or
 //!   holding a lease while they wait. Domains served by the same MX hosts
 //!   each have their own limit;
@@ -42,13 +68,21 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::client::{self, ClientSettings, Envelope, HostError, OutRecipient, Outcome, Timeouts};
+use crate::client::{
+    self, ClientSettings, Envelope, HostError, OutRecipient, Outcome, Sent, Session, Timeouts,
+};
 use crate::outcome::{self, Reporting};
 use crate::route::{RouteError, Router};
 use crate::worker::MAX_RETRY_SECS;
 
-/// Recipients leased per round.
-const BATCH: i64 = 100;
+/// Recipients leased per round, at most.
+const BATCH: i64 = 256;
+/// Messages handed to one session per round, at most (fewer when
+/// `mta.max_messages_per_session` is lower): enough to spare most
+/// connections, few enough that one round's sessions end together.
+const SESSION_SHARE: usize = 32;
+/// The default of `mta.max_messages_per_session`.
+pub const MAX_MESSAGES_PER_SESSION: usize = 100;
 /// Destinations (message + domain) attempted at once by one worker.
 const CONCURRENT_DESTINATIONS: usize = 16;
 /// The default of `mta.max_connections_per_destination`.
@@ -80,6 +114,8 @@ pub struct RelaySettings {
     pub delay_warning_secs: i64,
     /// Concurrent sessions per destination domain (`mta.max_connections_per_destination`).
     pub max_connections_per_destination: usize,
+    /// Messages one SMTP session carries at most (`mta.max_messages_per_session`).
+    pub max_messages_per_session: usize,
     /// `x=` of the DKIM signatures of our reports (`sender_auth.dkim_expiry_secs`).
     pub dkim_expiry: std::time::Duration,
 }
@@ -135,15 +171,22 @@ impl DestinationLimiter {
         })
     }
 
-    /// How many more messages each domain may start now: the limit for
-    /// domains without sessions, what is left of it for the others.
-    pub fn caps(&self) -> DestinationCaps {
+    /// How many more messages each domain may start now, when each session
+    /// carries `per_session` of them: the limit's worth for domains without
+    /// sessions, what is left of it for the others.
+    pub fn caps(&self, per_session: usize) -> DestinationCaps {
+        let per_session = per_session.max(1);
         let active = self.active();
         DestinationCaps {
-            default: self.limit as i64,
+            default: (self.limit * per_session) as i64,
             domains: active
                 .iter()
-                .map(|(d, n)| (d.clone(), self.limit.saturating_sub(*n) as i64))
+                .map(|(d, n)| {
+                    (
+                        d.clone(),
+                        (self.limit.saturating_sub(*n) * per_session) as i64,
+                    )
+                })
                 .collect(),
         }
     }
@@ -182,6 +225,10 @@ struct Inner {
     /// The longest one attempt may take; whatever MX hosts remain when it
     /// is spent are tried next time.
     attempt_budget: Duration,
+    /// `mta.max_messages_per_session` (at least 1).
+    max_per_session: usize,
+    /// Messages per session and round: the lower of that and [`SESSION_SHARE`].
+    share: usize,
 }
 
 /// The routing domain of an address, as the store computes it.
@@ -226,6 +273,8 @@ impl Relay {
                 wake,
                 lease_secs: settings.lease_secs.max(1),
                 limiter: DestinationLimiter::new(settings.max_connections_per_destination),
+                max_per_session: settings.max_messages_per_session.max(1),
+                share: settings.max_messages_per_session.clamp(1, SESSION_SHARE),
                 settings,
                 attempt_budget,
             }),
@@ -246,13 +295,17 @@ impl Relay {
             let leased = if free == 0 {
                 Vec::new()
             } else {
+                // Enough for the free slots, each a session of `share`
+                // messages; per domain, `share` for each session it may
+                // still start.
+                let limit = BATCH.min((free * inner.share) as i64);
                 match inner
                     .store
                     .lease_remote_recipients(
                         &inner.id,
                         inner.lease_secs,
-                        BATCH,
-                        &inner.limiter.caps(),
+                        limit,
+                        &inner.limiter.caps(inner.share),
                     )
                     .await
                 {
@@ -273,7 +326,7 @@ impl Relay {
                 continue;
             }
             // Leased rows come ordered by message and domain: cut them into
-            // destinations, keeping that order.
+            // destinations (one message at one domain), keeping that order.
             let mut groups: Vec<((i64, String), Vec<LeasedRecipient>)> = Vec::new();
             for r in leased {
                 let key = (r.queue_id, domain_of(&r.address));
@@ -283,32 +336,41 @@ impl Relay {
                 }
             }
             // Every leased recipient is held (renewed) from now until its
-            // attempt ends, also while it waits for a slot.
-            let groups: Vec<_> = groups
-                .into_iter()
-                .map(|(key, recipients)| {
-                    let hold = leases.hold(&recipients);
-                    (key, recipients, hold)
-                })
-                .collect();
-            for ((queue_id, domain), recipients, hold) in groups {
-                // The lease was capped by the limiter's counts and only this
-                // loop takes permits, so one is free; should it not be, the
-                // recipients go back to the queue rather than wait leased.
-                let Some(destination) = inner.limiter.try_acquire(&domain) else {
-                    hold.give_back_in(0);
-                    continue;
-                };
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let inner = inner.clone();
-                // A panic inside drops the hold: the leases are given back.
-                tasks.spawn(async move {
-                    inner.attempt(queue_id, &domain, recipients, hold).await;
-                    drop(destination);
-                    drop(slot);
-                });
+            // attempt ends, also while it waits for a slot. The messages of
+            // one domain are then cut into sessions.
+            let mut by_domain: Vec<(String, Vec<Leased>)> = Vec::new();
+            for ((queue_id, domain), recipients) in groups {
+                let hold = leases.hold(&recipients);
+                let leased = (queue_id, recipients, hold);
+                match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                    Some((_, v)) => v.push(leased),
+                    None => by_domain.push((domain, vec![leased])),
+                }
+            }
+            'domains: for (domain, messages) in by_domain {
+                for batch in sessions_of(messages, inner.share) {
+                    // The lease was capped by the limiter's counts and only
+                    // this loop takes permits, so one is free; should it
+                    // not be, the recipients go back to the queue rather
+                    // than wait leased.
+                    let Some(destination) = inner.limiter.try_acquire(&domain) else {
+                        for (_, _, hold) in batch {
+                            hold.give_back_in(0);
+                        }
+                        continue;
+                    };
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        break 'domains;
+                    };
+                    let (inner, domain, shutdown) =
+                        (inner.clone(), domain.clone(), shutdown.clone());
+                    // A panic inside drops the holds: the leases are given back.
+                    tasks.spawn(async move {
+                        inner.attempt_session(&domain, batch, &shutdown).await;
+                        drop(destination);
+                        drop(slot);
+                    });
+                }
             }
             if shutdown.is_cancelled() {
                 break;
@@ -321,117 +383,312 @@ impl Relay {
     }
 }
 
-impl Inner {
-    /// One delivery attempt for the leased recipients of one message at one domain.
-    /// Every way out either records the results or gives the leases back.
-    async fn attempt(
-        &self,
+/// One message's leased recipients at one domain, held.
+type Leased = (i64, Vec<LeasedRecipient>, outcome::Hold);
+
+/// Cuts one domain's messages (in lease order) into sessions of at most
+/// `share` messages, as even as possible: `n` messages make
+/// `ceil(n / share)` sessions.
+fn sessions_of<T>(messages: Vec<T>, share: usize) -> Vec<Vec<T>> {
+    let share = share.max(1);
+    let n = messages.len();
+    let sessions = n.div_ceil(share).max(1);
+    let (size, extra) = (n / sessions, n % sessions);
+    let mut out = Vec::with_capacity(sessions);
+    let mut rest = messages.into_iter();
+    for i in 0..sessions {
+        let take = size + usize::from(i < extra);
+        out.push(rest.by_ref().take(take).collect::<Vec<T>>());
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// A message whose attempt is done, waiting for its results to be recorded
+/// with the others of its session.
+struct Answered {
+    queue_id: i64,
+    queued: mailroom_store::QueuedMessage,
+    recipients: Vec<LeasedRecipient>,
+    results: Vec<AttemptResult>,
+    hold: outcome::Hold,
+}
+
+/// Messages loaded ahead in one query, at most …
+const LOAD_AHEAD: usize = 16;
+/// … and while their content adds up to less than this.
+const LOAD_BYTES: i64 = 4 << 20;
+
+/// A session batch's messages, loaded a few at a time in one query each
+/// ([`Store::queued_for_attempts`]) rather than one query per message.
+#[derive(Default)]
+struct Ahead {
+    loaded: HashMap<i64, mailroom_store::QueuedMessage>,
+    /// Every id up to this one was asked for: what is not in `loaded` is gone.
+    through: i64,
+}
+
+impl Ahead {
+    /// Message `queue_id` of the batch whose ids (ascending) are `ids`,
+    /// loading it and the next few when it is not loaded yet.
+    async fn take(
+        &mut self,
+        store: &Store,
         queue_id: i64,
-        domain: &str,
-        recipients: Vec<LeasedRecipient>,
-        hold: outcome::Hold,
-    ) {
-        let queued = match self.store.queued_for_attempt(queue_id).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                // Gone (dropped meanwhile: nothing to give back) or its
-                // content is missing: tried again later, not in a loop.
-                tracing::error!(
-                    queue_id,
-                    "a queued message could not be found with its content"
-                );
-                hold.give_back_in(self.settings.first_retry_secs);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(queue_id, error = %e, "cannot load a queued message; it will be retried");
-                return; // `hold` drops: given back
-            }
-        };
-        let span = tracing::info_span!(
-            "mta.relay",
-            queue_id,
-            domain,
-            recipients = recipients.len(),
-            outcome = tracing::field::Empty,
-            trace_id = tracing::field::Empty
-        );
-        if let Some(tp) = &queued.envelope.trace_context {
-            mailroom_telemetry::continue_trace(&span, tp);
-        }
-        async {
-            let out: Vec<OutRecipient> = recipients
-                .iter()
-                .map(|r| OutRecipient {
-                    address: r.address.clone(),
-                    orcpt: r.orcpt.clone(),
-                    notify: r.notify.clone(),
-                })
-                .collect();
-            let outcomes = match tokio::time::timeout(
-                self.attempt_budget,
-                self.deliver(domain, &queued.envelope, &queued.message, &out),
-            )
-            .await
-            {
-                Ok(o) => o,
-                Err(_) => vec![
-                    Outcome::Deferred(format!("4.4.7 delivery to {domain} took too long"));
-                    out.len()
-                ],
+        ids: &[i64],
+    ) -> Result<Option<mailroom_store::QueuedMessage>, mailroom_store::StoreError> {
+        if queue_id > self.through {
+            let from = ids.partition_point(|id| *id < queue_id);
+            let wanted = &ids[from..ids.len().min(from + LOAD_AHEAD)];
+            let got = store.queued_for_attempts(wanted, LOAD_BYTES).await?;
+            // The result is a prefix of the entries that exist: an id up to
+            // the last one loaded and not among them is gone.
+            self.through = match got.last() {
+                Some((last, _)) => *last,
+                None => wanted.last().copied().unwrap_or(queue_id),
             };
-            let now = outcome::unix_now();
-            let mut results = Vec::with_capacity(recipients.len());
-            for (r, o) in recipients.iter().zip(&outcomes) {
-                let result = match o {
-                    Outcome::Delivered(_) => AttemptResult::Delivered,
-                    Outcome::Failed(response) => AttemptResult::Failed {
-                        response: response.clone(),
-                    },
-                    Outcome::Deferred(response) if now >= queued.expires_at => {
-                        AttemptResult::Failed {
-                            response: format!(
-                                "4.4.7 message expired in the queue; last error: {response}"
-                            ),
-                        }
-                    }
-                    Outcome::Deferred(response) => AttemptResult::Deferred {
-                        next_attempt_at: now + backoff(self.settings.first_retry_secs, r.attempts),
-                        response: response.clone(),
-                    },
-                };
-                tracing::info!(recipient = %r.address, response = o.text(), ?result, "relay attempt");
-                results.push(result);
+            self.loaded.extend(got);
+        }
+        Ok(self.loaded.remove(&queue_id))
+    }
+}
+
+/// Results are recorded once this many messages wait …
+const RECORD_EVERY: usize = 32;
+/// … or once their content adds up to this many bytes, or the first of
+/// them waited this long (a slow peer should not keep finished results
+/// unrecorded: a crash would send them again).
+const RECORD_BYTES: usize = 8 << 20;
+const RECORD_AFTER: Duration = Duration::from_secs(1);
+
+impl Inner {
+    /// One session's worth of messages for `domain`: each is loaded, sent
+    /// over one SMTP session (opened when the first needs it, reopened when
+    /// the server ended it cleanly between messages or the session reached
+    /// `mta.max_messages_per_session`), and its results recorded with the
+    /// others' in one transaction. Every way out either records a message's
+    /// results or gives its leases back. At `shutdown` the message in
+    /// progress finishes; the rest are given back.
+    async fn attempt_session(
+        &self,
+        domain: &str,
+        messages: Vec<Leased>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut session: Option<Session<'_>> = None;
+        // Once the destination failed this batch (no MX reachable, the
+        // connection broke mid-transaction), the rest get the same outcome
+        // without another try.
+        let mut verdict: Option<Outcome> = None;
+        let mut answered: Vec<Answered> = Vec::new();
+        let mut since: Option<tokio::time::Instant> = None;
+        let mut messages = messages;
+        messages.sort_by_key(|(queue_id, _, _)| *queue_id);
+        let ids: Vec<i64> = messages.iter().map(|(queue_id, _, _)| *queue_id).collect();
+        let mut ahead = Ahead::default();
+        for (queue_id, recipients, hold) in messages {
+            if shutdown.is_cancelled() {
+                break; // the remaining holds drop: given back
             }
-            tracing::Span::current().record("outcome", outcome::summary(&results));
-            if outcome::record(
-                &self.store,
-                &self.id,
+            let loaded = ahead.take(&self.store, queue_id, &ids).await;
+            let Some((queued, hold)) =
+                outcome::loaded(loaded, queue_id, hold, self.settings.first_retry_secs)
+            else {
+                continue;
+            };
+            let span = tracing::info_span!(
+                "mta.relay",
                 queue_id,
-                &queued,
-                &recipients,
+                domain,
+                recipients = recipients.len(),
+                outcome = tracing::field::Empty,
+                trace_id = tracing::field::Empty
+            );
+            if let Some(tp) = &queued.envelope.trace_context {
+                mailroom_telemetry::continue_trace(&span, tp);
+            }
+            let results = async {
+                let out: Vec<OutRecipient> = recipients
+                    .iter()
+                    .map(|r| OutRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        notify: r.notify.clone(),
+                    })
+                    .collect();
+                let env = envelope(&queued.envelope, &queued.message, &out);
+                let outcomes = if env.requiretls {
+                    // RFC 8689: a session of its own, verified TLS to a
+                    // server that offers REQUIRETLS.
+                    self.deliver_alone(domain, &env).await
+                } else if let Some(v) = &verdict {
+                    vec![v.clone(); out.len()]
+                } else {
+                    self.send_on(&mut session, &mut verdict, domain, &env).await
+                };
+                let results = self.results_of(&queued, &recipients, &outcomes);
+                tracing::Span::current().record("outcome", outcome::summary(&results));
+                results
+            }
+            .instrument(span)
+            .await;
+            since.get_or_insert_with(tokio::time::Instant::now);
+            answered.push(Answered {
+                queue_id,
+                queued,
+                recipients,
                 results,
-                &self.reporting,
-                &self.wake,
-            )
-            .await
+                hold,
+            });
+            let bytes: usize = answered.iter().map(|a| a.queued.message.len()).sum();
+            if answered.len() >= RECORD_EVERY
+                || bytes >= RECORD_BYTES
+                || since.is_some_and(|t| t.elapsed() >= RECORD_AFTER)
             {
-                hold.settle();
+                self.record(&mut answered).await;
+                since = None;
             }
         }
-        .instrument(span)
-        .await
+        if let Some(s) = session {
+            s.quit().await;
+        }
+        self.record(&mut answered).await;
     }
 
-    /// Routes and delivers; one outcome per recipient.
-    async fn deliver(
-        &self,
+    /// Sends `env` over the batch's session, opening one when there is
+    /// none (or it is used up); one outcome per recipient.
+    async fn send_on<'s>(
+        &'s self,
+        session: &mut Option<Session<'s>>,
+        verdict: &mut Option<Outcome>,
         domain: &str,
-        envelope: &QueueEnvelope,
-        message: &[u8],
-        recipients: &[OutRecipient],
+        env: &Envelope<'_>,
     ) -> Vec<Outcome> {
-        let all = |o: Outcome| vec![o; recipients.len()];
+        let all = |o: &Outcome| vec![o.clone(); env.recipients.len()];
+        let mut retried = false;
+        loop {
+            let spent = session
+                .as_ref()
+                .is_none_or(|s| !s.usable() || s.transactions() >= self.max_per_session);
+            if spent {
+                if let Some(old) = session.take() {
+                    old.quit().await;
+                }
+                match tokio::time::timeout(self.attempt_budget, self.open_session(domain)).await {
+                    Ok(Ok(s)) => *session = Some(s),
+                    Ok(Err(o)) => {
+                        let outcomes = all(&o);
+                        *verdict = Some(o);
+                        return outcomes;
+                    }
+                    Err(_) => {
+                        let o =
+                            Outcome::Deferred(format!("4.4.7 delivery to {domain} took too long"));
+                        let outcomes = all(&o);
+                        *verdict = Some(o);
+                        return outcomes;
+                    }
+                }
+            }
+            let Some(s) = session.as_mut() else {
+                continue;
+            };
+            let sent = tokio::time::timeout(self.attempt_budget, s.send(env)).await;
+            match sent {
+                Ok(Sent::Answered { outcomes, broken }) => {
+                    if let Some(why) = broken {
+                        // RFC 5321 §3.8: the connection is gone; what is
+                        // left of the batch waits for the next attempt.
+                        *session = None;
+                        *verdict = Some(Outcome::Deferred(why));
+                    }
+                    return outcomes;
+                }
+                Ok(Sent::Refused(e)) => {
+                    tracing::info!(error = %e.reason, "refused on the shared session; trying every MX for this message alone");
+                    return self.deliver_alone(domain, env).await;
+                }
+                Ok(Sent::Retry(why)) if !retried => {
+                    tracing::info!(error = %why, "the reused session ended before the message; opening a new one");
+                    retried = true;
+                    *session = None;
+                }
+                Ok(Sent::Retry(why)) => {
+                    *session = None;
+                    let o = Outcome::Deferred(why);
+                    *verdict = Some(o.clone());
+                    return all(&o);
+                }
+                Err(_) => {
+                    // Dropped mid-way: the session's state is unknown.
+                    *session = None;
+                    let o = Outcome::Deferred(format!("4.4.7 delivery to {domain} took too long"));
+                    *verdict = Some(o.clone());
+                    return all(&o);
+                }
+            }
+        }
+    }
+
+    /// The queue results of one message's outcomes (a deferral past the
+    /// message's expiry fails it), logged.
+    fn results_of(
+        &self,
+        queued: &mailroom_store::QueuedMessage,
+        recipients: &[LeasedRecipient],
+        outcomes: &[Outcome],
+    ) -> Vec<AttemptResult> {
+        let now = outcome::unix_now();
+        let mut results = Vec::with_capacity(recipients.len());
+        for (r, o) in recipients.iter().zip(outcomes) {
+            let result = match o {
+                Outcome::Delivered(_) => AttemptResult::Delivered,
+                Outcome::Failed(response) => AttemptResult::Failed {
+                    response: response.clone(),
+                },
+                Outcome::Deferred(response) if now >= queued.expires_at => AttemptResult::Failed {
+                    response: format!("4.4.7 message expired in the queue; last error: {response}"),
+                },
+                Outcome::Deferred(response) => AttemptResult::Deferred {
+                    next_attempt_at: now + backoff(self.settings.first_retry_secs, r.attempts),
+                    response: response.clone(),
+                },
+            };
+            tracing::info!(recipient = %r.address, response = o.text(), ?result, "relay attempt");
+            results.push(result);
+        }
+        results
+    }
+
+    /// Records the results of `answered` in one transaction and settles
+    /// their holds; when that fails, the holds drop and the leases are given
+    /// back (the messages are sent again: a duplicate, never a loss).
+    async fn record(&self, answered: &mut Vec<Answered>) {
+        if answered.is_empty() {
+            return;
+        }
+        let attempts = answered
+            .iter_mut()
+            .map(|a| outcome::Attempted {
+                queue_id: a.queue_id,
+                queued: &a.queued,
+                recipients: &a.recipients,
+                results: std::mem::take(&mut a.results),
+            })
+            .collect();
+        let recorded =
+            outcome::record_all(&self.store, &self.id, attempts, &self.reporting, &self.wake).await;
+        for a in answered.drain(..) {
+            if recorded {
+                a.hold.settle();
+            }
+        }
+    }
+
+    /// Tries `domain`'s MX hosts in order, each of their addresses in turn
+    /// (RFC 5321 §5.1), until `goal` is reached at one; else the outcome
+    /// every recipient gets.
+    async fn walk_mx<'s>(&'s self, domain: &str, goal: Goal<'_>) -> Result<Reached<'s>, Outcome> {
         let lookup = tracing::info_span!("mta.mx_lookup", domain, outcome = tracing::field::Empty);
         let hosts = self
             .router
@@ -442,18 +699,8 @@ impl Inner {
         drop(lookup);
         let hosts = match hosts {
             Ok(h) => h,
-            Err(RouteError::Permanent(why)) => return all(Outcome::Failed(why)),
-            Err(RouteError::Temporary(why)) => return all(Outcome::Deferred(why)),
-        };
-        let env = Envelope {
-            sender: &envelope.sender,
-            recipients,
-            env_id: envelope.env_id.as_deref(),
-            ret: envelope.ret.as_deref(),
-            body_type: envelope.body_type.as_deref(),
-            smtputf8: envelope.smtputf8,
-            requiretls: envelope.requiretls,
-            message,
+            Err(RouteError::Permanent(why)) => return Err(Outcome::Failed(why)),
+            Err(RouteError::Temporary(why)) => return Err(Outcome::Deferred(why)),
         };
         let mut last: Option<HostError> = None;
         for host in &hosts {
@@ -483,23 +730,23 @@ impl Inner {
                     %addr,
                     outcome = tracing::field::Empty
                 );
-                let delivered = client::deliver(&self.client, addr, &host.name, &env)
-                    .instrument(session.clone())
-                    .await;
-                session.record(
-                    "outcome",
-                    if delivered.is_ok() {
-                        "completed"
-                    } else {
-                        "failed"
-                    },
-                );
+                let done = match goal {
+                    Goal::Open => Session::open(&self.client, addr, &host.name, false)
+                        .instrument(session.clone())
+                        .await
+                        .map(Reached::Session),
+                    Goal::Deliver(env) => client::deliver(&self.client, addr, &host.name, env)
+                        .instrument(session.clone())
+                        .await
+                        .map(|result| {
+                            tracing::info!(mx = %host.name, %addr, tls = ?result.tls, "SMTP session done");
+                            Reached::Outcomes(result.outcomes)
+                        }),
+                };
+                session.record("outcome", if done.is_ok() { "completed" } else { "failed" });
                 drop(session);
-                match delivered {
-                    Ok(result) => {
-                        tracing::info!(mx = %host.name, %addr, tls = ?result.tls, "SMTP session done");
-                        return result.outcomes;
-                    }
+                match done {
+                    Ok(t) => return Ok(t),
                     Err(e) => {
                         tracing::info!(mx = %host.name, %addr, error = %e.reason, "MX attempt failed; trying the next");
                         last = Some(e);
@@ -507,16 +754,75 @@ impl Inner {
                 }
             }
         }
-        match last {
+        Err(match last {
             Some(HostError {
                 reason,
                 permanent: true,
-            }) => all(Outcome::Failed(reason)),
-            Some(HostError { reason, .. }) => all(Outcome::Deferred(reason)),
-            None => all(Outcome::Deferred(format!(
+            }) => Outcome::Failed(reason),
+            Some(HostError { reason, .. }) => Outcome::Deferred(reason),
+            None => Outcome::Deferred(format!(
                 "4.4.4 no mail exchanger of {domain} could be reached"
-            ))),
+            )),
+        })
+    }
+
+    /// A session to the first MX address of `domain` that greets us.
+    async fn open_session(&self, domain: &str) -> Result<Session<'_>, Outcome> {
+        match self.walk_mx(domain, Goal::Open).await? {
+            Reached::Session(s) => Ok(s),
+            Reached::Outcomes(_) => unreachable!("opening gives a session"),
         }
+    }
+
+    /// Delivers one message in a session of its own, through every MX until
+    /// one gives per-recipient answers; one outcome per recipient. Bounded
+    /// by the attempt budget.
+    async fn deliver_alone(&self, domain: &str, env: &Envelope<'_>) -> Vec<Outcome> {
+        let walk = self.walk_mx(domain, Goal::Deliver(env));
+        match tokio::time::timeout(self.attempt_budget, walk).await {
+            Ok(Ok(Reached::Outcomes(outcomes))) => outcomes,
+            Ok(Ok(Reached::Session(_))) => unreachable!("delivering gives outcomes"),
+            Ok(Err(o)) => vec![o; env.recipients.len()],
+            Err(_) => vec![
+                Outcome::Deferred(format!("4.4.7 delivery to {domain} took too long"));
+                env.recipients.len()
+            ],
+        }
+    }
+}
+
+/// What [`Inner::walk_mx`] tries at each MX address.
+#[derive(Clone, Copy)]
+enum Goal<'e> {
+    /// A session for the messages of a batch.
+    Open,
+    /// One message in a session of its own.
+    Deliver(&'e Envelope<'e>),
+}
+
+/// What [`Inner::walk_mx`] reached.
+enum Reached<'s> {
+    /// For [`Goal::Open`].
+    Session(Session<'s>),
+    /// For [`Goal::Deliver`]: one per recipient.
+    Outcomes(Vec<Outcome>),
+}
+
+/// The client's view of a queued message for `recipients`.
+fn envelope<'a>(
+    envelope: &'a QueueEnvelope,
+    message: &'a [u8],
+    recipients: &'a [OutRecipient],
+) -> Envelope<'a> {
+    Envelope {
+        sender: &envelope.sender,
+        recipients,
+        env_id: envelope.env_id.as_deref(),
+        ret: envelope.ret.as_deref(),
+        body_type: envelope.body_type.as_deref(),
+        smtputf8: envelope.smtputf8,
+        requiretls: envelope.requiretls,
+        message,
     }
 }
 
@@ -541,18 +847,41 @@ mod tests {
         let _b = limiter
             .try_acquire("b.test")
             .expect("another domain has its own");
-        let caps = limiter.caps();
+        let caps = limiter.caps(1);
         assert_eq!(caps.default, 2);
         let mut domains = caps.domains.clone();
         domains.sort();
         assert_eq!(domains, [("a.test".into(), 0), ("b.test".into(), 1)]);
+        let caps = limiter.caps(10);
+        assert_eq!(caps.default, 20, "ten messages a session");
+        assert!(caps.domains.contains(&("b.test".into(), 10)));
         drop(a1);
         assert!(limiter.try_acquire("a.test").is_some(), "a session ended");
         drop(_b);
         assert!(
-            limiter.caps().domains.iter().all(|(d, _)| d != "b.test"),
+            limiter.caps(1).domains.iter().all(|(d, _)| d != "b.test"),
             "idle domains are forgotten"
         );
+    }
+
+    #[test]
+    fn a_domains_messages_are_cut_into_even_sessions_of_at_most_the_share() {
+        let sizes = |n: usize, share: usize| -> Vec<usize> {
+            sessions_of((0..n).collect::<Vec<_>>(), share)
+                .iter()
+                .map(Vec::len)
+                .collect()
+        };
+        assert_eq!(sizes(5, 32), [5], "one session for a few messages");
+        assert_eq!(sizes(5, 2), [2, 2, 1]);
+        assert_eq!(sizes(100, 32), [25, 25, 25, 25], "even, not 32+32+32+4");
+        assert_eq!(sizes(1, 1), [1]);
+        assert!(sizes(0, 8).is_empty());
+        let order: Vec<usize> = sessions_of((0..7).collect::<Vec<_>>(), 3)
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6], "lease order kept");
     }
 
     #[test]

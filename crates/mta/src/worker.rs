@@ -208,22 +208,10 @@ impl LocalDelivery {
     /// One delivery attempt for the leased recipients of one message; every
     /// way out either records the results or gives the leases back.
     async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>, hold: outcome::Hold) {
-        let queued = match self.store.queued_for_attempt(queue_id).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                // Gone (dropped meanwhile: nothing to give back) or its
-                // content is missing: tried again later, not in a loop.
-                tracing::error!(
-                    queue_id,
-                    "a queued message could not be found with its content"
-                );
-                hold.give_back_in(self.first_retry_secs);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(queue_id, error = %e, "cannot load a queued message; it will be retried");
-                return; // `hold` drops: given back
-            }
+        let loaded = self.store.queued_for_attempt(queue_id).await;
+        let Some((queued, hold)) = outcome::loaded(loaded, queue_id, hold, self.first_retry_secs)
+        else {
+            return;
         };
         let span = tracing::info_span!(
             "mta.local_delivery",

@@ -20,7 +20,9 @@
 //!   no recipient is left to try, removes the entry: all in one transaction.
 //!   A report is therefore queued exactly once per final result, and an entry
 //!   never outlives its last recipient nor disappears before its reports are
-//!   queued.
+//!   queued. [`Store::finish_attempts_of_entries`] does the same for the
+//!   attempts at several entries (one relay session's messages) in one
+//!   transaction, locking the entries in ascending id order.
 //!
 //! # Removal and the shared blobs
 //!
@@ -420,36 +422,50 @@ macro_rules! remove_entry {
     }};
 }
 
-/// [`Store::finish_attempts`] on PostgreSQL when no report is owed: one call
-/// of `mailroom_finish_attempts`.
+/// [`Store::finish_attempts_of_entries`] on PostgreSQL when no report is
+/// owed: one statement (one round trip, one commit) calling
+/// `mailroom_finish_attempts` once per entry, in ascending entry order (the
+/// lock order). The results travel as flat arrays, one element per
+/// recipient, and are regrouped per entry in the statement.
 async fn finish_attempts_pg(
     pool: &sqlx::PgPool,
     worker: &str,
-    queue_id: i64,
-    results: &[RecipientResult],
+    entries: &[(i64, &[RecipientResult])],
     now: i64,
-) -> Result<Finished> {
-    let n = results.len();
-    let (mut ids, mut states, mut next, mut responses, mut notices) = (
+) -> Result<Vec<Finished>> {
+    let n: usize = entries.iter().map(|(_, r)| r.len()).sum();
+    let (mut queue_ids, mut ids, mut states, mut next, mut responses, mut notices) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for r in results {
-        let (state, at, response) = attempt_columns(&r.result, now);
-        ids.push(r.recipient_id);
-        states.push(state);
-        next.push(at);
-        responses.push(response);
-        notices.push(r.delay_notice);
+    for (queue_id, results) in entries {
+        for r in *results {
+            let (state, at, response) = attempt_columns(&r.result, now);
+            queue_ids.push(*queue_id);
+            ids.push(r.recipient_id);
+            states.push(state);
+            next.push(at);
+            responses.push(response);
+            notices.push(r.delay_notice);
+        }
     }
-    let (recorded, removed, blob_released): (Vec<i64>, bool, bool) = sqlx::query_as(
-        "SELECT recorded, removed, blob_released
-           FROM mailroom_finish_attempts($1, $2, $3, $4, $5, $6, $7, $8)",
+    let rows: Vec<(i64, Vec<i64>, bool, bool)> = sqlx::query_as(
+        "SELECT g.q, f.recorded, f.removed, f.blob_released
+           FROM (SELECT q, array_agg(id ORDER BY n) AS ids, array_agg(state ORDER BY n) AS states,
+                        array_agg(nxt ORDER BY n) AS nxt, array_agg(resp ORDER BY n) AS resps,
+                        array_agg(notice ORDER BY n) AS notices
+                   FROM UNNEST($1::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+                               $7::boolean[]) WITH ORDINALITY AS r(q, id, state, nxt, resp, notice, n)
+                  GROUP BY q ORDER BY q) g
+          CROSS JOIN LATERAL
+                mailroom_finish_attempts(g.q, $2, g.ids, g.states, g.nxt, g.resps, g.notices, $8) f
+          ORDER BY g.q",
     )
-    .bind(queue_id)
+    .bind(&queue_ids)
     .bind(worker)
     .bind(&ids)
     .bind(&states)
@@ -457,14 +473,28 @@ async fn finish_attempts_pg(
     .bind(&responses)
     .bind(&notices)
     .bind(now)
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(Finished {
-        recorded: ids.iter().map(|id| recorded.contains(id)).collect(),
-        reports: Vec::new(),
-        removed,
-        blob_released,
-    })
+    Ok(entries
+        .iter()
+        .map(
+            |(queue_id, results)| match rows.iter().find(|(q, ..)| q == queue_id) {
+                Some((_, recorded, removed, blob_released)) => Finished {
+                    recorded: results
+                        .iter()
+                        .map(|r| recorded.contains(&r.recipient_id))
+                        .collect(),
+                    reports: Vec::new(),
+                    removed: *removed,
+                    blob_released: *blob_released,
+                },
+                None => Finished {
+                    recorded: vec![false; results.len()],
+                    ..Default::default()
+                },
+            },
+        )
+        .collect())
 }
 
 /// A result as the state, next-attempt time and last response it records.
@@ -874,17 +904,55 @@ impl Store {
     where
         F: Fn(&[bool]) -> Vec<OwedReport>,
     {
+        let mut finished = self
+            .finish_attempts_of_entries(worker, &[(queue_id, results)], |_, recorded| {
+                reports(recorded)
+            })
+            .await?;
+        Ok(finished.pop().unwrap_or_default())
+    }
+
+    /// [`Store::finish_attempts`] for the attempts at several entries (the
+    /// messages one relay session carried), all in ONE transaction: one
+    /// commit for the lot. `entries` pairs each entry with its results;
+    /// `reports` is called with an entry's index in `entries` and which of
+    /// its results were recorded. Returns one [`Finished`] per entry, in
+    /// the order given. Entries are locked in ascending id order, whatever
+    /// the order given, so two concurrent calls cannot deadlock on them.
+    /// Each entry is handled exactly as [`Store::finish_attempts`] handles
+    /// one; the caller must only pass results the remote already answered
+    /// (the crash contract: a result is never recorded before its reply).
+    pub async fn finish_attempts_of_entries<F>(
+        &self,
+        worker: &str,
+        entries: &[(i64, &[RecipientResult])],
+        reports: F,
+    ) -> Result<Vec<Finished>>
+    where
+        F: Fn(usize, &[bool]) -> Vec<OwedReport>,
+    {
         let now = now();
         let pg = self.is_postgres();
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| entries[i].0);
         // On PostgreSQL: the reports owed if every result is recorded (the
-        // usual case); none at all means the one-call path.
-        let mut owed_if_all_recorded = None;
+        // usual case); none at all for every entry means the one-statement
+        // path.
+        let mut owed_if_all_recorded: Vec<Option<Vec<OwedReport>>> = vec![None; entries.len()];
         if let crate::Backend::Postgres(pool) = self.backend() {
-            let owed = reports(&vec![true; results.len()]);
-            if owed.is_empty() {
-                return finish_attempts_pg(pool, worker, queue_id, results, now).await;
+            for (i, (_, results)) in entries.iter().enumerate() {
+                let owed = reports(i, &vec![true; results.len()]);
+                if !owed.is_empty() {
+                    owed_if_all_recorded[i] = Some(owed);
+                }
             }
-            owed_if_all_recorded = Some(owed);
+            // (An entry without results still gets its check for removal,
+            // which the one-statement path, grouping by result, would skip.)
+            if owed_if_all_recorded.iter().all(Option::is_none)
+                && entries.iter().all(|(_, r)| !r.is_empty())
+            {
+                return finish_attempts_pg(pool, worker, entries, now).await;
+            }
         }
         let lock_entry = if pg {
             "SELECT id FROM queue_messages WHERE id = $1 FOR UPDATE"
@@ -892,19 +960,20 @@ impl Store {
             "SELECT id FROM queue_messages WHERE id = $1"
         };
         let finished = write_tx!(self, |tx| {
-            let exists = sqlx::query(lock_entry)
-                .bind(queue_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !exists {
-                // Dropped by an operator meanwhile: nothing to record.
-                Finished {
-                    recorded: vec![false; results.len()],
-                    ..Default::default()
+            let mut all = vec![Finished::default(); entries.len()];
+            for &i in &order {
+                let (queue_id, results) = entries[i];
+                let exists = sqlx::query(lock_entry)
+                    .bind(queue_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if !exists {
+                    // Dropped by an operator meanwhile: nothing to record.
+                    all[i].recorded = vec![false; results.len()];
+                    continue;
                 }
-            } else {
-                let mut finished = Finished::default();
+                let finished = &mut all[i];
                 for r in results {
                     let (state, next, response) = attempt_columns(&r.result, now);
                     let updated = sqlx::query(
@@ -928,9 +997,9 @@ impl Store {
                     .rows_affected();
                     finished.recorded.push(updated == 1);
                 }
-                let owed = match owed_if_all_recorded.take() {
+                let owed = match owed_if_all_recorded[i].take() {
                     Some(owed) if finished.recorded.iter().all(|&r| r) => owed,
-                    _ => reports(&finished.recorded),
+                    _ => reports(i, &finished.recorded),
                 };
                 for report in owed {
                     let id = insert_entry!(
@@ -955,8 +1024,8 @@ impl Store {
                     finished.removed = released.is_some();
                     finished.blob_released = released.unwrap_or(false);
                 }
-                finished
             }
+            all
         });
         Ok(finished)
     }
@@ -1034,53 +1103,84 @@ impl Store {
     /// What a delivery attempt needs in one round trip: the envelope, the
     /// content, and when the message was queued and expires.
     pub async fn queued_for_attempt(&self, id: i64) -> Result<Option<QueuedMessage>> {
+        let mut loaded = self.queued_for_attempts(&[id], i64::MAX).await?;
+        Ok(loaded.pop().map(|(_, m)| m))
+    }
+
+    /// [`Store::queued_for_attempt`] for several entries in one round trip
+    /// (the messages of one relay session), in ascending id order, while
+    /// their content adds up to less than `max_bytes` before each: the
+    /// first entry that exists is always loaded, and the result is a prefix
+    /// of the existing entries among `ids`. An id below the last one
+    /// returned that is missing from the result is gone (or its content is).
+    pub async fn queued_for_attempts(
+        &self,
+        ids: &[i64],
+        max_bytes: i64,
+    ) -> Result<Vec<(i64, QueuedMessage)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers only: nothing to escape.
+        let sql = format!(
+            "SELECT q.id, q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls,
+                    q.authenticated_as, q.client_ip, q.trace_context, q.created_at, q.expires_at,
+                    q.quarantine, r.address, r.orcpt, r.notify,
+                    CASE WHEN r.id IS NULL
+                           OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
+                         THEN b.data END AS data
+             FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash
+             LEFT JOIN queue_recipients r ON r.queue_message_id = q.id
+             WHERE q.id IN (SELECT id FROM (SELECT id, SUM(size) OVER (ORDER BY id) - size AS before
+                                            FROM queue_messages WHERE id IN ({})) s
+                            WHERE before < $1)
+             ORDER BY q.id, r.id",
+            id_list(ids)
+        );
         crate::on_backend!(self, |pool| {
-            // One round trip: a row per recipient, the content in the first.
-            let rows = sqlx::query(
-                "SELECT q.sender, q.env_id, q.ret, q.body_type, q.smtputf8, q.requiretls, q.authenticated_as,
-                        q.client_ip, q.trace_context, q.created_at, q.expires_at, q.quarantine,
-                        r.address, r.orcpt, r.notify,
-                        CASE WHEN r.id IS NULL
-                               OR r.id = (SELECT MIN(id) FROM queue_recipients WHERE queue_message_id = q.id)
-                             THEN b.data END AS data
-                 FROM queue_messages q JOIN blobs b ON b.hash = q.blob_hash
-                 LEFT JOIN queue_recipients r ON r.queue_message_id = q.id
-                 WHERE q.id = $1 ORDER BY r.id",
-            )
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-            let Some(row) = rows.first() else {
-                return Ok(None);
-            };
-            let mut envelope = QueueEnvelope {
-                sender: row.try_get("sender")?,
-                recipients: Vec::with_capacity(rows.len()),
-                env_id: row.try_get("env_id")?,
-                ret: row.try_get("ret")?,
-                body_type: row.try_get("body_type")?,
-                smtputf8: row.try_get("smtputf8")?,
-                requiretls: row.try_get("requiretls")?,
-                authenticated_as: row.try_get("authenticated_as")?,
-                client_ip: row.try_get("client_ip")?,
-                trace_context: row.try_get("trace_context")?,
-                quarantine: row.try_get("quarantine")?,
-            };
-            for r in &rows {
-                if let Some(address) = r.try_get::<Option<String>, _>("address")? {
-                    envelope.recipients.push(QueueRecipient {
+            // One round trip: a row per recipient, the content in each
+            // entry's first.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(max_bytes)
+                .fetch_all(pool)
+                .await?;
+            let mut out: Vec<(i64, QueuedMessage)> = Vec::new();
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                if out.last().is_none_or(|(last, _)| *last != id) {
+                    let envelope = QueueEnvelope {
+                        sender: row.try_get("sender")?,
+                        recipients: Vec::new(),
+                        env_id: row.try_get("env_id")?,
+                        ret: row.try_get("ret")?,
+                        body_type: row.try_get("body_type")?,
+                        smtputf8: row.try_get("smtputf8")?,
+                        requiretls: row.try_get("requiretls")?,
+                        authenticated_as: row.try_get("authenticated_as")?,
+                        client_ip: row.try_get("client_ip")?,
+                        trace_context: row.try_get("trace_context")?,
+                        quarantine: row.try_get("quarantine")?,
+                    };
+                    out.push((
+                        id,
+                        QueuedMessage {
+                            envelope,
+                            message: row.try_get::<Vec<u8>, _>("data")?,
+                            created_at: row.try_get("created_at")?,
+                            expires_at: row.try_get("expires_at")?,
+                        },
+                    ));
+                }
+                if let Some(address) = row.try_get::<Option<String>, _>("address")? {
+                    let (_, queued) = out.last_mut().expect("pushed above");
+                    queued.envelope.recipients.push(QueueRecipient {
                         address,
-                        orcpt: r.try_get("orcpt")?,
-                        notify: r.try_get("notify")?,
+                        orcpt: row.try_get("orcpt")?,
+                        notify: row.try_get("notify")?,
                     });
                 }
             }
-            Ok(Some(QueuedMessage {
-                envelope,
-                message: row.try_get::<Vec<u8>, _>("data")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-            }))
+            Ok(out)
         })
     }
 }

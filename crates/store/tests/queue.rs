@@ -36,6 +36,8 @@ on_both!(
     concurrent_last_results_remove_the_entry_once,
     removal_racing_an_enqueue_of_the_same_content_loses_nothing,
     dropping_an_entry_releases_its_blob,
+    one_transaction_records_the_attempts_at_several_entries,
+    several_entries_load_in_one_query_within_a_byte_budget,
 );
 
 const CONTENT: &[u8] = b"From: a@remote.test\r\nSubject: queued\r\n\r\nbody\r\n";
@@ -552,4 +554,145 @@ async fn dropping_an_entry_releases_its_blob(store: &Store) {
             .is_none()
     );
     assert!(store.drop_queue_entry(id).await.is_err());
+}
+
+async fn one_transaction_records_the_attempts_at_several_entries(store: &Store) {
+    local_domain(store).await;
+    let mut ids = Vec::new();
+    for (i, to) in [
+        &["u1@example.test", "u2@example.test"][..],
+        &["u3@example.test"],
+        &["u4@example.test"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let content = format!("Subject: {i}\r\n\r\nbody\r\n");
+        ids.push(
+            store
+                .enqueue(&envelope("a@remote.test", to), content.as_bytes(), 3600)
+                .await
+                .unwrap(),
+        );
+    }
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let leased = store.lease_local_recipients("w", 300, 10).await.unwrap();
+    assert_eq!(leased.len(), 4);
+    let rcpt = |address: &str| leased.iter().find(|r| r.address == address).unwrap().id;
+    // Entry c's lease is lost to another worker.
+    store
+        .release_leases("w", Some(&[rcpt("u4@example.test")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .lease_local_recipients("other", 300, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // No report owed (PostgreSQL: the one-statement path); the entries are
+    // given out of id order and come back in the order given.
+    let deferred_b = [result(rcpt("u3@example.test"), deferred())];
+    let delivered_u1 = [result(rcpt("u1@example.test"), AttemptResult::Delivered)];
+    let finished = store
+        .finish_attempts_of_entries(
+            "w",
+            &[(b, &deferred_b[..]), (a, &delivered_u1[..])],
+            |_, _| Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.len(), 2);
+    assert_eq!(finished[0].recorded, [true]);
+    assert_eq!(finished[1].recorded, [true]);
+    assert!(
+        !finished[0].removed && !finished[1].removed,
+        "both still open"
+    );
+    assert_eq!(
+        store.queue_recipient_states(b).await.unwrap()[0].1,
+        "deferred"
+    );
+
+    // One entry owes a report, the other's lease is lost: each is told
+    // what was recorded, and only the recorded result is reported.
+    let failed_u2 = [result(rcpt("u2@example.test"), failed())];
+    let delivered_u4 = [result(rcpt("u4@example.test"), AttemptResult::Delivered)];
+    let entries = [(c, &delivered_u4[..]), (a, &failed_u2[..])];
+    let finished = store
+        .finish_attempts_of_entries("w", &entries, |i, recorded| {
+            // (On PostgreSQL it is asked first as if all were recorded.)
+            if i == 1 && recorded == [true] {
+                vec![report("a@remote.test")]
+            } else {
+                Vec::new()
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        finished[0].recorded,
+        [false],
+        "entry c was not ours any more"
+    );
+    assert!(finished[0].reports.is_empty() && !finished[0].removed);
+    assert_eq!(finished[1].recorded, [true]);
+    assert_eq!(finished[1].reports.len(), 1);
+    assert!(finished[1].removed, "a's last recipient is final");
+    assert!(store.queue_entry(a).await.unwrap().is_none());
+    let c_states = store.queue_recipient_states(c).await.unwrap();
+    assert_eq!(c_states[0].1, "pending", "the other worker's to record");
+}
+
+async fn several_entries_load_in_one_query_within_a_byte_budget(store: &Store) {
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let content = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(1000));
+        let to = ["x@remote.test", "y@remote.test"];
+        ids.push(
+            store
+                .enqueue(
+                    &envelope("a@remote.test", &to[..1 + i % 2]),
+                    content.as_bytes(),
+                    3600,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let all = store.queued_for_attempts(&ids, i64::MAX).await.unwrap();
+    let loaded: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(loaded, ids);
+    for (i, (id, queued)) in all.iter().enumerate() {
+        let one = store.queued_for_attempt(*id).await.unwrap().unwrap();
+        assert_eq!(&one, queued, "the same as one at a time");
+        assert_eq!(queued.envelope.recipients.len(), 1 + i % 2);
+        assert!(
+            queued
+                .message
+                .starts_with(format!("Subject: {i}").as_bytes())
+        );
+    }
+    // Entries are taken while less than the budget came before them; the
+    // first always.
+    let two = store.queued_for_attempts(&ids, 1500).await.unwrap();
+    assert_eq!(
+        two.len(),
+        2,
+        "1,0xx bytes before the second, 2,0xx before the third"
+    );
+    assert_eq!(store.queued_for_attempts(&ids, 1).await.unwrap().len(), 1);
+    // A dropped entry is left out.
+    store.drop_queue_entry(ids[1]).await.unwrap();
+    let rest: Vec<i64> = store
+        .queued_for_attempts(&ids, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(rest, [ids[0], ids[2], ids[3]]);
 }
