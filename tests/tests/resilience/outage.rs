@@ -156,14 +156,16 @@ pub async fn outage(kind: Outage) {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(asked_for)).await;
     set(false).await;
     let limit = Duration::from_secs(5);
-    let smtp_back = recovery(
-        limit,
-        || smtp_probe(smtp, "back@outage.test"),
-        |r| r.0 == 250,
-    )
-    .await;
-    let imap_back = recovery(limit, || imap_login(imap), |r| r.starts_with("a OK")).await;
-    let pop3_back = recovery(limit, || pop3_login(pop3), |r| r.starts_with("+OK")).await;
+    // All three asked at once, each timed from the database's return.
+    let (smtp_back, imap_back, pop3_back) = tokio::join!(
+        recovery(
+            limit,
+            || smtp_probe(smtp, "back@outage.test"),
+            |r| r.0 == 250
+        ),
+        recovery(limit, || imap_login(imap), |r| r.starts_with("a OK")),
+        recovery(limit, || pop3_login(pop3), |r| r.starts_with("+OK")),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     for l in load {

@@ -113,7 +113,10 @@ pub async fn slow_clients(tricklers: usize) {
             ("IMAP__IDLE_TIMEOUT_SECS", secs.clone()),
             ("POP3__IDLE_TIMEOUT_SECS", secs.clone()),
             ("TLS__HANDSHAKE_TIMEOUT_SECS", secs.clone()),
-            ("LIMITS__MAX_CONNECTIONS", (tricklers * 2 + 100).to_string()),
+            (
+                "LIMITS__MAX_CONNECTIONS",
+                (tricklers * 2 + 1000).to_string(),
+            ),
         ],
     );
     let mut server = Proc::start(spec, root.path()).await;
