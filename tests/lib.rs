@@ -773,6 +773,17 @@ pub fn sink_tls(hostname: &str) -> (tokio_rustls::TlsAcceptor, tempfile::TempDir
     (mailroom_net::tls::acceptor(&cert, &key).unwrap(), dir)
 }
 
+/// Points the relay at a test DNS server (`dns`) and remote MX hosts on
+/// `port`, with retries after a second and short session timeouts.
+pub fn relay_to(config: &mut Config, dns: std::net::SocketAddr, port: u16, data_timeout_secs: u64) {
+    config.mta.dns_servers = vec![dns];
+    config.mta.outbound_port = port;
+    config.mta.first_retry_secs = 1;
+    config.mta.connect_timeout_secs = 5;
+    config.mta.command_timeout_secs = 5;
+    config.mta.data_timeout_secs = data_timeout_secs;
+}
+
 /// Binds a sink on 127.0.0.2 at a free port, so the test can put more sinks
 /// on other loopback addresses at the same port (`mta.outbound_port` is one
 /// number for every MX).

@@ -9,6 +9,8 @@
 //! - Database outage ([`outage`]): PostgreSQL cut off for 10 s under load,
 //!   with the services as separate processes.
 //! - Disk full ([`diskfull`]): the embedded store's file on a small tmpfs.
+//! - Hostile remote MX hosts ([`hostile`]): stalls, drops, 421, 250 then
+//!   reset, garbage, and a DNS server that never answers.
 //! - Slow clients ([`slow`]): tricklers on SMTP, IMAP, POP3 and TLS.
 //!
 //! Each test has a bounded form, run by `cargo test`, and a long form run
@@ -25,6 +27,8 @@ mod client;
 mod diskfull;
 #[path = "resilience/flood.rs"]
 mod flood;
+#[path = "resilience/hostile.rs"]
+mod hostile;
 #[path = "resilience/outage.rs"]
 mod outage;
 #[path = "resilience/procs.rs"]
@@ -191,6 +195,12 @@ async fn a_full_disk_gets_452_and_no_corruption_and_mail_flows_when_space_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tricklers_are_cut_off_at_their_deadlines_while_a_normal_client_is_served() {
     slow::slow_clients(scale().tricklers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_remote_mx_hosts_get_their_mail_once_and_slow_nobody_else() {
+    hostile::hostile(mailroom_tests::Backend::Sqlite).await;
+    hostile::hostile(mailroom_tests::Backend::Postgres).await;
 }
 
 /// Waits up to `limit` for `check`, returning how long it took.
