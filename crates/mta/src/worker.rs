@@ -10,7 +10,12 @@
 //! * temporary failures are retried with exponential backoff until the
 //!   message expires; permanent failures and expiry are final and owe the
 //!   sender a DSN, long deferrals a delay notice, as for relayed mail
-//!   (`outcome`, `dsn`); the entry leaves the queue with its last result.
+//!   (`outcome`, `dsn`); the entry leaves the queue with its last result;
+//! * up to [`CONCURRENT_DELIVERIES`] messages of a leased batch are
+//!   delivered at once (the MDA's transactions overlap, as Postfix runs
+//!   several local deliveries), and the next batch is leased only when the
+//!   whole batch is done, so a shutdown finds every attempt either finished
+//!   or not started (given back).
 //!
 //! Recipients of other domains are the relay's (`relay.rs`: MX lookup,
 //! outbound SMTP, delivery status notifications); this worker never takes them.
@@ -38,6 +43,11 @@ use crate::relay::{RelaySettings, backoff};
 pub const LEASE_SECS: i64 = 300;
 /// Recipients leased per round.
 const BATCH: i64 = 100;
+/// Messages delivered at once by one worker. One at a time, the queue
+/// filled faster than it drained under 24 concurrent SMTP clients
+/// (tests/tests/resilience.rs: 9,886 of 10,281 acknowledged messages still
+/// queued on PostgreSQL).
+pub const CONCURRENT_DELIVERIES: usize = 16;
 /// The first retry waits this long; each further one twice as long …
 pub const FIRST_RETRY_SECS: i64 = 300;
 /// … up to this.
@@ -137,13 +147,14 @@ impl LocalDelivery {
 
     /// Runs until `shutdown`; an attempt in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let _presence = crate::hold_presence(&self.store, &self.id, &shutdown).await;
-        let leases = outcome::Leases::new(self.store.clone(), self.id.clone(), self.lease_secs);
+        let this = Arc::new(self);
+        let _presence = crate::hold_presence(&this.store, &this.id, &shutdown).await;
+        let leases = outcome::Leases::new(this.store.clone(), this.id.clone(), this.lease_secs);
         let renewal = leases.renew();
         loop {
-            let leased = match self
+            let leased = match this
                 .store
-                .lease_local_recipients(&self.id, self.lease_secs, BATCH)
+                .lease_local_recipients(&this.id, this.lease_secs, BATCH)
                 .await
             {
                 Ok(l) => l,
@@ -155,8 +166,8 @@ impl LocalDelivery {
             if leased.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.wake.local.notified() => {}
-                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = this.wake.local.notified() => {}
+                    _ = tokio::time::sleep(this.poll) => {}
                 }
                 continue;
             }
@@ -173,12 +184,19 @@ impl LocalDelivery {
                     (queue_id, recipients, hold)
                 })
                 .collect();
+            let mut running = tokio::task::JoinSet::new();
             for (queue_id, recipients, hold) in batch {
+                while running.len() >= CONCURRENT_DELIVERIES {
+                    running.join_next().await;
+                }
                 if shutdown.is_cancelled() {
                     break; // the remaining holds drop: given back
                 }
-                self.attempt(queue_id, recipients, hold).await;
+                let worker = this.clone();
+                running.spawn(async move { worker.attempt(queue_id, recipients, hold).await });
             }
+            // Attempts in progress finish, even at shutdown.
+            while running.join_next().await.is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
