@@ -64,6 +64,8 @@ pub struct Scale {
     pub clients: usize,
     /// Slow connections (tricklers).
     pub tricklers: usize,
+    /// How soon after the flood's end the queue must be empty.
+    pub drain_limit: Duration,
 }
 
 /// The bounded form, or the long one when `MAILROOM_RESILIENCE=long`.
@@ -74,6 +76,7 @@ pub fn scale() -> Scale {
             kills: 5,
             clients: 24,
             tricklers: 2_000,
+            drain_limit: Duration::from_secs(20 * 60),
         }
     } else {
         Scale {
@@ -81,6 +84,7 @@ pub fn scale() -> Scale {
             kills: 3,
             clients: 24,
             tricklers: 200,
+            drain_limit: Duration::from_secs(30),
         }
     }
 }
