@@ -8,7 +8,9 @@
 //! domain is sent to at the same moment.
 //!
 //! Checked: the good domain's mail is accepted while the stalled session
-//! is still in its first attempt (other destinations are not slowed); the
+//! is still in its first attempt and still its domain's only session (other
+//! destinations are not slowed; `mta.max_connections_per_destination = 1`
+//! holds, two more messages to the stalled domain wait for it); the
 //! stalled attempt and the silent DNS end by their timeouts
 //! (`mta.data_timeout_secs`, the resolver's) plus a generous margin, with
 //! the recipient deferred, not failed; in the end every message is
@@ -223,17 +225,21 @@ async fn submit(running: &Running, to: &str, id: &str) {
     c.cmd("QUIT").await;
 }
 
-/// The state and attempts of the only recipient of the entry sent to `to`.
+/// The state and attempts of recipient `to` (of the entry sent to it).
 async fn recipient_of(store: &mailroom_store::Store, to: &str) -> Option<(String, u32)> {
     let filter = mailroom_store::QueueFilter {
         domain: Some(to.rsplit_once('@').unwrap().1.to_string()),
-        limit: 10,
+        limit: 100,
         ..Default::default()
     };
-    let entries = store.list_queue(&filter).await.unwrap();
-    let entry = entries.into_iter().next()?;
-    let r = entry.recipients.iter().find(|r| r.address == to)?;
-    Some((r.state.clone(), r.attempts))
+    store
+        .list_queue(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.recipients)
+        .find(|r| r.address == to)
+        .map(|r| (r.state, r.attempts))
 }
 
 pub async fn hostile(backend: Backend) {
@@ -282,7 +288,10 @@ pub async fn hostile(backend: Backend) {
     let silent = Arc::new(AtomicBool::new(true));
     let (front, _front) = dns_front(dns.addr, silent.clone()).await;
     let Some(running) = start_with(backend, None, move |c| {
-        mailroom_tests::relay_to(c, front, port, DATA_TIMEOUT)
+        mailroom_tests::relay_to(c, front, port, DATA_TIMEOUT);
+        // One session per destination: the stalled one holds its domain's
+        // only slot, and its domain's other messages wait for it.
+        c.mta.max_connections_per_destination = 1;
     })
     .await
     else {
@@ -297,6 +306,10 @@ pub async fn hostile(backend: Backend) {
     {
         submit(&running, &to(name), &format!("{name}@hostile.test")).await;
     }
+    for extra in ["extra1", "extra2"] {
+        let to = format!("{extra}@stall.hostile.test");
+        submit(&running, &to, &format!("{extra}@hostile.test")).await;
+    }
     let good = &servers[5];
     // Other destinations are not slowed: the good domain's mail is in
     // while the stalled session is still in its first attempt.
@@ -307,10 +320,14 @@ pub async fn hostile(backend: Backend) {
     )
     .await;
     let good_after = started.elapsed();
+    let stalled = &servers[0];
     let stall = recipient_of(&store, &to("stall")).await;
     assert!(
-        matches!(&stall, Some((_, 0))),
-        "the stalled session should still be in its first attempt: {stall:?}"
+        matches!(&stall, Some((_, 0)))
+            && stalled.sessions.load(Ordering::SeqCst) == 1
+            && stalled.accepted.lock().unwrap().is_empty(),
+        "the stalled session should still be the stalled domain's only one (its two other \
+         messages waiting for the slot): {stall:?}"
     );
     // The stalled attempt and the silent DNS end by their timeouts, deferred.
     let margin = Duration::from_secs(30);
@@ -347,6 +364,10 @@ pub async fn hostile(backend: Backend) {
         let mut want = vec![format!("<{name}@hostile.test>")];
         if *name == "good" {
             want.push("<blackhole@hostile.test>".into());
+        }
+        if *name == "stall" {
+            want.push("<extra1@hostile.test>".into());
+            want.push("<extra2@hostile.test>".into());
         }
         let mut got = accepted.clone();
         got.sort();
