@@ -315,6 +315,14 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                // A connection whose transaction could not be ended (its
+                // COMMIT or ROLLBACK failed, as on a full disk) is closed,
+                // not handed out again: every later `BEGIN` on it would
+                // fail ("non-zero transaction depth") long after the disk
+                // has room again (tests/tests/resilience.rs, disk full).
+                .before_acquire(|conn, _| {
+                    Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(|e| {

@@ -152,11 +152,19 @@ pub async fn disk_full() {
         }
     }
     let refusal = refusal.expect("the store filled up within 180 s");
-    assert!(refusal.starts_with("452 4.3.1"), "{refusal}");
+    assert!(
+        refusal.starts_with("452 4.3.1"),
+        "{refusal}\n{}",
+        server.log()
+    );
     assert!(server.running(), "the server exited:\n{}", server.log());
     // Still refused while full, and the database is intact.
     let again = send(smtp, "still-full@disk.test").await.unwrap();
-    assert!(again.1.starts_with("452 4.3.1"), "{again:?}");
+    assert!(
+        again.1.starts_with("452 4.3.1"),
+        "{again:?}\n{}",
+        server.log()
+    );
     assert_eq!(integrity(&url).await, "ok");
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
@@ -167,10 +175,25 @@ pub async fn disk_full() {
     acked.push("<back@disk.test>".into());
     // Deliveries failed while the disk was full and back off exponentially
     // (1 s, 2 s, 4 s, …): the last retry may come a minute or two later.
-    let drain = super::time_until("the queue to empty", Duration::from_secs(300), async || {
-        store.queue_size().await.unwrap_or(1) == 0
-    })
-    .await;
+    let start = Instant::now();
+    while store.queue_size().await.unwrap_or(1) != 0 {
+        if start.elapsed() > Duration::from_secs(300) {
+            let entries = store
+                .list_queue(&mailroom_store::QueueFilter {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            panic!(
+                "the queue did not empty: {entries:#?}\nnow {}\n{}",
+                mailroom_store::now(),
+                server.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain = start.elapsed();
     let ids = super::inbox_ids(&store, BOB).await;
     let lost = acked.iter().filter(|id| !ids.contains(id)).count();
     eprintln!(

@@ -12,12 +12,19 @@ pub const ARGS_VAR: &str = "RESILIENCE_SERVICE_ARGS";
 
 /// A port on 127.0.0.1 that was free a moment ago; the services get fixed
 /// ports so that a restarted process is found where its predecessor was.
+/// Chosen at random below Linux's ephemeral range (32768–60999), where no
+/// socket bound to port 0 (the other tests' listeners, every outgoing
+/// connection) can take it between the choice and the service's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u64.. {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!()
 }
 
 /// How to start one service again and again.
@@ -155,16 +162,23 @@ pub struct Ports {
 impl Ports {
     /// Free ports for everything.
     pub fn pick() -> Ports {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 9 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
         Ports {
-            smtp: free_port(),
-            submission: free_port(),
-            submission_tls: free_port(),
-            imap: free_port(),
-            imap_tls: free_port(),
-            pop3: free_port(),
-            pop3_tls: free_port(),
-            mda: free_port(),
-            queue: free_port(),
+            smtp: ports[0],
+            submission: ports[1],
+            submission_tls: ports[2],
+            imap: ports[3],
+            imap_tls: ports[4],
+            pop3: ports[5],
+            pop3_tls: ports[6],
+            mda: ports[7],
+            queue: ports[8],
         }
     }
 
