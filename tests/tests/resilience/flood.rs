@@ -135,7 +135,7 @@ pub async fn flood(
             Ports::at(port),
             submit,
             index,
-            format!("{label}-{}", rng.next() % 1_000_000),
+            format!("{label}-{}", rng.draw() % 1_000_000),
         )));
     }
     // Kill at random moments spread over the flood: the k-th kill once
@@ -144,16 +144,16 @@ pub async fn flood(
     let mut last_restart = Instant::now();
     let slice = scale.messages / (scale.kills + 1);
     for k in 1..=scale.kills {
-        let at = k * slice + (rng.next() as usize % (slice / 2).max(1)) - slice / 4;
+        let at = k * slice + (rng.draw() as usize % (slice / 2).max(1)) - slice / 4;
         while shared.count.load(Ordering::SeqCst) < at {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.next() % 300)).await;
+        tokio::time::sleep(Duration::from_millis(rng.draw() % 300)).await;
         // All of them, or one chosen at random (the first kill takes all).
-        let victims: Vec<usize> = if k == 1 || procs.len() == 1 || rng.next() % 2 == 0 {
+        let victims: Vec<usize> = if k == 1 || procs.len() == 1 || rng.draw().is_multiple_of(2) {
             (0..procs.len()).collect()
         } else {
-            vec![rng.next() as usize % procs.len()]
+            vec![rng.draw() as usize % procs.len()]
         };
         for &v in &victims {
             procs[v].kill();
@@ -168,7 +168,7 @@ pub async fn flood(
                 .collect::<Vec<_>>(),
             shared.count.load(Ordering::SeqCst)
         );
-        tokio::time::sleep(Duration::from_millis(rng.next() % 500)).await;
+        tokio::time::sleep(Duration::from_millis(rng.draw() % 500)).await;
         for &v in &victims {
             procs[v].restart().await;
         }

@@ -267,7 +267,7 @@ pub async fn hostile(backend: Backend) {
     let mut records = Vec::new();
     for (i, (name, _)) in SERVERS.iter().enumerate() {
         records.push((
-            format!("{name}"),
+            name.to_string(),
             DnsRecord::Mx(10, format!("mx-{name}.hostile.test")),
         ));
         records.push((
