@@ -10,11 +10,19 @@ USER/PASS on loopback for both (TLS cost is not what this measures).
 Needs: a release build of mailroom (the script builds it), PostgreSQL on
 127.0.0.1:5432 (postgres, trust), and Debian's dovecot-core + dovecot-pop3d
 for the peer (skipped, with a message, when missing). Run as root.
+
+Both servers verify the same password hash at each login: Dovecot's
+passwd-file holds, as `{ARGON2ID}`, the very Argon2id PHC strings Mailroom
+stored for the accounts (Dovecot checks them with libsodium), so neither
+side is spared the login's key derivation. POP3_BENCH_PEER_HASH=plain gives
+Dovecot plain passwords instead (the figures before 2026-12-03 22:50).
 Usage: CARGO_TARGET_DIR=/work/target-bench python3 bench/pop3-retr.py
 """
 import os, pwd, poplib, shutil, smtplib, socket, subprocess, sys, tempfile, threading, time
 
 CLIENTS, MESSAGES, SIZE, ROUNDS = 10, 100, 4096, 3
+PEER_HASH = os.environ.get("POP3_BENCH_PEER_HASH", "argon2id")
+HASHES = {}  # user -> Mailroom's stored Argon2id PHC string
 PASSWORD = "bench password 123"
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
@@ -98,6 +106,11 @@ def mailroom():
                 if n == MESSAGES: break
                 assert time.time() < deadline, f"{u} has {n} messages"
                 time.sleep(0.2)
+        for line in subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-Atc",
+                                    "SELECT address, password_hash FROM accounts"],
+                                   capture_output=True, text=True, check=True).stdout.split():
+            user, phc = line.split("|", 1)
+            HASHES[user] = phc
         return measure(pop3)
     finally:
         server.terminate(); server.wait()
@@ -120,7 +133,8 @@ def dovecot():
             for i in range(MESSAGES):
                 with open(f"{home}/Maildir/cur/{1700000000 + i}.M{i}P1.bench:2,", "w", newline="") as m:
                     m.write(message(u, i))
-            f.write(f"{u}:{{PLAIN}}{PASSWORD}:{nobody.pw_uid}:{nobody.pw_gid}::{home}::\n")
+            secret = f"{{ARGON2ID}}{HASHES[u]}" if PEER_HASH == "argon2id" else f"{{PLAIN}}{PASSWORD}"
+            f.write(f"{u}:{secret}:{nobody.pw_uid}:{nobody.pw_gid}::{home}::\n")
     subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", f"{d}/mail"], check=True)
     conf = f"""instance_name = mailroom-pop3-bench
 base_dir = {d}/run
@@ -174,5 +188,6 @@ print(f"mailroom (PostgreSQL): {m:.0f} msg/s")
 if v is None:
     print("dovecot: skipped (install dovecot-core and dovecot-pop3d)")
 else:
-    print(f"dovecot (Maildir):     {v:.0f} msg/s")
+    print(f"dovecot (Maildir, {'the same Argon2id hashes' if PEER_HASH == 'argon2id' else 'plain passwords'}): "
+          f"{v:.0f} msg/s")
     print(f"ratio mailroom/dovecot: {m / v:.2f}")

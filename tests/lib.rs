@@ -8,6 +8,8 @@ use mailroom_store::testing::TestDb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod imap_client;
+
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -920,6 +922,21 @@ pub fn run_tool(what: &str, cmd: &mut std::process::Command, codes: &[i32]) -> S
         "{what} failed ({status:?}):\n{text}"
     );
     text
+}
+
+/// Runs the Python script `tests/interop/<script>` with `args` through
+/// [`run_tool`] (exit status 0), off the async runtime; its output.
+pub async fn run_python(script: &'static str, args: Vec<String>) -> String {
+    let path = format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    tokio::task::spawn_blocking(move || {
+        run_tool(
+            &format!("python3 {script}"),
+            std::process::Command::new("python3").arg(path).args(args),
+            &[0],
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// What one `mailroom mail …` command did.

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Memory of idling sessions, plain and compressed (RFC 4978).
+"""Memory of idling sessions, plain, compressed (RFC 4978) and with NOTIFY
+(RFC 5465).
 
 Usage: imap_compress_idle.py HOST PORT USER PASSWORD SERVER_PID N
 
 Opens groups of N sessions (LOGIN, SELECT INBOX, IDLE), plain and with
-COMPRESS DEFLATE before SELECT (and one group not idling), and prints the server's VmRSS after each
+COMPRESS DEFLATE before SELECT (and one group not idling), and with NOTIFY
+SET for every mailbox before IDLE, and prints the server's VmRSS after each
 group: `rss: <label> <KiB>`. The sockets stay open until the end.
 """
 
@@ -30,7 +32,13 @@ def rss():
                 return int(line.split()[1])
 
 
-def session(compress, idle=True):
+NOTIFY = (
+    b"n NOTIFY SET (SELECTED (MessageNew MessageExpunge)) "
+    b"(PERSONAL (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))\r\n"
+)
+
+
+def session(compress, idle=True, notify=False):
     s = socket.create_connection((HOST, int(PORT)), timeout=30)
     f = s.makefile("rb")
     z = d = None
@@ -65,6 +73,9 @@ def session(compress, idle=True):
         d = zlib.decompressobj(wbits=-15)
     send(b"s SELECT INBOX\r\n")
     until(b"s OK")
+    if notify:
+        send(NOTIFY)
+        until(b"n OK")
     if idle:
         send(b"i IDLE\r\n")
         until(b"+ ")
@@ -84,15 +95,17 @@ last = settle()
 print("rss: before", last, flush=True)
 # Each kind twice, interleaved, so that heap growth that belongs to neither
 # shows as a difference between the two rounds.
-for label, compress, idle in [
-    ("plain", False, True),
-    ("compressed", True, True),
-    ("plain", False, True),
-    ("compressed", True, True),
-    ("compressed-not-idling", True, False),
+for label, compress, idle, notify in [
+    ("plain", False, True, False),
+    ("compressed", True, True, False),
+    ("plain", False, True, False),
+    ("compressed", True, True, False),
+    ("compressed-not-idling", True, False, False),
+    ("notify", False, True, True),
+    ("notify", False, True, True),
 ]:
     for _ in range(N):
-        keep.append(session(compress, idle))
+        keep.append(session(compress, idle, notify))
     now = settle()
     print("rss:", label, now, "per-session-KiB %.1f" % ((now - last) / N), flush=True)
     last = now

@@ -4,6 +4,7 @@ against a throw-away Dovecot (the reference implementation), responses
 compared after normalising what may legitimately differ.
 
 Usage: imap_diff.py --port PORT --user USER --password PASSWORD [--compress] [--metadata]
+                   [--notify] [--acl]
   PORT is a Mailroom IMAP listener on 127.0.0.1 (plaintext LOGIN is allowed
   on loopback) where USER exists with an empty INBOX. Dovecot is started from
   its own configuration in a temporary directory (`dovecot -c FILE`) with the
@@ -23,7 +24,9 @@ it). With --compress both sessions send COMPRESS DEFLATE (RFC 4978) right
 after LOGIN and run compressed (Python's zlib, raw deflate) on both servers,
 Dovecot with its imap_zlib plugin; a second COMPRESS is compared too. With
 --metadata the METADATA_COMMANDS (RFC 5464) follow, Dovecot keeping its
-entries in a mail_attribute_dict file. Exit status: 0 when every difference is documented, 1 otherwise, 2
+entries in a mail_attribute_dict file. With --notify and --acl the
+NOTIFY_COMMANDS (RFC 5465, what one connection sees of it) and the
+ACL_COMMANDS (RFC 4314, Dovecot with its acl plugin) come last. Exit status: 0 when every difference is documented, 1 otherwise, 2
 when Dovecot cannot be started. Checks are explicit (no `assert`, which
 `python3 -O` removes).
 """
@@ -431,6 +434,78 @@ DOCUMENTED["GETMETADATA Nonexistent /private/comment"] = (
     "Dovecot's NO carries none"
 )
 
+# NOTIFY (RFC 5465), with --notify: what one connection can see of it (the
+# pushes between sessions are tested in tests/tests/imap_notify.rs).
+NOTIFY_COMMANDS = [
+    "CREATE notified",
+    "CREATE notified/sub",
+    "NOTIFY SET STATUS (SUBTREE notified (MessageNew MessageExpunge)) "
+    "(MAILBOXES (nosuch) (MessageNew MessageExpunge))",
+    "NOTIFY SET (MAILBOXES notified (MessageNew MessageExpunge)) "
+    "(SELECTED-DELAYED (MessageNew MessageExpunge FlagChange))",
+    "NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))",
+    "CREATE notified/own",
+    "SUBSCRIBE notified/own",
+    "NOTIFY SET STATUS (selected MessageNew (uid body.peek[header.fields (from to subject)]) "
+    "MessageExpunge) (subtree Lists MessageNew)",
+    "NOTIFY SET (PERSONAL (MessageNew))",
+    "NOTIFY SET (SELECTED (MailboxName))",
+    "NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))",
+    "NOTIFY SET (PERSONAL (X-Whatever))",
+    "NOTIFY NONE",
+]
+DOCUMENTED["NOTIFY SET (PERSONAL (MessageNew))"] = (
+    "RFC 5465 §5: 'If one of MessageNew or MessageExpunge is specified, then both events "
+    "MUST be specified. Otherwise, the server MUST respond with the tagged BAD response'; "
+    "Dovecot accepts it"
+)
+DOCUMENTED["NOTIFY SET (SELECTED (MailboxName))"] = (
+    "RFC 5465 §6.1: 'It is an error to specify other types of events with either the "
+    "SELECTED or the SELECTED-DELAYED selector'; Dovecot accepts it"
+)
+DOCUMENTED["NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))"] = (
+    "RFC 5465 §8: unsupported-events-code = \"BADEVENT\" SP \"(\" event-name *(SP event-name) "
+    "\")\", and §3.1: it 'MUST list names of all events supported by the server'; Dovecot "
+    "lists the unsupported one, without parentheses"
+)
+DOCUMENTED["NOTIFY SET (PERSONAL (X-Whatever))"] = (
+    "RFC 5465 §8: event-ext = atom (\"For future extensions\"), so an unknown event is valid "
+    "syntax, refused as unsupported with NO [BADEVENT] (§3.1 'MUST refuse the command with a "
+    "tagged NO response (not a BAD)'); Dovecot answers BAD"
+)
+
+# ACL (RFC 4314), with --acl (Dovecot with its acl and imap_acl plugins,
+# rights in a vfile per mailbox). Rights are compared as sets.
+ACL_COMMANDS = [
+    "CREATE acl",
+    "MYRIGHTS INBOX",
+    "MYRIGHTS acl",
+    "GETACL acl",
+    "LISTRIGHTS acl diff@example.test",
+    "SETACL acl other@example.test lr",
+    "DELETEACL acl other@example.test",
+    "MYRIGHTS nosuch",
+    "GETACL nosuch",
+    "MYRIGHTS",
+]
+DOCUMENTED["LISTRIGHTS acl diff@example.test"] = (
+    "RFC 4314 §3.7: the first string is 'the set of rights the identifier will always be "
+    "granted'; a Mailroom mailbox is its owner's alone, with every right for good, so all "
+    "are required and none optional; Dovecot, whose ACLs can be changed, lists none "
+    "required and each right as optional"
+)
+DOCUMENTED["SETACL acl other@example.test lr"] = (
+    "RFC 4314 §3.1: 'NO - setacl failure: can't set acl'; Mailroom does not share mailboxes "
+    "(NO [NOPERM]); Dovecot does"
+)
+DOCUMENTED["DELETEACL acl other@example.test"] = (
+    "RFC 4314 §3.2: 'NO - deleteacl failure: can't delete acl', as SETACL"
+)
+DOCUMENTED["MYRIGHTS nosuch"] = (
+    "RFC 5530 §3: NONEXISTENT is the response code for a mailbox that does not exist; "
+    "Dovecot answers rights for a mailbox that is not there"
+)
+
 # ---------------------------------------------------------------------------
 # A raw IMAP connection that reads literals.
 # ---------------------------------------------------------------------------
@@ -567,12 +642,25 @@ def normalise_metadata(line):
     return f"* METADATA {mailbox} (" + " ".join(f"{k} {v}" for k, v in sorted(pairs)) + ")"
 
 
+def normalise_acl(line):
+    """RFC 4314 §3.6-3.8: mailbox and identifier are astrings (quoted or
+    not, the same), and a rights string is a set (letters in any order)."""
+    m = re.match(r"^\* (MYRIGHTS|ACL|LISTRIGHTS) (.*)$", line)
+    if not m:
+        return line
+    words = [w.strip('"') for w in m.group(2).split(" ")]
+    rights_from = {"MYRIGHTS": 1, "ACL": 2, "LISTRIGHTS": 2}[m.group(1)]
+    words = words[:rights_from] + ["".join(sorted(w)) for w in words[rights_from:]]
+    return f"* {m.group(1)} " + " ".join(words)
+
+
 def normalise(lines):
     out = []
     for raw in lines:
         line = raw.decode("utf-8", "replace")
         if line.startswith("* METADATA "):
             line = normalise_metadata(line)
+        line = normalise_acl(line)
         line = re.sub(r"^d\d+ ", "TAG ", line)
         if line.startswith("* CAPABILITY") or "[CAPABILITY " in line:
             continue
@@ -632,7 +720,7 @@ def free_port():
 
 
 class Dovecot:
-    def __init__(self, user, password):
+    def __init__(self, user, password, acl=False):
         if not shutil.which("dovecot") or not os.path.exists("/usr/lib/dovecot/imap"):
             print("dovecot is not installed (apt-get install dovecot-imapd; .ci/run installs it)")
             sys.exit(2)
@@ -656,10 +744,13 @@ disable_plaintext_auth = no
 mail_attribute_dict = file:%h/dovecot-attributes
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
-mail_plugins =
+mail_plugins = {"acl" if acl else ""}
 protocol imap {{
-  mail_plugins = $mail_plugins imap_zlib
+  mail_plugins = $mail_plugins imap_zlib{" imap_acl" if acl else ""}
   imap_metadata = yes
+}}
+plugin {{
+  acl = vfile
 }}
 namespace inbox {{
   inbox = yes
@@ -705,7 +796,7 @@ service imap-login {{
 # ---------------------------------------------------------------------------
 
 
-def run_session(port, user, password, compress=False, metadata=False):
+def run_session(port, user, password, compress=False, metadata=False, extra=()):
     c = login(port, user, password, compress)
     # The same state on both: fixtures appended in order with their flags
     # and dates, the folder separator the same ("/").
@@ -725,6 +816,8 @@ def run_session(port, user, password, compress=False, metadata=False):
         c.command(f'APPEND sorting () "{date}"', literal=message)
     for cmd in SORT_COMMANDS:
         results.append((cmd, normalise(c.command(cmd))))
+    for cmd in extra:
+        results.append((cmd, normalise(c.command(cmd))))
     c.command("LOGOUT")
     return results
 
@@ -736,15 +829,20 @@ def main():
     p.add_argument("--password", required=True)
     p.add_argument("--compress", action="store_true")
     p.add_argument("--metadata", action="store_true")
+    p.add_argument("--notify", action="store_true")
+    p.add_argument("--acl", action="store_true")
     args = p.parse_args()
-    dovecot = Dovecot(args.user, args.password)
+    extra = (NOTIFY_COMMANDS if args.notify else []) + (ACL_COMMANDS if args.acl else [])
+    dovecot = Dovecot(args.user, args.password, acl=args.acl)
     try:
         caps = login(dovecot.port, args.user, args.password).command("CAPABILITY")
         dovecot_caps = [l.decode() for l in caps if l.startswith(b"* CAPABILITY")]
-        theirs = run_session(dovecot.port, args.user, args.password, args.compress, args.metadata)
+        theirs = run_session(
+            dovecot.port, args.user, args.password, args.compress, args.metadata, extra
+        )
     finally:
         dovecot.stop()
-    ours = run_session(args.port, args.user, args.password, args.compress, args.metadata)
+    ours = run_session(args.port, args.user, args.password, args.compress, args.metadata, extra)
     for what, why, _, _ in KNOWN:
         print(f"known difference, not compared: {what}: {why}")
     undocumented = documented = 0

@@ -7,8 +7,9 @@
 //! normalised responses must agree or differ only where
 //! `tests/interop/imap_diff.py` documents why (with the RFC text). The
 //! same session runs once more with COMPRESS=DEFLATE (RFC 4978) on both
-//! servers (Dovecot's imap_zlib plugin), and with METADATA (RFC 5464)
-//! commands after it (Dovecot's `mail_attribute_dict`).
+//! servers (Dovecot's imap_zlib plugin), with METADATA (RFC 5464)
+//! commands after it (Dovecot's `mail_attribute_dict`), and with NOTIFY
+//! (RFC 5465) and ACL (RFC 4314) commands after it (Dovecot's acl plugin).
 
 use std::process::Command;
 use std::time::Duration;
@@ -74,4 +75,14 @@ async fn the_same_metadata_as_dovecot_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_metadata_as_dovecot_on_postgres() {
     against_dovecot(Backend::Postgres, &["--metadata"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_notify_and_acl_as_dovecot_on_sqlite() {
+    against_dovecot(Backend::Sqlite, &["--notify", "--acl"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_notify_and_acl_as_dovecot_on_postgres() {
+    against_dovecot(Backend::Postgres, &["--notify", "--acl"]).await;
 }

@@ -2,10 +2,9 @@
 //! on both stores: the RFC's examples, the size and count limits, DEPTH and
 //! MAXSIZE, a missing mailbox, RENAME and DELETE.
 
-use std::process::Command;
 use std::time::Duration;
 
-use mailroom_tests::{Backend, PASSWORD, run_tool, start, with_accounts};
+use mailroom_tests::{Backend, PASSWORD, run_python, start, with_accounts};
 
 const ALICE: &str = "alice@example.test";
 /// `crates/imap/src/metadata.rs`: MAX_VALUE_SIZE and MAX_ENTRIES.
@@ -17,25 +16,16 @@ async fn imaplib_session(backend: Backend) {
         return; // PostgreSQL tests opted out
     };
     let _store = with_accounts(&r, &[ALICE]).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/imap_metadata.py");
     let port = r.stack.addr("imap").unwrap().port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        run_tool(
-            "python3 imap_metadata.py",
-            Command::new("python3").args([
-                script,
-                "127.0.0.1",
-                &port,
-                ALICE,
-                PASSWORD,
-                MAX_VALUE_SIZE,
-                MAX_ENTRIES,
-            ]),
-            &[0],
-        )
-    })
-    .await
-    .unwrap();
+    let args = [
+        "127.0.0.1",
+        port.as_str(),
+        ALICE,
+        PASSWORD,
+        MAX_VALUE_SIZE,
+        MAX_ENTRIES,
+    ];
+    let out = run_python("imap_metadata.py", args.map(String::from).to_vec()).await;
     assert_eq!(out.matches("ok: ").count(), 9, "{out}");
     r.stack.stop(Duration::from_secs(5)).await;
 }

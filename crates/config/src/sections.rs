@@ -234,6 +234,10 @@ section! {
         pub max_message_size: u32 = 52_428_800,
         /// Longest command line without its literals, in bytes.
         pub max_line_length: u32 = 65_536,
+        /// Most mailboxes one session may watch with NOTIFY (RFC 5465); more is
+        /// `NO [NOTIFICATIONOVERFLOW]`, or `* OK [NOTIFICATIONOVERFLOW]` when the
+        /// watched mailboxes grow past it later.
+        pub max_notify_mailboxes: usize = 1000,
     }
 }
 

@@ -33,12 +33,14 @@ use mailroom_sasl::SaslConfig;
 use mailroom_store::Store;
 use tokio::io::AsyncWriteExt;
 
+mod acl;
 mod append;
 mod auth;
 pub mod compress;
 mod fetch;
 mod metadata;
 pub mod names;
+pub mod notify;
 mod objectid;
 pub mod preparse;
 mod search;
@@ -73,6 +75,8 @@ pub struct ImapSettings {
     pub max_message_size: u32,
     /// Longest command line (without literals), in bytes.
     pub max_line_length: u32,
+    /// Most mailboxes a session may watch with NOTIFY ([`notify`]).
+    pub max_notify_mailboxes: usize,
 }
 
 impl Default for ImapSettings {
@@ -88,6 +92,7 @@ impl Default for ImapSettings {
             auth_failure_window: Duration::from_secs(900),
             max_message_size: 50 * 1024 * 1024,
             max_line_length: 64 * 1024,
+            max_notify_mailboxes: 1000,
         }
     }
 }

@@ -309,6 +309,146 @@ fn pattern_group(s: &[u8]) -> Option<(Vec<(Vec<u8>, Vec<u8>)>, usize)> {
     }
 }
 
+/// A cursor over the arguments of a command the codec does not know
+/// (NOTIFY, the ACL commands), literals included as framed. Each read
+/// gives `None` when the bytes there are not what it reads.
+pub(crate) struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(s: &'a [u8]) -> Self {
+        Cursor { s, i: 0 }
+    }
+
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    /// Where the cursor is, for [`Cursor::reset`].
+    pub(crate) fn mark(&self) -> usize {
+        self.i
+    }
+
+    /// Goes back to a [`Cursor::mark`].
+    pub(crate) fn reset(&mut self, mark: usize) {
+        self.i = mark;
+    }
+
+    /// Whether the rest starts with `prefix`.
+    pub(crate) fn at(&self, prefix: &[u8]) -> bool {
+        self.s[self.i..].starts_with(prefix)
+    }
+
+    /// Takes `b` when it is next.
+    pub(crate) fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        self.i += usize::from(hit);
+        hit
+    }
+
+    pub(crate) fn sp(&mut self) -> Option<()> {
+        self.eat(b' ').then_some(())
+    }
+
+    /// Whether only the line end is left.
+    pub(crate) fn at_end(&self) -> bool {
+        matches!(&self.s[self.i..], b"\r\n" | b"\n")
+    }
+
+    /// An atom (RFC 9051 §9 ATOM-CHAR), upper-cased.
+    pub(crate) fn atom(&mut self) -> Option<String> {
+        let start = self.i;
+        while self.peek().is_some_and(atom_char) {
+            self.i += 1;
+        }
+        (self.i > start)
+            .then(|| String::from_utf8_lossy(&self.s[start..self.i]).to_ascii_uppercase())
+    }
+
+    /// An astring: atom (`]` allowed), quoted string or literal; its bytes.
+    pub(crate) fn astring(&mut self) -> Option<Vec<u8>> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                let mut out = Vec::new();
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.i += 1;
+                            return Some(out);
+                        }
+                        b'\\' => {
+                            out.push(*self.s.get(self.i + 1)?);
+                            self.i += 2;
+                        }
+                        b'\r' | b'\n' => return None,
+                        c => {
+                            out.push(c);
+                            self.i += 1;
+                        }
+                    }
+                }
+            }
+            b'{' => {
+                let close = self.s[self.i..].iter().position(|&b| b == b'}')?;
+                let digits = std::str::from_utf8(&self.s[self.i + 1..self.i + close])
+                    .ok()?
+                    .trim_end_matches('+');
+                let n: usize = digits.parse().ok()?;
+                let data = self.i + close + 1;
+                if self.s.get(data..data + 2) != Some(b"\r\n") {
+                    return None;
+                }
+                let out = self.s.get(data + 2..data + 2 + n)?.to_vec();
+                self.i = data + 2 + n;
+                Some(out)
+            }
+            _ => {
+                let start = self.i;
+                while self.peek().is_some_and(|c| atom_char(c) || c == b']') {
+                    self.i += 1;
+                }
+                (self.i > start).then(|| self.s[start..self.i].to_vec())
+            }
+        }
+    }
+
+    /// A parenthesised group as sent (a quoted string in it may hold
+    /// parentheses).
+    pub(crate) fn raw_group(&mut self) -> Option<Vec<u8>> {
+        let start = self.i;
+        let mut depth = 0usize;
+        loop {
+            match self.peek()? {
+                b'(' => depth += 1,
+                b')' => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        self.i += 1;
+                        return Some(self.s[start..self.i].to_vec());
+                    }
+                }
+                b'"' => {
+                    self.i += 1;
+                    while self.peek()? != b'"' {
+                        self.i += if self.peek() == Some(b'\\') { 2 } else { 1 };
+                    }
+                }
+                b'\r' | b'\n' => return None,
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
+}
+
+/// ATOM-CHAR (RFC 9051 §9): not a special, space or control.
+fn atom_char(c: u8) -> bool {
+    c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c)
+}
+
 fn atoms(items: &[Item]) -> Vec<String> {
     items
         .iter()

@@ -10,8 +10,9 @@
 //! | authenticated     | ENABLE, SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,|
 //! |                   | UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE,  |
 //! |                   | GETQUOTA, GETQUOTAROOT, SETQUOTA, COMPRESS,                |
-//! |                   | GETMETADATA, SETMETADATA, UNAUTHENTICATE (seen before the  |
-//! |                   | codec, RFC 8437)                                           |
+//! |                   | GETMETADATA, SETMETADATA; seen before the codec:           |
+//! |                   | UNAUTHENTICATE (RFC 8437), NOTIFY (RFC 5465), MYRIGHTS,    |
+//! |                   | GETACL, LISTRIGHTS, SETACL, DELETEACL (RFC 4314)           |
 //! | selected          | all of authenticated, plus CHECK, CLOSE, UNSELECT, EXPUNGE,|
 //! |                   | UID EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE (and UID …)  |
 //! | logout            | nothing: the connection closes                             |
@@ -30,6 +31,8 @@
 //!   [`crate::compress`] (one SYNC_FLUSH per flush);
 //! * after every command in the selected state the session reads the store's
 //!   changes and announces them, following RFC 9051 §7.5.1 ([`crate::selected`]);
+//! * only a session with NOTIFY set reads the store's events between
+//!   commands ([`crate::notify`]); the others read them only in IDLE;
 //! * a command (its literals included) must arrive whole within the idle
 //!   timeout of its phase from the moment the session starts waiting for
 //!   it, not within that time of each read: a client trickling one byte at
@@ -308,7 +311,10 @@ pub(crate) struct State {
     /// Extensions named in ENABLE so far, upper case.
     enabled: Vec<String>,
     /// New-mail and change events, from login on.
-    events: Option<broadcast::Receiver<MailboxEvent>>,
+    pub(crate) events: Option<broadcast::Receiver<MailboxEvent>>,
+    /// NOTIFY SET in force (RFC 5465, [`crate::notify`]); boxed, so that
+    /// the many sessions without it pay one pointer.
+    pub(crate) notify: Option<Box<crate::notify::Notify>>,
 }
 
 impl State {
@@ -335,6 +341,7 @@ impl State {
         self.phase = Phase::NotAuthenticated;
         self.account = None;
         self.events = None;
+        self.notify = None;
         self.enabled.clear();
         (self.utf8, self.rev2, self.condstore, self.qresync) = (false, false, false, false);
     }
@@ -446,6 +453,7 @@ pub(crate) async fn run(server: &ImapServer, conn: Connection, shutdown: Cancell
         qresync: false,
         enabled: Vec::new(),
         events: None,
+        notify: None,
     };
     let caps = capabilities(server, &state, conn.tls.is_some());
     io.line(&format!(
@@ -518,6 +526,10 @@ pub(crate) fn capabilities(server: &ImapServer, state: &State, starttls: bool) -
             "ESORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
+            "NOTIFY",
+            "ACL",
+            "RIGHTS=texk",
+            "LIST-MYRIGHTS",
         ]),
     }
     caps.join(" ")
@@ -540,7 +552,12 @@ async fn command_loop(
             Phase::NotAuthenticated => s.idle_timeout,
             _ => s.authenticated_idle_timeout,
         };
-        let bytes = match io.next(idle_for, shutdown).await {
+        let next = if state.notify.is_some() {
+            next_notifying(server, io, state, idle_for, shutdown).await
+        } else {
+            io.next(idle_for, shutdown).await
+        };
+        let bytes = match next {
             Ok(Input::Message(bytes)) => bytes,
             Ok(Input::Refused { tag, text }) => {
                 state.errors += 1;
@@ -561,6 +578,10 @@ async fn command_loop(
                 state.unauthenticate();
                 io.line(&format!("{tag} OK back to the not authenticated state"));
             }
+            continue;
+        }
+        if let Some((tag, result)) = Box::pin(outside_codec(server, io, state, &bytes)).await {
+            answer(server, io, state, &tag, result, true).await;
             continue;
         }
         let command = match CommandCodec::default().decode(input) {
@@ -703,32 +724,167 @@ async fn command_loop(
                     sel.up_to_date = false;
                 }
                 let command = body.name();
+                let own_change = own_change(state, &body);
                 let started = std::time::Instant::now();
                 let result = Box::pin(execute(server, io, state, &tag, body, &lifted)).await;
                 metrics::histogram!("mailroom_imap_command_duration_seconds", "command" => command)
                     .record(started.elapsed().as_secs_f64());
-                match result {
-                    Ok(done) => {
-                        sync_selected(server, io, state, expunge_allowed).await;
-                        io.line(&format!("{tag} {done}"));
-                    }
-                    Err(Failure::No(text)) => {
-                        sync_selected(server, io, state, expunge_allowed).await;
-                        io.line(&format!("{tag} NO {text}"));
-                    }
-                    Err(Failure::Bad(text)) => {
-                        state.errors += 1;
-                        io.line(&format!("{tag} BAD {text}"));
-                    }
-                    Err(Failure::Store(e)) => {
-                        tracing::error!(error = %e, "IMAP command failed in the store");
-                        io.line(&format!(
-                            "{tag} NO [UNAVAILABLE] temporary failure, try again later"
-                        ));
-                    }
+                if state.notify.is_some() {
+                    crate::notify::absorb(server, io, state, own_change).await;
                 }
+                answer(server, io, state, &tag, result, expunge_allowed).await;
             }
         }
+    }
+}
+
+/// Ends a command: the selected mailbox's changes, then the tagged reply.
+async fn answer(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    tag: &str,
+    result: Outcome,
+    expunge_allowed: bool,
+) {
+    match result {
+        Ok(done) => {
+            sync_selected(server, io, state, expunge_allowed).await;
+            io.line(&format!("{tag} {done}"));
+        }
+        Err(Failure::No(text)) => {
+            sync_selected(server, io, state, expunge_allowed).await;
+            io.line(&format!("{tag} NO {text}"));
+        }
+        Err(Failure::Bad(text)) => {
+            state.errors += 1;
+            io.line(&format!("{tag} BAD {text}"));
+        }
+        Err(Failure::Store(e)) => {
+            tracing::error!(error = %e, "IMAP command failed in the store");
+            io.line(&format!(
+                "{tag} NO [UNAVAILABLE] temporary failure, try again later"
+            ));
+        }
+    }
+}
+
+/// Commands the codec does not know, read here: NOTIFY (RFC 5465) and the
+/// ACL commands (RFC 4314). `None` when `message` is none of them.
+async fn outside_codec(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    message: &[u8],
+) -> Option<(String, Outcome)> {
+    let (at, verb) = [
+        "NOTIFY",
+        "MYRIGHTS",
+        "GETACL",
+        "LISTRIGHTS",
+        "SETACL",
+        "DELETEACL",
+    ]
+    .into_iter()
+    .find_map(|verb| preparse::after_words(message, &[verb]).map(|at| (at, verb)))?;
+    let tag = imap_tag(message)?;
+    if matches!(state.phase, Phase::NotAuthenticated) {
+        return Some((tag, Err(bad("log in first"))));
+    }
+    let args = &message[at..];
+    let result = match verb {
+        "NOTIFY" => crate::notify::command(server, io, state, args).await,
+        _ => crate::acl::command(server, io, state, verb, args).await,
+    };
+    Some((tag, result))
+}
+
+/// What a command may change that a NOTIFY session must not be told of
+/// as another's change (see [`crate::notify::absorb`]).
+fn own_change(state: &State, body: &CommandBody<'_>) -> crate::notify::Absorb {
+    use crate::notify::Absorb;
+    if state.notify.is_none() {
+        return Absorb::Nothing;
+    }
+    match body {
+        CommandBody::Create { .. }
+        | CommandBody::Delete { .. }
+        | CommandBody::Rename { .. }
+        | CommandBody::Subscribe { .. }
+        | CommandBody::Unsubscribe { .. } => Absorb::Structure,
+        CommandBody::Append { mailbox, .. }
+        | CommandBody::Copy { mailbox, .. }
+        | CommandBody::Move { mailbox, .. } => mailbox_name(state, mailbox)
+            .map(Absorb::Mailbox)
+            .unwrap_or(Absorb::Nothing),
+        CommandBody::SetMetadata { mailbox, .. } => match mailbox {
+            WireMailbox::Other(o) if o.as_ref().is_empty() => Absorb::Metadata(None),
+            _ => mailbox_name(state, mailbox)
+                .map(|n| Absorb::Metadata(Some(n)))
+                .unwrap_or(Absorb::Nothing),
+        },
+        _ => Absorb::Nothing,
+    }
+}
+
+/// [`Io::next`] for a session with NOTIFY: between commands the store's
+/// events are taken too, and their responses sent at once (RFC 5465 §3.1).
+/// The autologout timer runs from the last input, not the last event.
+async fn next_notifying(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Input, End> {
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        if let Some(input) = io.next_buffered() {
+            return Ok(input);
+        }
+        io.flush(idle).await?;
+        if state.notify.is_none() {
+            // It overflowed: back to the plain wait.
+            return io
+                .next(deadline - tokio::time::Instant::now(), shutdown)
+                .await;
+        }
+        if let Some(ev) =
+            input_or_event(io, &mut state.events, deadline, READ_CHUNK, shutdown).await?
+        {
+            crate::notify::on_event(server, io, state, ev, false).await;
+        }
+    }
+}
+
+/// Waits until `deadline` for input (read into the framer: `None`) or a
+/// store event; shutdown and the deadline end the session with a BYE.
+async fn input_or_event(
+    io: &mut Io,
+    events: &mut Option<broadcast::Receiver<MailboxEvent>>,
+    deadline: tokio::time::Instant,
+    chunk: usize,
+    shutdown: &CancellationToken,
+) -> Result<Option<Result<MailboxEvent, broadcast::error::RecvError>>, End> {
+    let event = async {
+        match events.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            Err(io.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await)
+        }
+        _ = tokio::time::sleep_until(deadline) => {
+            Err(io.close_with("* BYE autologout: idle for too long").await)
+        }
+        read = io.read_more(chunk) => match read {
+            Ok(true) => Ok(None),
+            _ => Err(End::Gone),
+        },
+        ev = event => Ok(Some(ev)),
     }
 }
 
@@ -754,13 +910,24 @@ async fn enter_authenticated(server: &ImapServer, state: &mut State) {
     }
 }
 
-/// Announces what changed in the selected mailbox (see [`crate::selected`]).
-async fn sync_selected(server: &ImapServer, io: &mut Io, state: &mut State, allow_expunge: bool) {
+/// Announces what changed in the selected mailbox (see [`crate::selected`]),
+/// and with NOTIFY the attributes asked for new messages.
+pub(crate) async fn sync_selected(
+    server: &ImapServer,
+    io: &mut Io,
+    state: &mut State,
+    allow_expunge: bool,
+) {
     let mode = state.sync_mode(allow_expunge);
-    if let Phase::Selected(sel) = &mut state.phase
-        && let Err(e) = Box::pin(sel.sync(&server.store, mode, &mut io.out)).await
-    {
+    let Phase::Selected(sel) = &mut state.phase else {
+        return;
+    };
+    let last_uid = sel.messages.last().map_or(0, |m| m.uid);
+    if let Err(e) = Box::pin(sel.sync(&server.store, mode, &mut io.out)).await {
         tracing::warn!(error = %e, "IMAP mailbox sync failed");
+    }
+    if state.notify.is_some() {
+        Box::pin(crate::notify::fetch_new(server, io, state, last_uid)).await;
     }
 }
 
@@ -1498,12 +1665,13 @@ pub(crate) async fn status_items(
     mb: &Mailbox,
     items: &[StatusDataItemName],
 ) -> Result<String, Failure> {
-    let counts = server.store.mailbox_counts(mb.id).await?;
-    let fresh = server
+    // One statement for the mailbox's current state and its counts; a
+    // mailbox deleted meanwhile answers as it was, empty.
+    let (fresh, counts) = server
         .store
-        .mailbox_by_id(mb.id)
+        .mailbox_status(mb.id)
         .await?
-        .unwrap_or_else(|| mb.clone());
+        .unwrap_or_else(|| (mb.clone(), Default::default()));
     let mut out: Vec<String> = Vec::new();
     for item in items {
         out.push(match item {
@@ -1619,6 +1787,8 @@ async fn list(
     let ret_subscribed = lifted.list_return.iter().any(|s| s == "SUBSCRIBED")
         || lifted.list_selection.iter().any(|s| s == "SUBSCRIBED");
     let status = status_names(&lifted.list_status);
+    // LIST-MYRIGHTS (RFC 8440 §3).
+    let myrights = lifted.list_return.iter().any(|s| s == "MYRIGHTS");
 
     let boxes = server.store.list_mailboxes(state.account_id()).await?;
     let existing: std::collections::BTreeMap<&str, &Mailbox> =
@@ -1694,6 +1864,13 @@ async fn list(
             io.line(&format!(
                 "* STATUS {} ({items})",
                 names::quote(&names::to_wire(name, state.utf8), state.utf8)
+            ));
+        }
+        if myrights && mb.is_some() && !lsub {
+            io.line(&format!(
+                "* MYRIGHTS {} {}",
+                names::quote(&names::to_wire(name, state.utf8), state.utf8),
+                crate::acl::OWNER_RIGHTS
             ));
         }
     }
@@ -1814,7 +1991,10 @@ async fn idle(
     io.line("+ idling");
     // Events that arrived while the session was busy are covered by this
     // sync; drop them instead of syncing once for each.
-    if let Some(rx) = state.events.as_mut() {
+    // (With NOTIFY they say what changed in other mailboxes: kept.)
+    if state.notify.is_none()
+        && let Some(rx) = state.events.as_mut()
+    {
         while !matches!(
             rx.try_recv(),
             Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
@@ -1848,27 +2028,18 @@ async fn idle(
             _ => None,
         };
         let account = state.account_id();
-        let event = async {
-            match state.events.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
+        let Some(ev) =
+            input_or_event(io, &mut state.events, deadline, IDLE_READ_CHUNK, shutdown).await?
+        else {
+            continue;
         };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                return Err(io.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(io.close_with("* BYE autologout: idle for too long").await);
-            }
-            read = io.read_more(IDLE_READ_CHUNK) => match read {
-                Ok(true) => {}
-                _ => return Err(End::Gone),
-            },
-            ev = event => match ev {
-                Ok(ev) if ev.is_resync()
-                    || (ev.account_id == account && Some(ev.mailbox_id) == selected_box) =>
+        if state.notify.is_some() {
+            crate::notify::on_event(server, io, state, ev, true).await;
+        } else {
+            match ev {
+                Ok(ev)
+                    if ev.is_resync()
+                        || (ev.account_id == account && Some(ev.mailbox_id) == selected_box) =>
                 {
                     sync_selected(server, io, state, true).await;
                 }
@@ -1877,7 +2048,7 @@ async fn idle(
                     sync_selected(server, io, state, true).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => state.events = None,
-            },
+            }
         }
     }
 }

@@ -657,6 +657,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 auth_failure_window: Duration::from_secs(900),
                 max_message_size: c.max_message_size,
                 max_line_length: c.max_line_length,
+                max_notify_mailboxes: c.max_notify_mailboxes,
             },
             store.clone(),
             Arc::new(mailroom_imap::AuthThrottle::default()),

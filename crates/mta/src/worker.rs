@@ -10,12 +10,7 @@
 //! * temporary failures are retried with exponential backoff until the
 //!   message expires; permanent failures and expiry are final and owe the
 //!   sender a DSN, long deferrals a delay notice, as for relayed mail
-//!   (`outcome`, `dsn`); the entry leaves the queue with its last result;
-//! * up to [`CONCURRENT_DELIVERIES`] messages of a leased batch are
-//!   delivered at once (the MDA's transactions overlap, as Postfix runs
-//!   several local deliveries), and the next batch is leased only when the
-//!   whole batch is done, so a shutdown finds every attempt either finished
-//!   or not started (given back).
+//!   (`outcome`, `dsn`); the entry leaves the queue with its last result.
 //!
 //! Recipients of other domains are the relay's (`relay.rs`: MX lookup,
 //! outbound SMTP, delivery status notifications); this worker never takes them.
@@ -43,11 +38,9 @@ use crate::relay::{RelaySettings, backoff};
 pub const LEASE_SECS: i64 = 300;
 /// Recipients leased per round.
 const BATCH: i64 = 100;
-/// Messages delivered at once by one worker. One at a time, the queue
-/// filled faster than it drained under 24 concurrent SMTP clients
-/// (tests/tests/resilience.rs: 9,886 of 10,281 acknowledged messages still
-/// queued on PostgreSQL).
-pub const CONCURRENT_DELIVERIES: usize = 16;
+
+/// Attempts of one local-delivery worker in flight at once.
+const CONCURRENCY: usize = 8;
 /// The first retry waits this long; each further one twice as long …
 pub const FIRST_RETRY_SECS: i64 = 300;
 /// … up to this.
@@ -145,12 +138,18 @@ impl LocalDelivery {
         self
     }
 
-    /// Runs until `shutdown`; an attempt in progress finishes first.
+    /// Runs until `shutdown`; attempts in progress finish first.
+    ///
+    /// The messages of a lease are delivered up to [`CONCURRENCY`] at a
+    /// time: each attempt is a few round trips and two commits, so one at a
+    /// time left the database (and the disk's flushes, which PostgreSQL and
+    /// SQLite's group commit share between concurrent commits) mostly idle.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let _presence = crate::hold_presence(&this.store, &this.id, &shutdown).await;
         let leases = outcome::Leases::new(this.store.clone(), this.id.clone(), this.lease_secs);
         let renewal = leases.renew();
+        let mut running = tokio::task::JoinSet::new();
         loop {
             let leased = match this
                 .store
@@ -165,7 +164,7 @@ impl LocalDelivery {
             };
             if leased.is_empty() {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                     _ = this.wake.local.notified() => {}
                     _ = tokio::time::sleep(this.poll) => {}
                 }
@@ -184,23 +183,24 @@ impl LocalDelivery {
                     (queue_id, recipients, hold)
                 })
                 .collect();
-            let mut running = tokio::task::JoinSet::new();
             for (queue_id, recipients, hold) in batch {
-                while running.len() >= CONCURRENT_DELIVERIES {
-                    running.join_next().await;
-                }
                 if shutdown.is_cancelled() {
                     break; // the remaining holds drop: given back
                 }
-                let worker = this.clone();
-                running.spawn(async move { worker.attempt(queue_id, recipients, hold).await });
+                while running.len() >= CONCURRENCY {
+                    running.join_next().await;
+                }
+                let this = this.clone();
+                running.spawn(async move { this.attempt(queue_id, recipients, hold).await });
             }
-            // Attempts in progress finish, even at shutdown.
+            // The next lease starts when this one's attempts are done: a
+            // lease never overlaps recipients still being attempted.
             while running.join_next().await.is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
         }
+        while running.join_next().await.is_some() {}
         drop(renewal);
         leases.release_all().await;
     }

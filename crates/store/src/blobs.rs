@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::{Result, Store, now, on_backend};
+use crate::{Result, Store, now, on_backend, write_conn};
 
 /// The hex SHA-256 of a blob's content: its key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,7 +21,7 @@ impl Store {
     /// Stores `data` unless the same content is there already; returns its key.
     pub async fn put_blob(&self, data: &[u8]) -> Result<BlobHash> {
         let hash = BlobHash::of(data);
-        on_backend!(self, |pool| {
+        write_conn!(self, |conn| {
             // The NOT EXISTS spares building (and compressing) a row for
             // content that is there already: the usual case for the MDA,
             // whose message the queue stored first.
@@ -34,9 +34,10 @@ impl Store {
             .bind(data.len() as i64)
             .bind(data)
             .bind(now())
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
-        });
+            Ok(())
+        })?;
         Ok(hash)
     }
 

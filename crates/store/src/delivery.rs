@@ -163,7 +163,8 @@ pub enum Stored {
 /// [`Store::changes_since`]. A receiver that lagged (the channel reports
 /// it) must do the same, since it may have missed events, and so must one
 /// that receives [`MailboxEvent::resync`]. An account's deletion comes as
-/// an event of its account with mailbox 0.
+/// an event of its account with mailbox 0. A METADATA change (RFC 5464)
+/// comes with MODSEQ 0, and mailbox 0 for the account's server entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEvent {
     /// The account.
@@ -227,7 +228,8 @@ impl MailboxEvent {
 fn learn(freshness: &Freshness, event: &MailboxEvent, structural: bool) {
     if structural {
         freshness.restructured((event.mailbox_id != 0).then_some(event.mailbox_id));
-    } else {
+    } else if event.modseq > 0 {
+        // (MODSEQ 0: a METADATA change, which leaves the messages alone.)
         freshness.changed(event.mailbox_id, event.modseq);
     }
 }

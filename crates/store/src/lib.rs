@@ -16,7 +16,10 @@
 //! * on SQLite, write transactions start with `BEGIN IMMEDIATE`, so two
 //!   writers queue on the lock instead of failing on a lock upgrade;
 //! * SQLite runs in WAL mode with `synchronous = FULL`: a commit that
-//!   returned is on disk, which the SMTP "250 after commit" rule relies on.
+//!   returned is on disk, which the SMTP "250 after commit" rule relies on;
+//! * on SQLite, write transactions share commits (`group.rs`): each runs as
+//!   a savepoint of one writer connection's transaction, and returns only
+//!   once that transaction is committed.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ mod blobs;
 mod delivery;
 mod directory;
 mod dkim;
+mod group;
 mod known;
 #[macro_use]
 mod lane;
@@ -61,7 +65,7 @@ pub use reader::TextReader;
 
 /// What went wrong, in terms a caller can act on. Each variant carries a
 /// message fit to show the person who made the request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The thing to create exists already.
     #[error("{0}")]
@@ -184,12 +188,45 @@ macro_rules! write_tx {
                 $tx.commit().await?;
                 out
             }
-            $crate::Backend::Sqlite(pool) => {
+            // Group commit (see `group.rs`): a savepoint in the writer's
+            // shared transaction; returns once that is committed.
+            $crate::Backend::Sqlite(_) => {
+                let mut group_tx = $store.sqlite_group()?.begin().await?;
                 #[allow(unused_mut)]
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut $tx = group_tx.conn();
                 let out = $body;
-                $tx.commit().await?;
+                group_tx.commit().await?;
                 out
+            }
+        }
+    };
+}
+
+/// Runs `$body`, an expression of type `Result<T>` that uses `&mut *$conn`
+/// as its executor, for statements that write but need no transaction of
+/// their own: on PostgreSQL in autocommit on a pooled connection, on SQLite
+/// inside the group-commit writer (see `group.rs`), so that they share its
+/// fsync and do not queue on its lock. Nothing is committed when the body
+/// fails.
+#[macro_export]
+macro_rules! write_conn {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        match $store.backend() {
+            $crate::Backend::Postgres(pool) => {
+                let mut pooled = pool.acquire().await?;
+                let $conn = &mut *pooled;
+                async { $body }.await
+            }
+            $crate::Backend::Sqlite(_) => {
+                let mut group_tx = $store.sqlite_group()?.begin().await?;
+                let out = {
+                    let $conn = group_tx.conn();
+                    async { $body }.await
+                };
+                match out {
+                    Ok(value) => group_tx.commit().await.map(|()| value),
+                    Err(e) => Err(e),
+                }
             }
         }
     };
@@ -255,6 +292,8 @@ struct Shared {
     freshness: Arc<known::Freshness>,
     /// Message texts and parse caches (see `known.rs`).
     message_cache: known::MessageCache,
+    /// SQLite: the group-commit writer (see `group.rs`).
+    group: Option<group::Group>,
 }
 
 /// PostgreSQL connection options from `url`. Without an explicit `sslmode`
@@ -290,6 +329,7 @@ impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite:…`) and brings the schema
     /// up to date. An SQLite file is created when missing.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
+        let mut group = None;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // No ping before each checkout: it doubled the round trips of
             // short transactions; a broken connection fails its query instead
@@ -323,11 +363,12 @@ impl Store {
                 .before_acquire(|conn, _| {
                     Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
                 })
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
                 .map_err(|e| {
                     StoreError::Unavailable(format!("cannot open SQLite database: {e}"))
                 })?;
+            group = Some(group::Group::new(opts));
             Backend::Sqlite(pool)
         } else {
             return Err(StoreError::InvalidArgument(format!(
@@ -352,6 +393,7 @@ impl Store {
                 lane,
                 freshness: Arc::new(known::Freshness::new(options.fresh_for)),
                 message_cache: known::MessageCache::new(options.message_cache_bytes),
+                group,
             }),
         };
         migrate::run(&store).await?;
@@ -400,6 +442,14 @@ impl Store {
         &self.shared.served_domains
     }
 
+    /// The group-commit writer of an SQLite store (see `group.rs`).
+    pub(crate) fn sqlite_group(&self) -> Result<&group::Group> {
+        self.shared
+            .group
+            .as_ref()
+            .ok_or_else(|| StoreError::Internal("the group writer is SQLite's".into()))
+    }
+
     /// A connection of the PostgreSQL lane (see `lane.rs`).
     pub(crate) async fn lane_conn(&self) -> Result<lane::LaneConn<'_>> {
         match &self.shared.lane {
@@ -439,6 +489,9 @@ impl Store {
     pub async fn close(&self) {
         if let Some(lane) = &self.shared.lane {
             lane.close().await;
+        }
+        if let Some(group) = &self.shared.group {
+            group.close().await;
         }
         match &self.backend {
             Backend::Postgres(p) => p.close().await,

@@ -43,7 +43,9 @@ impl Store {
 
     /// Sets (`Some`) or removes (`None`) entries of one scope, all or
     /// nothing. Returns `false`, changing nothing, when the scope would then
-    /// hold more than `max_entries` entries.
+    /// hold more than `max_entries` entries. A change is announced as a
+    /// [`crate::MailboxEvent`] of the mailbox (mailbox 0 for the server
+    /// scope) with MODSEQ 0 (for IMAP NOTIFY, RFC 5465 §5.6 and §5.7).
     pub async fn set_metadata(
         &self,
         account_id: i64,
@@ -51,7 +53,7 @@ impl Store {
         changes: &[(String, Option<Vec<u8>>)],
         max_entries: usize,
     ) -> Result<bool> {
-        Ok(write_tx!(self, |tx| {
+        let stored = write_tx!(self, |tx| {
             for (entry, value) in changes {
                 sqlx::query(
                     "DELETE FROM imap_metadata WHERE account_id = $1 \
@@ -89,6 +91,15 @@ impl Store {
                 return Ok(false);
             }
             true
-        }))
+        });
+        if stored && !changes.is_empty() {
+            self.notify(&crate::MailboxEvent {
+                account_id,
+                mailbox_id: mailbox_id.unwrap_or(0),
+                uid: 0,
+                modseq: 0,
+            });
+        }
+        Ok(stored)
     }
 }

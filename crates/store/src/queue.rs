@@ -58,7 +58,7 @@
 use mailroom_address::Domain;
 use sqlx::Row;
 
-use crate::{Backend, BlobHash, Result, Store, StoreError, now, on_backend, write_tx};
+use crate::{Backend, BlobHash, Result, Store, StoreError, now, on_backend, write_conn, write_tx};
 
 /// The domain a recipient is routed by: canonical A-label form when it
 /// parses, else the text after the last `@`, lower-cased.
@@ -677,14 +677,14 @@ impl Store {
              WHERE lease_owner = $1 AND state IN ('pending', 'deferred') AND id IN ({})",
             id_list(ids)
         );
-        Ok(on_backend!(self, |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        write_conn!(self, |conn| {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(worker)
                 .bind(now + lease_secs)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?
-                .rows_affected()
-        }))
+                .rows_affected())
+        })
     }
 
     /// Lets the leases `worker` holds on `ids` run out `after_secs` from now
@@ -701,14 +701,14 @@ impl Store {
              WHERE lease_owner = $1 AND id IN ({})",
             id_list(ids)
         );
-        Ok(on_backend!(self, |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        write_conn!(self, |conn| {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(worker)
                 .bind(now + after_secs.max(0) - 1)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?
-                .rows_affected()
-        }))
+                .rows_affected())
+        })
     }
 
     /// Gives back the leases `worker` holds on `ids` (every lease it holds
@@ -727,13 +727,13 @@ impl Store {
                      WHERE lease_owner = $1"
                 .to_string(),
         };
-        Ok(on_backend!(self, |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        write_conn!(self, |conn| {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(worker)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?
-                .rows_affected()
-        }))
+                .rows_affected())
+        })
     }
 
     /// At the start of a process on the embedded SQLite store: gives back

@@ -10,7 +10,7 @@
 
 use sqlx::Row;
 
-use crate::{Result, Store, on_backend};
+use crate::{Result, Store, on_backend, write_conn};
 
 impl Store {
     /// Claims the UIDs of mailbox `mailbox_id` from its first unclaimed one
@@ -22,31 +22,32 @@ impl Store {
         // the mark since it was read; otherwise read again (another session
         // claimed some of the UIDs, which are then not ours).
         loop {
-            let (old, moved) = on_backend!(self, |pool| {
-                let old: Option<i64> =
-                    sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
-                        .bind(mailbox_id)
-                        .fetch_optional(pool)
-                        .await?
-                        .map(|r| r.try_get(0))
-                        .transpose()?;
-                match old {
-                    Some(old) if old < target => {
-                        let moved = sqlx::query(
+            let old: Option<i64> = on_backend!(self, |pool| {
+                sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
+                    .bind(mailbox_id)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?
+            });
+            let (old, moved) = match old {
+                Some(old) if old < target => {
+                    let moved = write_conn!(self, |conn| {
+                        Ok(sqlx::query(
                             "UPDATE mailboxes SET recent_uid = $2 WHERE id = $1 AND recent_uid = $3",
                         )
                         .bind(mailbox_id)
                         .bind(target)
                         .bind(old)
-                        .execute(pool)
+                        .execute(&mut *conn)
                         .await?
-                        .rows_affected();
-                        (old, moved == 1)
-                    }
-                    Some(old) => (old, true),
-                    None => (target, true),
+                        .rows_affected())
+                    })?;
+                    (old, moved == 1)
                 }
-            });
+                Some(old) => (old, true),
+                None => (target, true),
+            };
             if moved {
                 return Ok(u32::try_from(old).unwrap_or(u32::MAX));
             }

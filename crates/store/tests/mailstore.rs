@@ -1490,7 +1490,6 @@ async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<MailboxEvent>) -> 
 async fn events_announce_every_change(store: &Store) {
     let a = account(store, "alice@example.test", 0).await;
     let inbox = mailbox(store, a, "INBOX").await.id;
-    let dest = store.create_mailbox(a, "Dest", None).await.unwrap().id;
     let mut rx = store.subscribe().await.unwrap();
     let event = |mailbox_id: i64, uid: u32, modseq: u64| MailboxEvent {
         account_id: a,
@@ -1498,6 +1497,19 @@ async fn events_announce_every_change(store: &Store) {
         uid,
         modseq,
     };
+    // Creating and (un)subscribing, at the mailbox's HIGHESTMODSEQ (IMAP
+    // NOTIFY's MailboxName and SubscriptionChange).
+    let created = store.create_mailbox(a, "Dest", None).await.unwrap();
+    let dest = created.id;
+    assert_eq!(
+        next_event(&mut rx).await,
+        event(dest, 0, created.highestmodseq)
+    );
+    store.set_subscribed(a, "Dest", true).await.unwrap();
+    assert_eq!(
+        next_event(&mut rx).await,
+        event(dest, 0, created.highestmodseq)
+    );
     // New messages, one event each, in order.
     append(store, inbox, 1, 100).await;
     append(store, inbox, 2, 100).await;

@@ -63,7 +63,7 @@ impl Store {
     ) -> Result<Mailbox> {
         let name = valid_name(name)?;
         let created_at = now();
-        on_backend!(self, |pool| {
+        let mb = on_backend!(self, |pool| {
             let row = sqlx::query(concat!(
                 "INSERT INTO mailboxes (account_id, name, special_use, subscribed, uidvalidity, created_at)
                  VALUES ($1, $2, $3, FALSE, $4, $5) RETURNING ",
@@ -85,8 +85,17 @@ impl Store {
                 }
                 other => other,
             })?;
-            Ok(mailbox_from_row!(row))
-        })
+            mailbox_from_row!(row)
+        });
+        // Sessions that watch the account's names (IMAP NOTIFY MailboxName,
+        // RFC 5465 §5.4) learn of it.
+        self.notify(&MailboxEvent {
+            account_id,
+            mailbox_id: mb.id,
+            uid: 0,
+            modseq: mb.highestmodseq,
+        });
+        Ok(mb)
     }
 
     /// Deletes a mailbox and its messages (IMAP DELETE), in one
@@ -309,7 +318,9 @@ impl Store {
     }
 
     /// SUBSCRIBE / UNSUBSCRIBE. A name with no mailbox is `NotFound` (the
-    /// IMAP layer decides what to do).
+    /// IMAP layer decides what to do). The change is announced as an event
+    /// of the mailbox at its unchanged HIGHESTMODSEQ (for IMAP NOTIFY
+    /// SubscriptionChange, RFC 5465 §5.5).
     pub async fn set_subscribed(
         &self,
         account_id: i64,
@@ -317,18 +328,26 @@ impl Store {
         subscribed: bool,
     ) -> Result<()> {
         let name = canonical_name(name);
-        let updated = on_backend!(self, |pool| {
-            sqlx::query("UPDATE mailboxes SET subscribed = $3 WHERE account_id = $1 AND name = $2")
-                .bind(account_id)
-                .bind(name)
-                .bind(subscribed)
-                .execute(pool)
-                .await?
-                .rows_affected()
+        let updated: Option<(i64, i64)> = on_backend!(self, |pool| {
+            sqlx::query_as(
+                "UPDATE mailboxes SET subscribed = $3 WHERE account_id = $1 AND name = $2
+                 RETURNING id, highestmodseq",
+            )
+            .bind(account_id)
+            .bind(name)
+            .bind(subscribed)
+            .fetch_optional(pool)
+            .await?
         });
-        if updated == 0 {
+        let Some((mailbox_id, modseq)) = updated else {
             return Err(no_mailbox_named(name));
-        }
+        };
+        self.notify(&MailboxEvent {
+            account_id,
+            mailbox_id,
+            uid: 0,
+            modseq: modseq as u64,
+        });
         Ok(())
     }
 }

@@ -234,25 +234,45 @@ impl Store {
         Ok(self.merge_read(mailbox_id, token, out, read, seen))
     }
 
+    /// The mailbox as it is now and its counts, in one statement (STATUS);
+    /// `None` when it does not exist.
+    pub async fn mailbox_status(
+        &self,
+        mailbox_id: i64,
+    ) -> Result<Option<(Mailbox, MailboxCounts)>> {
+        on_conn!(self, |conn| {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                mailbox_cols!(),
+                ", c.n, c.unseen, c.deleted, c.deleted_size, c.size
+                 FROM mailboxes CROSS JOIN (",
+                counts_query!(),
+                ") c WHERE id = $1"
+            ))
+            .bind(mailbox_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let counts = MailboxCounts {
+                messages: row.try_get::<i64, _>("n")? as u32,
+                unseen: row.try_get::<i64, _>("unseen")? as u32,
+                deleted: row.try_get::<i64, _>("deleted")? as u32,
+                deleted_size: row.try_get::<i64, _>("deleted_size")?.max(0) as u64,
+                size: row.try_get::<i64, _>("size")?.max(0) as u64,
+            };
+            Ok(Some((mailbox_from_row!(row), counts)))
+        })
+    }
+
     /// Counts for STATUS. A mailbox that does not exist counts as empty.
     pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
-        // The bit values are flag_bits::SEEN (1) and flag_bits::DELETED (8).
-        let (messages, unseen, deleted, deleted_size, size): (i64, i64, i64, i64, i64) = on_backend!(
-            self,
-            |pool| {
-                sqlx::query_as(
-                "SELECT COUNT(*),
-                        CAST(COALESCE(SUM(CASE WHEN (flags & 1) = 0 THEN 1 ELSE 0 END), 0) AS BIGINT),
-                        CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN 1 ELSE 0 END), 0) AS BIGINT),
-                        CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN size ELSE 0 END), 0) AS BIGINT),
-                        CAST(COALESCE(SUM(size), 0) AS BIGINT)
-                 FROM messages WHERE mailbox_id = $1",
-            )
-            .bind(mailbox_id)
-            .fetch_one(pool)
-            .await?
-            }
-        );
+        let (messages, unseen, deleted, deleted_size, size): (i64, i64, i64, i64, i64) =
+            on_backend!(self, |pool| {
+                sqlx::query_as(counts_query!())
+                    .bind(mailbox_id)
+                    .fetch_one(pool)
+                    .await?
+            });
         Ok(MailboxCounts {
             messages: messages as u32,
             unseen: unseen as u32,

@@ -19,6 +19,20 @@ macro_rules! mailbox_cols {
     };
 }
 
+/// The STATUS counts of mailbox `$1`, as columns n, unseen, deleted,
+/// deleted_size and size, for `concat!`. The bit values are
+/// flag_bits::SEEN (1) and flag_bits::DELETED (8).
+macro_rules! counts_query {
+    () => {
+        "SELECT COUNT(*) AS n,
+                CAST(COALESCE(SUM(CASE WHEN (flags & 1) = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS unseen,
+                CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS deleted,
+                CAST(COALESCE(SUM(CASE WHEN (flags & 8) <> 0 THEN size ELSE 0 END), 0) AS BIGINT) AS deleted_size,
+                CAST(COALESCE(SUM(size), 0) AS BIGINT) AS size
+         FROM messages WHERE mailbox_id = $1"
+    };
+}
+
 macro_rules! meta_from_row {
     ($row:expr) => {{
         let row = &$row;
