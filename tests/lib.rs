@@ -838,6 +838,17 @@ pub fn sink_tls(hostname: &str) -> (tokio_rustls::TlsAcceptor, tempfile::TempDir
     (mailroom_net::tls::acceptor(&cert, &key).unwrap(), dir)
 }
 
+/// Points the relay at a test DNS server (`dns`) and remote MX hosts on
+/// `port`, with retries after a second and short session timeouts.
+pub fn relay_to(config: &mut Config, dns: std::net::SocketAddr, port: u16, data_timeout_secs: u64) {
+    config.mta.dns_servers = vec![dns];
+    config.mta.outbound_port = port;
+    config.mta.first_retry_secs = 1;
+    config.mta.connect_timeout_secs = 5;
+    config.mta.command_timeout_secs = 5;
+    config.mta.data_timeout_secs = data_timeout_secs;
+}
+
 /// Binds a sink on 127.0.0.2 at a free port, so the test can put more sinks
 /// on other loopback addresses at the same port (`mta.outbound_port` is one
 /// number for every MX).
@@ -1095,4 +1106,50 @@ pub async fn http_get(url: &str) -> (u16, String) {
     .unwrap();
     let (body, code) = out.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// The body of a test that stands for a service process: runs `mailroom
+/// <args>` as the binary does, the arguments taken from the environment
+/// variable `var` (separated by U+001F), and exits with its status; does
+/// nothing when `var` is unset (the test run by `--ignored`). Tests that
+/// run services as processes of their own re-execute their own binary to
+/// run only that test.
+pub fn serve_from_env(var: &str) {
+    let Ok(args) = std::env::var(var) else {
+        return;
+    };
+    let cli = <mailroom::Cli as clap::Parser>::parse_from(
+        std::iter::once("mailroom").chain(args.split('\u{1f}')),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = runtime.block_on(mailroom::run(cli));
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+/// Reads a service process's standard output to its end on a thread of
+/// its own (so the pipe never fills) and waits up to 60 s for the banner's
+/// last line, which says the ports are bound; whether it came.
+pub async fn banner_printed(stdout: std::process::ChildStdout) -> bool {
+    let (started, banner) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut started = Some(started);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("Admin token:")
+                && let Some(s) = started.take()
+            {
+                let _ = s.send(());
+            }
+        }
+    });
+    let up = tokio::time::timeout(std::time::Duration::from_secs(60), banner).await;
+    matches!(up, Ok(Ok(())))
 }

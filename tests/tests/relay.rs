@@ -45,12 +45,7 @@ async fn stack_with(
 ) -> Option<Running> {
     let dns_addr = dns.addr;
     start_with(backend, None, move |config| {
-        config.mta.dns_servers = vec![dns_addr];
-        config.mta.outbound_port = port;
-        config.mta.first_retry_secs = 1;
-        config.mta.connect_timeout_secs = 5;
-        config.mta.command_timeout_secs = 5;
-        config.mta.data_timeout_secs = data_timeout_secs;
+        mailroom_tests::relay_to(config, dns_addr, port, data_timeout_secs);
         change(config);
     })
     .await

@@ -556,22 +556,7 @@ async fn the_kubernetes_manifests_deliver_local_and_remote_mail_as_written() {
 #[test]
 #[ignore = "a service's process, started by the topology tests themselves"]
 fn service_process() {
-    let Ok(args) = std::env::var("TOPOLOGY_SERVICE_ARGS") else {
-        return;
-    };
-    let cli = <mailroom::Cli as clap::Parser>::parse_from(
-        std::iter::once("mailroom").chain(args.split('\u{1f}')),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let code = runtime.block_on(mailroom::run(cli));
-    std::process::exit(if code == std::process::ExitCode::SUCCESS {
-        0
-    } else {
-        1
-    });
+    mailroom_tests::serve_from_env("TOPOLOGY_SERVICE_ARGS");
 }
 
 /// A service's process; killed if the test ends without stopping it.
@@ -662,24 +647,8 @@ async fn spawn_service(service: &Service, dir: &Path) -> Process {
         log,
         grace: service.grace,
     };
-    // Its output is read on a thread of its own to the end ("shutting
-    // down …" included), so the pipe never fills; the banner's last line
-    // says the ports are bound.
-    let (started, banner) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut started = Some(started);
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("Admin token:")
-                && let Some(s) = started.take()
-            {
-                let _ = s.send(());
-            }
-        }
-    });
-    let up = tokio::time::timeout(Duration::from_secs(60), banner).await;
-    if !matches!(up, Ok(Ok(()))) {
+    // Its output is read to the end ("shutting down …" included).
+    if !mailroom_tests::banner_printed(stdout).await {
         if let Some(c) = &mut process.child {
             let _ = c.kill();
         }

@@ -110,6 +110,10 @@ fn status(e: StoreError) -> Status {
             tracing::error!(cause = %m, "admin: store unavailable");
             Status::unavailable("the store is unavailable; try again later")
         }
+        StoreError::Full(m) => {
+            tracing::error!(cause = %m, "admin: store out of space");
+            Status::resource_exhausted("the store is out of space; try again later")
+        }
         StoreError::Internal(m) => {
             tracing::error!(cause = %m, "admin: internal store error");
             Status::internal("internal error (see the server log)")

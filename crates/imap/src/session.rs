@@ -32,7 +32,11 @@
 //! * after every command in the selected state the session reads the store's
 //!   changes and announces them, following RFC 9051 §7.5.1 ([`crate::selected`]);
 //! * only a session with NOTIFY set reads the store's events between
-//!   commands ([`crate::notify`]); the others read them only in IDLE.
+//!   commands ([`crate::notify`]); the others read them only in IDLE;
+//! * a command (its literals included) must arrive whole within the idle
+//!   timeout of its phase from the moment the session starts waiting for
+//!   it, not within that time of each read: a client trickling one byte at
+//!   a time is logged out like a silent one (RFC 9051 §5.4).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -261,6 +265,8 @@ impl Io {
         idle: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Input, End> {
+        // The whole command within `idle` (see the module's invariants).
+        let deadline = tokio::time::Instant::now() + idle;
         loop {
             if let Some(input) = self.next_buffered() {
                 return Ok(input);
@@ -271,7 +277,7 @@ impl Io {
                 _ = shutdown.cancelled() => {
                     return Err(self.close_with("* BYE [UNAVAILABLE] server shutting down, try again later").await);
                 }
-                read = tokio::time::timeout(idle, self.read_more(READ_CHUNK)) => match read {
+                read = tokio::time::timeout_at(deadline, self.read_more(READ_CHUNK)) => match read {
                     Ok(Ok(true)) => {}
                     Ok(_) => return Err(End::Gone),
                     Err(_) => return Err(self.close_with("* BYE autologout: idle for too long").await),

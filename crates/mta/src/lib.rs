@@ -371,6 +371,14 @@ impl Queue for QueueService {
                 Ok(Response::new(pb::EnqueueResponse { queue_id }))
             }
             Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),
+            // The SMTP side turns this into `452 4.3.1` (insufficient
+            // system storage) rather than the general `451 4.3.0`.
+            Err(StoreError::Full(m)) => {
+                tracing::error!(error = %m, "enqueue failed: the store is out of space");
+                Err(Status::resource_exhausted(
+                    "the queue is out of space; try again later",
+                ))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "enqueue failed");
                 Err(Status::unavailable(

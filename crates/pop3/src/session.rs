@@ -25,7 +25,11 @@
 //!   it on every path (the lock's `Drop` covers panics and cancellations);
 //! * command lines are at most [`MAX_COMMAND_LINE`] octets (RFC 2449 §4); a
 //!   longer one is answered `-ERR` and discarded in bounded memory, and the
-//!   session goes on.
+//!   session goes on;
+//! * a command line must arrive whole within `pop3.idle_timeout_secs` of
+//!   the moment the session starts waiting for it, not within that time of
+//!   each read: a client trickling one byte at a time is logged out like a
+//!   silent one (RFC 1939 §3's autologout timer).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -113,17 +117,15 @@ impl Io {
         Ok(())
     }
 
-    /// Reads more input. `Err(true)` on timeout, `Err(false)` when closed.
-    async fn read_more(&mut self) -> Result<(), bool> {
+    /// Reads more input. `Err(true)` at `deadline`, `Err(false)` when closed.
+    async fn read_more(&mut self, deadline: tokio::time::Instant) -> Result<(), bool> {
         let start = self.buf.len();
         self.buf.resize(start + READ_CHUNK, 0);
         let Some(stream) = self.stream.as_mut() else {
             self.buf.truncate(start);
             return Err(false);
         };
-        let n = match tokio::time::timeout(self.idle_timeout, stream.read(&mut self.buf[start..]))
-            .await
-        {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut self.buf[start..])).await {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => 0,
             Err(_) => {
@@ -154,6 +156,8 @@ impl Io {
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<u8>>, End> {
         let mut too_long = false;
+        // The whole line within the idle timeout (see the module's invariants).
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
         loop {
             let window = &self.buf[..self.buf.len().min(max)];
             if let Some(p) = window.iter().position(|&b| b == b'\n') {
@@ -181,7 +185,7 @@ impl Io {
                 _ = shutdown.cancelled() => {
                     return Err(self.close_with("-ERR [SYS/TEMP] server shutting down, try again later").await);
                 }
-                read = self.read_more() => match read {
+                read = self.read_more(deadline) => match read {
                     Ok(()) => {}
                     // RFC 1939 §3: the autologout timer ends the session
                     // without entering the UPDATE state.

@@ -20,7 +20,9 @@
 //!
 //! The durability contract: `250` after DATA/BDAT is written only after
 //! `Queue.Enqueue` returned, i.e. after the database commit. Any failure to
-//! enqueue is a `451 4.3.0`, and the client keeps the message.
+//! enqueue is a `451 4.3.0`, and the client keeps the message; when the
+//! store is out of disk space it is a `452 4.3.1` (RFC 3463 §3.4,
+//! insufficient system storage).
 
 use std::sync::Arc;
 use std::time::Duration;

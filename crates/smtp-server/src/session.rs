@@ -18,7 +18,11 @@
 //! * the message body is read by `DataReceiver`/`BdatReceiver`, which store at
 //!   most the size limit and refuse bare CR/LF (SMTP smuggling), so a peer
 //!   can neither exhaust memory nor hide a second message;
-//! * `250` to a message is sent only after `Queue.Enqueue` returned.
+//! * `250` to a message is sent only after `Queue.Enqueue` returned;
+//! * a command line must arrive whole within `smtp.command_timeout_secs`
+//!   of the moment the session starts waiting for it (RFC 5321 §4.5.3.2),
+//!   not within that time of each read: a client trickling one byte every
+//!   few seconds is cut off (`421 4.4.2`) like a silent one.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -262,6 +266,9 @@ async fn command_loop(
 ) -> End {
     let settings = &server.settings;
     let host = settings.hostname.clone();
+    // When the line being waited for must be complete (see the module's
+    // invariants); `None` while no line is awaited.
+    let mut line_deadline: Option<Instant> = None;
     loop {
         if state.errors >= settings.max_errors {
             return io
@@ -269,17 +276,23 @@ async fn command_loop(
                 .await;
         }
         let (line, consumed) = match take_line(&io.buf, settings.max_line_length) {
-            Line::Complete { line, consumed } => (line.to_vec(), consumed),
+            Line::Complete { line, consumed } => {
+                line_deadline = None;
+                (line.to_vec(), consumed)
+            }
             Line::Incomplete => {
                 if let Err(e) = io.flush().await {
                     return e;
                 }
+                let deadline =
+                    *line_deadline.get_or_insert_with(|| Instant::now() + settings.command_timeout);
+                let left = deadline.saturating_duration_since(Instant::now());
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
                         return io.close_with(r(421, "4.3.2", format!("{host} shutting down, try again later"))).await;
                     }
-                    read = io.read_more(settings.command_timeout) => match read {
+                    read = io.read_more(left) => match read {
                         Ok(()) => continue,
                         Err(ReadFailure::Timeout) => {
                             return io.close_with(r(421, "4.4.2", format!("{host} timeout exceeded, closing"))).await;
@@ -289,6 +302,7 @@ async fn command_loop(
                 }
             }
             Line::TooLong { consumed, ended } => {
+                line_deadline = None;
                 io.buf.drain(..consumed);
                 if !ended {
                     // Discard the rest of the line in bounded memory.
@@ -925,6 +939,12 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
             span.record("outcome", "refused");
             tracing::error!(error = %status.message(), "queue refused the message");
             r(550, "5.7.1", "relaying denied")
+        }
+        // RFC 3463 §3.4 / RFC 5321 §4.2.2: the store is out of space.
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+            span.record("outcome", "deferred");
+            tracing::error!(error = %status.message(), "enqueue failed: out of space");
+            r(452, "4.3.1", "insufficient system storage, try again later")
         }
         Err(status) => {
             span.record("outcome", "deferred");

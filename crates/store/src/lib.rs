@@ -82,6 +82,11 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded: try again later.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The database is out of disk space (SQLite `SQLITE_FULL`, PostgreSQL
+    /// SQLSTATE 53100 `disk_full`): nothing was written; try again when
+    /// space returns. SMTP says `452 4.3.1` (RFC 3463 §3.4, RFC 5321 §4.2.2).
+    #[error("the store is out of space: {0}")]
+    Full(String),
     /// Anything else: a bug or a corrupted database. Logged, not shown in detail.
     #[error("internal store error: {0}")]
     Internal(String),
@@ -97,6 +102,7 @@ impl From<sqlx::Error> for StoreError {
         // expected outcome such as a duplicate or a missing row).
         let kind = match &error {
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Full(_) => "full",
             StoreError::Internal(_) => "internal",
             _ => return error,
         };
@@ -127,6 +133,10 @@ impl StoreError {
                     .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
             {
                 StoreError::Unavailable(db.message().to_string())
+            }
+            // SQLITE_FULL (13), or PostgreSQL's disk_full.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("13" | "53100")) => {
+                StoreError::Full(db.message().to_string())
             }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::AlreadyExists(db.message().to_string())
@@ -345,6 +355,14 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                // A connection whose transaction could not be ended (its
+                // COMMIT or ROLLBACK failed, as on a full disk) is closed,
+                // not handed out again: every later `BEGIN` on it would
+                // fail ("non-zero transaction depth") long after the disk
+                // has room again (tests/tests/resilience.rs, disk full).
+                .before_acquire(|conn, _| {
+                    Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                })
                 .connect_with(opts.clone())
                 .await
                 .map_err(|e| {
