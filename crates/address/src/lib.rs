@@ -12,6 +12,9 @@
 
 use std::fmt;
 
+#[doc(hidden)]
+pub mod fuzz;
+
 /// Why a domain name or address was refused. The text is meant for the
 /// person who typed it (CLI, admin API), so it says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -37,6 +37,8 @@ mod append;
 mod auth;
 pub mod compress;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 mod metadata;
 pub mod names;
 mod objectid;
