@@ -38,6 +38,8 @@ mod append;
 mod auth;
 pub mod compress;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 mod metadata;
 pub mod names;
 pub mod notify;

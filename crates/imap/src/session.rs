@@ -108,6 +108,42 @@ pub(crate) struct Io {
 }
 
 impl Io {
+    /// The reader and writer of a session on `stream` (`None`: detached,
+    /// for the fuzzing harness, which feeds bytes with [`Io::receive`]).
+    pub(crate) fn new(stream: Option<MailStream>, max_message: u32, max_line: u32) -> Io {
+        let frag_limit = max_message.saturating_add(max_line);
+        Io {
+            stream,
+            frag: Fragmentizer::new(frag_limit),
+            out: Vec::with_capacity(4096),
+            read_buf: vec![0; READ_CHUNK],
+            frag_limit,
+            max_literal: max_message,
+            max_line,
+            line_too_long: false,
+            deflate: None,
+        }
+    }
+
+    /// Hands bytes read from the client to the framer, inflating them
+    /// first once COMPRESS=DEFLATE is active.
+    pub(crate) fn receive(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self.deflate.as_mut() {
+            Some(z) => z.decompress(bytes, |b| self.frag.enqueue_bytes(b)),
+            None => {
+                self.frag.enqueue_bytes(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts COMPRESS=DEFLATE (RFC 4978): what is received from now on
+    /// is compressed, and what was framed ahead of it is dropped.
+    pub(crate) fn start_deflate(&mut self) {
+        self.frag = Fragmentizer::new(self.frag_limit);
+        self.deflate = Some(Box::default());
+    }
+
     /// Queues a line (CRLF added).
     pub(crate) fn line(&mut self, text: &str) {
         self.out.extend_from_slice(text.as_bytes());
@@ -176,11 +212,10 @@ impl Io {
         if n == 0 {
             return Ok(false);
         }
-        match self.deflate.as_mut() {
-            Some(z) => z.decompress(&self.read_buf[..n], |b| self.frag.enqueue_bytes(b))?,
-            None => self.frag.enqueue_bytes(&self.read_buf[..n]),
-        }
-        Ok(true)
+        let read_buf = std::mem::take(&mut self.read_buf);
+        let received = self.receive(&read_buf[..n]);
+        self.read_buf = read_buf;
+        received.map(|()| true)
     }
 
     /// Gives back what a session waiting in IDLE does not need: the read
@@ -206,7 +241,7 @@ impl Io {
 
     /// Frames the next message from bytes already received, without reading.
     /// `None` when more input is needed.
-    fn next_buffered(&mut self) -> Option<Input> {
+    pub(crate) fn next_buffered(&mut self) -> Option<Input> {
         loop {
             let info = self.frag.progress()?;
             if let FragmentInfo::Line { start, end, .. } = info
@@ -370,7 +405,7 @@ impl ImapServer {
 }
 
 /// The states (see [`state_bit`]) in which a command is allowed.
-fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
+pub(crate) fn allowed_in(body: &CommandBody<'_>) -> &'static [u8] {
     // Bit per state: 1 not authenticated, 2 authenticated, 4 selected.
     const ANY: &[u8] = &[1, 2, 4];
     const NOT_AUTH: &[u8] = &[1];
@@ -428,18 +463,7 @@ fn state_bit(phase: &Phase) -> u8 {
 pub(crate) async fn run(server: &ImapServer, conn: Connection, shutdown: CancellationToken) {
     let s = &server.settings;
     let tls = conn.stream.is_tls();
-    let frag_limit = s.max_message_size.saturating_add(s.max_line_length);
-    let mut io = Io {
-        stream: Some(conn.stream),
-        frag: Fragmentizer::new(frag_limit),
-        out: Vec::with_capacity(4096),
-        read_buf: vec![0; READ_CHUNK],
-        frag_limit,
-        max_literal: s.max_message_size,
-        max_line: s.max_line_length,
-        line_too_long: false,
-        deflate: None,
-    };
+    let mut io = Io::new(Some(conn.stream), s.max_message_size, s.max_line_length);
     let mut state = State {
         peer: conn.peer,
         tls,
@@ -644,8 +668,7 @@ async fn command_loop(
                 }
                 // RFC 4978 §3: what follows the command is compressed; bytes
                 // pipelined behind it were framed as clear text, so drop them.
-                io.frag = Fragmentizer::new(io.frag_limit);
-                io.deflate = Some(Box::default());
+                io.start_deflate();
                 continue;
             }
             CommandBody::Logout => {
@@ -889,7 +912,7 @@ async fn input_or_event(
 }
 
 /// The tag of a command the codec could not parse, when it looks like one.
-fn imap_tag(input: &[u8]) -> Option<String> {
+pub(crate) fn imap_tag(input: &[u8]) -> Option<String> {
     let end = input
         .iter()
         .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
@@ -1880,7 +1903,7 @@ async fn list(
 /// A LIST pattern or reference from the wire (wildcards kept). One that
 /// is not valid modified UTF-7 (`&` among other atom characters) is taken
 /// as written: it matches what it spells, which is no name encoded amiss.
-fn decode_pattern(raw: &[u8], utf8: bool) -> Result<String, Failure> {
+pub(crate) fn decode_pattern(raw: &[u8], utf8: bool) -> Result<String, Failure> {
     let s = std::str::from_utf8(raw).map_err(|_| bad("the pattern is not valid UTF-8"))?;
     if utf8 && !s.is_ascii() {
         return Ok(s.to_string());

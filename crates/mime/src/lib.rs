@@ -41,6 +41,8 @@
 
 mod address;
 mod entity;
+#[doc(hidden)]
+pub mod fuzz;
 mod preview;
 mod raw;
 mod search;

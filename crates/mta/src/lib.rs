@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status};
 
 pub mod client;
 pub mod dsn;
+#[doc(hidden)]
+pub mod fuzz;
 mod outcome;
 mod relay;
 pub mod route;

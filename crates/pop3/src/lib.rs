@@ -27,6 +27,8 @@ use tokio::io::AsyncWriteExt;
 
 mod auth;
 pub mod command;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod session;
 
 /// Limits and policy of a session.

@@ -159,25 +159,8 @@ impl Io {
         // The whole line within the idle timeout (see the module's invariants).
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
         loop {
-            let window = &self.buf[..self.buf.len().min(max)];
-            if let Some(p) = window.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=p).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok((!too_long).then_some(line));
-            }
-            if too_long || self.buf.len() >= max {
-                // Discard up to the end of the over-long line, in bounded memory.
-                too_long = true;
-                match self.buf.iter().position(|&b| b == b'\n') {
-                    Some(p) => {
-                        self.buf.drain(..=p);
-                        return Ok(None);
-                    }
-                    None => self.buf.clear(),
-                }
+            if let Some(line) = frame_line(&mut self.buf, max, &mut too_long) {
+                return Ok(line);
             }
             self.flush().await?;
             tokio::select! {
@@ -195,6 +178,41 @@ impl Io {
             }
         }
     }
+}
+
+/// Cuts the next command line off the front of `buf`: `Some(Some(line))`
+/// without its CRLF (or bare LF), `Some(None)` when the line was longer
+/// than `max` octets (LF included) and has been discarded, `None` when
+/// more input is needed. An over-long line is dropped as it arrives
+/// (`too_long` remembers it between calls), so `buf` never holds more
+/// than `max` octets of it.
+pub(crate) fn frame_line(
+    buf: &mut Vec<u8>,
+    max: usize,
+    too_long: &mut bool,
+) -> Option<Option<Vec<u8>>> {
+    let window = &buf[..buf.len().min(max)];
+    if let Some(p) = window.iter().position(|&b| b == b'\n') {
+        let mut line: Vec<u8> = buf.drain(..=p).collect();
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        return Some((!std::mem::take(too_long)).then_some(line));
+    }
+    if *too_long || buf.len() >= max {
+        // Discard up to the end of the over-long line, in bounded memory.
+        *too_long = true;
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(p) => {
+                buf.drain(..=p);
+                *too_long = false;
+                return Some(None);
+            }
+            None => buf.clear(),
+        }
+    }
+    None
 }
 
 /// The session's state (RFC 1939 §3).

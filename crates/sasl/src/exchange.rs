@@ -472,9 +472,8 @@ impl ServerExchange {
         })
     }
 
-    /// Test hook: use `nonce` as the server part of the SCRAM nonce instead
-    /// of a random one.
-    #[cfg(test)]
+    /// Test and fuzzing hook: use `nonce` as the server part of the SCRAM
+    /// nonce instead of a random one.
     pub(crate) fn set_server_nonce(&mut self, nonce: &str) {
         self.fixed_server_nonce = Some(nonce.to_owned());
     }

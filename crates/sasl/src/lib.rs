@@ -95,6 +95,8 @@ mod credentials;
 mod error;
 mod exchange;
 mod framing;
+#[doc(hidden)]
+pub mod fuzz;
 mod password;
 mod saslprep;
 mod scram;

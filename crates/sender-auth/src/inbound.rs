@@ -451,13 +451,7 @@ async fn dmarc_pct(resolver: &TokioResolver, domain: &str) -> u8 {
         if let Ok(records) = crate::dns::txt_records(resolver, &format!("_dmarc.{name}")).await
             && let Some(record) = records.iter().find(|r| is_dmarc_record(r))
         {
-            return String::from_utf8_lossy(record)
-                .split(';')
-                .filter_map(|tag| tag.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
-                .and_then(|(_, v)| v.trim().parse::<u8>().ok())
-                .filter(|&p| p <= 100)
-                .unwrap_or(100);
+            return pct_of(record);
         }
         match name.split_once('.') {
             Some((_, parent)) if parent.contains('.') => name = parent,
@@ -467,9 +461,21 @@ async fn dmarc_pct(resolver: &TokioResolver, domain: &str) -> u8 {
     100
 }
 
+/// The `pct=` of a DMARC record: 100 when absent or not a number from 0
+/// to 100 (RFC 7489 §6.3).
+pub(crate) fn pct_of(record: &[u8]) -> u8 {
+    String::from_utf8_lossy(record)
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
+        .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+        .filter(|&p| p <= 100)
+        .unwrap_or(100)
+}
+
 /// Whether a TXT string is a DMARC record (RFC 7489 §6.6.3: it starts
 /// with `v=DMARC1`; other TXT records at `_dmarc` are ignored).
-fn is_dmarc_record(txt: &[u8]) -> bool {
+pub(crate) fn is_dmarc_record(txt: &[u8]) -> bool {
     txt.len() >= 8 && txt[..8].eq_ignore_ascii_case(b"v=DMARC1")
 }
 
@@ -540,12 +546,30 @@ fn next_line(message: &[u8], from: usize, end: usize) -> usize {
 }
 
 /// Whether one raw header field is an `Authentication-Results` of `id`.
-fn claims(field: &[u8], id: &str) -> bool {
+pub(crate) fn claims(field: &[u8], id: &str) -> bool {
     const NAME: &[u8] = b"authentication-results";
-    let Some(colon) = field.iter().position(|&b| b == b':') else {
+    // The name as the most lenient reader sees it, for a field that any
+    // reader takes for ours must go. mail-parser (found by the `dmarc` fuzz
+    // target) skips colons before a name and white space anywhere in it
+    // (`:Authentication-Result s:`), and a line that ends before the colon
+    // holds no name: one may start on the next line, even an indented one.
+    let mut name = Vec::new();
+    let mut colon = None;
+    for (i, &b) in field.iter().enumerate() {
+        match b {
+            b'\n' => name.clear(),
+            b':' if !name.is_empty() => {
+                colon = Some(i);
+                break;
+            }
+            _ if b == b':' || b.is_ascii_whitespace() => {}
+            _ => name.push(b),
+        }
+    }
+    let Some(colon) = colon else {
         return false;
     };
-    if !field[..colon].trim_ascii().eq_ignore_ascii_case(NAME) {
+    if !name.eq_ignore_ascii_case(NAME) {
         return false;
     }
     // The authserv-id is the first token of the value, after any CFWS
@@ -610,6 +634,26 @@ Authentication-Results: mx.example.test.evil; dmarc=pass\r\n\
 Authentication-Results: mx.example.test; in the body\r\n"
                 .to_vec()
         );
+    }
+
+    /// Found by the `dmarc` fuzz target: mail-parser (and so anything
+    /// built on it downstream) reads `Authentication-Result s:`,
+    /// `:Authentication-Results:` and a name on the line after one without
+    /// a colon as `Authentication-Results`; such fields claiming our id went
+    /// through untouched.
+    #[test]
+    fn a_field_name_with_white_space_inside_is_ours_too() {
+        let msg = b"Authentication-Result s: (forged) mx.example.test.;\r\n\tdmarc=pass\r\n\
+Authentication -Results : mx.example.test; spf=pass\r\n\
+\tindented\r\n\
+:Authentication-Results: mx.example.test\r\n\
+no colon here\r\n\tAuthentication-Results: mx.example.test\r\n\
+From: a@b.example\r\n\r\n";
+        assert_eq!(
+            strip_our_results(msg, "mx.example.test"),
+            b"From: a@b.example\r\n\r\n".to_vec()
+        );
+        crate::fuzz::dmarc(msg);
     }
 
     #[test]

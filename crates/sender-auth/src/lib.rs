@@ -26,6 +26,8 @@
 //! socket and the store.
 
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inbound;
 pub mod keys;
 pub mod policy;

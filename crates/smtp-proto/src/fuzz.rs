@@ -7,6 +7,7 @@ use crate::bdat::BdatReceiver;
 use crate::command::Command;
 use crate::data::{DataError, DataReceiver};
 use crate::line::{Line, skip_line, take_line};
+use crate::path::{ForwardPath, Host, Path, ReversePath};
 use crate::reply::{Capabilities, Reply, ReplyParse};
 
 /// A tiny xorshift generator: the harnesses derive split points from the
@@ -100,6 +101,98 @@ fn check_reply_wire(reply: &Reply) {
         }
         other => panic!("{wire:?} parsed as {other:?}"),
     }
+}
+
+/// Replies as the outbound client reads them from a hostile server. The
+/// first byte sets the line limit, the second the read size; the rest is
+/// the server's stream. Reading it whole and reading it in pieces (parsing
+/// after every read, as the client does) must give the same replies and
+/// the same end (invalid, or incomplete with the same bytes left), and
+/// every reply read must write back as one whole reply.
+pub fn reply(input: &[u8]) {
+    let [max_byte, chunk_byte, stream @ ..] = input else {
+        return;
+    };
+    let max_line = 4 + usize::from(*max_byte) * 2;
+    let whole = read_replies(stream, max_line, stream.len().max(1));
+    let split = read_replies(stream, max_line, 1 + usize::from(*chunk_byte % 16));
+    assert_eq!(whole, split, "whole and split reads disagree");
+    for reply in &whole.0 {
+        assert!((200..600).contains(&reply.code));
+        assert!(!reply.lines.is_empty() && reply.lines.len() <= crate::MAX_REPLY_LINES);
+        check_reply_wire(reply);
+        if let Some(caps) = Capabilities::from_reply(reply) {
+            let _ = (
+                caps.size_limit(),
+                caps.auth_mechanisms(),
+                caps.has("PIPELINING"),
+            );
+            assert!(caps.keywords().all(|k| !k.contains(' ')));
+        }
+        let _ = (reply.text(), reply.to_string());
+    }
+}
+
+/// The replies in `stream` read `chunk` bytes at a time, and how reading
+/// ended: `None` when a reply was invalid, else the bytes left over.
+fn read_replies(stream: &[u8], max_line: usize, chunk: usize) -> (Vec<Reply>, Option<usize>) {
+    let (mut buf, mut replies, mut fed) = (Vec::new(), Vec::new(), 0);
+    loop {
+        match Reply::parse(&buf, max_line) {
+            ReplyParse::Complete(reply, consumed) => {
+                assert!(consumed > 0 && consumed <= buf.len());
+                buf.drain(..consumed);
+                replies.push(reply);
+            }
+            ReplyParse::Invalid => return (replies, None),
+            ReplyParse::Incomplete if fed == stream.len() => {
+                return (replies, Some(buf.len()));
+            }
+            ReplyParse::Incomplete => {
+                let n = chunk.min(stream.len() - fed);
+                buf.extend_from_slice(&stream[fed..fed + n]);
+                fed += n;
+            }
+        }
+    }
+}
+
+/// MAIL FROM and RCPT TO paths and hosts on arbitrary text: a path that
+/// parses has a canonical form (brackets, `mailbox()`) that parses again
+/// to the same path, minus its source route.
+pub fn path(input: &[u8]) {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    for candidate in [text.to_string(), format!("<{text}>")] {
+        if let Ok(path) = Path::parse(&candidate) {
+            check_path(&path);
+        }
+        if let Ok(ReversePath::Path(path)) = ReversePath::parse(&candidate) {
+            check_path(&path);
+        }
+        if let Ok(ForwardPath::Path(path)) = ForwardPath::parse(&candidate) {
+            check_path(&path);
+        }
+    }
+    if let Ok(host) = Host::parse(text) {
+        let shown = host.to_string();
+        let again = Host::parse(&shown)
+            .unwrap_or_else(|e| panic!("host {shown:?} does not parse again: {e:?}"));
+        assert_eq!(again.to_string(), shown);
+    }
+}
+
+fn check_path(path: &Path) {
+    let wire = path.to_string();
+    let again =
+        Path::parse(&wire).unwrap_or_else(|e| panic!("{wire:?} does not parse again: {e:?}"));
+    assert_eq!(again.to_string(), wire);
+    assert_eq!(again.local_part(), path.local_part());
+    assert!(!again.had_source_route());
+    let from_mailbox = Path::from_mailbox(&path.mailbox())
+        .unwrap_or_else(|e| panic!("mailbox {:?} does not parse: {e:?}", path.mailbox()));
+    assert_eq!(from_mailbox.to_string(), wire);
 }
 
 /// Where the data ends according to the specification, computed the slow

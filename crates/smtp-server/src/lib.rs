@@ -39,6 +39,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod auth;
+#[doc(hidden)]
+pub mod fuzz;
 mod message;
 pub mod session;
 
