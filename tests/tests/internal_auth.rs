@@ -321,7 +321,11 @@ async fn the_mail_path_works_with_the_services_apart_and_their_credentials() {
         inbox_len(&store, "bob@example.test").await == 2
     })
     .await;
-    assert_eq!(store.queue_size().await.unwrap(), 0);
+    // The worker records each result in a commit after the delivery's own.
+    wait_for("the queue to empty", Duration::from_secs(30), async || {
+        store.queue_size().await.unwrap() == 0
+    })
+    .await;
     for r in [msa, mta, mda] {
         r.stack.stop(Duration::from_secs(5)).await;
     }
@@ -331,16 +335,24 @@ async fn the_mail_path_works_with_the_services_apart_and_their_credentials() {
 /// no internal port: the services talk in-process, and mail still flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_opens_no_internal_port() {
-    // Fixed ports, so that "nothing answers there" means something.
-    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (queue_port, mda_port) = {
-        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        (
-            grpc.local_addr().unwrap().port(),
-            other.local_addr().unwrap().port(),
-        )
+    // Fixed ports, so that "nothing answers there" means something. They
+    // are taken below the kernel's ephemeral range (32768 and up by
+    // default), so that no other test's port-0 listener can land on them
+    // while this one runs and make "something answers" a false alarm.
+    let mut seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    let mut free_low_port = |not: u16| loop {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = 10_000 + ((seed >> 8) % 20_000) as u16;
+        if port != not && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
     };
-    drop(grpc);
+    let queue_port = free_low_port(0);
+    let mda_port = free_low_port(queue_port);
     let r = start_with(Backend::Sqlite, None, |c| {
         c.internal.expose = false;
         c.mta.grpc_listen = format!("127.0.0.1:{queue_port}").parse().unwrap();
