@@ -158,13 +158,20 @@ pub async fn disk_full() {
         server.log()
     );
     assert!(server.running(), "the server exited:\n{}", server.log());
-    // Still refused while full, and the database is intact.
+    // While full, a message is refused with 452 4.3.1 or, when the space
+    // the refused batch's rollback gave back is enough for it, accepted (and
+    // then it must be delivered like the others); never another answer. And
+    // the database is intact.
     let again = send(smtp, "still-full@disk.test").await.unwrap();
-    assert!(
-        again.1.starts_with("452 4.3.1"),
-        "{again:?}\n{}",
-        server.log()
-    );
+    if again.0 == 250 {
+        acked.push("<still-full@disk.test>".into());
+    } else {
+        assert!(
+            again.1.starts_with("452 4.3.1"),
+            "{again:?}\n{}",
+            server.log()
+        );
+    }
     assert_eq!(integrity(&url).await, "ok");
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
