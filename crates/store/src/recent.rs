@@ -22,14 +22,7 @@ impl Store {
         // the mark since it was read; otherwise read again (another session
         // claimed some of the UIDs, which are then not ours).
         loop {
-            let old: Option<i64> = on_backend!(self, |pool| {
-                sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
-                    .bind(mailbox_id)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|r| r.try_get(0))
-                    .transpose()?
-            });
+            let old = self.recent_uid(mailbox_id).await?;
             let (old, moved) = match old {
                 Some(old) if old < target => {
                     let moved = write_conn!(self, |conn| {
@@ -54,17 +47,22 @@ impl Store {
         }
     }
 
-    /// The first UID of mailbox `mailbox_id` that no session has claimed
-    /// (read without claiming, for EXAMINE).
-    pub async fn recent_mark(&self, mailbox_id: i64) -> Result<u32> {
-        let mark: Option<i64> = on_backend!(self, |pool| {
+    /// `mailboxes.recent_uid` of `mailbox_id`; `None` when it does not exist.
+    async fn recent_uid(&self, mailbox_id: i64) -> Result<Option<i64>> {
+        Ok(on_backend!(self, |pool| {
             sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
                 .bind(mailbox_id)
                 .fetch_optional(pool)
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?
-        });
+        }))
+    }
+
+    /// The first UID of mailbox `mailbox_id` that no session has claimed
+    /// (read without claiming, for EXAMINE).
+    pub async fn recent_mark(&self, mailbox_id: i64) -> Result<u32> {
+        let mark = self.recent_uid(mailbox_id).await?;
         Ok(mark.map_or(u32::MAX, |m| u32::try_from(m).unwrap_or(u32::MAX)))
     }
 
