@@ -75,11 +75,10 @@ struct State {
     /// The writer connection, opened when first needed and again after it
     /// failed.
     conn: Option<SqliteConnection>,
-    /// The batch's transaction is open on `conn`.
-    open: bool,
     /// A writer's savepoint was left open (it failed or was cancelled).
     savepoint: bool,
-    /// Where the members of the open batch learn its outcome.
+    /// Where the members of the open batch learn its outcome: `Some`
+    /// exactly while the batch's transaction is open on `conn`.
     batch: Option<watch::Sender<Outcome>>,
     /// Writers of the open batch that released their savepoint.
     members: u64,
@@ -122,9 +121,8 @@ impl Group {
         if state.conn.is_none() {
             state.conn = Some(self.inner.options.connect().await?);
         }
-        if !state.open {
+        if state.batch.is_none() {
             state.exec("BEGIN IMMEDIATE").await?;
-            state.open = true;
             state.batch = Some(watch::channel(None).0);
         }
         state.exec("SAVEPOINT w").await?;
@@ -244,7 +242,7 @@ impl State {
 
     /// Commits the open batch and tells its members.
     async fn commit(&mut self, stats: &Stats) {
-        if !self.open {
+        if self.batch.is_none() {
             return;
         }
         let result = match self.conn.as_mut() {
@@ -253,7 +251,6 @@ impl State {
         };
         match result {
             Ok(()) => {
-                self.open = false;
                 if self.members > 0 {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     stats.writers.fetch_add(self.members, Ordering::Relaxed);
@@ -281,7 +278,6 @@ impl State {
             // Reopen next time rather than reuse a connection that failed.
             self.conn = None;
         }
-        self.open = false;
         self.savepoint = false;
         self.members = 0;
         if let Some(batch) = self.batch.take() {
