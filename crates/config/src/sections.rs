@@ -40,6 +40,9 @@ section! {
         pub fresh_for_ms: u64 = 1000,
         /// MiB of message texts and parse caches kept in memory for FETCH (per process). 0: none.
         pub message_cache_mb: u64 = 64,
+        /// Seconds an unused entry of that cache is kept, so that a server gone quiet gives the
+        /// memory back. 0: kept until newer entries push it out.
+        pub message_cache_idle_secs: u64 = 60,
     }
 }
 

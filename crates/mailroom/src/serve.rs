@@ -379,6 +379,7 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
                 config.store.message_cache_mb.saturating_mul(1 << 20),
             )
             .unwrap_or(usize::MAX),
+            message_cache_idle: Duration::from_secs(config.store.message_cache_idle_secs),
         },
     )
     .await

@@ -26,7 +26,11 @@
 //!   (mailbox id, UID), which never change once written (a mailbox id is
 //!   never reused, nor a UID in a mailbox), bounded in bytes, least recently
 //!   used out first. APPEND fills it with what it stored; FETCH fills it
-//!   with what it read.
+//!   with what it read. An entry unused for `idle` (a minute by default) is
+//!   dropped by a sweep ([`MessageCache::expire`], run by a task of the
+//!   store every quarter of `idle`): a server that goes quiet after a burst
+//!   gives the memory back instead of holding its budget forever (Dovecot's
+//!   equivalent is the kernel's page cache, which the kernel reclaims).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -178,6 +182,8 @@ impl Freshness {
 #[derive(Debug)]
 pub(crate) struct MessageCache {
     budget: usize,
+    /// Entries unused this long are dropped by [`MessageCache::expire`].
+    idle: Duration,
     inner: Mutex<CacheInner>,
 }
 
@@ -188,11 +194,13 @@ struct CacheInner {
     bytes: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Cached {
     text: Option<Arc<[u8]>>,
     /// The parse cache column: `Some(None)` when the message has none.
     parse: Option<Option<Arc<str>>>,
+    /// Last stored or found.
+    used: Instant,
 }
 
 /// What a lookup found (UID and value, in the order asked) and the UIDs it
@@ -215,12 +223,50 @@ impl Cached {
 }
 
 impl MessageCache {
-    /// A cache of at most `budget` bytes (0: none).
-    pub(crate) fn new(budget: usize) -> MessageCache {
+    /// A cache of at most `budget` bytes (0: none) whose entries unused for
+    /// `idle` go at the next [`MessageCache::expire`] (zero: never).
+    pub(crate) fn new(budget: usize, idle: Duration) -> MessageCache {
         MessageCache {
             budget,
+            idle,
             inner: Mutex::new(CacheInner::default()),
         }
+    }
+
+    /// How often [`MessageCache::expire`] should run; `None` when it has
+    /// nothing to do (no cache, or no idle limit).
+    pub(crate) fn sweep_every(&self) -> Option<Duration> {
+        (self.budget > 0 && !self.idle.is_zero())
+            .then(|| (self.idle / 4).max(Duration::from_millis(10)))
+    }
+
+    /// Drops the entries unused for the idle limit; returns how many went.
+    pub(crate) fn expire(&self) -> usize {
+        self.expire_at(Instant::now())
+    }
+
+    fn expire_at(&self, now: Instant) -> usize {
+        if self.idle.is_zero() {
+            return 0;
+        }
+        let mut inner = lock(&self.inner);
+        let mut dropped = 0;
+        // Least recently used first: stop at the first entry still in use.
+        while inner
+            .map
+            .front()
+            .is_some_and(|(_, c)| now.saturating_duration_since(c.used) >= self.idle)
+        {
+            if let Some((_, c)) = inner.map.pop_front() {
+                inner.bytes -= c.weight();
+                dropped += 1;
+            }
+        }
+        if inner.map.is_empty() && inner.map.capacity() > 0 {
+            // The table itself, sized for the budget's worth of entries.
+            inner.map = LinkedHashMap::new();
+        }
+        dropped
     }
 
     /// Entries larger than this are not kept: one big message would push
@@ -251,9 +297,17 @@ impl MessageCache {
         }
         let mut hits = Vec::with_capacity(uids.len());
         let mut missed = Vec::new();
+        let now = Instant::now();
         let mut inner = lock(&self.inner);
         for &uid in uids {
-            match inner.map.to_back(&(mailbox, uid)).and_then(|c| get(c)) {
+            let found = inner.map.to_back(&(mailbox, uid)).and_then(|c| {
+                let v = get(c);
+                if v.is_some() {
+                    c.used = now;
+                }
+                v
+            });
+            match found {
                 Some(v) => hits.push((uid, v)),
                 None => missed.push(uid),
             }
@@ -291,12 +345,19 @@ impl MessageCache {
     fn update(&self, mailbox: i64, uid: u32, set: impl FnOnce(&mut Cached)) {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
+        let now = Instant::now();
         if !inner.map.contains_key(&(mailbox, uid)) {
-            inner.map.insert((mailbox, uid), Cached::default());
+            let fresh = Cached {
+                text: None,
+                parse: None,
+                used: now,
+            };
+            inner.map.insert((mailbox, uid), fresh);
             inner.bytes += ENTRY_OVERHEAD;
         }
         let entry = inner.map.to_back(&(mailbox, uid)).expect("present");
         let before = entry.weight();
+        entry.used = now;
         set(entry);
         inner.bytes = inner.bytes + entry.weight() - before;
         while inner.bytes > self.budget {
@@ -367,7 +428,7 @@ mod tests {
 
     #[test]
     fn cache_keeps_within_its_budget_least_recently_used_out() {
-        let c = MessageCache::new(64 * (1000 + ENTRY_OVERHEAD));
+        let c = MessageCache::new(64 * (1000 + ENTRY_OVERHEAD), Duration::ZERO);
         let text = vec![b'x'; 1000];
         for uid in 1..=64 {
             c.put_text(9, uid, &text);
@@ -391,8 +452,38 @@ mod tests {
         // Too big for the cache: not kept.
         c.put_text(9, 100, &vec![b'y'; 2000]);
         assert_eq!(c.texts(9, &[100]).1, [100]);
-        let none = MessageCache::new(0);
+        let none = MessageCache::new(0, Duration::from_secs(60));
         none.put_text(1, 1, b"x");
         assert_eq!(none.texts(1, &[1]).1, [1]);
+        assert_eq!(none.sweep_every(), None);
+        assert_eq!(c.sweep_every(), None, "no idle limit, no sweep");
+        assert_eq!(c.expire(), 0);
+    }
+
+    #[test]
+    fn cache_entries_unused_for_the_idle_limit_go() {
+        let idle = Duration::from_secs(60);
+        let c = MessageCache::new(1 << 20, idle);
+        assert_eq!(c.sweep_every(), Some(Duration::from_secs(15)));
+        let start = Instant::now();
+        for uid in 1..=3 {
+            c.put_text(4, uid, b"hello");
+        }
+        c.put_parse(4, 3, Some("{}"));
+        // Nothing is old yet.
+        assert_eq!(c.expire_at(start), 0);
+        // A hit keeps an entry: 2 is used again later than the others.
+        std::thread::sleep(Duration::from_millis(20));
+        let used = Instant::now();
+        assert_eq!(c.texts(4, &[2]).1, Vec::<u32>::new());
+        // An idle limit after the first puts and before the hit: 1 and 3 go.
+        assert_eq!(c.expire_at(used - Duration::from_millis(10) + idle), 2);
+        assert_eq!(c.texts(4, &[1, 2, 3]).1, [1, 3]);
+        assert_eq!(c.bytes(), ENTRY_OVERHEAD + 5);
+        assert_eq!(c.expire_at(Instant::now() + idle), 1);
+        assert_eq!(c.bytes(), 0);
+        // The cache still works after emptying.
+        c.put_text(4, 9, b"again");
+        assert_eq!(c.texts(4, &[9]).0.len(), 1);
     }
 }

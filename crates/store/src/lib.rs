@@ -251,6 +251,9 @@ pub struct StoreOptions {
     /// Bytes of message texts and parse caches kept in memory for FETCH
     /// (see `known.rs`). Zero: none.
     pub message_cache_bytes: usize,
+    /// How long an unused entry of the message cache is kept. Zero: until
+    /// the budget pushes it out.
+    pub message_cache_idle: Duration,
 }
 
 impl Default for StoreOptions {
@@ -260,6 +263,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(10),
             fresh_for: Duration::from_secs(1),
             message_cache_bytes: 64 << 20,
+            message_cache_idle: Duration::from_secs(60),
         }
     }
 }
@@ -392,10 +396,14 @@ impl Store {
                 notifier: std::sync::OnceLock::new(),
                 lane,
                 freshness: Arc::new(known::Freshness::new(options.fresh_for)),
-                message_cache: known::MessageCache::new(options.message_cache_bytes),
+                message_cache: known::MessageCache::new(
+                    options.message_cache_bytes,
+                    options.message_cache_idle,
+                ),
                 group,
             }),
         };
+        store.sweep_message_cache();
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -425,6 +433,30 @@ impl Store {
 
     pub(crate) fn message_cache(&self) -> &known::MessageCache {
         &self.shared.message_cache
+    }
+
+    /// Starts the task that drops the message cache's idle entries; it ends
+    /// with the last clone of the store.
+    fn sweep_message_cache(&self) {
+        let Some(every) = self.shared.message_cache.sweep_every() else {
+            return;
+        };
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let dropped = shared.message_cache.expire();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "message cache: idle entries dropped");
+                }
+            }
+        });
     }
 
     /// Whether this process knows the mailbox to be at HIGHESTMODSEQ
