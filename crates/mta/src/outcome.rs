@@ -22,6 +22,7 @@
 //!   without keys, or when they cannot be read, it goes unsigned rather
 //!   than not at all.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mailroom_store::{
@@ -176,27 +177,90 @@ fn owed_reports(
     out
 }
 
-/// Records `results` (one per leased recipient of `queue_id`, in order) with
-/// the reports they owe, and removes the entry if it is finished. Failures
-/// are logged: an unrecorded result is attempted again when its lease ends.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn record(
+/// A message whose attempt is done, waiting for its results to be recorded
+/// with others' (those of one relay session, or of one local worker's
+/// concurrent attempts).
+pub(crate) struct Answered {
+    /// The queue entry.
+    pub queue_id: i64,
+    /// Its message.
+    pub queued: QueuedMessage,
+    /// The recipients attempted.
+    pub recipients: Vec<LeasedRecipient>,
+    /// One result per recipient, in order.
+    pub results: Vec<AttemptResult>,
+    /// The leases, settled once the results are recorded.
+    pub hold: Hold,
+}
+
+/// Records the results of `answered` in one transaction ([`record_all`])
+/// and settles their holds; when that fails, the holds drop and the leases
+/// are given back (the messages are attempted again: a duplicate, never a
+/// loss). Leaves `answered` empty.
+pub(crate) async fn record_answered(
     store: &Store,
     worker: &str,
-    queue_id: i64,
-    queued: &QueuedMessage,
-    recipients: &[LeasedRecipient],
-    results: Vec<AttemptResult>,
+    answered: &mut Vec<Answered>,
     reporting: &Reporting,
     wake: &Arc<crate::QueueWake>,
-) -> bool {
-    let attempt = Attempted {
-        queue_id,
-        queued,
-        recipients,
-        results,
-    };
-    record_all(store, worker, vec![attempt], reporting, wake).await
+) {
+    if answered.is_empty() {
+        return;
+    }
+    let attempts = answered
+        .iter_mut()
+        .map(|a| Attempted {
+            queue_id: a.queue_id,
+            queued: &a.queued,
+            recipients: &a.recipients,
+            results: std::mem::take(&mut a.results),
+        })
+        .collect();
+    let recorded = record_all(store, worker, attempts, reporting, wake).await;
+    for a in answered.drain(..) {
+        if recorded {
+            a.hold.settle();
+        }
+    }
+}
+
+/// Messages loaded ahead in one query, at most …
+const LOAD_AHEAD: usize = 16;
+/// … and while their content adds up to less than this.
+const LOAD_BYTES: i64 = 4 << 20;
+
+/// A batch's messages, loaded a few at a time in one query each
+/// ([`Store::queued_for_attempts`]) rather than one query per message.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    loaded: HashMap<i64, QueuedMessage>,
+    /// Every id up to this one was asked for: what is not in `loaded` is gone.
+    through: i64,
+}
+
+impl Ahead {
+    /// Message `queue_id` of the batch whose ids (ascending) are `ids`,
+    /// loading it and the next few when it is not loaded yet.
+    pub(crate) async fn take(
+        &mut self,
+        store: &Store,
+        queue_id: i64,
+        ids: &[i64],
+    ) -> Result<Option<QueuedMessage>, mailroom_store::StoreError> {
+        if queue_id > self.through {
+            let from = ids.partition_point(|id| *id < queue_id);
+            let wanted = &ids[from..ids.len().min(from + LOAD_AHEAD)];
+            let got = store.queued_for_attempts(wanted, LOAD_BYTES).await?;
+            // The result is a prefix of the entries that exist: an id up to
+            // the last one loaded and not among them is gone.
+            self.through = match got.last() {
+                Some((last, _)) => *last,
+                None => wanted.last().copied().unwrap_or(queue_id),
+            };
+            self.loaded.extend(got);
+        }
+        Ok(self.loaded.remove(&queue_id))
+    }
 }
 
 /// One message's attempt, answered by the remote (or given up on), to be

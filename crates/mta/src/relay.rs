@@ -71,7 +71,7 @@ use tracing::Instrument;
 use crate::client::{
     self, ClientSettings, Envelope, HostError, OutRecipient, Outcome, Sent, Session, Timeouts,
 };
-use crate::outcome::{self, Reporting};
+use crate::outcome::{self, Ahead, Answered, Reporting};
 use crate::route::{RouteError, Router};
 use crate::worker::MAX_RETRY_SECS;
 
@@ -404,55 +404,6 @@ fn sessions_of<T>(messages: Vec<T>, share: usize) -> Vec<Vec<T>> {
     out
 }
 
-/// A message whose attempt is done, waiting for its results to be recorded
-/// with the others of its session.
-struct Answered {
-    queue_id: i64,
-    queued: mailroom_store::QueuedMessage,
-    recipients: Vec<LeasedRecipient>,
-    results: Vec<AttemptResult>,
-    hold: outcome::Hold,
-}
-
-/// Messages loaded ahead in one query, at most …
-const LOAD_AHEAD: usize = 16;
-/// … and while their content adds up to less than this.
-const LOAD_BYTES: i64 = 4 << 20;
-
-/// A session batch's messages, loaded a few at a time in one query each
-/// ([`Store::queued_for_attempts`]) rather than one query per message.
-#[derive(Default)]
-struct Ahead {
-    loaded: HashMap<i64, mailroom_store::QueuedMessage>,
-    /// Every id up to this one was asked for: what is not in `loaded` is gone.
-    through: i64,
-}
-
-impl Ahead {
-    /// Message `queue_id` of the batch whose ids (ascending) are `ids`,
-    /// loading it and the next few when it is not loaded yet.
-    async fn take(
-        &mut self,
-        store: &Store,
-        queue_id: i64,
-        ids: &[i64],
-    ) -> Result<Option<mailroom_store::QueuedMessage>, mailroom_store::StoreError> {
-        if queue_id > self.through {
-            let from = ids.partition_point(|id| *id < queue_id);
-            let wanted = &ids[from..ids.len().min(from + LOAD_AHEAD)];
-            let got = store.queued_for_attempts(wanted, LOAD_BYTES).await?;
-            // The result is a prefix of the entries that exist: an id up to
-            // the last one loaded and not among them is gone.
-            self.through = match got.last() {
-                Some((last, _)) => *last,
-                None => wanted.last().copied().unwrap_or(queue_id),
-            };
-            self.loaded.extend(got);
-        }
-        Ok(self.loaded.remove(&queue_id))
-    }
-}
-
 /// Results are recorded once this many messages wait …
 const RECORD_EVERY: usize = 32;
 /// … or once their content adds up to this many bytes, or the first of
@@ -660,29 +611,11 @@ impl Inner {
         results
     }
 
-    /// Records the results of `answered` in one transaction and settles
-    /// their holds; when that fails, the holds drop and the leases are given
-    /// back (the messages are sent again: a duplicate, never a loss).
+    /// Records the results of `answered` in one transaction
+    /// ([`outcome::record_answered`]).
     async fn record(&self, answered: &mut Vec<Answered>) {
-        if answered.is_empty() {
-            return;
-        }
-        let attempts = answered
-            .iter_mut()
-            .map(|a| outcome::Attempted {
-                queue_id: a.queue_id,
-                queued: &a.queued,
-                recipients: &a.recipients,
-                results: std::mem::take(&mut a.results),
-            })
-            .collect();
-        let recorded =
-            outcome::record_all(&self.store, &self.id, attempts, &self.reporting, &self.wake).await;
-        for a in answered.drain(..) {
-            if recorded {
-                a.hold.settle();
-            }
-        }
+        outcome::record_answered(&self.store, &self.id, answered, &self.reporting, &self.wake)
+            .await;
     }
 
     /// Tries `domain`'s MX hosts in order, each of their addresses in turn

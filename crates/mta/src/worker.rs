@@ -23,13 +23,13 @@ use mailroom_rpc::delivery::delivery_client::DeliveryClient;
 use mailroom_rpc::delivery::delivery_server::Delivery;
 use mailroom_rpc::delivery::{DeliverRequest, Outcome};
 use mailroom_rpc::internal::{AttachCredential, Caller, Credential, Role};
-use mailroom_store::{AttemptResult, LeasedRecipient, Store};
+use mailroom_store::{AttemptResult, LeasedRecipient, QueuedMessage, Store};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use crate::outcome::{self, Reporting};
+use crate::outcome::{self, Answered, Reporting};
 use crate::relay::{RelaySettings, backoff};
 
 /// How long a worker holds a recipient before others may take it over,
@@ -41,6 +41,33 @@ const BATCH: i64 = 100;
 
 /// Attempts of one local-delivery worker in flight at once.
 const CONCURRENCY: usize = 8;
+/// Finished attempts are recorded once this many wait …
+const RECORD_EVERY: usize = CONCURRENCY;
+/// … or once the first of them waited this long.
+const RECORD_AFTER: Duration = Duration::from_millis(50);
+
+/// A worker's attempts in flight, and those finished whose results wait to
+/// be recorded.
+#[derive(Default)]
+struct Running {
+    tasks: tokio::task::JoinSet<Answered>,
+    done: Vec<Answered>,
+    /// When the first of `done` finished.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Running {
+    fn finished(&mut self, joined: Result<Answered, tokio::task::JoinError>) {
+        match joined {
+            Ok(answered) => {
+                self.since.get_or_insert_with(tokio::time::Instant::now);
+                self.done.push(answered);
+            }
+            // Its hold dropped with it: the leases are given back.
+            Err(e) => tracing::error!(error = %e, "a delivery attempt failed"),
+        }
+    }
+}
 /// The first retry waits this long; each further one twice as long …
 pub const FIRST_RETRY_SECS: i64 = 300;
 /// … up to this.
@@ -140,16 +167,23 @@ impl LocalDelivery {
 
     /// Runs until `shutdown`; attempts in progress finish first.
     ///
-    /// The messages of a lease are delivered up to [`CONCURRENCY`] at a
-    /// time: each attempt is a few round trips and two commits, so one at a
-    /// time left the database (and the disk's flushes, which PostgreSQL and
+    /// The messages of a lease are loaded a few at a time in one query
+    /// ([`outcome::Ahead`]) and delivered up to [`CONCURRENCY`] at a time:
+    /// each attempt is a few round trips and a commit, so one at a time
+    /// left the database (and the disk's flushes, which PostgreSQL and
     /// SQLite's group commit share between concurrent commits) mostly idle.
+    /// The results of attempts that finish together are recorded in one
+    /// transaction ([`outcome::record_answered`]): every [`RECORD_EVERY`]
+    /// attempts, when nothing else is running, or [`RECORD_AFTER`] after the
+    /// first of them finished. A crash before that commit attempts those
+    /// messages again, which the MDA's idempotency turns into "already
+    /// delivered".
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let _presence = crate::hold_presence(&this.store, &this.id, &shutdown).await;
         let leases = outcome::Leases::new(this.store.clone(), this.id.clone(), this.lease_secs);
         let renewal = leases.renew();
-        let mut running = tokio::task::JoinSet::new();
+        let mut running = Running::default();
         loop {
             let leased = match this
                 .store
@@ -183,36 +217,90 @@ impl LocalDelivery {
                     (queue_id, recipients, hold)
                 })
                 .collect();
+            let ids: Vec<i64> = batch.iter().map(|(queue_id, _, _)| *queue_id).collect();
+            let mut ahead = outcome::Ahead::default();
             for (queue_id, recipients, hold) in batch {
                 if shutdown.is_cancelled() {
                     break; // the remaining holds drop: given back
                 }
-                while running.len() >= CONCURRENCY {
-                    running.join_next().await;
+                while running.tasks.len() >= CONCURRENCY {
+                    this.reap(&mut running).await;
                 }
+                let loaded = ahead.take(&this.store, queue_id, &ids).await;
+                let Some((queued, hold)) =
+                    outcome::loaded(loaded, queue_id, hold, this.first_retry_secs)
+                else {
+                    continue;
+                };
                 let this = this.clone();
-                running.spawn(async move { this.attempt(queue_id, recipients, hold).await });
+                running
+                    .tasks
+                    .spawn(async move { this.attempt(queue_id, recipients, queued, hold).await });
             }
-            // The next lease starts when this one's attempts are done: a
+            // The next lease starts when this one's attempts are recorded: a
             // lease never overlaps recipients still being attempted.
-            while running.join_next().await.is_some() {}
+            while !running.tasks.is_empty() {
+                this.reap(&mut running).await;
+            }
+            this.record(&mut running).await;
             if shutdown.is_cancelled() {
                 break;
             }
         }
-        while running.join_next().await.is_some() {}
+        while !running.tasks.is_empty() {
+            this.reap(&mut running).await;
+        }
+        this.record(&mut running).await;
         drop(renewal);
         leases.release_all().await;
     }
 
+    /// Waits for an attempt to finish (or for the finished ones' recording
+    /// to be due), and records the finished ones when it is.
+    async fn reap(&self, running: &mut Running) {
+        let joined = match running.since {
+            Some(since) => tokio::time::timeout_at(since + RECORD_AFTER, running.tasks.join_next())
+                .await
+                .ok()
+                .flatten(),
+            None => running.tasks.join_next().await,
+        };
+        if let Some(joined) = joined {
+            running.finished(joined);
+        }
+        while let Some(joined) = running.tasks.try_join_next() {
+            running.finished(joined);
+        }
+        if running.done.len() >= RECORD_EVERY
+            || running.tasks.is_empty()
+            || running.since.is_some_and(|t| t.elapsed() >= RECORD_AFTER)
+        {
+            self.record(running).await;
+        }
+    }
+
+    /// Records the finished attempts' results in one transaction.
+    async fn record(&self, running: &mut Running) {
+        outcome::record_answered(
+            &self.store,
+            &self.id,
+            &mut running.done,
+            &self.reporting,
+            &self.wake,
+        )
+        .await;
+        running.since = None;
+    }
+
     /// One delivery attempt for the leased recipients of one message; every
     /// way out either records the results or gives the leases back.
-    async fn attempt(&self, queue_id: i64, recipients: Vec<LeasedRecipient>, hold: outcome::Hold) {
-        let loaded = self.store.queued_for_attempt(queue_id).await;
-        let Some((queued, hold)) = outcome::loaded(loaded, queue_id, hold, self.first_retry_secs)
-        else {
-            return;
-        };
+    async fn attempt(
+        &self,
+        queue_id: i64,
+        recipients: Vec<LeasedRecipient>,
+        queued: QueuedMessage,
+        hold: outcome::Hold,
+    ) -> Answered {
         let span = tracing::info_span!(
             "mta.local_delivery",
             queue_id,
@@ -223,7 +311,7 @@ impl LocalDelivery {
         if let Some(tp) = &queued.envelope.trace_context {
             mailroom_telemetry::continue_trace(&span, tp);
         }
-        async {
+        let results = async {
             let expires_at = queued.expires_at;
             let mut request = tonic::Request::new(DeliverRequest {
                 queue_id,
@@ -298,12 +386,17 @@ impl LocalDelivery {
                 tracing::info!(recipient = %r.address, ?result, "delivery attempt");
             }
             tracing::Span::current().record("outcome", outcome::summary(&results));
-            if outcome::record(&self.store, &self.id, queue_id, &queued, &recipients, results, &self.reporting, &self.wake).await {
-                hold.settle();
-            }
+            results
         }
         .instrument(span)
-        .await
+        .await;
+        Answered {
+            queue_id,
+            queued,
+            recipients,
+            results,
+            hold,
+        }
     }
 }
 
