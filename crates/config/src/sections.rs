@@ -188,6 +188,11 @@ section! {
         /// for one destination go over one connection, with RSET between them (RFC 5321
         /// §4.1.1.5), until this many were sent; then a new connection is opened.
         pub max_messages_per_session: usize = 100,
+        /// Local mail whose recipients can all be delivered at once (local accounts with room, no
+        /// forward to another domain, no success notice asked for) is stored in their mailboxes in
+        /// the transaction that accepts it, and never queued. Needs the MDA in the same process
+        /// as the MTA; false: every message goes through the queue.
+        pub deliver_at_acceptance: bool = true,
         /// Seconds a queue worker holds the recipients it is attempting. Workers renew their
         /// leases while they live, so this is how long the recipients of a crashed process
         /// wait before another process takes them over.

@@ -503,8 +503,15 @@ pub async fn start(config: Config, only: Option<ServiceName>) -> anyhow::Result<
         }
         let max_age = i64::try_from(config.mta.max_queue_age_secs).unwrap_or(i64::MAX);
         let wake = Arc::new(mailroom_mta::QueueWake::default());
-        let queue_service = mailroom_mta::QueueService::new(store.clone(), max_age, wake.clone())
-            .with_dkim_expiry(Duration::from_secs(config.sender_auth.dkim_expiry_secs));
+        let mut queue_service =
+            mailroom_mta::QueueService::new(store.clone(), max_age, wake.clone())
+                .with_dkim_expiry(Duration::from_secs(config.sender_auth.dkim_expiry_secs));
+        if let Some(mda) = &local_mda
+            && config.mta.deliver_at_acceptance
+        {
+            queue_service =
+                queue_service.with_at_acceptance(Arc::new(MdaAtAcceptance(mda.clone())));
+        }
         local_queue = Some(Arc::new(queue_service.clone()));
         if exposes {
             let listener = Listener::bind("queue", config.mta.grpc_listen, TlsMode::Plain).await?;
@@ -758,5 +765,26 @@ mod tests {
             "postgres (postgres://mail@db:5432/mail)"
         );
         assert_eq!(describe_store("sqlite://data/m.db"), "sqlite (data/m.db)");
+    }
+}
+
+/// The MDA of this process as the Queue's delivery at acceptance
+/// (`mta.deliver_at_acceptance`; the MTA and MDA crates know nothing of each
+/// other).
+#[derive(Debug)]
+struct MdaAtAcceptance(Arc<mailroom_mda::DeliveryService>);
+
+#[tonic::async_trait]
+impl mailroom_mta::AtAcceptance for MdaAtAcceptance {
+    async fn deliver(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+        quarantine: bool,
+    ) -> Result<bool, mailroom_store::StoreError> {
+        self.0
+            .deliver_at_acceptance(sender, recipients, message, quarantine)
+            .await
     }
 }

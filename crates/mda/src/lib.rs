@@ -13,6 +13,14 @@
 //! Idempotency: the delivery key is `<queue id>/<recipient>`, so a retry of
 //! the same queue entry after a crash finds the copies already stored and
 //! stores nothing twice.
+//!
+//! At acceptance ([`DeliveryService::deliver_at_acceptance`], called by the
+//! Queue of the same process; docs/ARCHITECTURE.md, departure 50): a message
+//! whose recipients all resolve to local accounts with room is stored, with
+//! its content, in the one transaction that acknowledges it, and never
+//! queued; the same copies, prefixes and folders as above. Anything else
+//! (an unknown or disabled recipient, a forward to another domain, a full
+//! mailbox, a sender asking for success notices) is queued as before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,7 +28,9 @@ use mailroom_address::Address;
 use mailroom_rpc::delivery as pb;
 use mailroom_rpc::delivery::delivery_server::{Delivery, DeliveryServer};
 use mailroom_rpc::internal::{Caller, InternalSecret, RequireRole, Role};
-use mailroom_store::{BlobHash, Folder, NewMessage, Store, StoreError, Stored, Unroutable};
+use mailroom_store::{
+    AcceptedCopy, BlobHash, Folder, NewMessage, Store, StoreError, Stored, Unroutable,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -170,6 +180,65 @@ impl DeliveryService {
         };
         o.remote_targets = resolved.remote;
         o
+    }
+
+    /// Delivers `message` for every one of `recipients` at once, in one
+    /// transaction with its content (see the module docs). `Ok(true)`: every
+    /// copy is committed; `Ok(false)`: nothing was stored, because some
+    /// recipient cannot be delivered at once (unknown, disabled, forwarded
+    /// elsewhere, over quota): queue the message instead. An error: the
+    /// store failed, nothing is committed.
+    pub async fn deliver_at_acceptance(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+        quarantine: bool,
+    ) -> Result<bool, StoreError> {
+        if has_line_break(sender) || message.is_empty() || recipients.is_empty() {
+            return Ok(false);
+        }
+        // The same histogram as `Deliver`: both are deliveries into mailboxes.
+        let _timer =
+            mailroom_telemetry::metrics_endpoint::Timer::start("mailroom_deliver_duration_seconds");
+        let mut copies = Vec::new();
+        for recipient in recipients {
+            let Ok(address) = Address::parse(recipient) else {
+                return Ok(false);
+            };
+            let resolved = match self.store.resolve_recipient(&address).await? {
+                Ok(r) => r,
+                Err(_) => return Ok(false),
+            };
+            if resolved.local.is_empty() || !resolved.remote.is_empty() || !resolved.full.is_empty()
+            {
+                return Ok(false);
+            }
+            for target in resolved.local {
+                let folder = match (&target.folder, quarantine) {
+                    (_, true) => Folder::Junk,
+                    (Some(tag), false) => Folder::Named(tag.clone()),
+                    (None, false) => Folder::Inbox,
+                };
+                copies.push(AcceptedCopy {
+                    recipient: address.to_string(),
+                    prefix: prefix(sender, &target.address, &self.hostname, ""),
+                    target,
+                    folder,
+                });
+            }
+        }
+        let stored = self
+            .store
+            .deliver_at_acceptance(message, parse_cache(message), unix_now(), &copies)
+            .await?;
+        let Some(events) = stored else {
+            return Ok(false);
+        };
+        for (copy, event) in copies.iter().zip(&events) {
+            tracing::info!(recipient = %copy.recipient, account = %copy.target.address, uid = event.uid, "delivered at acceptance");
+        }
+        Ok(true)
     }
 
     fn temporary(&self, recipient: &str, e: StoreError) -> pb::RecipientOutcome {

@@ -90,7 +90,15 @@ impl QueueService {
             max_age_secs,
             wake,
             dkim_expiry: DKIM_EXPIRY,
+            at_acceptance: None,
         }
+    }
+
+    /// Delivers local mail at acceptance through `mda` when it can (see
+    /// [`AtAcceptance`]); without it every message is queued.
+    pub fn with_at_acceptance(mut self, mda: Arc<dyn AtAcceptance>) -> Self {
+        self.at_acceptance = Some(mda);
+        self
     }
 
     /// How long the DKIM signatures it makes stay valid (`x=`); zero: no `x=`.
@@ -176,6 +184,28 @@ pub struct QueueService {
     wake: Arc<QueueWake>,
     /// `x=` of the DKIM signatures made at submission.
     dkim_expiry: Duration,
+    /// The MDA of this process, for local mail delivered at acceptance.
+    at_acceptance: Option<Arc<dyn AtAcceptance>>,
+}
+
+/// Delivery into the mailboxes while a message is accepted, by the MDA of
+/// the same process over the same store (docs/ARCHITECTURE.md, departure
+/// 50). The Queue calls it for a message whose recipients are all of local
+/// domains and that asks for no success notice; what it cannot deliver at
+/// once is queued as before.
+#[tonic::async_trait]
+pub trait AtAcceptance: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a copy for every recipient in ONE transaction with the content
+    /// and returns `Ok(true)` once that committed; `Ok(false)` with nothing
+    /// stored when some recipient cannot be delivered at once; an error
+    /// when the store failed (nothing committed, or the outcome unknown).
+    async fn deliver(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+        quarantine: bool,
+    ) -> Result<bool, StoreError>;
 }
 
 fn single_line(field: &str, value: &str) -> Result<(), Status> {
@@ -350,6 +380,45 @@ impl Queue for QueueService {
         } else {
             request.message
         };
+        if to.local
+            && !to.remote
+            && let Some(mda) = &self.at_acceptance
+            && !envelope
+                .recipients
+                .iter()
+                .any(|r| r.notify.as_deref().is_some_and(|n| n.contains("SUCCESS")))
+        {
+            let recipients: Vec<String> = envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect();
+            match mda
+                .deliver(&envelope.sender, &recipients, &message, envelope.quarantine)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(
+                        caller_role = %role,
+                        sender = %envelope.sender,
+                        recipients = recipients.len(),
+                        size = message.len(),
+                        "delivered at acceptance"
+                    );
+                    metrics::counter!("mailroom_delivery_results_total", "kind" => "local", "result" => "delivered")
+                        .increment(recipients.len() as u64);
+                    metrics::counter!("mailroom_delivered_at_acceptance_total").increment(1);
+                    return Ok(Response::new(pb::EnqueueResponse {
+                        queue_id: 0,
+                        delivered: true,
+                    }));
+                }
+                Ok(false) => {}
+                // Queued below; when the store is down, that fails too and
+                // the client is told to try again.
+                Err(e) => tracing::warn!(error = %e, "delivery at acceptance failed; queueing"),
+            }
+        }
         match self
             .store
             .enqueue(&envelope, &message, self.max_age_secs)
@@ -370,7 +439,10 @@ impl Queue for QueueService {
                 if to.remote {
                     self.wake.remote.notify_waiters();
                 }
-                Ok(Response::new(pb::EnqueueResponse { queue_id }))
+                Ok(Response::new(pb::EnqueueResponse {
+                    queue_id,
+                    delivered: false,
+                }))
             }
             Err(StoreError::InvalidArgument(m)) => Err(Status::invalid_argument(m)),
             // The SMTP side turns this into `452 4.3.1` (insufficient

@@ -922,6 +922,11 @@ async fn decide_message(server: &SmtpServer, state: &State, message: Vec<u8>) ->
         }
     };
     match enqueued {
+        Ok(resp) if resp.get_ref().delivered => {
+            span.record("outcome", "delivered");
+            tracing::info!(parent: &span, "message delivered at acceptance");
+            r(250, "2.0.0", "OK: delivered")
+        }
         Ok(resp) => {
             let id = resp.into_inner().queue_id;
             span.record("queue_id", id);

@@ -19,7 +19,7 @@ use sqlx::Row;
 use tokio::sync::broadcast;
 
 use crate::known::Freshness;
-use crate::{Backend, BlobHash, Result, Store, StoreError, on_backend, write_tx};
+use crate::{Backend, BlobHash, Result, Store, StoreError, on_backend};
 
 /// How far alias chains are followed before giving up (a loop, in practice).
 pub const MAX_ALIAS_DEPTH: usize = 16;
@@ -112,6 +112,21 @@ pub enum Folder {
     Named(String),
     /// The account's `\Junk` mailbox (DMARC quarantine), else INBOX.
     Junk,
+}
+
+/// One account's copy of a message delivered at acceptance
+/// ([`Store::deliver_at_acceptance`]).
+#[derive(Debug, Clone)]
+pub struct AcceptedCopy {
+    /// The envelope recipient it is for (aliases may give one recipient
+    /// several accounts, and several recipients one account).
+    pub recipient: String,
+    /// The account.
+    pub target: LocalTarget,
+    /// Where in it.
+    pub folder: Folder,
+    /// Header lines for this copy, prepended to the content when read.
+    pub prefix: Vec<u8>,
 }
 
 /// A message to store for one account.
@@ -460,125 +475,124 @@ impl Store {
         let size = msg.blob_size + msg.prefix.len() as u64;
         let size_i64 = i64::try_from(size)
             .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
-        if let Backend::Postgres(pool) = self.backend() {
-            let outcome = store_message_pg(pool, target, folder, msg, size_i64).await?;
-            if let Stored::New(event) = &outcome {
-                self.notify(event);
+        let outcome = match self.backend() {
+            Backend::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                store_message_pg(&mut conn, target, folder, msg, size_i64).await?
             }
-            return Ok(outcome);
-        }
-        let outcome = write_tx!(self, |tx| {
-            let (lookup_sql, key): (&'static str, &str) = match folder {
-                Folder::Inbox => (
-                    "SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2",
-                    "INBOX",
-                ),
-                // Local parts are lower-cased, so a `+Tag` arrives as "tag": match names without case.
-                Folder::Named(name) => (
-                    "SELECT id FROM mailboxes WHERE account_id = $1 AND lower(name) = lower($2) ORDER BY name LIMIT 1",
-                    name,
-                ),
-                Folder::Junk => (
-                    "SELECT id FROM mailboxes WHERE account_id = $1 AND special_use = $2",
-                    "\\Junk",
-                ),
-            };
-            let mut mailbox_id: Option<i64> = match sqlx::query(lookup_sql)
-                .bind(target.account_id)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                Some(row) => Some(row.try_get("id")?),
-                None => None,
-            };
-            if mailbox_id.is_none() {
-                mailbox_id = match sqlx::query(
-                    "SELECT id FROM mailboxes WHERE account_id = $1 AND name = 'INBOX'",
-                )
-                .bind(target.account_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                {
-                    Some(row) => Some(row.try_get("id")?),
-                    None => None,
-                };
+            Backend::Sqlite(_) => {
+                let mut group_tx = self.sqlite_group()?.begin().await?;
+                let outcome =
+                    store_message_sqlite(group_tx.conn(), target, folder, msg, size_i64).await?;
+                group_tx.commit().await?;
+                outcome
             }
-            let mailbox_id = mailbox_id.ok_or_else(|| {
-                StoreError::NotFound(format!("account {} has no INBOX", target.address))
-            })?;
-
-            let earlier =
-                sqlx::query("SELECT uid FROM messages WHERE mailbox_id = $1 AND delivery_key = $2")
-                    .bind(mailbox_id)
-                    .bind(&msg.delivery_key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(row) = earlier {
-                Stored::AlreadyThere {
-                    mailbox_id,
-                    uid: row.try_get::<i64, _>("uid")? as u32,
-                }
-            } else {
-                let charged = sqlx::query(
-                    "UPDATE accounts SET used_bytes = used_bytes + $2
-                     WHERE id = $1 AND (quota_bytes = 0 OR used_bytes + $2 <= quota_bytes)
-                     RETURNING used_bytes",
-                )
-                .bind(target.account_id)
-                .bind(size_i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if charged.is_none() {
-                    let row =
-                        sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
-                            .bind(target.account_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    Stored::OverQuota {
-                        quota: row.try_get::<i64, _>("quota_bytes")? as u64,
-                        used: row.try_get::<i64, _>("used_bytes")? as u64,
-                    }
-                } else {
-                    let row = sqlx::query(
-                        "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
-                         WHERE id = $1 RETURNING uidnext, highestmodseq",
-                    )
-                    .bind(mailbox_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let uid = row.try_get::<i64, _>("uidnext")? - 1;
-                    let modseq: i64 = row.try_get("highestmodseq")?;
-                    sqlx::query(
-                        "INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
-                                               parse_cache, delivery_key)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(mailbox_id)
-                    .bind(uid)
-                    .bind(modseq)
-                    .bind(msg.internal_date)
-                    .bind(size_i64)
-                    .bind(&msg.blob.0)
-                    .bind(&msg.prefix)
-                    .bind(msg.parse_cache.as_deref())
-                    .bind(&msg.delivery_key)
-                    .execute(&mut *tx)
-                    .await?;
-                    let event = MailboxEvent {
-                        account_id: target.account_id,
-                        mailbox_id,
-                        uid: uid as u32,
-                        modseq: modseq as u64,
-                    };
-                    Stored::New(event)
-                }
-            }
-        });
+        };
         if let Stored::New(event) = &outcome {
             self.notify(event);
         }
         Ok(outcome)
+    }
+
+    /// Delivers a message at its acceptance: its content and every copy in
+    /// `copies`, in ONE transaction, so that the message is either in every
+    /// mailbox or in none when this returns. `Some(events)` when all were
+    /// stored (and committed); `None`, with nothing stored, when a copy
+    /// cannot be stored now (its account is over quota, or has no mailbox):
+    /// the caller queues the message instead, and the queue's delivery
+    /// retries and reports as usual. Each copy gets a delivery key of its
+    /// own (a random token of the message and the copy's recipient), as the
+    /// queue's delivery keys are per entry and recipient.
+    pub async fn deliver_at_acceptance(
+        &self,
+        message: &[u8],
+        parse_cache: Option<String>,
+        internal_date: i64,
+        copies: &[AcceptedCopy],
+    ) -> Result<Option<Vec<MailboxEvent>>> {
+        if message.is_empty() || copies.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "a delivery needs content and at least one copy".into(),
+            ));
+        }
+        let blob = BlobHash::of(message);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let messages: Vec<(NewMessage, i64)> = copies
+            .iter()
+            .map(|c| {
+                let size = i64::try_from(message.len() + c.prefix.len())
+                    .map_err(|_| StoreError::InvalidArgument("the message is too large".into()))?;
+                let msg = NewMessage {
+                    blob: blob.clone(),
+                    blob_size: message.len() as u64,
+                    prefix: c.prefix.clone(),
+                    parse_cache: parse_cache.clone(),
+                    delivery_key: format!("accepted/{token}/{}", c.recipient),
+                    internal_date,
+                };
+                Ok((msg, size))
+            })
+            .collect::<Result<_>>()?;
+        let created = crate::now();
+        let events = match self.backend() {
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // DO UPDATE (not NOTHING) locks an existing row, so a
+                // concurrent release of the same content (an expunge of its
+                // last copy) cannot delete it under the copies below.
+                sqlx::query(
+                    "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (hash) DO UPDATE SET size = blobs.size",
+                )
+                .bind(&blob.0)
+                .bind(message.len() as i64)
+                .bind(message)
+                .bind(created)
+                .execute(&mut *tx)
+                .await?;
+                let mut events = Vec::with_capacity(copies.len());
+                for (c, (msg, size)) in copies.iter().zip(&messages) {
+                    match store_message_pg(&mut tx, &c.target, &c.folder, msg, *size).await {
+                        Ok(Stored::New(event)) => events.push(event),
+                        // Dropping `tx` rolls everything back.
+                        Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+                tx.commit().await?;
+                events
+            }
+            Backend::Sqlite(_) => {
+                let mut group_tx = self.sqlite_group()?.begin().await?;
+                sqlx::query(
+                    "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(&blob.0)
+                .bind(message.len() as i64)
+                .bind(message)
+                .bind(created)
+                .execute(&mut *group_tx.conn())
+                .await?;
+                let mut events = Vec::with_capacity(copies.len());
+                for (c, (msg, size)) in copies.iter().zip(&messages) {
+                    match store_message_sqlite(group_tx.conn(), &c.target, &c.folder, msg, *size)
+                        .await
+                    {
+                        Ok(Stored::New(event)) => events.push(event),
+                        // Dropping `group_tx` rolls this writer's part back.
+                        Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+                group_tx.commit().await?;
+                events
+            }
+        };
+        for event in &events {
+            self.notify(event);
+        }
+        Ok(Some(events))
     }
 
     /// Announces a committed change to every subscriber: in this process on
@@ -749,7 +763,7 @@ impl Store {
 /// mailbox. A concurrent delivery of the same key loses on the unique index
 /// and reads as "already there", as a retry would.
 async fn store_message_pg(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     target: &LocalTarget,
     folder: &Folder,
     msg: &NewMessage,
@@ -799,7 +813,7 @@ async fn store_message_pg(
     .bind(&msg.blob.0)
     .bind(&msg.prefix)
     .bind(msg.parse_cache.as_deref())
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await;
     let not_found = || StoreError::NotFound(format!("account {} has no INBOX", target.address));
     let inserted = match inserted {
@@ -819,7 +833,7 @@ async fn store_message_pg(
             )
             .bind(target.account_id)
             .bind(&msg.delivery_key)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
             (mailbox_id, Some(uid), None, None)
         }
@@ -842,10 +856,123 @@ async fn store_message_pg(
     let (quota, used): (i64, i64) =
         sqlx::query_as("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
             .bind(target.account_id)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     Ok(Stored::OverQuota {
         quota: quota as u64,
         used: used as u64,
+    })
+}
+
+/// [`Store::store_message`] on SQLite, inside the caller's transaction.
+async fn store_message_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    target: &LocalTarget,
+    folder: &Folder,
+    msg: &NewMessage,
+    size_i64: i64,
+) -> Result<Stored> {
+    let (lookup_sql, key): (&'static str, &str) = match folder {
+        Folder::Inbox => (
+            "SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2",
+            "INBOX",
+        ),
+        // Local parts are lower-cased, so a `+Tag` arrives as "tag": match names without case.
+        Folder::Named(name) => (
+            "SELECT id FROM mailboxes WHERE account_id = $1 AND lower(name) = lower($2) ORDER BY name LIMIT 1",
+            name,
+        ),
+        Folder::Junk => (
+            "SELECT id FROM mailboxes WHERE account_id = $1 AND special_use = $2",
+            "\\Junk",
+        ),
+    };
+    let mut mailbox_id: Option<i64> = match sqlx::query(lookup_sql)
+        .bind(target.account_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        Some(row) => Some(row.try_get("id")?),
+        None => None,
+    };
+    if mailbox_id.is_none() {
+        mailbox_id =
+            match sqlx::query("SELECT id FROM mailboxes WHERE account_id = $1 AND name = 'INBOX'")
+                .bind(target.account_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(row) => Some(row.try_get("id")?),
+                None => None,
+            };
+    }
+    let mailbox_id = mailbox_id
+        .ok_or_else(|| StoreError::NotFound(format!("account {} has no INBOX", target.address)))?;
+
+    let earlier =
+        sqlx::query("SELECT uid FROM messages WHERE mailbox_id = $1 AND delivery_key = $2")
+            .bind(mailbox_id)
+            .bind(&msg.delivery_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(if let Some(row) = earlier {
+        Stored::AlreadyThere {
+            mailbox_id,
+            uid: row.try_get::<i64, _>("uid")? as u32,
+        }
+    } else {
+        let charged = sqlx::query(
+            "UPDATE accounts SET used_bytes = used_bytes + $2
+             WHERE id = $1 AND (quota_bytes = 0 OR used_bytes + $2 <= quota_bytes)
+             RETURNING used_bytes",
+        )
+        .bind(target.account_id)
+        .bind(size_i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if charged.is_none() {
+            let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
+                .bind(target.account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            Stored::OverQuota {
+                quota: row.try_get::<i64, _>("quota_bytes")? as u64,
+                used: row.try_get::<i64, _>("used_bytes")? as u64,
+            }
+        } else {
+            let row = sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+                 WHERE id = $1 RETURNING uidnext, highestmodseq",
+            )
+            .bind(mailbox_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let uid = row.try_get::<i64, _>("uidnext")? - 1;
+            let modseq: i64 = row.try_get("highestmodseq")?;
+            sqlx::query(
+                "INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_hash, prefix,
+                                       parse_cache, delivery_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(mailbox_id)
+            .bind(uid)
+            .bind(modseq)
+            .bind(msg.internal_date)
+            .bind(size_i64)
+            .bind(&msg.blob.0)
+            .bind(&msg.prefix)
+            .bind(msg.parse_cache.as_deref())
+            .bind(&msg.delivery_key)
+            .execute(&mut *tx)
+            .await?;
+            let event = MailboxEvent {
+                account_id: target.account_id,
+                mailbox_id,
+                uid: uid as u32,
+                modseq: modseq as u64,
+            };
+            Stored::New(event)
+        }
     })
 }

@@ -51,7 +51,9 @@ mod recent;
 pub mod testing;
 
 pub use blobs::BlobHash;
-pub use delivery::{Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable};
+pub use delivery::{
+    AcceptedCopy, Folder, LocalTarget, MailboxEvent, NewMessage, Resolved, Stored, Unroutable,
+};
 pub use directory::{
     Account, Alias, AliasSource, DomainEntry, Mailbox, Postmaster, SPECIAL_MAILBOXES,
 };
