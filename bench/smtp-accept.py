@@ -22,6 +22,9 @@ Neither side checks SPF, DKIM or DMARC (Mailroom: sender_auth.check_inbound
 Servers (SERVERS, comma-separated, default all):
 * `mailroom-pg`      `mailroom serve` on a fresh PostgreSQL database;
 * `mailroom-sqlite`  `mailroom serve` on its embedded store (the default);
+* `mailroom-pg-queued`, `mailroom-sqlite-queued` (not in the default set)
+                      the same with `mta.deliver_at_acceptance = false`:
+                      every message through the queue and its worker;
 * `postfix-discard`  a throw-away Postfix, the `discard` transport: its
                       acceptance rate, the accept peer;
 * `postfix-mbox`     the same, delivering with virtual(8) into an mbox file
@@ -61,6 +64,9 @@ SIZE = int(os.environ.get("SIZE", "4096"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ALL = ["mailroom-pg", "postfix-discard", "mailroom-sqlite", "postfix-mbox", "postfix-lmtp"]
 SERVERS = [s for s in os.environ.get("SERVERS", ",".join(ALL)).split(",") if s]
+for _s in SERVERS:
+    if _s not in ALL + ["mailroom-pg-queued", "mailroom-sqlite-queued"]:
+        sys.exit(f"unknown server {_s!r}")
 
 
 def free_port():
@@ -131,7 +137,7 @@ def build():
 
 # --- Mailroom --------------------------------------------------------------
 
-def mailroom(binary, store):
+def mailroom(binary, store, queued=False):
     work = tempfile.mkdtemp(prefix="smtp-bench-", dir=os.path.join(target, "tmp") if os.path.isdir(
         os.path.join(target, "tmp")) else None)
     db = f"mailroom_bench_{os.getpid()}_{int(time.time())}"
@@ -148,6 +154,10 @@ def mailroom(binary, store):
            # (and there is no DNS for remote.test on this machine).
            "MAILROOM_SENDER_AUTH__CHECK_INBOUND": "false",
            "MAILROOM_TELEMETRY__LOG_FILTER": "warn"}
+    if queued:
+        # Every message through the queue and its worker, as before
+        # delivery at acceptance (ARCHITECTURE departure 50).
+        env["MAILROOM_MTA__DELIVER_AT_ACCEPTANCE"] = "false"
     if store == "pg":
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
         env["MAILROOM_STORE__URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
@@ -171,7 +181,7 @@ def mailroom(binary, store):
         subprocess.run(cli + ["user", "add", "bob@example.test"], input="bench password 123\n", text=True,
                        check=True, stdout=subprocess.DEVNULL)
         wait_port(smtp, "mailroom")
-        return two_passes(smtp, f"mailroom-{store}",
+        return two_passes(smtp, f"mailroom-{store}" + ("-queued" if queued else ""),
                           lambda: count("SELECT COUNT(*) FROM queue_recipients "
                                         "WHERE state IN ('pending', 'deferred')") == 0,
                           lambda: count("SELECT COUNT(*) FROM messages"))
@@ -290,10 +300,9 @@ def main():
     figures = {s: [] for s in SERVERS}
     for r in range(ROUNDS):
         for s in SERVERS:
-            if s == "mailroom-pg":
-                fig = mailroom(binary, "pg")
-            elif s == "mailroom-sqlite":
-                fig = mailroom(binary, "sqlite")
+            if s.startswith("mailroom-"):
+                fig = mailroom(binary, "pg" if s.startswith("mailroom-pg") else "sqlite",
+                               queued=s.endswith("-queued"))
             else:
                 fig = postfix(s.split("-", 1)[1])
             figures[s].append(fig)

@@ -115,9 +115,10 @@ async fn local_mail_is_in_the_mailbox_when_250_comes_postgres() {
 /// A full mailbox among the recipients, or a success notice asked for:
 /// nothing is stored at acceptance, the message is queued whole, and the
 /// queue delivers what it can as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_cannot_be_delivered_at_once_is_queued_whole() {
-    let r = start(Backend::Sqlite).await.unwrap();
+async fn queued_whole(backend: Backend) {
+    let Some(r) = start(backend).await else {
+        return;
+    };
     let store = with_accounts(&r, &["bob@example.test", "carol@example.test"]).await;
     // One byte of quota: the RCPT is accepted (not full yet), the copy
     // would exceed it.
@@ -149,8 +150,24 @@ async fn what_cannot_be_delivered_at_once_is_queued_whole() {
     let (code, text) = send(&r, &["<carol@example.test> NOTIFY=SUCCESS"], "three").await;
     assert_eq!(code, 250, "{text}");
     queue_id(&text);
+    // One recipient only, over quota (on PostgreSQL the one-statement
+    // path): queued, and nothing of it stored at acceptance.
+    let (code, text) = send(&r, &["<bob@example.test>"], "four").await;
+    assert_eq!(code, 250, "{text}");
+    queue_id(&text);
+    assert!(inbox(&store, "bob@example.test").await.is_empty());
     // An unknown recipient never gets this far: RCPT refuses it.
     r.stack.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_delivered_at_once_is_queued_whole_sqlite() {
+    queued_whole(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_delivered_at_once_is_queued_whole_postgres() {
+    queued_whole(Backend::Postgres).await;
 }
 
 /// `mta.deliver_at_acceptance = false`: every message goes through the queue.

@@ -478,7 +478,7 @@ impl Store {
         let outcome = match self.backend() {
             Backend::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
-                store_message_pg(&mut conn, target, folder, msg, size_i64).await?
+                store_message_pg(&mut conn, target, folder, msg, size_i64, None).await?
             }
             Backend::Sqlite(_) => {
                 let mut group_tx = self.sqlite_group()?.begin().await?;
@@ -535,6 +535,19 @@ impl Store {
             .collect::<Result<_>>()?;
         let created = crate::now();
         let events = match self.backend() {
+            // One copy (the usual case): content and copy in one statement,
+            // committed on its own.
+            Backend::Postgres(pool) if copies.len() == 1 => {
+                let (c, (msg, size)) = (&copies[0], &messages[0]);
+                let mut conn = pool.acquire().await?;
+                let content = Some((message, created));
+                match store_message_pg(&mut conn, &c.target, &c.folder, msg, *size, content).await {
+                    Ok(Stored::New(event)) => vec![event],
+                    // Nothing was written (the content neither).
+                    Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 // DO UPDATE (not NOTHING) locks an existing row, so a
@@ -552,7 +565,7 @@ impl Store {
                 .await?;
                 let mut events = Vec::with_capacity(copies.len());
                 for (c, (msg, size)) in copies.iter().zip(&messages) {
-                    match store_message_pg(&mut tx, &c.target, &c.folder, msg, *size).await {
+                    match store_message_pg(&mut tx, &c.target, &c.folder, msg, *size, None).await {
                         Ok(Stored::New(event)) => events.push(event),
                         // Dropping `tx` rolls everything back.
                         Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
@@ -768,6 +781,7 @@ async fn store_message_pg(
     folder: &Folder,
     msg: &NewMessage,
     size: i64,
+    content: Option<(&[u8], i64)>,
 ) -> Result<Stored> {
     let (condition, key): (&str, &str) = match folder {
         Folder::Inbox => ("FALSE", ""),
@@ -777,8 +791,19 @@ async fn store_message_pg(
     };
     // One statement: the mailbox (the folder asked for, else INBOX), the
     // idempotency check, the quota charge, UID/MODSEQ allocation and the
-    // insert. `condition` is one of the three constant texts above, never
-    // input.
+    // insert; with `content`, the content too, once the charge is made (its
+    // DO UPDATE locks a row already there against a concurrent release).
+    // `condition` and `content_cte` are constant texts, never input.
+    let content_cte = if content.is_some() {
+        ", content AS (
+             INSERT INTO blobs (hash, size, data, created_at)
+             SELECT $6, $9, $10, $11 WHERE EXISTS (SELECT 1 FROM charge)
+             ON CONFLICT (hash) DO UPDATE SET size = blobs.size
+             RETURNING hash
+         )"
+    } else {
+        ""
+    };
     let inserted = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>, Option<i64>)>(
         sqlx::AssertSqlSafe(format!(
             "WITH mbox AS (
@@ -791,7 +816,7 @@ async fn store_message_pg(
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM mbox) AND NOT EXISTS (SELECT 1 FROM dup)
                    AND (quota_bytes = 0 OR used_bytes + $4 <= quota_bytes)
                  RETURNING id
-             ), alloc AS (
+             ){content_cte}, alloc AS (
                  UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
                  WHERE id = (SELECT id FROM mbox) AND EXISTS (SELECT 1 FROM charge)
                  RETURNING id, uidnext - 1 AS uid, highestmodseq AS modseq
@@ -812,7 +837,11 @@ async fn store_message_pg(
     .bind(msg.internal_date)
     .bind(&msg.blob.0)
     .bind(&msg.prefix)
-    .bind(msg.parse_cache.as_deref())
+    .bind(msg.parse_cache.as_deref());
+    let inserted = match content {
+        Some((data, created)) => inserted.bind(data.len() as i64).bind(data).bind(created),
+        None => inserted,
+    }
     .fetch_one(&mut *conn)
     .await;
     let not_found = || StoreError::NotFound(format!("account {} has no INBOX", target.address));
