@@ -24,6 +24,13 @@
 //! Invariants: `messages` is sorted by UID, and contains every message the
 //! client was told about and not yet told was expunged; every keyword of
 //! `messages` is in `keywords`, which the client was told of.
+//!
+//! While the session hibernates in IDLE, `messages` is kept packed
+//! ([`Selected::pack`]: varints, about 13 bytes a message instead of 64 and
+//! its allocation), and unpacked before anything reads it
+//! ([`Selected::unpack`]); ten thousand idling sessions on mailboxes of a
+//! hundred messages save about 60 MiB. Nothing but the IDLE wait sees the
+//! packed form.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
@@ -58,6 +65,9 @@ pub struct Selected {
     pub recent: Vec<std::ops::Range<u32>>,
     /// Whether this session claims `\Recent` for new messages it learns of.
     pub claims_recent: bool,
+    /// `messages`, packed while the session waits in IDLE (then `messages`
+    /// is empty; see [`Selected::pack`]).
+    packed: Option<Vec<u8>>,
 }
 
 /// How a sync may speak.
@@ -88,10 +98,77 @@ impl Selected {
             keywords: Vec::new(),
             recent: Vec::new(),
             claims_recent: false,
+            packed: None,
         };
         // SELECT's FLAGS response tells them (`write_flag_lines`).
         selected.new_keywords(0..selected.messages.len());
         selected
+    }
+
+    /// Packs `messages` for a session about to wait in IDLE: varints of
+    /// each field (UIDs as differences), keywords as length-prefixed bytes.
+    /// [`Selected::unpack`] must run before anything reads `messages`.
+    pub fn pack(&mut self) {
+        if self.packed.is_some() || self.messages.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(self.messages.len() * 16);
+        put_varint(&mut buf, self.messages.len() as u64);
+        let mut last = 0u32;
+        for m in &self.messages {
+            put_varint(&mut buf, u64::from(m.uid.wrapping_sub(last)));
+            last = m.uid;
+            put_varint(&mut buf, m.modseq);
+            put_varint(&mut buf, zigzag(m.flags));
+            put_varint(&mut buf, zigzag(m.internal_date));
+            put_varint(&mut buf, m.size);
+            put_varint(&mut buf, m.keywords.len() as u64);
+            for k in &m.keywords {
+                put_varint(&mut buf, k.len() as u64);
+                buf.extend_from_slice(k.as_bytes());
+            }
+        }
+        buf.shrink_to_fit();
+        self.messages = Vec::new();
+        self.packed = Some(buf);
+    }
+
+    /// Restores `messages` packed by [`Selected::pack`] (nothing to do when
+    /// it is not packed).
+    pub fn unpack(&mut self) {
+        let Some(buf) = self.packed.take() else {
+            return;
+        };
+        let mut at = 0;
+        let n = get_varint(&buf, &mut at) as usize;
+        let mut messages = Vec::with_capacity(n);
+        let mut last = 0u32;
+        for _ in 0..n {
+            let uid = last.wrapping_add(get_varint(&buf, &mut at) as u32);
+            last = uid;
+            let modseq = get_varint(&buf, &mut at);
+            let flags = unzigzag(get_varint(&buf, &mut at));
+            let internal_date = unzigzag(get_varint(&buf, &mut at));
+            let size = get_varint(&buf, &mut at);
+            let count = get_varint(&buf, &mut at) as usize;
+            let mut keywords = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = get_varint(&buf, &mut at) as usize;
+                let end = (at + len).min(buf.len());
+                // Packed from `String`s: always UTF-8.
+                keywords.push(String::from_utf8_lossy(&buf[at..end]).into_owned());
+                at = end;
+            }
+            messages.push(MessageMeta {
+                uid,
+                modseq,
+                flags,
+                keywords,
+                internal_date,
+                size,
+            });
+        }
+        self.messages = messages;
     }
 
     /// Whether the message with `uid` is `\Recent` in this session.
@@ -161,7 +238,8 @@ impl Selected {
     /// state (every change up to `modseq` is applied to `messages`, and the
     /// removals not yet announced are in `pending_expunge`), so it serves
     /// as the new snapshot without reading the messages again.
-    pub fn reselect(self, mut mailbox: Mailbox, read_only: bool) -> Selected {
+    pub fn reselect(mut self, mut mailbox: Mailbox, read_only: bool) -> Selected {
+        self.unpack();
         let Selected {
             mut messages,
             pending_expunge,
@@ -482,6 +560,39 @@ pub fn nz(n: usize) -> NonZeroU32 {
     NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
 }
 
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// The varint at `*at` (LEB128, as [`put_varint`] wrote it); 0 past the end.
+fn get_varint(buf: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    while let Some(&b) = buf.get(*at) {
+        *at += 1;
+        if shift < 64 {
+            v |= u64::from(b & 0x7f) << shift;
+        }
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +602,73 @@ mod tests {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
         assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn packing_for_idle_gives_back_the_same_view() {
+        let meta = |uid: u32, modseq: u64, flags: i64, keywords: &[&str], date: i64, size: u64| {
+            MessageMeta {
+                uid,
+                modseq,
+                flags,
+                keywords: keywords.iter().map(|k| k.to_string()).collect(),
+                internal_date: date,
+                size,
+            }
+        };
+        let messages = vec![
+            meta(1, 1, 0, &[], 0, 0),
+            meta(
+                2,
+                300,
+                flag_bits::SEEN | flag_bits::DELETED,
+                &["$Label1", "Grüße"],
+                1_796_356_678,
+                195_787,
+            ),
+            meta(128, u64::MAX, i64::MIN, &[""], -1, u64::MAX),
+            meta(u32::MAX, 7, i64::MAX, &["a", "b", "c"], i64::MIN, 1 << 40),
+        ];
+        let mut sel = Selected::from_snapshot(
+            MailboxSnapshot {
+                mailbox: Mailbox {
+                    id: 1,
+                    account_id: 1,
+                    name: "INBOX".into(),
+                    special_use: None,
+                    subscribed: true,
+                    uidvalidity: 1,
+                    uidnext: 5,
+                    highestmodseq: 300,
+                },
+                messages: messages.clone(),
+            },
+            false,
+        );
+        sel.pack();
+        assert!(sel.messages.is_empty(), "packed while idling");
+        sel.pack(); // twice is harmless
+        sel.unpack();
+        assert_eq!(sel.messages, messages);
+        sel.unpack(); // nothing packed: nothing changes
+        assert_eq!(sel.messages, messages);
+        // An empty view packs to nothing and unpacks to itself.
+        let mut empty = sel.reselect(
+            Mailbox {
+                id: 2,
+                account_id: 1,
+                name: "Other".into(),
+                special_use: None,
+                subscribed: false,
+                uidvalidity: 2,
+                uidnext: 1,
+                highestmodseq: 0,
+            },
+            true,
+        );
+        empty.messages.clear();
+        empty.pack();
+        empty.unpack();
+        assert!(empty.messages.is_empty());
     }
 }

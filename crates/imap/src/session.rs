@@ -2046,14 +2046,20 @@ async fn idle(
         }
         io.flush(s.authenticated_idle_timeout).await?;
         io.hibernate();
-        let selected_box = match &state.phase {
-            Phase::Selected(sel) => Some(sel.mailbox.id),
+        let selected_box = match &mut state.phase {
+            Phase::Selected(sel) => {
+                // Packed while waiting; unpacked before anything reads it.
+                sel.pack();
+                Some(sel.mailbox.id)
+            }
             _ => None,
         };
         let account = state.account_id();
-        let Some(ev) =
-            input_or_event(io, &mut state.events, deadline, IDLE_READ_CHUNK, shutdown).await?
-        else {
+        let woke = input_or_event(io, &mut state.events, deadline, IDLE_READ_CHUNK, shutdown).await;
+        if let Phase::Selected(sel) = &mut state.phase {
+            sel.unpack();
+        }
+        let Some(ev) = woke? else {
             continue;
         };
         if state.notify.is_some() {
