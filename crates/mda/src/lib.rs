@@ -29,7 +29,7 @@ use mailroom_rpc::delivery as pb;
 use mailroom_rpc::delivery::delivery_server::{Delivery, DeliveryServer};
 use mailroom_rpc::internal::{Caller, InternalSecret, RequireRole, Role};
 use mailroom_store::{
-    AcceptedCopy, BlobHash, Folder, NewMessage, Store, StoreError, Stored, Unroutable,
+    AcceptedCopy, BlobHash, Folder, LocalTarget, NewMessage, Store, StoreError, Stored, Unroutable,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -96,6 +96,16 @@ fn prefix(sender: &str, delivered_to: &str, hostname: &str, auth_results: &str) 
     p.into_bytes()
 }
 
+/// Where a copy for `target` goes: Junk for a quarantined message (DMARC),
+/// else the `+tag` folder it was addressed to, else INBOX.
+fn folder_for(target: &LocalTarget, quarantine: bool) -> Folder {
+    match (&target.folder, quarantine) {
+        (_, true) => Folder::Junk,
+        (Some(tag), false) => Folder::Named(tag.clone()),
+        (None, false) => Folder::Inbox,
+    }
+}
+
 fn has_line_break(s: &str) -> bool {
     s.contains(['\r', '\n'])
 }
@@ -128,11 +138,7 @@ impl DeliveryService {
         };
         let mut temporary = None;
         for target in &resolved.local {
-            let folder = match (&target.folder, request.quarantine) {
-                (_, true) => Folder::Junk,
-                (Some(tag), false) => Folder::Named(tag.clone()),
-                (None, false) => Folder::Inbox,
-            };
+            let folder = folder_for(target, request.quarantine);
             let msg = NewMessage {
                 blob: blob.clone(),
                 blob_size: request.message.len() as u64,
@@ -215,16 +221,11 @@ impl DeliveryService {
                 return Ok(false);
             }
             for target in resolved.local {
-                let folder = match (&target.folder, quarantine) {
-                    (_, true) => Folder::Junk,
-                    (Some(tag), false) => Folder::Named(tag.clone()),
-                    (None, false) => Folder::Inbox,
-                };
                 copies.push(AcceptedCopy {
                     recipient: address.to_string(),
                     prefix: prefix(sender, &target.address, &self.hostname, ""),
+                    folder: folder_for(&target, quarantine),
                     target,
-                    folder,
                 });
             }
         }

@@ -46,6 +46,11 @@ const RECORD_EVERY: usize = CONCURRENCY;
 /// … or once the first of them waited this long.
 const RECORD_AFTER: Duration = Duration::from_millis(50);
 
+/// The first retry waits this long; each further one twice as long …
+pub const FIRST_RETRY_SECS: i64 = 300;
+/// … up to this.
+pub const MAX_RETRY_SECS: i64 = 4 * 3600;
+
 /// A worker's attempts in flight, and those finished whose results wait to
 /// be recorded.
 #[derive(Default)]
@@ -68,10 +73,6 @@ impl Running {
         }
     }
 }
-/// The first retry waits this long; each further one twice as long …
-pub const FIRST_RETRY_SECS: i64 = 300;
-/// … up to this.
-pub const MAX_RETRY_SECS: i64 = 4 * 3600;
 
 /// When to try again after `attempts` failed attempts.
 pub fn retry_delay(attempts: u32) -> i64 {
@@ -292,8 +293,9 @@ impl LocalDelivery {
         running.since = None;
     }
 
-    /// One delivery attempt for the leased recipients of one message; every
-    /// way out either records the results or gives the leases back.
+    /// One delivery attempt for the leased recipients of one message: its
+    /// results, with the hold on their leases, for [`LocalDelivery::record`]
+    /// (a task that panics drops its hold, and the leases are given back).
     async fn attempt(
         &self,
         queue_id: i64,

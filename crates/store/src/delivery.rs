@@ -538,42 +538,23 @@ impl Store {
             // One copy (the usual case): content and copy in one statement,
             // committed on its own.
             Backend::Postgres(pool) if copies.len() == 1 => {
-                let (c, (msg, size)) = (&copies[0], &messages[0]);
                 let mut conn = pool.acquire().await?;
-                let content = Some((message, created));
-                match store_message_pg(&mut conn, &c.target, &c.folder, msg, *size, content).await {
-                    Ok(Stored::New(event)) => vec![event],
+                match copies_pg(&mut conn, copies, &messages, (message, created)).await? {
+                    Some(events) => events,
                     // Nothing was written (the content neither).
-                    Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
-                    Err(e) => return Err(e),
+                    None => return Ok(None),
                 }
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                // DO UPDATE (not NOTHING) locks an existing row, so a
-                // concurrent release of the same content (an expunge of its
-                // last copy) cannot delete it under the copies below.
-                sqlx::query(
-                    "INSERT INTO blobs (hash, size, data, created_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (hash) DO UPDATE SET size = blobs.size",
-                )
-                .bind(&blob.0)
-                .bind(message.len() as i64)
-                .bind(message)
-                .bind(created)
-                .execute(&mut *tx)
-                .await?;
-                let mut events = Vec::with_capacity(copies.len());
-                for (c, (msg, size)) in copies.iter().zip(&messages) {
-                    match store_message_pg(&mut tx, &c.target, &c.folder, msg, *size, None).await {
-                        Ok(Stored::New(event)) => events.push(event),
-                        // Dropping `tx` rolls everything back.
-                        Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
-                        Err(e) => return Err(e),
+                match copies_pg(&mut tx, copies, &messages, (message, created)).await? {
+                    Some(events) => {
+                        tx.commit().await?;
+                        events
                     }
+                    // Dropping `tx` rolls everything back.
+                    None => return Ok(None),
                 }
-                tx.commit().await?;
-                events
             }
             Backend::Sqlite(_) => {
                 let mut group_tx = self.sqlite_group()?.begin().await?;
@@ -891,6 +872,28 @@ async fn store_message_pg(
         quota: quota as u64,
         used: used as u64,
     })
+}
+
+/// The copies of [`Store::deliver_at_acceptance`] on PostgreSQL, on `conn`
+/// (in the caller's transaction when there are several): the content goes
+/// in with the first copy's statement, once its charge is made. `None` as
+/// soon as a copy cannot be stored (the caller then rolls back).
+async fn copies_pg(
+    conn: &mut sqlx::PgConnection,
+    copies: &[AcceptedCopy],
+    messages: &[(NewMessage, i64)],
+    content: (&[u8], i64),
+) -> Result<Option<Vec<MailboxEvent>>> {
+    let mut events = Vec::with_capacity(copies.len());
+    for (i, (c, (msg, size))) in copies.iter().zip(messages).enumerate() {
+        let content = (i == 0).then_some(content);
+        match store_message_pg(conn, &c.target, &c.folder, msg, *size, content).await {
+            Ok(Stored::New(event)) => events.push(event),
+            Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(events))
 }
 
 /// [`Store::store_message`] on SQLite, inside the caller's transaction.
